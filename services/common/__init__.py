@@ -1,0 +1,1 @@
+"""The one package every Goblin service shares: settings, logging, telemetry, gRPC bootstrap, errors."""

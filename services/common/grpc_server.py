@@ -1,0 +1,248 @@
+"""Bootstrap of every gRPC service: one function, :func:`run_service`, does the common work.
+
+- JSON logging and OpenTelemetry, once per process;
+- Prometheus on the service's metrics port;
+- ``grpc.health.v1`` (NOT_SERVING until :meth:`Service.start` has connected the dependencies,
+  then SERVING while :meth:`Service.healthy` holds) and server reflection;
+- interceptors: the correlation id from metadata into the log context, domain errors to status codes,
+  call metrics;
+- SIGTERM/SIGINT: NOT_SERVING, stop taking calls, drain for the grace period, close, flush telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.context import CORRELATION_METADATA_KEY, correlation_id_var, new_correlation_id
+from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError
+from services.common.logs import configure_logging
+from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
+from services.common.settings import ServiceSettings
+from services.common.telemetry import setup_telemetry, shutdown_telemetry
+
+log = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 1.0
+START_RETRY_MAX_S = 10.0
+
+
+class Service(Protocol):
+    """What a service hands to :func:`run_service`."""
+
+    name: str  # short name: "router", "auth", ...
+    grpc_service_names: list[str]  # full names, e.g. "goblin.v1.Router", for health and reflection
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicers. Called before the server starts; dependencies are not connected yet."""
+
+    async def start(self) -> None:
+        """Connect dependencies. Raising means not ready yet: it is retried with backoff."""
+
+    async def healthy(self) -> bool:
+        """Polled every second once started; False flips health to NOT_SERVING until it is True again."""
+
+    async def stop(self) -> None:
+        """Release dependencies after the server has drained."""
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    # "/goblin.v1.Router/Chat" -> ("goblin.v1.Router", "Chat")
+    _, service, method = full_method.split("/", 2)
+    return service, method
+
+
+async def _abort_with(context: grpc.aio.ServicerContext, exc: GoblinError) -> None:
+    trailers: list[tuple[str, str]] = [(ERROR_CODE_KEY, exc.code)]
+    if exc.retry_after is not None:
+        trailers.append((RETRY_AFTER_KEY, f"{exc.retry_after:.3f}"))
+    context.set_trailing_metadata(tuple(trailers))
+    await context.abort(exc.status, exc.message)
+
+
+def _correlation_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CORRELATION_METADATA_KEY and value:
+            return value[:128]
+    return new_correlation_id()
+
+
+def _code_of(context: grpc.aio.ServicerContext, failed: BaseException | None) -> str:
+    if isinstance(failed, GoblinError):
+        return failed.status.name
+    code = context.code() if hasattr(context, "code") else None
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if failed is not None:
+        return grpc.StatusCode.INTERNAL.name if not isinstance(failed, asyncio.CancelledError) else "CANCELLED"
+    return grpc.StatusCode.OK.name
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Correlation id, domain-error mapping and call metrics for every method of every servicer."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        service, method = _split_method(handler_call_details.method)
+
+        def finish(context: grpc.aio.ServicerContext, started: float, failed: BaseException | None) -> None:
+            GRPC_SERVER_HANDLED.labels(service, method, _code_of(context, failed)).inc()
+            GRPC_SERVER_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+
+        if handler.unary_unary or handler.stream_unary:
+            behavior = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                token = correlation_id_var.set(_correlation_id(context))
+                started, failed = time.perf_counter(), None
+                try:
+                    return await behavior(request_or_iterator, context)
+                except GoblinError as exc:
+                    failed = exc
+                    await _abort_with(context, exc)
+                except Exception as exc:
+                    failed = exc
+                    if not isinstance(exc, grpc.aio.AbortError):
+                        log.exception("unhandled error in %s", handler_call_details.method)
+                    raise
+                finally:
+                    finish(context, started, failed)
+                    correlation_id_var.reset(token)
+
+            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return make(unary_response, handler.request_deserializer, handler.response_serializer)
+
+        behavior = handler.unary_stream or handler.stream_stream
+
+        async def stream_response(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = correlation_id_var.set(_correlation_id(context))
+            started, failed = time.perf_counter(), None
+            try:
+                async for item in behavior(request_or_iterator, context):
+                    yield item
+            except GoblinError as exc:
+                failed = exc
+                await _abort_with(context, exc)
+            except Exception as exc:
+                failed = exc
+                if not isinstance(exc, grpc.aio.AbortError):
+                    log.exception("unhandled error in %s", handler_call_details.method)
+                raise
+            finally:
+                finish(context, started, failed)
+                correlation_id_var.reset(token)
+
+        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return make(stream_response, handler.request_deserializer, handler.response_serializer)
+
+
+def _set_health(servicer: health.aio.HealthServicer, names: list[str], serving: bool) -> Awaitable[None]:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    return asyncio.gather(*(servicer.set(name, status) for name in ["", *names]))
+
+
+async def _start_with_retry(service: Service, stopping: asyncio.Event) -> bool:
+    delay = 0.25
+    while not stopping.is_set():
+        try:
+            await service.start()
+            return True
+        except Exception as exc:
+            log.warning("%s not ready: %s; retrying in %.1fs", service.name, exc, delay)
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, START_RETRY_MAX_S)
+    return False
+
+
+async def _watch_health(
+    service: Service, servicer: health.aio.HealthServicer, stopping: asyncio.Event
+) -> None:
+    serving = True
+    while not stopping.is_set():
+        try:
+            ok = await asyncio.wait_for(service.healthy(), timeout=HEALTH_POLL_S * 2)
+        except Exception as exc:
+            log.warning("%s health check failed: %s", service.name, exc)
+            ok = False
+        if ok != serving:
+            serving = ok
+            log.warning("%s is now %s", service.name, "SERVING" if ok else "NOT_SERVING")
+            await _set_health(servicer, service.grpc_service_names, ok)
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=HEALTH_POLL_S)
+        except TimeoutError:
+            pass
+
+
+async def serve(service: Service, settings: ServiceSettings) -> None:
+    """Run ``service`` until SIGTERM/SIGINT, then shut down gracefully."""
+    configure_logging(service.name, settings.log_level)
+    setup_telemetry(service.name)
+    start_metrics_server(settings.bind_host, settings.metrics_port)
+
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service.register(server)
+    names = list(service.grpc_service_names)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    await _set_health(health_servicer, names, serving=False)
+    address = f"{settings.bind_host}:{settings.grpc_port}"
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"goblin: {service.name} cannot listen on {address}")
+    await server.start()
+    log.info("%s listening", service.name, extra={"grpc_address": address, "metrics_port": settings.metrics_port})
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    watcher: asyncio.Task[None] | None = None
+    started = await _start_with_retry(service, stopping)
+    if started:
+        await _set_health(health_servicer, names, serving=True)
+        log.info("%s ready", service.name)
+        watcher = asyncio.create_task(_watch_health(service, health_servicer, stopping))
+
+    await stopping.wait()
+    log.info("%s stopping", service.name)
+    await health_servicer.enter_graceful_shutdown()
+    if watcher is not None:
+        watcher.cancel()
+    await server.stop(settings.grpc_grace_s)
+    if started:
+        await service.stop()
+    shutdown_telemetry()
+    log.info("%s stopped", service.name)
+
+
+def run_service(service: Service, settings: ServiceSettings) -> None:
+    """Entry point of every ``python -m services.<name>``."""
+    asyncio.run(serve(service, settings))

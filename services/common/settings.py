@@ -1,0 +1,174 @@
+"""Settings base: environment variables, secrets from ``NAME_FILE``, one-line errors on bad values.
+
+Every service declares one subclass of :class:`GoblinSettings`. Field ``database_url`` is read from
+``DATABASE_URL``; a secret may instead be given as ``DATABASE_URL_FILE=/run/secrets/db`` (Kubernetes
+secrets, Vault agent files). A bad or missing value stops start-up with one line that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong. ``str()`` is the one line shown to the operator."""
+
+
+def env_name(field_name: str, field: FieldInfo) -> str:
+    """The environment variable a settings field is read from."""
+    alias = field.validation_alias if isinstance(field.validation_alias, str) else field.alias
+    return (alias or field_name).upper()
+
+
+class FileSecretsSource(PydanticBaseSettingsSource):
+    """Reads ``NAME`` from the file named by ``NAME_FILE`` when ``NAME`` itself is not set."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        name = env_name(field_name, field)
+        if os.environ.get(name):
+            return None, field_name, False
+        path = os.environ.get(f"{name}_FILE")
+        if not path:
+            return None, field_name, False
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+        return value, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("GOBLIN_HOME", ".goblin")).absolute()
+
+
+class GoblinSettings(BaseSettings):
+    """What every service knows: where things live, where its peers listen, how to log."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True
+    )
+
+    goblin_env: Environment = Environment.development
+    goblin_home: Path = Field(default_factory=default_home)
+    log_level: str = "INFO"
+    bind_host: str = Field("127.0.0.1", alias="GOBLIN_BIND_HOST")
+    # Where each service listens for gRPC. Clients dial these; servers bind their own port.
+    router_addr: str = Field("127.0.0.1:50051", alias="GOBLIN_ROUTER_ADDR")
+    inference_addr: str = Field("127.0.0.1:50052", alias="GOBLIN_INFERENCE_ADDR")
+    rag_addr: str = Field("127.0.0.1:50053", alias="GOBLIN_RAG_ADDR")
+    auth_addr: str = Field("127.0.0.1:50054", alias="GOBLIN_AUTH_ADDR")
+    executor_addr: str = Field("127.0.0.1:50055", alias="GOBLIN_EXECUTOR_ADDR")
+    grpc_grace_s: float = Field(5.0, alias="GOBLIN_GRPC_GRACE_S", gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FileSecretsSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _log_level_known(self) -> Self:
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"LOG_LEVEL: unknown level {self.log_level!r}")
+        self.log_level = self.log_level.upper()
+        return self
+
+    @property
+    def production(self) -> bool:
+        return self.goblin_env is Environment.production
+
+    def peer_addresses(self) -> dict[str, str]:
+        """gRPC address of every backend service, by service name."""
+        return {
+            "router": self.router_addr,
+            "inference": self.inference_addr,
+            "rag": self.rag_addr,
+            "auth": self.auth_addr,
+            "executor": self.executor_addr,
+        }
+
+
+class ServiceSettings(GoblinSettings):
+    """A gRPC service: its own port and its Prometheus port. Subclasses set the defaults and aliases."""
+
+    grpc_port: int = Field(0, ge=0, le=65535)
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+
+def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> str:
+    """One line per problem, each naming the environment variable."""
+    fields = cls.model_fields
+    lines = []
+    for err in exc.errors():
+        loc = err.get("loc") or ()
+        field_name = str(loc[0]) if loc else ""
+        field = fields.get(field_name)
+        if field is None:
+            # validation_alias lookups report the alias; model validators report no field at all.
+            match = next((n for n, f in fields.items() if env_name(n, f) == field_name.upper()), None)
+            field = fields.get(match) if match else None
+            field_name = match or field_name
+        name = env_name(field_name, field) if field is not None else ""
+        msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        if name and not msg.startswith(name):
+            given = err.get("input")
+            shown = "" if err.get("type") == "missing" or isinstance(given, dict) else f" (got {given!r})"
+            if field is not None and is_secret(field_name):
+                shown = ""
+            lines.append(f"{name}: {msg}{shown}")
+        else:
+            lines.append(msg)
+    return "; ".join(lines)
+
+
+def is_secret(field_name: str) -> bool:
+    lowered = field_name.lower()
+    return any(word in lowered for word in ("password", "secret", "key", "token", "url"))
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build settings or raise :class:`ConfigError` with one line naming the variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(cls, exc)) from None
+
+
+def load_or_exit(cls: type[SettingsT]) -> SettingsT:
+    """For ``__main__``: settings, or a one-line message on stderr and exit status 2."""
+    try:
+        return load_settings(cls)
+    except ConfigError as exc:
+        print(f"goblin: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
