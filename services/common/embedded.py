@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from services.common.process import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +86,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + start_timeout_s
         client = redis.Redis(unix_socket_path=str(self.socket_path))

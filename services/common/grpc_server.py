@@ -82,7 +82,9 @@ def _code_of(context: grpc.aio.ServicerContext, failed: BaseException | None) ->
     if isinstance(code, grpc.StatusCode):
         return code.name
     if failed is not None:
-        return grpc.StatusCode.INTERNAL.name if not isinstance(failed, asyncio.CancelledError) else "CANCELLED"
+        return (
+            grpc.StatusCode.INTERNAL.name if not isinstance(failed, asyncio.CancelledError) else "CANCELLED"
+        )
     return grpc.StatusCode.OK.name
 
 
@@ -123,7 +125,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     finish(context, started, failed)
                     correlation_id_var.reset(token)
 
-            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
             return make(unary_response, handler.request_deserializer, handler.response_serializer)
 
         behavior = handler.unary_stream or handler.stream_stream
@@ -146,7 +152,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 finish(context, started, failed)
                 correlation_id_var.reset(token)
 
-        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
         return make(stream_response, handler.request_deserializer, handler.response_serializer)
 
 
@@ -217,7 +227,9 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"goblin: {service.name} cannot listen on {address}")
     await server.start()
-    log.info("%s listening", service.name, extra={"grpc_address": address, "metrics_port": settings.metrics_port})
+    log.info(
+        "%s listening", service.name, extra={"grpc_address": address, "metrics_port": settings.metrics_port}
+    )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

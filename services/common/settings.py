@@ -13,10 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -172,3 +171,29 @@ def load_or_exit(cls: type[SettingsT]) -> SettingsT:
     except ConfigError as exc:
         print(f"goblin: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class DatabaseSettings(BaseSettings):
+    """Mixed into the settings of services that use PostgreSQL."""
+
+    database_url: SecretStr = Field(alias="DATABASE_URL")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("DATABASE_URL: must be a postgresql:// URL")
+        return value
+
+
+class RedisSettings(BaseSettings):
+    """Mixed into the settings of services that use Redis."""
+
+    redis_url: SecretStr = Field(alias="REDIS_URL")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL: must be a redis://, rediss:// or unix:// URL")
+        return value

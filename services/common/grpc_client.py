@@ -1,0 +1,78 @@
+"""gRPC client channels between services: the correlation id rides in metadata on every call.
+
+W3C trace context is added by the OpenTelemetry client instrumentation (see telemetry.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from services.common.context import CORRELATION_METADATA_KEY, current_correlation_id
+
+
+def _with_correlation_id(client_call_details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    correlation_id = current_correlation_id()
+    if not correlation_id:
+        return client_call_details
+    metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+    if CORRELATION_METADATA_KEY not in metadata:
+        metadata.add(CORRELATION_METADATA_KEY, correlation_id)
+    return grpc.aio.ClientCallDetails(
+        client_call_details.method,
+        client_call_details.timeout,
+        metadata,
+        client_call_details.credentials,
+        client_call_details.wait_for_ready,
+    )
+
+
+class _CorrelationUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return await continuation(_with_correlation_id(details), request)
+
+
+class _CorrelationUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return await continuation(_with_correlation_id(details), request)
+
+
+class _CorrelationStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_correlation_id(details), request_iterator)
+
+
+class _CorrelationStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_correlation_id(details), request_iterator)
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """An insecure channel (services talk on loopback or inside the cluster network) to ``address``."""
+    return grpc.aio.insecure_channel(
+        address,
+        interceptors=[
+            _CorrelationUnaryUnary(),
+            _CorrelationUnaryStream(),
+            _CorrelationStreamUnary(),
+            _CorrelationStreamStream(),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            # Reconnect quickly after a peer restarts, so readiness recovers within a second or two.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )

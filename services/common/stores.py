@@ -1,0 +1,103 @@
+"""Connections to the stores a service depends on, with the start/healthy/stop shape of a Service."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from services.common import db
+from services.common.errors import Unavailable
+
+
+class PostgresStore:
+    """An asyncpg pool, opened after the schema is migrated to the latest version."""
+
+    def __init__(self, dsn: str, *, max_size: int = 10, run_migrations: bool = True) -> None:
+        self.dsn = dsn
+        self.max_size = max_size
+        self.run_migrations = run_migrations
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise Unavailable("database not connected yet")
+        return self._pool
+
+    async def start(self) -> None:
+        if self.run_migrations:
+            await db.migrate(self.dsn)
+        self._pool = await db.create_pool(self.dsn, max_size=self.max_size)
+
+    async def healthy(self) -> bool:
+        return self._pool is not None and await db.ping(self._pool)
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+class RedisStore:
+    """A redis.asyncio client (TCP ``redis://``, TLS ``rediss://`` or ``unix://``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise Unavailable("redis not connected yet")
+        return self._client
+
+    async def start(self) -> None:
+        client = aioredis.from_url(
+            self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+        try:
+            await client.ping()
+        except Exception:
+            await client.aclose()
+            raise
+        self._client = client
+
+    async def healthy(self) -> bool:
+        return self._client is not None and bool(await self._client.ping())
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+    async def healthy(self) -> bool: ...
+    async def stop(self) -> None: ...
+
+
+class StoreBackedService:
+    """The start/healthy/stop part of a :class:`~services.common.grpc_server.Service` for services
+    whose readiness is their stores' readiness. Subclasses set ``name``, ``grpc_service_names``,
+    ``stores`` and implement ``register``."""
+
+    name: str
+    grpc_service_names: list[str]
+    stores: list[Store]
+
+    async def start(self) -> None:
+        for store in self.stores:
+            await store.start()
+
+    async def healthy(self) -> bool:
+        for store in self.stores:
+            if not await store.healthy():
+                return False
+        return True
+
+    async def stop(self) -> None:
+        for store in reversed(self.stores):
+            await store.stop()

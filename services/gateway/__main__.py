@@ -1,0 +1,38 @@
+"""Run the gateway: HTTPS with the configured certificate, or the generated dev one."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from services.common.logs import configure_logging
+from services.common.settings import load_or_exit
+from services.common.telemetry import setup_telemetry
+from services.gateway.config import GatewaySettings
+from services.gateway.main import create_app
+from services.gateway.tls import ensure_dev_certificates
+
+
+def main() -> None:
+    settings = load_or_exit(GatewaySettings)
+    configure_logging("gateway", settings.log_level)
+    setup_telemetry("gateway")
+    if settings.tls_cert_file is None:
+        ca, cert, key = ensure_dev_certificates(settings.tls_dir)
+        settings.tls_cert_file, settings.tls_key_file = cert, key
+        logging.getLogger(__name__).info("using the development certificate", extra={"ca_file": str(ca)})
+    cert_file, key_file = settings.require_tls_files()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.port,
+        ssl_certfile=str(cert_file),
+        ssl_keyfile=str(key_file),
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+main()

@@ -1,0 +1,43 @@
+"""Liveness, readiness (every backend's gRPC health) and per-service detail."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from services.gateway.deps import BackendsDep, SettingsDep
+from services.gateway.errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Liveness: the gateway process answers")
+async def health() -> dict[str, str]:
+    return {"status": "ok", "service": "gateway"}
+
+
+@router.get("/health/ready", summary="Readiness: every backend service reports SERVING")
+async def ready(backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
+    results = await backends.check_all(settings.health_timeout_s)
+    services = {r.name: r.status for r in results}
+    down = [r.name for r in results if not r.serving]
+    if down:
+        return error_response(
+            503,
+            "not_ready",
+            f"not serving: {', '.join(down)}",
+            extra={"status": "not_ready", "services": services},
+        )
+    return JSONResponse({"status": "ready", "services": services})
+
+
+@router.get("/health/all", summary="Per-service health detail")
+@router.get("/api/health", summary="Per-service health detail (alias of /health/all)")
+async def health_all(backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
+    results = await backends.check_all(settings.health_timeout_s)
+    overall = "ok" if all(r.serving for r in results) else "degraded"
+    body = {
+        "status": overall,
+        "services": {"gateway": {"status": "SERVING"}, **{r.name: r.as_dict() for r in results}},
+    }
+    return JSONResponse(body, status_code=200 if overall == "ok" else 503)

@@ -1,0 +1,148 @@
+"""The gateway's one error model: every failure leaves as ``{"error", "message", "correlation_id"}``.
+
+gRPC status codes and domain errors are mapped to HTTP here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.context import CORRELATION_HEADER, current_correlation_id
+from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError
+
+log = logging.getLogger(__name__)
+
+GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "failed_precondition"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthorized"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "already_exists"),
+    grpc.StatusCode.ABORTED: (409, "conflict"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "resource_exhausted"),
+    grpc.StatusCode.CANCELLED: (499, "cancelled"),
+    grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
+}
+
+HTTP_CODES: dict[int, str] = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limit_exceeded",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+class ApiError(Exception):
+    """Raise from a route to answer with the JSON error body."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error = error
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def error_response(
+    status_code: int,
+    error: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    correlation_id = current_correlation_id()
+    body = {"error": error, "message": message, "correlation_id": correlation_id, **(extra or {})}
+    response = JSONResponse(body, status_code=status_code, headers=headers)
+    if correlation_id:
+        response.headers[CORRELATION_HEADER] = correlation_id
+    return response
+
+
+def _trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
+    for k, v in error.trailing_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return None
+
+
+def api_error_from_grpc(error: grpc.aio.AioRpcError, *, service: str = "") -> ApiError:
+    """The HTTP answer for a failed gRPC call, keeping the service's own error code when it sent one."""
+    status, default_code = GRPC_TO_HTTP.get(error.code(), (502, "upstream_error"))
+    code = _trailer(error, ERROR_CODE_KEY) or default_code
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    retry_after = _trailer(error, RETRY_AFTER_KEY)
+    if retry_after is not None:
+        seconds = max(1, round(float(retry_after) + 0.499))
+        headers["Retry-After"] = str(seconds)
+        extra["retry_after"] = seconds
+    message = error.details() or error.code().name.lower()
+    if status >= 500 and error.code() == grpc.StatusCode.UNAVAILABLE:
+        message = f"{service or 'a backend service'} is unavailable"
+    return ApiError(status, code, message, headers=headers, extra=extra)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.error, exc.message, headers=exc.headers, extra=exc.extra)
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def _grpc_error(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        api = api_error_from_grpc(exc)
+        return error_response(api.status_code, api.error, api.message, headers=api.headers, extra=api.extra)
+
+    @app.exception_handler(GoblinError)
+    async def _domain_error(_: Request, exc: GoblinError) -> JSONResponse:
+        status, _code = GRPC_TO_HTTP.get(exc.status, (500, "internal_error"))
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        return error_response(status, exc.code, exc.message, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return error_response(400, "invalid_request", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")

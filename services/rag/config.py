@@ -1,0 +1,30 @@
+"""RAG service settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from services.common.settings import DatabaseSettings, ServiceSettings
+
+
+class RagSettings(ServiceSettings, DatabaseSettings):
+    grpc_port: int = Field(50053, alias="GOBLIN_RAG_PORT", ge=1, le=65535)
+    metrics_port: int = Field(9103, alias="GOBLIN_RAG_METRICS_PORT", ge=1, le=65535)
+    # http://host:port of a Chroma server; unset: an embedded PersistentClient in chroma_path.
+    chroma_url: str | None = Field(None, alias="CHROMA_URL")
+    chroma_path: Path | None = Field(None, alias="GOBLIN_CHROMA_PATH")
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("CHROMA_URL: must be an http:// or https:// URL of a Chroma server")
+        return value or None
+
+    @model_validator(mode="after")
+    def _default_path(self) -> RagSettings:
+        if self.chroma_path is None:
+            self.chroma_path = self.goblin_home / "chroma"
+        return self

@@ -1,0 +1,247 @@
+"""``goblin up``: the whole suite on one machine, supervised.
+
+Starts embedded PostgreSQL and Redis when no URL is configured, applies migrations, then runs the six
+services as child processes, restarting any that dies with exponential backoff. Ctrl-C or SIGTERM
+stops the children (SIGTERM, then SIGKILL after the grace period) and the embedded stores. A lock file
+under GOBLIN_HOME refuses a second copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from pydantic import Field
+
+from services.common import db
+from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
+from services.common.process import die_with_parent
+from services.common.settings import GoblinSettings
+
+log = logging.getLogger("goblin.supervisor")
+
+SERVICE_ORDER = ("auth", "router", "inference", "rag", "executor", "gateway")
+RESTART_BACKOFF_START_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 30.0  # a child that ran this long has its backoff reset
+STOP_GRACE_S = 10.0
+
+
+class SuiteSettings(GoblinSettings):
+    """What ``goblin up`` needs: the stores (optional: embedded when unset) and every port."""
+
+    database_url: str | None = Field(None, alias="DATABASE_URL")
+    redis_url: str | None = Field(None, alias="REDIS_URL")
+    gateway_port: int = Field(8443, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
+    router_port: int = Field(50051, alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
+    inference_port: int = Field(50052, alias="GOBLIN_INFERENCE_PORT", ge=1, le=65535)
+    rag_port: int = Field(50053, alias="GOBLIN_RAG_PORT", ge=1, le=65535)
+    auth_port: int = Field(50054, alias="GOBLIN_AUTH_PORT", ge=1, le=65535)
+    executor_port: int = Field(50055, alias="GOBLIN_EXECUTOR_PORT", ge=1, le=65535)
+    router_metrics_port: int = Field(9101, alias="GOBLIN_ROUTER_METRICS_PORT", ge=1, le=65535)
+    inference_metrics_port: int = Field(9102, alias="GOBLIN_INFERENCE_METRICS_PORT", ge=1, le=65535)
+    rag_metrics_port: int = Field(9103, alias="GOBLIN_RAG_METRICS_PORT", ge=1, le=65535)
+    auth_metrics_port: int = Field(9104, alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
+    executor_metrics_port: int = Field(9105, alias="GOBLIN_EXECUTOR_METRICS_PORT", ge=1, le=65535)
+    ready_timeout_s: float = Field(180.0, alias="GOBLIN_READY_TIMEOUT_S", gt=0)
+
+    def child_env(self, database_url: str, redis_url: str) -> dict[str, str]:
+        """Environment for every child: the caller's, plus resolved stores and peer addresses."""
+        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
+        env = dict(os.environ)
+        env.update(
+            {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url,
+                "GOBLIN_HOME": str(self.goblin_home),
+                "GOBLIN_BIND_HOST": self.bind_host,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for name in ("router", "inference", "rag", "auth", "executor"):
+            env[f"GOBLIN_{name.upper()}_ADDR"] = f"{host}:{getattr(self, f'{name}_port')}"
+            env[f"GOBLIN_{name.upper()}_PORT"] = str(getattr(self, f"{name}_port"))
+            env[f"GOBLIN_{name.upper()}_METRICS_PORT"] = str(getattr(self, f"{name}_metrics_port"))
+        env["GOBLIN_GATEWAY_PORT"] = str(self.gateway_port)
+        return env
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class InstanceLock:
+    """flock on GOBLIN_HOME/goblin.lock, holding our pid; released when the process exits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode().strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"goblin is already running from {self.path.parent} (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = RESTART_BACKOFF_START_S
+    history: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, settings: SuiteSettings, *, on_ready=None) -> None:  # noqa: ANN001
+        self.settings = settings
+        self.home = settings.goblin_home
+        self.lock = InstanceLock(self.home / "goblin.lock")
+        self.children = {name: Child(name) for name in SERVICE_ORDER}
+        self.stopping = asyncio.Event()
+        self.on_ready = on_ready
+        self._postgres: EmbeddedPostgres | None = None
+        self._redis: EmbeddedRedis | None = None
+
+    # -- stores ---------------------------------------------------------------------------------
+    def _start_stores(self) -> tuple[str, str]:
+        database_url = self.settings.database_url
+        if not database_url:
+            self._postgres = EmbeddedPostgres(self.home / "pg")
+            database_url = self._postgres.create_database("goblin")
+            log.info("embedded postgres started", extra={"data_dir": str(self.home / "pg")})
+        redis_url = self.settings.redis_url
+        if not redis_url:
+            self._redis = EmbeddedRedis(self.home / "redis")
+            redis_url = self._redis.url
+            log.info("embedded redis started", extra={"socket": str(self._redis.socket_path)})
+        return database_url, redis_url
+
+    def _stop_stores(self) -> None:
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
+
+    # -- children -------------------------------------------------------------------------------
+    async def _spawn(self, child: Child, env: dict[str, str]) -> None:
+        child.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"services.{child.name}",
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            preexec_fn=die_with_parent,
+        )
+        child.started_at = time.monotonic()
+        log.info("started %s", child.name, extra={"pid": child.process.pid, "restarts": child.restarts})
+
+    async def _keep_alive(self, child: Child, env: dict[str, str]) -> None:
+        """Run ``child`` until we stop, restarting it with exponential backoff whenever it exits."""
+        while not self.stopping.is_set():
+            await self._spawn(child, env)
+            assert child.process is not None
+            code = await child.process.wait()
+            if self.stopping.is_set():
+                return
+            child.history.append(code)
+            ran_for = time.monotonic() - child.started_at
+            if ran_for >= STABLE_AFTER_S:
+                child.backoff_s = RESTART_BACKOFF_START_S
+            log.warning(
+                "%s exited with %s after %.1fs; restarting in %.1fs",
+                child.name,
+                code,
+                ran_for,
+                child.backoff_s,
+                extra={"exit_code": code},
+            )
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=child.backoff_s)
+                return
+            except TimeoutError:
+                pass
+            child.backoff_s = min(child.backoff_s * 2, RESTART_BACKOFF_MAX_S)
+            child.restarts += 1
+
+    async def _stop_children(self) -> None:
+        running = [c.process for c in self.children.values() if c.process and c.process.returncode is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), timeout=STOP_GRACE_S)
+        except TimeoutError:
+            for process in running:
+                if process.returncode is None:
+                    log.warning("killing pid %s after %.0fs", process.pid, STOP_GRACE_S)
+                    process.kill()
+            await asyncio.gather(*(p.wait() for p in running))
+
+    async def _wait_ready(self) -> bool:
+        url = f"https://127.0.0.1:{self.settings.gateway_port}/health/ready"
+        # An operator's own certificate may not name 127.0.0.1; this probe only asks "is it up?".
+        verify: str | bool = (
+            False if os.environ.get("GOBLIN_TLS_CERT_FILE") else str(self.home / "tls" / "ca.pem")
+        )
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            try:
+                async with httpx.AsyncClient(verify=verify, timeout=2) as client:
+                    if (await client.get(url)).status_code == 200:
+                        return True
+            except (httpx.HTTPError, OSError):
+                pass
+            await asyncio.sleep(0.25)
+        return False
+
+    async def run(self) -> int:
+        self.lock.acquire()
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stopping.set)
+            database_url, redis_url = await asyncio.to_thread(self._start_stores)
+            applied = await db.migrate(database_url)
+            if applied:
+                log.info("migrations applied", extra={"versions": applied})
+            env = self.settings.child_env(database_url, redis_url)
+            keepers = [asyncio.create_task(self._keep_alive(c, env)) for c in self.children.values()]
+            ready = await self._wait_ready()
+            if self.on_ready is not None and not self.stopping.is_set():
+                self.on_ready(self, ready)
+            await self.stopping.wait()
+            log.info("stopping")
+            await self._stop_children()
+            await asyncio.gather(*keepers, return_exceptions=True)
+            return 0
+        finally:
+            await asyncio.to_thread(self._stop_stores)
+            self.lock.release()
