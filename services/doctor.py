@@ -13,7 +13,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.settings import default_home
+from services.common.settings import ConfigError, load_settings
 
 
 @dataclass(frozen=True)
@@ -141,20 +141,18 @@ def _files(home: Path) -> list[Check]:
 
 
 async def run_checks() -> list[Check]:
-    home = default_home()
-    env = os.environ
-    addresses = {
-        "router": env.get("GOBLIN_ROUTER_ADDR", "127.0.0.1:50051"),
-        "inference": env.get("GOBLIN_INFERENCE_ADDR", "127.0.0.1:50052"),
-        "rag": env.get("GOBLIN_RAG_ADDR", "127.0.0.1:50053"),
-        "auth": env.get("GOBLIN_AUTH_ADDR", "127.0.0.1:50054"),
-        "executor": env.get("GOBLIN_EXECUTOR_ADDR", "127.0.0.1:50055"),
-    }
+    from services.supervisor import SuiteSettings
+
+    try:
+        settings = load_settings(SuiteSettings)
+    except ConfigError as exc:
+        return [*_packages(), Check("configuration", "fail", str(exc))]
+    home = settings.goblin_home
     reachable = await asyncio.gather(
-        _postgres(env.get("DATABASE_URL"), home),
-        _redis(env.get("REDIS_URL"), home),
-        _chroma(env.get("CHROMA_URL"), home),
-        *(_service(n, a) for n, a in addresses.items()),
-        _gateway(int(env.get("GOBLIN_GATEWAY_PORT", "8443")), home),
+        _postgres(settings.database_url, home),
+        _redis(settings.redis_url, home),
+        _chroma(os.environ.get("CHROMA_URL"), home),
+        *(_service(n, a) for n, a in settings.peer_addresses().items()),
+        _gateway(settings.gateway_port, home),
     )
-    return [*_packages(), *reachable, *_files(home)]
+    return [*_packages(), Check("configuration", "ok", f"GOBLIN_HOME={home}"), *reachable, *_files(home)]

@@ -28,6 +28,7 @@ from services.common.settings import GoblinSettings
 
 log = logging.getLogger("goblin.supervisor")
 
+BACKEND_SERVICES = ("router", "inference", "rag", "auth", "executor")
 SERVICE_ORDER = ("auth", "router", "inference", "rag", "executor", "gateway")
 RESTART_BACKOFF_START_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
@@ -53,9 +54,13 @@ class SuiteSettings(GoblinSettings):
     executor_metrics_port: int = Field(9105, alias="GOBLIN_EXECUTOR_METRICS_PORT", ge=1, le=65535)
     ready_timeout_s: float = Field(180.0, alias="GOBLIN_READY_TIMEOUT_S", gt=0)
 
+    def peer_addresses(self) -> dict[str, str]:
+        """Where each service listens when ``goblin up`` runs it: derived from the ports."""
+        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
+        return {name: f"{host}:{getattr(self, f'{name}_port')}" for name in BACKEND_SERVICES}
+
     def child_env(self, database_url: str, redis_url: str) -> dict[str, str]:
         """Environment for every child: the caller's, plus resolved stores and peer addresses."""
-        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
         env = dict(os.environ)
         env.update(
             {
@@ -63,14 +68,14 @@ class SuiteSettings(GoblinSettings):
                 "REDIS_URL": redis_url,
                 "GOBLIN_HOME": str(self.goblin_home),
                 "GOBLIN_BIND_HOST": self.bind_host,
+                "GOBLIN_GATEWAY_PORT": str(self.gateway_port),
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        for name in ("router", "inference", "rag", "auth", "executor"):
-            env[f"GOBLIN_{name.upper()}_ADDR"] = f"{host}:{getattr(self, f'{name}_port')}"
+        for name, address in self.peer_addresses().items():
+            env[f"GOBLIN_{name.upper()}_ADDR"] = address
             env[f"GOBLIN_{name.upper()}_PORT"] = str(getattr(self, f"{name}_port"))
             env[f"GOBLIN_{name.upper()}_METRICS_PORT"] = str(getattr(self, f"{name}_metrics_port"))
-        env["GOBLIN_GATEWAY_PORT"] = str(self.gateway_port)
         return env
 
 

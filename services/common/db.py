@@ -79,7 +79,8 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[int]:
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:
                         raise MigrationError(
-                            f"migration {migration.version:04d}_{migration.name} was changed after it was applied"
+                            f"migration {migration.version:04d}_{migration.name} "
+                            "was changed after it was applied"
                         )
                     continue
                 async with conn.transaction():

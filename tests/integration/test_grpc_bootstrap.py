@@ -1,0 +1,135 @@
+"""One service process on its own: health lifecycle, reflection, metrics, error mapping, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from goblin.v1 import auth_pb2, auth_pb2_grpc
+from tests.suite import free_ports
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def start(service: str, env_extra: dict[str, str], home: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+    grpc_port, metrics_port = free_ports(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBLIN_")}
+    env.update(
+        {
+            "GOBLIN_HOME": str(home),
+            f"GOBLIN_{service.upper()}_PORT": str(grpc_port),
+            f"GOBLIN_{service.upper()}_METRICS_PORT": str(metrics_port),
+            **env_extra,
+        }
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return process, f"127.0.0.1:{grpc_port}", metrics_port
+
+
+def health(address: str, service: str = "") -> int | None:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                .status
+            )
+        except grpc.RpcError:
+            return None
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError("condition not met")
+
+
+@pytest.fixture
+def auth_process(
+    tmp_path: Path, new_database: Callable[[], str], redis_url: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    process, address, metrics_port = start(
+        "auth", {"DATABASE_URL": new_database(), "REDIS_URL": redis_url}, tmp_path
+    )
+    yield process, address, metrics_port
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_not_serving_until_dependencies_answer(tmp_path: Path) -> None:
+    # A database that cannot be reached: the process runs, answers health, and says NOT_SERVING.
+    process, address, _ = start(
+        "router", {"DATABASE_URL": f"postgresql://postgres@/postgres?host={tmp_path}/nowhere"}, tmp_path
+    )
+    try:
+        wait_for(lambda: health(address) is not None)
+        assert health(address) == NOT_SERVING
+        assert health(address, "goblin.v1.Router") == NOT_SERVING
+        time.sleep(1.0)
+        assert health(address) == NOT_SERVING
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+
+
+def test_serving_reflection_metrics_and_graceful_stop(auth_process: tuple) -> None:
+    process, address, metrics_port = auth_process
+    wait_for(lambda: health(address) == SERVING)
+    assert health(address, "goblin.v1.Auth") == SERVING
+
+    with grpc.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = list(
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
+    listed = {s.name for s in replies[0].list_services_response.service}
+    assert {"goblin.v1.Auth", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
+
+    # A domain error leaves as its gRPC status with the error code in the trailers.
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            auth_pb2_grpc.AuthStub(channel).Authenticate(
+                auth_pb2.AuthenticateRequest(credential="gk_wrong"),
+                metadata=(("x-correlation-id", "corr-test-1"),),
+                timeout=5,
+            )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ("goblin-error-code", "unauthorized") in info.value.trailing_metadata()
+
+    # Methods a later issue implements answer UNIMPLEMENTED, never a crash.
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            auth_pb2_grpc.AuthStub(channel).GetJwks(auth_pb2.GetJwksRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert (
+        'goblin_grpc_server_handled_total{grpc_code="UNAUTHENTICATED",grpc_method="Authenticate",'
+        'grpc_service="goblin.v1.Auth"} 1.0' in metrics
+    )
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    stderr = process.stderr.read().decode()
+    assert '"message": "auth stopped"' in stderr

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.supervisor import AlreadyRunning, InstanceLock, SuiteSettings
+
+
+def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
+    first = InstanceLock(tmp_path / "goblin.lock")
+    first.acquire()
+    try:
+        # flock is per open file description: a second process is the honest test.
+        code = (
+            "import sys; from pathlib import Path\n"
+            "from services.supervisor import InstanceLock, AlreadyRunning\n"
+            f"lock = InstanceLock(Path({str(tmp_path / 'goblin.lock')!r}))\n"
+            "try:\n    lock.acquire()\nexcept AlreadyRunning as e:\n    print(e); sys.exit(3)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 3
+        assert "already running" in result.stdout
+        import os
+
+        assert f"pid {os.getpid()}" in result.stdout
+    finally:
+        first.release()
+    again = InstanceLock(tmp_path / "goblin.lock")
+    again.acquire()
+    again.release()
+
+
+def test_same_process_second_lock_is_refused(tmp_path: Path) -> None:
+    first = InstanceLock(tmp_path / "goblin.lock")
+    first.acquire()
+    try:
+        with pytest.raises(AlreadyRunning):
+            InstanceLock(tmp_path / "goblin.lock").acquire()
+    finally:
+        first.release()
+
+
+def test_children_learn_every_peer_address(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GOBLIN_HOME", str(tmp_path))
+    monkeypatch.setenv("GOBLIN_AUTH_PORT", "6004")
+    settings = SuiteSettings()
+    env = settings.child_env("postgresql://db/goblin", "unix:///tmp/redis.sock")
+    assert env["GOBLIN_AUTH_ADDR"] == "127.0.0.1:6004"
+    assert env["GOBLIN_AUTH_PORT"] == "6004"
+    assert env["GOBLIN_ROUTER_ADDR"] == "127.0.0.1:50051"
+    assert env["GOBLIN_RAG_METRICS_PORT"] == "9103"
+    assert env["DATABASE_URL"] == "postgresql://db/goblin"
+    assert env["GOBLIN_HOME"] == str(tmp_path)
