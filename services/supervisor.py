@@ -9,7 +9,6 @@ under GOBLIN_HOME refuses a second copy.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from pydantic import Field
 
 from services.common import db
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
-from services.common.process import die_with_parent
+from services.common.process import AlreadyRunning, InstanceLock, die_with_parent
 from services.common.settings import GoblinSettings
 
 log = logging.getLogger("goblin.supervisor")
@@ -79,39 +78,6 @@ class SuiteSettings(GoblinSettings):
         return env
 
 
-class AlreadyRunning(Exception):
-    pass
-
-
-class InstanceLock:
-    """flock on GOBLIN_HOME/goblin.lock, holding our pid; released when the process exits."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode().strip() or "unknown"
-            os.close(fd)
-            raise AlreadyRunning(
-                f"goblin is already running from {self.path.parent} (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 @dataclass
 class Child:
     name: str
@@ -126,7 +92,7 @@ class Supervisor:
     def __init__(self, settings: SuiteSettings, *, on_ready=None) -> None:  # noqa: ANN001
         self.settings = settings
         self.home = settings.goblin_home
-        self.lock = InstanceLock(self.home / "goblin.lock")
+        self.lock = InstanceLock(self.home / "goblin.lock", f"goblin (GOBLIN_HOME={self.home})")
         self.children = {name: Child(name) for name in SERVICE_ORDER}
         self.stopping = asyncio.Event()
         self.on_ready = on_ready

@@ -4,4 +4,4 @@ from services.common.grpc_server import run_service
 from services.common.settings import load_or_exit
 
 settings = load_or_exit(AuthSettings)
-run_service(AuthServer(settings), settings)
+run_service(lambda: AuthServer(settings), settings)

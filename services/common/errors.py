@@ -76,3 +76,36 @@ class Cancelled(GoblinError):
 # Trailing metadata keys that carry what a status code alone cannot.
 ERROR_CODE_KEY = "goblin-error-code"
 RETRY_AFTER_KEY = "retry-after"
+
+
+_BY_STATUS: dict[grpc.StatusCode, type[GoblinError]] = {
+    cls.status: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Unauthenticated,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+    )
+}
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> GoblinError:
+    """A peer's gRPC failure as a domain error, keeping its error code and retry-after, so a service
+    that relays a call (router -> inference) passes the caller the same answer."""
+    trailers = {k: v for k, v in (error.trailing_metadata() or ())}
+    retry_after = trailers.get(RETRY_AFTER_KEY)
+    cls = _BY_STATUS.get(error.code(), GoblinError)
+    if cls is GoblinError:
+        # INTERNAL, UNKNOWN, DATA_LOSS...: the peer failed; say so without leaking its internals.
+        return Unavailable(f"upstream failure ({error.code().name})", code="upstream_error")
+    return cls(
+        error.details() or error.code().name.lower(),
+        code=trailers.get(ERROR_CODE_KEY) or None,
+        retry_after=float(retry_after) if retry_after else None,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -201,8 +202,15 @@ async def _watch_health(
             pass
 
 
-async def serve(service: Service, settings: ServiceSettings) -> None:
-    """Run ``service`` until SIGTERM/SIGINT, then shut down gracefully."""
+class StartupRefused(Exception):
+    """The service must not start (another instance holds the lock, a model file is missing...).
+    ``str()`` is the one line shown to the operator."""
+
+
+async def serve(make_service: Callable[[], Service], settings: ServiceSettings) -> None:
+    """Build the service inside the running event loop (gRPC channels bind to the loop that exists when
+    they are made), run it until SIGTERM/SIGINT, then shut down gracefully."""
+    service = make_service()
     configure_logging(service.name, settings.log_level)
     setup_telemetry(service.name)
     start_metrics_server(settings.bind_host, settings.metrics_port)
@@ -255,6 +263,10 @@ async def serve(service: Service, settings: ServiceSettings) -> None:
     log.info("%s stopped", service.name)
 
 
-def run_service(service: Service, settings: ServiceSettings) -> None:
-    """Entry point of every ``python -m services.<name>``."""
-    asyncio.run(serve(service, settings))
+def run_service(make_service: Callable[[], Service], settings: ServiceSettings) -> None:
+    """Entry point of every ``python -m services.<name>``: exit 1 with one line if start-up is refused."""
+    try:
+        asyncio.run(serve(make_service, settings))
+    except StartupRefused as exc:
+        print(f"goblin: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

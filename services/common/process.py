@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import os
 import signal
 import sys
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -15,3 +18,36 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class InstanceLock:
+    """An exclusive flock on ``path`` holding our pid: one instance at a time, released by the kernel
+    when the process exits, however it exits (the design notes' single-instance rule)."""
+
+    def __init__(self, path: Path, what: str = "goblin") -> None:
+        self.path = path
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode().strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(f"{self.what} is already running (pid {holder}; lock {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -4,4 +4,4 @@ from services.executor.config import ExecutorSettings
 from services.executor.server import ExecutorServer
 
 settings = load_or_exit(ExecutorSettings)
-run_service(ExecutorServer(settings), settings)
+run_service(lambda: ExecutorServer(settings), settings)

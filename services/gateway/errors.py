@@ -73,6 +73,11 @@ class ApiError(Exception):
         self.extra = extra or {}
 
 
+def error_body(error: str, message: str, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one JSON error shape: ``{"error", "message", "correlation_id", ...extra}``."""
+    return {"error": error, "message": message, "correlation_id": current_correlation_id(), **(extra or {})}
+
+
 def error_response(
     status_code: int,
     error: str,
@@ -82,8 +87,7 @@ def error_response(
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     correlation_id = current_correlation_id()
-    body = {"error": error, "message": message, "correlation_id": correlation_id, **(extra or {})}
-    response = JSONResponse(body, status_code=status_code, headers=headers)
+    response = JSONResponse(error_body(error, message, extra=extra), status_code=status_code, headers=headers)
     if correlation_id:
         response.headers[CORRELATION_HEADER] = correlation_id
     return response
@@ -133,6 +137,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors():
+            if tuple(err.get("loc", ())) == ("body",) and err.get("type") in (
+                "model_attributes_type",
+                "dict_type",
+            ):
+                problems.append("the request body must be a JSON object (Content-Type: application/json)")
+                continue
+            if err.get("type") == "json_invalid":
+                problems.append(
+                    f"the request body is not valid JSON: {err.get('ctx', {}).get('error', 'parse error')}"
+                )
+                continue
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return error_response(400, "invalid_request", "; ".join(problems) or "invalid request")

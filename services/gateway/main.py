@@ -11,7 +11,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from services.gateway.api.routes import auth, health
+from services.gateway.api.routes import auth, health, openai
 from services.gateway.clients import Backends
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
@@ -32,6 +32,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(openai.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

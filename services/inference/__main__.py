@@ -4,4 +4,4 @@ from services.inference.config import InferenceSettings
 from services.inference.server import InferenceServer
 
 settings = load_or_exit(InferenceSettings)
-run_service(InferenceServer(settings), settings)
+run_service(lambda: InferenceServer(settings), settings)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pydantic import Field
 
 from services.common.settings import ServiceSettings
@@ -10,3 +13,14 @@ from services.common.settings import ServiceSettings
 class InferenceSettings(ServiceSettings):
     grpc_port: int = Field(50052, alias="GOBLIN_INFERENCE_PORT", ge=1, le=65535)
     metrics_port: int = Field(9102, alias="GOBLIN_INFERENCE_METRICS_PORT", ge=1, le=65535)
+    model_path: Path | None = Field(None, alias="GOBLIN_MODEL_PATH", description="any GGUF chat model")
+    # Default: from the file name (SmolLM2-135M-Instruct.Q4_1.gguf -> smollm2-135m-instruct).
+    model_id: str | None = Field(None, alias="GOBLIN_MODEL_ID", pattern=r"^[a-z0-9][a-z0-9._\-]*$")
+    embed_model_dir: Path | None = Field(None, alias="GOBLIN_EMBED_MODEL_DIR")
+    max_queue: int = Field(16, alias="GOBLIN_INFERENCE_MAX_QUEUE", ge=1, le=4096)
+    max_sequences: int = Field(4, alias="GOBLIN_INFERENCE_MAX_SEQUENCES", ge=1, le=64)
+    n_ctx: int = Field(2048, alias="GOBLIN_INFERENCE_N_CTX", ge=256, le=131_072)
+    threads: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)), alias="GOBLIN_INFERENCE_THREADS", ge=1, le=256
+    )
+    embed_threads: int = Field(1, alias="GOBLIN_EMBED_THREADS", ge=1, le=64)

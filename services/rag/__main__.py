@@ -4,4 +4,4 @@ from services.rag.config import RagSettings
 from services.rag.server import RagServer
 
 settings = load_or_exit(RagSettings)
-run_service(RagServer(settings), settings)
+run_service(lambda: RagServer(settings), settings)

@@ -4,4 +4,4 @@ from services.router.config import RouterSettings
 from services.router.server import RouterServer
 
 settings = load_or_exit(RouterSettings)
-run_service(RouterServer(settings), settings)
+run_service(lambda: RouterServer(settings), settings)

@@ -1,0 +1,264 @@
+"""The OpenAI-compatible API: chat completions (unary and SSE), models, embeddings, and /invoke."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from goblin.v1 import auth_pb2, common_pb2
+from services.common.chat import new_completion_id
+from services.common.context import current_correlation_id
+from services.gateway.deps import BackendsDep, PrincipalDep
+from services.gateway.errors import ApiError, api_error_from_grpc, error_body
+from services.gateway.openai_schema import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
+
+router = APIRouter(tags=["openai"])
+
+# A chat may legitimately take minutes on a CPU; the inference queue bounds how many wait.
+CHAT_TIMEOUT_S = 600
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def request_context(principal: auth_pb2.Principal) -> common_pb2.RequestContext:
+    return common_pb2.RequestContext(
+        correlation_id=current_correlation_id(),
+        user_id=principal.user_id,
+        tenant_id=principal.tenant_id,
+        api_key_id=principal.api_key_id,
+        scopes=list(principal.scopes),
+    )
+
+
+def chat_request_to_proto(
+    body: ChatCompletionRequest, principal: auth_pb2.Principal
+) -> common_pb2.ChatRequest:
+    messages = []
+    for i, message in enumerate(body.messages):
+        try:
+            text = message.text()
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", f"messages[{i}].content: {exc}") from None
+        role = "system" if message.role == "developer" else message.role
+        messages.append(common_pb2.ChatMessage(role=role, content=text, name=message.name or ""))
+    params = common_pb2.SamplingParams(stop=body.stop or [])
+    if body.token_limit is not None:
+        params.max_tokens = body.token_limit
+    if body.temperature is not None:
+        params.temperature = body.temperature
+    if body.top_p is not None:
+        params.top_p = body.top_p
+    if body.seed is not None:
+        params.seed = body.seed
+    request = common_pb2.ChatRequest(
+        model=body.model, messages=messages, params=params, context=request_context(principal)
+    )
+    if body.goblin is not None:
+        request.routing.policy = body.goblin.policy or ""
+        request.routing.fallbacks.extend(body.goblin.fallbacks)
+        if body.goblin.rag is not None:
+            request.rag.collection = body.goblin.rag.collection
+            request.rag.top_k = body.goblin.rag.top_k
+    return request
+
+
+def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+@router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream: true for SSE)")
+@router.post("/chat/completions", summary="Chat completion (alias of /v1/chat/completions)")
+async def chat_completions(
+    body: ChatCompletionRequest, principal: PrincipalDep, backends: BackendsDep
+) -> Any:
+    request = chat_request_to_proto(body, principal)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _stream(backends.router.ChatStream(request, timeout=CHAT_TIMEOUT_S), include_usage)
+    try:
+        reply = await backends.router.Chat(request, timeout=CHAT_TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        raise api_error_from_grpc(exc, service="router") from None
+    return {
+        "id": reply.id or new_completion_id(),
+        "object": "chat.completion",
+        "created": reply.created or int(time.time()),
+        "model": reply.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.message.content, "refusal": None},
+                "finish_reason": reply.finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_json(reply.usage),
+        "system_fingerprint": None,
+    }
+
+
+async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool) -> StreamingResponse:
+    # Wait for the first chunk before answering, so refusals (unknown model, full queue, budget) get
+    # their real HTTP status instead of a 200 followed by an error event.
+    try:
+        first = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        raise api_error_from_grpc(exc, service="router") from None
+    completion_id, created = new_completion_id(), int(time.time())
+
+    def event(payload: dict[str, Any]) -> str:
+        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+    def chunk_event(chunk: common_pb2.ChatChunk) -> str:
+        delta: dict[str, Any] = {}
+        if chunk.role:
+            delta["role"] = chunk.role
+        if chunk.delta or chunk.role:
+            delta["content"] = chunk.delta
+        return event(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chunk.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "finish_reason": chunk.finish_reason or None,
+                        "logprobs": None,
+                    }
+                ],
+            }
+        )
+
+    async def events() -> AsyncIterator[str]:
+        chunk = first
+        model = ""
+        usage = None
+        try:
+            while chunk is not grpc.aio.EOF:
+                model = chunk.model or model
+                if chunk.HasField("usage"):
+                    usage = chunk.usage
+                yield chunk_event(chunk)
+                chunk = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            error = api_error_from_grpc(exc, service="router")
+            # Mid-stream the status line is already sent: OpenAI's in-stream error object, which SDKs raise.
+            body = error_body(error.error, error.message, extra=error.extra)
+            yield event({"error": {**body, "type": error.error, "code": error.error}})
+            return
+        finally:
+            call.cancel()  # no-op when finished; frees the model when the client went away
+        if include_usage and usage is not None:
+            yield event(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage_json(usage),
+                }
+            )
+        yield "data: [DONE]\n\n"
+
+    if first is grpc.aio.EOF:
+        raise ApiError(502, "upstream_error", "the model returned an empty stream")
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/v1/models", summary="Every model the router can reach")
+async def list_models(principal: PrincipalDep, backends: BackendsDep) -> dict[str, Any]:
+    try:
+        reply = await backends.router.ListModels(
+            common_pb2.ListModelsRequest(context=request_context(principal))
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise api_error_from_grpc(exc, service="router") from None
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": m.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.owned_by or m.provider,
+                "aliases": list(m.aliases),
+                "capabilities": list(m.capabilities),
+                "context_length": m.context_length,
+            }
+            for m in reply.models
+        ],
+    }
+
+
+@router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible) from the local embedding model")
+async def embeddings(
+    body: EmbeddingRequest, principal: PrincipalDep, backends: BackendsDep
+) -> dict[str, Any]:
+    if body.dimensions is not None:
+        raise ApiError(400, "invalid_request", "dimensions is not supported by the local embedding model")
+    try:
+        reply = await backends.router.Embed(
+            common_pb2.EmbedRequest(model=body.model, inputs=body.input, context=request_context(principal)),
+            timeout=120,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise api_error_from_grpc(exc, service="router") from None
+
+    def encode(values: list[float]) -> list[float] | str:
+        if body.encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        return values
+
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(list(e.values))}
+            for i, e in enumerate(reply.embeddings)
+        ],
+        "model": reply.model,
+        "usage": {"prompt_tokens": reply.usage.prompt_tokens, "total_tokens": reply.usage.prompt_tokens},
+    }
+
+
+@router.post("/invoke", summary="One completion for one prompt (kept for old clients)")
+async def invoke(body: InvokeRequest, principal: PrincipalDep, backends: BackendsDep) -> JSONResponse:
+    model = f"{body.provider}/{body.model}" if body.model else body.provider
+    params = common_pb2.SamplingParams()
+    if body.max_tokens is not None:
+        params.max_tokens = body.max_tokens
+    if body.temperature is not None:
+        params.temperature = body.temperature
+    request = common_pb2.ChatRequest(
+        model=model,
+        messages=[common_pb2.ChatMessage(role="user", content=body.prompt)],
+        params=params,
+        context=request_context(principal),
+    )
+    try:
+        reply = await backends.router.Chat(request, timeout=CHAT_TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        raise api_error_from_grpc(exc, service="router") from None
+    return JSONResponse(
+        {
+            "response": reply.message.content,
+            "provider": reply.provider,
+            "model": reply.model,
+            "finish_reason": reply.finish_reason,
+            "usage": usage_json(reply.usage),
+        }
+    )
