@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.supervisor import AlreadyRunning, InstanceLock, SuiteSettings
+from services.common.process import AlreadyRunning, InstanceLock
+from services.supervisor import SuiteSettings
 
 
 def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
@@ -16,7 +17,7 @@ def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
         # flock is per open file description: a second process is the honest test.
         code = (
             "import sys; from pathlib import Path\n"
-            "from services.supervisor import InstanceLock, AlreadyRunning\n"
+            "from services.common.process import InstanceLock, AlreadyRunning\n"
             f"lock = InstanceLock(Path({str(tmp_path / 'goblin.lock')!r}))\n"
             "try:\n    lock.acquire()\nexcept AlreadyRunning as e:\n    print(e); sys.exit(3)\n"
         )
