@@ -190,7 +190,8 @@ class Supervisor:
                         return True
             except (httpx.HTTPError, OSError):
                 pass
-            await asyncio.sleep(0.25)
+            # Once a second: /health is rate-limited like everything else (60/minute by default).
+            await asyncio.sleep(1.0)
         return False
 
     async def run(self) -> int:

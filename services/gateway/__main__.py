@@ -32,6 +32,9 @@ def main() -> None:
         log_config=None,
         timeout_graceful_shutdown=10,
         server_header=False,
+        # X-Forwarded-For is judged by the rate limiter against GOBLIN_TRUSTED_PROXIES, nowhere else:
+        # uvicorn's own handling would believe any client on 127.0.0.1.
+        proxy_headers=False,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -16,8 +17,13 @@ from goblin.v1 import (
     rag_pb2_grpc,
     router_pb2_grpc,
 )
+from services.common.audit import AuditLog
 from services.common.grpc_client import open_channel
+from services.common.stores import PostgresStore, RedisStore
+from services.gateway.config import GatewaySettings
 from services.gateway.metrics import SERVICE_HEALTH
+
+log = logging.getLogger(__name__)
 
 SERVICES = ("router", "inference", "rag", "auth", "executor")
 
@@ -71,3 +77,58 @@ class Backends:
 
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self.channels.values()))
+
+
+class GatewayStores:
+    """The gateway's own dependencies: Postgres for the audit trail, Redis (also used by the limiter).
+
+    They connect in the background with retries, so the gateway serves health while they come up;
+    readiness reports them. Audit rows queue (bounded) until Postgres answers.
+    """
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.postgres = PostgresStore(
+            settings.database_url.get_secret_value(), max_size=4, run_migrations=False
+        )
+        self.redis = RedisStore(settings.redis_url.get_secret_value())
+        self.audit = AuditLog(self.postgres)
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._connecting = asyncio.create_task(self._connect(), name="gateway-stores")
+
+    async def _connect(self) -> None:
+        for store in (self.postgres, self.redis):
+            delay = 0.25
+            while True:
+                try:
+                    await store.start()
+                    break
+                except Exception as exc:
+                    log.warning("gateway store not reachable yet: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        await self.audit.start()
+
+    async def check(self) -> list[ServiceHealth]:
+        results = []
+        for name, store in (("postgres", self.postgres), ("redis", self.redis)):
+            started = time.perf_counter()
+            try:
+                ok, error = await asyncio.wait_for(store.healthy(), timeout=1.0), ""
+            except Exception as exc:
+                ok, error = False, type(exc).__name__
+            latency_ms = round((time.perf_counter() - started) * 1000, 2)
+            SERVICE_HEALTH.labels(name).set(1 if ok else 0)
+            results.append(
+                ServiceHealth(name, "gateway", "SERVING" if ok else "NOT_SERVING", latency_ms, error)
+            )
+        return results
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        await self.audit.stop()
+        await self.redis.stop()
+        await self.postgres.stop()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from services.common.settings import ConfigError, GoblinSettings
+from services.common.secrets import SecretPolicy
+from services.common.settings import ConfigError, DatabaseSettings, GoblinSettings, RedisSettings
+from services.gateway.ratelimit import RouteClass, parse_limits
 
 
-class GatewaySettings(GoblinSettings):
+class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings):
     port: int = Field(8443, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
     tls_cert_file: Path | None = Field(None, alias="GOBLIN_TLS_CERT_FILE")
     tls_key_file: Path | None = Field(None, alias="GOBLIN_TLS_KEY_FILE")
@@ -17,6 +20,55 @@ class GatewaySettings(GoblinSettings):
     # How long /health/ready waits for each service's health answer.
     health_timeout_s: float = Field(1.0, alias="GOBLIN_HEALTH_TIMEOUT_S", gt=0, le=30)
     auth_cache_ttl_s: float = Field(30.0, alias="GOBLIN_AUTH_CACHE_TTL_S", ge=0, le=300)
+    rate_limit_enabled: bool = Field(True, alias="GOBLIN_RATE_LIMIT_ENABLED")
+    rate_limit_auth: str = Field("10/minute", alias="GOBLIN_RATE_LIMIT_AUTH")
+    rate_limit_chat: str = Field("30/minute", alias="GOBLIN_RATE_LIMIT_CHAT")
+    rate_limit_health: str = Field("60/minute", alias="GOBLIN_RATE_LIMIT_HEALTH")
+    rate_limit_default: str = Field("100/minute", alias="GOBLIN_RATE_LIMIT_DEFAULT")
+    # An extra limit every class also obeys, for short bursts: e.g. "20/second".
+    rate_limit_burst: str = Field("", alias="GOBLIN_RATE_LIMIT_BURST")
+    rate_limit_fail_open: bool = Field(True, alias="GOBLIN_RATE_LIMIT_FAIL_OPEN")
+    trusted_proxies: str = Field("", alias="GOBLIN_TRUSTED_PROXIES", description="CIDRs, comma-separated")
+    secret_scanning: bool = Field(True, alias="GOBLIN_SECRET_SCANNING")
+    secret_policy: SecretPolicy = Field(SecretPolicy.redact, alias="GOBLIN_SECRET_POLICY")
+    max_body_bytes: int = Field(1024 * 1024, alias="GOBLIN_MAX_BODY_BYTES", ge=1024)
+    request_timeout_s: float = Field(30.0, alias="GOBLIN_REQUEST_TIMEOUT_S", gt=0)
+    chat_timeout_s: float = Field(600.0, alias="GOBLIN_CHAT_TIMEOUT_S", gt=0)
+
+    @field_validator("rate_limit_auth", "rate_limit_chat", "rate_limit_health", "rate_limit_default")
+    @classmethod
+    def _limits(cls, value: str) -> str:
+        parse_limits(value)
+        return value
+
+    @field_validator("rate_limit_burst")
+    @classmethod
+    def _burst(cls, value: str) -> str:
+        if value.strip():
+            parse_limits(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for cidr in filter(None, (c.strip() for c in value.split(","))):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"GOBLIN_TRUSTED_PROXIES: {cidr!r} is not an IP address or CIDR") from None
+        return value
+
+    def rate_limits(self) -> dict[RouteClass, list]:
+        return {
+            RouteClass.auth: parse_limits(self.rate_limit_auth),
+            RouteClass.chat: parse_limits(self.rate_limit_chat),
+            RouteClass.health: parse_limits(self.rate_limit_health),
+            RouteClass.default: parse_limits(self.rate_limit_default),
+        }
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [c.strip() for c in self.trusted_proxies.split(",") if c.strip()]
 
     @field_validator("cors_origins")
     @classmethod

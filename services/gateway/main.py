@@ -11,20 +11,39 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from services.common.secrets import DetectionPoint, SecretGuard
 from services.gateway.api.routes import auth, health, openai
-from services.gateway.clients import Backends
+from services.gateway.clients import Backends, GatewayStores
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
-from services.gateway.middleware import RequestEnvelopeMiddleware
+from services.gateway.middleware import (
+    BodyLimitMiddleware,
+    RateLimitMiddleware,
+    RequestEnvelopeMiddleware,
+    RouteTemplates,
+    SecurityHeadersMiddleware,
+    TimeoutMiddleware,
+)
+from services.gateway.ratelimit import RateLimiter, TrustedProxies, parse_limits
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.backends = Backends(settings.peer_addresses())
+        stores = GatewayStores(settings)
+        app.state.stores = stores
+        app.state.secret_guard = SecretGuard(
+            DetectionPoint.request_creation,
+            policy=settings.secret_policy,
+            audit=stores.audit,
+            enabled=settings.secret_scanning,
+        )
+        await stores.start()
         try:
             yield
         finally:
+            await stores.stop()
             await app.state.backends.close()
 
     app = FastAPI(title="Goblin", version="0.1.0", lifespan=lifespan)
@@ -38,6 +57,23 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    # Starlette wraps each added middleware around the ones before it: the first added is innermost.
+    # Request order: envelope -> security headers -> CORS -> body limit -> timeout -> rate limit -> routes.
+    if settings.rate_limit_enabled:
+        burst = parse_limits(settings.rate_limit_burst) if settings.rate_limit_burst.strip() else None
+        limiter = RateLimiter(
+            settings.redis_url.get_secret_value(),
+            settings.rate_limits(),
+            burst=burst,
+            fail_open=settings.rate_limit_fail_open,
+        )
+        app.add_middleware(
+            RateLimitMiddleware, limiter=limiter, proxies=TrustedProxies(settings.trusted_proxy_list)
+        )
+    app.add_middleware(
+        TimeoutMiddleware, default_s=settings.request_timeout_s, chat_s=settings.chat_timeout_s
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -46,7 +82,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
             expose_headers=["X-Correlation-ID", "Retry-After"],
         )
-    # Outermost: the envelope sees every response, including CORS preflights and errors.
-    app.add_middleware(RequestEnvelopeMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost: the envelope sees every response, including CORS preflights and refusals.
+    templates = RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"])
+    app.add_middleware(RequestEnvelopeMiddleware, templates=templates)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="/metrics,/health")
     return app

@@ -25,3 +25,12 @@ SERVICE_HEALTH = Gauge(
     "1 when the service answered SERVING to the last check, else 0.",
     ["service_name"],
 )
+CHAT_COMPLETIONS = Counter("chat_completions_total", "Chat completions answered.", ["provider", "model"])
+CHAT_TOKENS = Counter(
+    "chat_completion_tokens_total",
+    "Tokens of answered chat completions.",
+    ["provider", "model", "token_type"],
+)
+CHAT_ERRORS = Counter(
+    "chat_completion_errors_total", "Chat completions that failed.", ["provider", "error_type"]
+)

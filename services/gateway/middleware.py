@@ -1,17 +1,36 @@
-"""The request envelope, as one pure ASGI middleware (no per-request task or body copy):
-correlation id in and out, in-flight gauge, request metrics by route template, the access log line."""
+"""The gateway's edge, as pure ASGI middleware (no per-request task or body copy), outermost first:
+
+- RequestEnvelopeMiddleware: correlation id in and out, in-flight gauge, metrics by route template,
+  the access log line;
+- SecurityHeadersMiddleware: HSTS, nosniff, frame and referrer policies, a strict default CSP;
+- RateLimitMiddleware: per client and route class, in Redis;
+- BodyLimitMiddleware: 413 beyond the body limit;
+- TimeoutMiddleware: 504 when a route does not start answering in time.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import time
+from collections.abc import Callable, Sequence
 
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import CORRELATION_HEADER, correlation_id_var, new_correlation_id
-from services.gateway.errors import HTTP_CODES
+from services.gateway.errors import HTTP_CODES, error_body
 from services.gateway.metrics import HTTP_429, HTTP_DURATION, HTTP_ERRORS, HTTP_IN_PROGRESS, HTTP_REQUESTS
+from services.gateway.ratelimit import (
+    RateLimiter,
+    RateLimiterUnavailable,
+    RouteClass,
+    TrustedProxies,
+    classify,
+    client_key,
+)
 
 access_log = logging.getLogger("goblin.access")
 _HEADER_NAME = CORRELATION_HEADER.lower().encode()
@@ -30,15 +49,35 @@ def _incoming_correlation_id(scope: Scope) -> str:
     return new_correlation_id()
 
 
-def route_template(scope: Scope) -> str:
+class RouteTemplates:
+    """Path templates of the app (from its OpenAPI document, plus extra ones), compiled on first use,
+    to label requests refused before routing (rate limits, body limits) with their template."""
+
+    def __init__(self, source: Callable[[], Sequence[str]]) -> None:
+        self.source = source
+        self._compiled: list[tuple[re.Pattern[str], str]] | None = None
+
+    def match(self, path: str) -> str:
+        if self._compiled is None:
+            self._compiled = [(compile_path(t)[0], t) for t in self.source()]
+        for pattern, template in self._compiled:
+            if pattern.match(path):
+                return template
+        return UNMATCHED
+
+
+def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str:
     """The matched route's path template (``/v1/tasks/{task_id}``), never the raw path."""
     route = scope.get("route")
-    return getattr(route, "path", None) or UNMATCHED
+    if route is not None:
+        return getattr(route, "path", None) or UNMATCHED
+    return templates.match(scope.get("path", "")) if templates is not None else UNMATCHED
 
 
 class RequestEnvelopeMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, templates: RouteTemplates | None = None) -> None:
         self.app = app
+        self.templates = templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +106,7 @@ class RequestEnvelopeMiddleware:
         finally:
             in_progress.dec()
             elapsed = time.perf_counter() - started
-            endpoint = route_template(scope)
+            endpoint = route_template(scope, self.templates)
             HTTP_REQUESTS.labels(method, endpoint, str(status_code)).inc()
             HTTP_DURATION.labels(method, endpoint).observe(elapsed)
             if status_code >= 400:
@@ -85,3 +124,207 @@ class RequestEnvelopeMiddleware:
                 },
             )
             correlation_id_var.reset(token)
+
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+)
+# The API answers JSON: nothing in it may load or run anything. Pages (the admin dashboard) set their own.
+DEFAULT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+
+
+class SecurityHeadersMiddleware:
+    """HSTS and friends on every response; a strict CSP unless the route set its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {k.lower() for k, _ in headers}
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                if DEFAULT_CSP[0] not in present:
+                    headers.append(DEFAULT_CSP)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit: at once from Content-Length; a body without one (chunked) is read
+    here up to the limit and handed on whole, since FastAPI reads whole bodies anyway."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared: int | None = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_error(send, 400, "invalid_request", "Content-Length is not a number")
+                    return
+        if declared is not None:
+            # The HTTP server holds the client to its Content-Length, so checking it is enough.
+            if declared > self.max_bytes:
+                await _send_error(send, 413, "payload_too_large", self._message())
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before finishing its body
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await _send_error(send, 413, "payload_too_large", self._message())
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> Message:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _message(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+
+class TimeoutMiddleware:
+    """504 when a route has not started its response within its time; a stream, once started, is not cut."""
+
+    def __init__(self, app: ASGIApp, default_s: float, chat_s: float) -> None:
+        self.app = app
+        self.default_s = default_s
+        self.chat_s = chat_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.chat_s if classify(scope.get("path", "")) is RouteClass.chat else self.default_s
+        started = False
+
+        async def send_marking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                deadline.reschedule(None)
+            await send(message)
+
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                await self.app(scope, receive, send_marking)
+        except TimeoutError:
+            if started:
+                raise
+            await _send_error(send, 504, "timeout", f"no response within {limit:g} s")
+
+
+class RateLimitMiddleware:
+    """Charges every request to its client and route class; 429 with Retry-After when over."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, proxies: TrustedProxies) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.proxies = proxies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        headers = {k: v for k, v in scope.get("headers", ()) if k in (b"authorization", b"x-forwarded-for")}
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        forwarded = headers.get(b"x-forwarded-for")
+        ip = self.proxies.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
+        route_class = classify(scope.get("path", ""))
+        authorization = headers.get(b"authorization")
+        key = client_key(route_class, authorization.decode("latin-1") if authorization else None, ip)
+        try:
+            decision = await self.limiter.hit(route_class, key)
+        except RateLimiterUnavailable:
+            await _send_error(
+                send, 503, "rate_limiter_unavailable", "rate limiting is unavailable; try again"
+            )
+            return
+        if decision is None:
+            await self.app(scope, receive, send)
+            return
+        limit_headers = [
+            (b"x-ratelimit-limit", str(decision.limit).encode()),
+            (b"x-ratelimit-remaining", str(decision.remaining).encode()),
+            (b"x-ratelimit-reset", str(decision.reset_at).encode()),
+        ]
+        if not decision.allowed:
+            await _send_error(
+                send,
+                429,
+                "rate_limit_exceeded",
+                f"Rate limit exceeded: {decision.description}",
+                headers=[*limit_headers, (b"retry-after", str(decision.retry_after).encode())],
+                extra={"retry_after": decision.retry_after},
+            )
+            return
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *limit_headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+
+async def _send_error(
+    send: Send,
+    status: int,
+    error: str,
+    message: str,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    extra: dict[str, object] | None = None,
+) -> None:
+    """The JSON error body from below the app (middleware answers without a route)."""
+    body = json.dumps(error_body(error, message, extra=extra)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

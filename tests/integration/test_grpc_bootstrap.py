@@ -77,10 +77,12 @@ def auth_process(
         process.wait()
 
 
-def test_not_serving_until_dependencies_answer(tmp_path: Path) -> None:
+def test_not_serving_until_dependencies_answer(tmp_path: Path, redis_url: str) -> None:
     # A database that cannot be reached: the process runs, answers health, and says NOT_SERVING.
     process, address, _ = start(
-        "router", {"DATABASE_URL": f"postgresql://postgres@/postgres?host={tmp_path}/nowhere"}, tmp_path
+        "router",
+        {"DATABASE_URL": f"postgresql://postgres@/postgres?host={tmp_path}/nowhere", "REDIS_URL": redis_url},
+        tmp_path,
     )
     try:
         wait_for(lambda: health(address) is not None)

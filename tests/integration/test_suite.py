@@ -19,7 +19,8 @@ def test_health_ready_reports_every_service_serving(suite: Suite) -> None:
         ready = client.get("/health/ready")
     assert live.status_code == 200 and live.json()["status"] == "ok"
     assert ready.status_code == 200, ready.text
-    assert ready.json() == {"status": "ready", "services": {name: "SERVING" for name in SERVICES}}
+    expected = {name: "SERVING" for name in (*SERVICES, "postgres", "redis")}
+    assert ready.json() == {"status": "ready", "services": expected}
 
 
 def test_health_all_and_api_health_give_per_service_detail(suite: Suite) -> None:

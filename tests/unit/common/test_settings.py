@@ -17,6 +17,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(f"{name}_FILE", raising=False)
     monkeypatch.setenv("GOBLIN_HOME", str(tmp_path))
+    # Present unless a test removes it: most tests here are about other variables.
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/goblin")
 
 
 def test_defaults_follow_spec(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,13 +96,13 @@ def test_unknown_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(RouterSettings)
 
 
-def test_production_refuses_dev_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_refuses_dev_certificates(stores: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOBLIN_ENV", "production")
     with pytest.raises(ConfigError, match="GOBLIN_TLS_CERT_FILE: required in production"):
         load_settings(GatewaySettings)
 
 
-def test_tls_files_must_come_in_pairs_and_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_tls_files_must_come_in_pairs_and_exist(stores: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GOBLIN_TLS_CERT_FILE", str(tmp_path / "cert.pem"))
     with pytest.raises(ConfigError, match="set both or neither"):
         load_settings(GatewaySettings)
@@ -104,7 +111,7 @@ def test_tls_files_must_come_in_pairs_and_exist(monkeypatch: pytest.MonkeyPatch,
         load_settings(GatewaySettings)
 
 
-def test_cors_origins_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cors_origins_are_validated(stores: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORS_ORIGINS", "https://app.example.com, http://localhost:5173")
     assert load_settings(GatewaySettings).cors_origin_list == [
         "https://app.example.com",

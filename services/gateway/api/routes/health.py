@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from services.gateway.clients import Backends, ServiceHealth
+from services.gateway.config import GatewaySettings
 from services.gateway.deps import BackendsDep, SettingsDep
 from services.gateway.errors import error_response
 
@@ -16,9 +20,18 @@ async def health() -> dict[str, str]:
     return {"status": "ok", "service": "gateway"}
 
 
-@router.get("/health/ready", summary="Readiness: every backend service reports SERVING")
-async def ready(backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
-    results = await backends.check_all(settings.health_timeout_s)
+async def check_everything(
+    request: Request, backends: Backends, settings: GatewaySettings
+) -> list[ServiceHealth]:
+    services, stores = await asyncio.gather(
+        backends.check_all(settings.health_timeout_s), request.app.state.stores.check()
+    )
+    return [*services, *stores]
+
+
+@router.get("/health/ready", summary="Readiness: every backend service and the gateway's stores answer")
+async def ready(request: Request, backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
+    results = await check_everything(request, backends, settings)
     services = {r.name: r.status for r in results}
     down = [r.name for r in results if not r.serving]
     if down:
@@ -33,8 +46,8 @@ async def ready(backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
 
 @router.get("/health/all", summary="Per-service health detail")
 @router.get("/api/health", summary="Per-service health detail (alias of /health/all)")
-async def health_all(backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
-    results = await backends.check_all(settings.health_timeout_s)
+async def health_all(request: Request, backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
+    results = await check_everything(request, backends, settings)
     overall = "ok" if all(r.serving for r in results) else "degraded"
     body = {
         "status": overall,

@@ -7,20 +7,57 @@ import json
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import new_completion_id
-from services.common.context import current_correlation_id
+from services.common.context import current_correlation_id, hash_user_id
+from services.common.secrets import SecretGuard
 from services.gateway.deps import BackendsDep, PrincipalDep
 from services.gateway.errors import ApiError, api_error_from_grpc, error_body
+from services.gateway.metrics import CHAT_COMPLETIONS, CHAT_ERRORS, CHAT_TOKENS
 from services.gateway.openai_schema import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
 
 router = APIRouter(tags=["openai"])
+
+# Provider label values for errors, where the model id comes from the client: anything else is "other",
+# so a client cannot blow up the metric's label set.
+KNOWN_PROVIDERS = frozenset(
+    {"local", "openai", "anthropic", "gemini", "deepseek", "grok", "xai", "moonshot", "siliconflow"}
+)
+
+
+def secret_guard(request: Request) -> SecretGuard:
+    return request.app.state.secret_guard
+
+
+GuardDep = Annotated[SecretGuard, Depends(secret_guard)]
+
+
+def provider_label(model: str) -> str:
+    prefix = model.split("/", 1)[0] if "/" in model else "local" if model == "local" else "alias"
+    return prefix if prefix in KNOWN_PROVIDERS or prefix == "alias" else "other"
+
+
+def scan(guard: SecretGuard, texts: list[str], principal: auth_pb2.Principal) -> list[str]:
+    """request_creation: secrets are redacted (or the request refused) before anything leaves the gateway."""
+    return guard.check(
+        texts,
+        tenant_id=principal.tenant_id,
+        user_hash=hash_user_id(principal.user_id),
+        correlation_id=current_correlation_id(),
+    )
+
+
+def count_answer(provider: str, model: str, usage: common_pb2.Usage) -> None:
+    CHAT_COMPLETIONS.labels(provider, model).inc()
+    CHAT_TOKENS.labels(provider, model, "prompt").inc(usage.prompt_tokens)
+    CHAT_TOKENS.labels(provider, model, "completion").inc(usage.completion_tokens)
+
 
 # A chat may legitimately take minutes on a CPU; the inference queue bounds how many wait.
 CHAT_TIMEOUT_S = 600
@@ -80,16 +117,26 @@ def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream: true for SSE)")
 @router.post("/chat/completions", summary="Chat completion (alias of /v1/chat/completions)")
 async def chat_completions(
-    body: ChatCompletionRequest, principal: PrincipalDep, backends: BackendsDep
+    body: ChatCompletionRequest, principal: PrincipalDep, backends: BackendsDep, guard: GuardDep
 ) -> Any:
     request = chat_request_to_proto(body, principal)
+    cleaned = scan(guard, [m.content for m in request.messages], principal)
+    for message, text in zip(request.messages, cleaned, strict=True):
+        message.content = text
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream(backends.router.ChatStream(request, timeout=CHAT_TIMEOUT_S), include_usage)
+        return await _stream(
+            backends.router.ChatStream(request, timeout=CHAT_TIMEOUT_S),
+            include_usage,
+            provider_label(body.model),
+        )
     try:
         reply = await backends.router.Chat(request, timeout=CHAT_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
-        raise api_error_from_grpc(exc, service="router") from None
+        error = api_error_from_grpc(exc, service="router")
+        CHAT_ERRORS.labels(provider_label(body.model), error.error).inc()
+        raise error from None
+    count_answer(reply.provider, reply.model, reply.usage)
     return {
         "id": reply.id or new_completion_id(),
         "object": "chat.completion",
@@ -108,13 +155,17 @@ async def chat_completions(
     }
 
 
-async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool) -> StreamingResponse:
+async def _stream(
+    call: grpc.aio.UnaryStreamCall, include_usage: bool, requested_provider: str
+) -> StreamingResponse:
     # Wait for the first chunk before answering, so refusals (unknown model, full queue, budget) get
     # their real HTTP status instead of a 200 followed by an error event.
     try:
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
-        raise api_error_from_grpc(exc, service="router") from None
+        error = api_error_from_grpc(exc, service="router")
+        CHAT_ERRORS.labels(requested_provider, error.error).inc()
+        raise error from None
     completion_id, created = new_completion_id(), int(time.time())
 
     def event(payload: dict[str, Any]) -> str:
@@ -145,23 +196,27 @@ async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool) -> Stream
 
     async def events() -> AsyncIterator[str]:
         chunk = first
-        model = ""
+        model, provider = "", ""
         usage = None
         try:
             while chunk is not grpc.aio.EOF:
                 model = chunk.model or model
+                provider = chunk.provider or provider
                 if chunk.HasField("usage"):
                     usage = chunk.usage
                 yield chunk_event(chunk)
                 chunk = await call.read()
         except grpc.aio.AioRpcError as exc:
             error = api_error_from_grpc(exc, service="router")
+            CHAT_ERRORS.labels(provider or requested_provider, error.error).inc()
             # Mid-stream the status line is already sent: OpenAI's in-stream error object, which SDKs raise.
             body = error_body(error.error, error.message, extra=error.extra)
             yield event({"error": {**body, "type": error.error, "code": error.error}})
             return
         finally:
             call.cancel()  # no-op when finished; frees the model when the client went away
+        if usage is not None:
+            count_answer(provider, model, usage)
         if include_usage and usage is not None:
             yield event(
                 {
@@ -207,13 +262,17 @@ async def list_models(principal: PrincipalDep, backends: BackendsDep) -> dict[st
 
 @router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible) from the local embedding model")
 async def embeddings(
-    body: EmbeddingRequest, principal: PrincipalDep, backends: BackendsDep
+    body: EmbeddingRequest, principal: PrincipalDep, backends: BackendsDep, guard: GuardDep
 ) -> dict[str, Any]:
     if body.dimensions is not None:
         raise ApiError(400, "invalid_request", "dimensions is not supported by the local embedding model")
     try:
         reply = await backends.router.Embed(
-            common_pb2.EmbedRequest(model=body.model, inputs=body.input, context=request_context(principal)),
+            common_pb2.EmbedRequest(
+                model=body.model,
+                inputs=scan(guard, list(body.input), principal),
+                context=request_context(principal),
+            ),
             timeout=120,
         )
     except grpc.aio.AioRpcError as exc:
@@ -236,7 +295,9 @@ async def embeddings(
 
 
 @router.post("/invoke", summary="One completion for one prompt (kept for old clients)")
-async def invoke(body: InvokeRequest, principal: PrincipalDep, backends: BackendsDep) -> JSONResponse:
+async def invoke(
+    body: InvokeRequest, principal: PrincipalDep, backends: BackendsDep, guard: GuardDep
+) -> JSONResponse:
     model = f"{body.provider}/{body.model}" if body.model else body.provider
     params = common_pb2.SamplingParams()
     if body.max_tokens is not None:
@@ -245,14 +306,17 @@ async def invoke(body: InvokeRequest, principal: PrincipalDep, backends: Backend
         params.temperature = body.temperature
     request = common_pb2.ChatRequest(
         model=model,
-        messages=[common_pb2.ChatMessage(role="user", content=body.prompt)],
+        messages=[common_pb2.ChatMessage(role="user", content=scan(guard, [body.prompt], principal)[0])],
         params=params,
         context=request_context(principal),
     )
     try:
         reply = await backends.router.Chat(request, timeout=CHAT_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
-        raise api_error_from_grpc(exc, service="router") from None
+        error = api_error_from_grpc(exc, service="router")
+        CHAT_ERRORS.labels(provider_label(model), error.error).inc()
+        raise error from None
+    count_answer(reply.provider, reply.model, reply.usage)
     return JSONResponse(
         {
             "response": reply.message.content,

@@ -1,0 +1,76 @@
+"""Rows written to Postgres in batches by one background task, so a request never waits on an insert.
+
+The queue is bounded: if Postgres falls far behind, rows are dropped and counted instead of letting
+memory grow; ``stop()`` flushes everything still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from prometheus_client import Counter
+
+from services.common.stores import PostgresStore
+
+log = logging.getLogger(__name__)
+
+DROPPED = Counter("goblin_batch_rows_dropped_total", "Rows that could not be written to Postgres.", ["table"])
+
+FLUSH_INTERVAL_S = 0.2
+BATCH_SIZE = 200
+QUEUE_LIMIT = 10_000
+
+
+class BatchWriter:
+    """``add(row)`` queues a tuple for ``insert_sql`` (an INSERT with $1.. placeholders)."""
+
+    def __init__(self, store: PostgresStore, table: str, insert_sql: str) -> None:
+        self.store = store
+        self.table = table
+        self.insert_sql = insert_sql
+        self._queue: asyncio.Queue[Sequence[object]] = asyncio.Queue(QUEUE_LIMIT)
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, row: Sequence[object]) -> None:
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:
+            DROPPED.labels(self.table).inc()
+            log.error("%s writer full; dropped a row", self.table)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"{self.table}-writer")
+
+    async def healthy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        while not self._queue.empty():
+            batch = [self._queue.get_nowait() for _ in range(min(BATCH_SIZE, self._queue.qsize()))]
+            await self._write(batch)
+
+    async def _write(self, batch: list[Sequence[object]]) -> None:
+        try:
+            await self.store.pool.executemany(self.insert_sql, batch)
+        except Exception:
+            DROPPED.labels(self.table).inc(len(batch))
+            log.exception("could not write %d rows to %s", len(batch), self.table)
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            batch = [first]
+            while not self._queue.empty() and len(batch) < BATCH_SIZE:
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)

@@ -1,0 +1,167 @@
+"""Rate limits shared by every gateway replica: moving windows in Redis, via the ``limits`` library.
+
+Each request is charged to its client (the API key or token it presents, hashed; else its IP) in one
+of four route classes, each with its own limits in the ``limits`` notation (``10/minute``,
+``5/second;100/minute``) plus an optional burst limit for all. If Redis fails, the configured
+behaviour applies (fail open: allow and count; fail closed: 503), never a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+STORAGE_ERRORS = Counter(
+    "goblin_rate_limit_storage_errors_total", "Rate-limit checks that could not reach Redis.", ["behaviour"]
+)
+
+
+class RouteClass(StrEnum):
+    auth = "auth"
+    chat = "chat"
+    health = "health"
+    default = "default"
+
+
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/invoke", "/v1/embeddings", "/api/query")
+
+
+def classify(path: str) -> RouteClass:
+    if path.startswith(("/auth/", "/.well-known/")):
+        return RouteClass.auth
+    if path in CHAT_PATHS or path.startswith("/v1/collections/") and path.endswith("/query"):
+        return RouteClass.chat
+    if path.startswith(("/health", "/api/health")) or path == "/metrics":
+        return RouteClass.health
+    return RouteClass.default
+
+
+def parse_limits(text: str) -> list[RateLimitItem]:
+    """``5/second;100/minute`` -> items; raises ValueError with the offending text."""
+    try:
+        items = parse_many(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not in the limits notation (e.g. '10/minute'): {exc}") from None
+    if not items:
+        raise ValueError(f"{text!r} names no limit")
+    return list(items)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: int  # unix seconds when the tightest window frees a place
+    retry_after: int  # seconds; 0 when allowed
+    description: str  # e.g. "10 per 1 minute"
+
+
+class TrustedProxies:
+    """Which peers may tell us the client's address in X-Forwarded-For."""
+
+    def __init__(self, cidrs: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def client_ip(self, peer: str, forwarded_for: str | None) -> str:
+        """The peer, unless it is a trusted proxy: then the right-most untrusted X-Forwarded-For entry."""
+        if not forwarded_for or not self.trusts(peer):
+            return peer
+        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+            if not self.trusts(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return peer  # garbage in the header: fall back to what we saw
+        return peer
+
+
+def client_key(route_class: RouteClass, authorization: str | None, ip: str) -> str:
+    """Whom to charge: the credential (hashed: the key itself is never stored in Redis), else the IP.
+
+    Auth routes are always charged to the IP: a password-guessing client must not get a fresh window
+    by sending a made-up bearer token with each attempt.
+    """
+    if authorization and route_class is not RouteClass.auth:
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credential.strip():
+            return "key:" + hashlib.sha256(credential.strip().encode()).hexdigest()[:32]
+    return f"ip:{ip}"
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        redis_url: str,
+        limits: dict[RouteClass, list[RateLimitItem]],
+        *,
+        burst: list[RateLimitItem] | None = None,
+        fail_open: bool = True,
+    ) -> None:
+        uri = (
+            redis_url.replace("unix://", "redis+unix://", 1) if redis_url.startswith("unix://") else redis_url
+        )
+        self.storage = RedisStorage(
+            f"async+{uri}", implementation="redispy", wrap_exceptions=True, key_prefix="goblin-rl",
+            socket_timeout=1, socket_connect_timeout=1,
+        )  # fmt: skip
+        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.limits = {cls: [*items, *(burst or [])] for cls, items in limits.items()}
+        self.fail_open = fail_open
+
+    async def hit(self, route_class: RouteClass, key: str) -> Decision | None:
+        """Charge one request. None means Redis failed and we fail open (allowed, no headers)."""
+        items = self.limits[route_class]
+        tightest: Decision | None = None
+        try:
+            for item in items:
+                allowed = await self.strategy.hit(item, route_class.value, key)
+                stats = await self.strategy.get_window_stats(item, route_class.value, key)
+                reset_at = math.ceil(stats.reset_time)
+                decision = Decision(
+                    allowed=allowed,
+                    limit=item.amount,
+                    remaining=max(0, stats.remaining),
+                    reset_at=reset_at,
+                    retry_after=max(1, reset_at - int(time.time())) if not allowed else 0,
+                    description=str(item),
+                )
+                if not allowed:
+                    return decision
+                if tightest is None or decision.remaining < tightest.remaining:
+                    tightest = decision
+        except Exception as exc:  # limits wraps every storage failure; anything else is one too
+            behaviour = "open" if self.fail_open else "closed"
+            STORAGE_ERRORS.labels(behaviour).inc()
+            log.warning("rate limiter storage failed; failing %s: %s", behaviour, exc)
+            if self.fail_open:
+                return None
+            raise RateLimiterUnavailable(str(exc)) from exc
+        return tightest
+
+    async def close(self) -> None:
+        # The redis-py bridge keeps a connection pool on the storage; let it go with the process.
+        return None
+
+
+class RateLimiterUnavailable(Exception):
+    pass
