@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.context import CORRELATION_HEADER, correlation_id_var, new_correlation_id
+from services.common.context import CORRELATION_HEADER, correlation_id_var, hash_user_id, new_correlation_id
 from services.gateway.errors import HTTP_CODES, error_body
 from services.gateway.metrics import HTTP_429, HTTP_DURATION, HTTP_ERRORS, HTTP_IN_PROGRESS, HTTP_REQUESTS
 from services.gateway.ratelimit import (
@@ -113,6 +113,7 @@ class RequestEnvelopeMiddleware:
                 HTTP_ERRORS.labels(method, endpoint, HTTP_CODES.get(status_code, str(status_code))).inc()
             if status_code == 429:
                 HTTP_429.labels(endpoint).inc()
+            principal = scope.get("state", {}).get("principal")
             access_log.info(
                 "request_completed",
                 extra={
@@ -121,6 +122,8 @@ class RequestEnvelopeMiddleware:
                     "endpoint": endpoint,
                     "status_code": status_code,
                     "duration_ms": round(elapsed * 1000, 3),
+                    # Never the user id itself: a one-way digest that still groups one user's requests.
+                    "user_hash": hash_user_id(principal.user_id) if principal is not None else "",
                 },
             )
             correlation_id_var.reset(token)

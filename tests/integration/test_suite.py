@@ -132,9 +132,11 @@ def test_metrics_use_route_templates_not_raw_paths(suite: Suite) -> None:
     assert 'endpoint="unmatched"' in text
 
 
-def test_access_log_is_json_with_correlation_id(suite: Suite) -> None:
+def test_access_log_is_json_with_correlation_id_and_hashed_user(suite: Suite) -> None:
     with suite.client() as client:
         client.get("/health", headers={"X-Correlation-ID": "log-check-7"})
+    with suite.admin_client() as client:
+        me = client.get("/auth/me", headers={"X-Correlation-ID": "log-check-8"}).json()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         lines = [
@@ -148,6 +150,17 @@ def test_access_log_is_json_with_correlation_id(suite: Suite) -> None:
     assert entry["method"] == "GET" and entry["path"] == "/health" and entry["status_code"] == 200
     assert entry["correlation_id"] == "log-check-7"
     assert "duration_ms" in entry and "trace_id" in entry and "span_id" in entry
+    assert entry["user_hash"] == ""
+    deadline = time.monotonic() + 5
+    authenticated: list[dict] = []
+    while time.monotonic() < deadline and not authenticated:
+        authenticated = [
+            json.loads(line) for line in suite.log_path.read_text().splitlines() if "log-check-8" in line
+        ]
+        time.sleep(0.1)
+    access = next(e for e in authenticated if e["message"] == "request_completed")
+    assert access["user_hash"] and access["user_hash"] != me["user_id"]
+    assert me["user_id"] not in suite.log_path.read_text(), "a raw user id reached the logs"
 
 
 def test_one_trace_spans_gateway_and_services(suite: Suite, otlp_collector: OtlpCollector) -> None:

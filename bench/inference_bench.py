@@ -1,0 +1,206 @@
+"""The chat path's cost: Goblin's whole stack against llama-cpp-python on the same model and threads.
+
+1. One stream: time to first token and decode tokens/s, llama-cpp-python called directly (in this
+   process) vs openai SDK -> gateway (HTTPS) -> router -> inference. Goal: >= 95 % of direct decode
+   speed and < 15 ms added to TTFT.
+2. Four concurrent streams: aggregate tokens/s through Goblin vs `python -m llama_cpp.server` on the
+   same model. Goal: ahead of it.
+
+Bounded: a fixed number of runs, each with max_tokens fixed; everything on 127.0.0.1.
+Run: `make bench` or `python -m bench.inference_bench`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+
+from bench.results import median, write_section
+from services.inference.models import chat_model_path
+from tests.suite import start_suite
+
+WORK = Path(__file__).resolve().parent / ".work"
+MESSAGES = [
+    {"role": "user", "content": "Tell me a long story about a goblin who builds a clockwork machine."}
+]
+MAX_TOKENS = 128
+RUNS = 5
+CONCURRENT = 4
+CONCURRENT_RUNS = 3
+THREADS = len(os.sched_getaffinity(0))
+N_CTX = 2048
+
+
+@dataclass
+class StreamTiming:
+    ttft_s: float
+    tokens: int
+    decode_s: float  # first token to last token
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.tokens - 1) / self.decode_s if self.decode_s > 0 and self.tokens > 1 else float("nan")
+
+
+def direct_single(model: Path) -> list[StreamTiming]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model), n_ctx=N_CTX, n_threads=THREADS, verbose=False, seed=1)
+    timings = []
+    for run in range(RUNS + 1):
+        started = time.perf_counter()
+        first = last = None
+        tokens = 0
+        for chunk in llm.create_chat_completion(
+            messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True
+        ):
+            if chunk["choices"][0]["delta"].get("content"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
+        if run:  # the first run warms caches
+            timings.append(StreamTiming(first - started, tokens, last - first))
+    del llm
+    return timings
+
+
+def openai_client(base_url: str, api_key: str, verify: object) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        http_client=httpx.AsyncClient(verify=verify, timeout=300),
+        max_retries=0,
+    )
+
+
+async def stream_once(client: openai.AsyncOpenAI, model: str) -> StreamTiming:
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    stream = await client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            tokens += 1
+    if first is None:
+        return StreamTiming(float("nan"), 0, 0.0)
+    return StreamTiming(first - started, tokens, last - first)
+
+
+async def single_streams(client: openai.AsyncOpenAI, model: str) -> list[StreamTiming]:
+    await stream_once(client, model)  # warm-up
+    return [await stream_once(client, model) for _ in range(RUNS)]
+
+
+async def concurrent_tps(client: openai.AsyncOpenAI, model: str) -> tuple[float, int]:
+    """Aggregate delivered tokens/s of CONCURRENT streams (median over runs), and tokens of the last."""
+    rates, tokens = [], 0
+    for _ in range(CONCURRENT_RUNS):
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(stream_once(client, model) for _ in range(CONCURRENT)), return_exceptions=True
+        )
+        elapsed = time.perf_counter() - started
+        tokens = sum(r.tokens for r in results if isinstance(r, StreamTiming))
+        rates.append(tokens / elapsed)
+    return median(rates), tokens
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_llama_server(model: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--n_threads", str(THREADS),
+         "--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def llama_server_concurrent(model: Path) -> tuple[float, int]:
+    port = free_port()
+    process = start_llama_server(model, port)
+    try:
+        async with httpx.AsyncClient() as probe:
+            for _ in range(600):
+                try:
+                    if (await probe.get(f"http://127.0.0.1:{port}/v1/models")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+        client = openai_client(f"http://127.0.0.1:{port}/v1", "none", True)
+        await stream_once(client, "local")
+        return await concurrent_tps(client, "local")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def goblin_stack() -> tuple[list[StreamTiming], tuple[float, int]]:
+    home = WORK / "inference"
+    shutil.rmtree(home, ignore_errors=True)
+    suite = start_suite(home, GOBLIN_INFERENCE_THREADS=str(THREADS), GOBLIN_INFERENCE_N_CTX=str(N_CTX))
+    try:
+        suite.wait_ready()
+        client = openai_client(f"{suite.gateway_url}/v1", suite.admin_key, suite.ssl_context())
+        single = await single_streams(client, "local")
+        concurrent = await concurrent_tps(client, "local")
+        await client.close()
+        return single, concurrent
+    finally:
+        suite.stop()
+
+
+def main() -> None:
+    model = chat_model_path(os.environ.get("GOBLIN_MODEL_PATH"))
+    direct = direct_single(model)
+    stack, (goblin_tps, goblin_tokens) = asyncio.run(goblin_stack())
+    server_tps, server_tokens = asyncio.run(llama_server_concurrent(model))
+
+    direct_tps = median([t.decode_tps for t in direct])
+    stack_tps = median([t.decode_tps for t in stack])
+    direct_ttft = median([t.ttft_s for t in direct]) * 1000
+    stack_ttft = median([t.ttft_s for t in stack]) * 1000
+    decode_ratio, ttft_added = stack_tps / direct_tps * 100, stack_ttft - direct_ttft
+    body = f"""
+Model {model.name}, n_ctx {N_CTX}, {THREADS} threads, temperature 0, max_tokens {MAX_TOKENS},
+medians of {RUNS} runs after a warm-up.
+
+| one stream | decode tokens/s | time to first token |
+| --- | --- | --- |
+| llama-cpp-python, called directly | {direct_tps:.1f} | {direct_ttft:.1f} ms |
+| Goblin: openai SDK -> gateway (HTTPS) -> router -> inference | {stack_tps:.1f} | {stack_ttft:.1f} ms |
+| vs direct | **{decode_ratio:.1f} %** (goal >= 95 %) | **{ttft_added:+.1f} ms** (goal < 15 ms) |
+
+| {CONCURRENT} concurrent streams | aggregate delivered tokens/s | tokens delivered (last run) |
+| --- | --- | --- |
+| `python -m llama_cpp.server` | {server_tps:.1f} | {server_tokens} |
+| Goblin (batched decoding) | {goblin_tps:.1f} | {goblin_tokens} |
+| ratio | **{goblin_tps / server_tps:.2f}x** (goal > 1) | |
+"""
+    write_section(
+        "Inference: the chat path vs llama-cpp-python", body, "make bench (python -m bench.inference_bench)"
+    )
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
