@@ -1,6 +1,6 @@
 """Sentence embeddings with all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime and the ``tokenizers`` library.
 
-The result matches sentence-transformers' pipeline for this model: word-piece tokens truncated at the
+The computation follows sentence-transformers' pipeline for this model: word-piece tokens truncated at the
 model's ``max_seq_length``, the transformer's last hidden state mean-pooled over the attention mask,
 then L2-normalised, so a dot product of two vectors is their cosine similarity.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from services.inference.models import DEFAULT_EMBED_MAX_SEQ_LENGTH, EmbeddingModelFiles
 
@@ -73,7 +73,9 @@ class Embedder:
         names = [node.name for node in self._session.get_inputs()]
         unknown = [name for name in names if name not in _KNOWN_INPUTS]
         if unknown or "input_ids" not in names:
-            raise ValueError(f"{self.model_path}: unexpected model inputs {names}; expected a subset of {_KNOWN_INPUTS}")
+            raise ValueError(
+                f"{self.model_path}: unexpected model inputs {names}; expected a subset of {_KNOWN_INPUTS}"
+            )
         self._input_names = names
         output = self._session.get_outputs()[0]
         self._output_name = output.name
@@ -92,7 +94,10 @@ class Embedder:
     def from_files(cls, files: EmbeddingModelFiles, *, intra_op_threads: int = 1) -> Embedder:
         """An embedder for the files :func:`services.inference.models.embedding_model_files` found."""
         return cls(
-            files.model, files.tokenizer, max_seq_length=files.max_seq_length, intra_op_threads=intra_op_threads
+            files.model,
+            files.tokenizer,
+            max_seq_length=files.max_seq_length,
+            intra_op_threads=intra_op_threads,
         )
 
     def embed(self, texts: Sequence[str]) -> EmbeddingResult:
@@ -137,7 +142,7 @@ class Embedder:
             groups.append(current)
         return groups
 
-    def _run(self, encodings: list) -> np.ndarray:
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
         """Pooled, normalised vectors for one batch of encodings."""
         length = max(len(encoding.ids) for encoding in encodings)
         shape = (len(encodings), length)

@@ -15,8 +15,9 @@ How it works:
   compute within one token.
 - At most ``max_queue`` requests wait for a place; one more gets :class:`QueueFull` at once, with an
   estimate of when a place frees. The backlog is never unbounded.
-- The KV cache is one pool (``kv_unified``) sized ``n_ctx`` tokens per sequence, so a request admitted with
-  prompt + max_tokens <= ``n_ctx`` always fits, whatever the others do.
+- Each sequence has its own KV stream of ``n_ctx`` tokens, so a request admitted with
+  prompt + max_tokens <= ``n_ctx`` always fits whatever the others do, and its output does not depend on
+  which requests share its batches: the same seed gives the same answer on an idle or a busy engine.
 """
 
 from __future__ import annotations
@@ -237,8 +238,9 @@ class ChatEngine:
         try:
             info = await asyncio.wrap_future(ready)
         except BaseException:
-            if ready.done() and ready.exception() is not None:
-                # The worker gave up and exited: forget it so that start() can be tried again.
+            if ready.cancelled() or (ready.done() and ready.exception() is not None):
+                # The worker exits without serving: forget it so that start() can be tried again. (Once
+                # it is loading, it cannot be cancelled; it then serves until close().)
                 self._thread, self._worker = None, None
             raise
         self._formatter = Jinja2ChatFormatter(
@@ -287,7 +289,9 @@ class ChatEngine:
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise InvalidArgument(f"the model's chat template rejects these messages: {exc}") from exc
 
-    async def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+    async def tokenize(
+        self, text: str, *, add_special: bool = False, parse_special: bool = True
+    ) -> list[int]:
         """The model's tokens for ``text`` (computed on the worker thread, between decoding steps)."""
         worker = self._require_worker()
         result: Future[list[int]] = Future()
@@ -305,8 +309,10 @@ class ChatEngine:
         """
         return self._stream(messages=messages, prompt=None, params=params or SamplingParams())
 
-    def stream_complete(self, prompt: str, params: SamplingParams | None = None) -> AsyncGenerator[StreamEvent, None]:
-        """Stream a plain continuation of ``prompt`` (no chat template); otherwise like :meth:`stream_chat`."""
+    def stream_complete(
+        self, prompt: str, params: SamplingParams | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Stream a plain continuation of ``prompt`` (no chat template), like :meth:`stream_chat`."""
         return self._stream(messages=None, prompt=prompt, params=params or SamplingParams())
 
     async def chat(
@@ -425,7 +431,9 @@ def _chat_turns(messages: Sequence[ChatMessage | Mapping[str, str]]) -> list[dic
 def _check_params(params: SamplingParams, n_ctx: int) -> None:
     """Reject parameters that cannot work, whatever the prompt."""
     if params.max_tokens is not None and not 1 <= params.max_tokens < n_ctx:
-        raise InvalidArgument(f"max_tokens must be between 1 and {n_ctx - 1} (the context window is {n_ctx} tokens)")
+        raise InvalidArgument(
+            f"max_tokens must be between 1 and {n_ctx - 1} (the context window is {n_ctx} tokens)"
+        )
     if not 0.0 <= params.temperature <= 2.0:
         raise InvalidArgument("temperature must be between 0 and 2")
     if not 0.0 < params.top_p <= 1.0:
@@ -442,7 +450,7 @@ def _fit_to_context(prompt_tokens: int, max_tokens: int | None, n_ctx: int) -> i
         raise InvalidArgument("the prompt is empty")
     if prompt_tokens >= n_ctx:
         raise InvalidArgument(
-            f"the prompt is {prompt_tokens} tokens, which leaves no room in the context window of {n_ctx} tokens"
+            f"the prompt is {prompt_tokens} tokens: no room left in the context window of {n_ctx} tokens"
         )
     if max_tokens is None:
         return n_ctx - prompt_tokens
@@ -679,6 +687,8 @@ class _Worker:
 
     def run(self, ready: Future[_ModelInfo]) -> None:
         """Thread body: load, then serve until shutdown."""
+        if not ready.set_running_or_notify_cancel():
+            return  # start() was cancelled before the thread ran
         try:
             info = self._load()
         except BaseException as exc:
@@ -687,7 +697,8 @@ class _Worker:
             return
         ready.set_result(info)
         try:
-            while self._handle_commands(block=not self._active):
+            # Sleep on the inbox only when there is nothing to decode and nobody to admit.
+            while self._handle_commands(block=not self._active and not self._waiting):
                 self._admit()
                 if self._active:
                     self._step_or_fail()
@@ -703,11 +714,15 @@ class _Worker:
         data = text.encode("utf-8")
         capacity = len(data) + 8  # never more tokens than bytes, plus the special ones
         tokens = (llama.llama_token * capacity)()
-        count = llama.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        count = llama.llama_tokenize(
+            self._vocab, data, len(data), tokens, capacity, add_special, parse_special
+        )
         if count < 0:
             capacity = -count
             tokens = (llama.llama_token * capacity)()
-            count = llama.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_special, parse_special)
+            count = llama.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_special, parse_special
+            )
         if count < 0:
             raise GoblinError(f"llama.cpp could not tokenize the text ({count})")
         return list(tokens[:count])
@@ -718,14 +733,18 @@ class _Worker:
         llama.llama_log_set(_log_from_llama, ctypes.c_void_p(0))
         llama.llama_backend_init()
         engine = self._engine
-        model = llama.llama_model_load_from_file(str(engine.model_path).encode(), llama.llama_model_default_params())
+        model = llama.llama_model_load_from_file(
+            str(engine.model_path).encode(), llama.llama_model_default_params()
+        )
         if not model:
             raise RuntimeError(f"llama.cpp could not load {engine.model_path} (is it a GGUF model?)")
         self._model = model
         self._vocab = llama.llama_model_get_vocab(model)
         n_ctx_train = llama.llama_model_n_ctx_train(model)
         if self._n_ctx > n_ctx_train:
-            logger.warning("n_ctx %d is beyond the %d tokens the model was trained on", self._n_ctx, n_ctx_train)
+            logger.warning(
+                "n_ctx %d is beyond the %d tokens the model was trained on", self._n_ctx, n_ctx_train
+            )
 
         params = llama.llama_context_default_params()
         params.n_ctx = self._n_ctx * self._max_sequences
@@ -736,11 +755,18 @@ class _Worker:
         params.n_ubatch = batch_tokens
         params.n_threads = engine.n_threads
         params.n_threads_batch = engine.n_threads
-        params.kv_unified = True
+        # One KV stream per sequence, each of n_ctx cells. A unified pool would also work, but there a
+        # sequence's attention runs over every sequence's cells (masked), so its logits shift in the last
+        # bits with whoever shares the batch, and the same seed gives different answers under load.
+        params.kv_unified = False
         context = llama.llama_init_from_model(model, params)
         if not context:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self._context = context
+        if llama.llama_n_ctx_seq(context) < self._n_ctx:
+            raise RuntimeError(
+                f"llama.cpp gave each sequence {llama.llama_n_ctx_seq(context)} tokens, not {self._n_ctx}"
+            )
         self._memory = llama.llama_get_memory(context)
         self._batch = llama.llama_batch_init(batch_tokens, 0, 1)
 
@@ -752,7 +778,11 @@ class _Worker:
         )
 
     def _token_text(self, token: int) -> str:
-        return llama.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace") if token >= 0 else ""
+        return (
+            llama.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+            if token >= 0
+            else ""
+        )
 
     def _free(self) -> None:
         if self._batch is not None:
@@ -915,7 +945,8 @@ class _Worker:
             if sequence.output_index >= 0:
                 self._advance(sequence)
         remaining = [
-            sequence.max_tokens - sequence.completion_tokens
+            sequence.max_tokens
+            - sequence.completion_tokens
             + math.ceil((len(sequence.prompt_tokens) - sequence.prefilled) / self._prefill_chunk)
             for sequence in self._active
         ]
@@ -954,21 +985,18 @@ class _Worker:
             )
         return self._piece_buffer.raw[:size]
 
-    def _finish(self, sequence: _Sequence, reason: FinishReason | None, *, error: GoblinError | None = None) -> None:
-        """End ``sequence``: last text and final event (or ``error``), then free its sequence and sampler."""
+    def _finish(
+        self, sequence: _Sequence, reason: FinishReason | None, *, error: GoblinError | None = None
+    ) -> None:
+        """End ``sequence``: free its KV sequence and sampler, then send the last text and the final event
+        (or ``error``)."""
         request = sequence.request
-        if error is not None:
-            self._send(request, error)
-        else:
-            assert reason is not None
-            tail = sequence.stop.feed(sequence.decoder.decode(b"", final=True)) + sequence.stop.flush()
-            if tail:
-                self._send(request, StreamEvent(text=tail))
-            self._send(request, StreamEvent(finish_reason=reason, usage=sequence.usage()))
         self._active.remove(sequence)
         llama.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
         llama.llama_sampler_free(sequence.sampler)
         self._free_seq_ids.append(sequence.seq_id)
+        # Released and reported before the last event goes out, so that a caller who has seen the end
+        # finds the place free and the observer told.
         self._admission.release_active()
         self._report_finished(
             request,
@@ -978,6 +1006,14 @@ class _Worker:
             sequence.admitted_at,
             sequence.first_token_at,
         )
+        if error is not None:
+            self._send(request, error)
+        else:
+            assert reason is not None
+            tail = sequence.stop.feed(sequence.decoder.decode(b"", final=True)) + sequence.stop.flush()
+            if tail:
+                self._send(request, StreamEvent(text=tail))
+            self._send(request, StreamEvent(finish_reason=reason, usage=sequence.usage()))
 
     # Talking to the event loop
 
@@ -1016,9 +1052,9 @@ class _Worker:
         while self._waiting:
             waiting = self._waiting.popleft()
             self._admission.release_waiting()
+            self._report_finished(waiting.request, "cancelled", len(waiting.prompt_tokens), 0, None, None)
             usage = Usage(prompt_tokens=len(waiting.prompt_tokens), completion_tokens=0)
             self._send(waiting.request, StreamEvent(finish_reason="cancelled", usage=usage))
-            self._report_finished(waiting.request, "cancelled", len(waiting.prompt_tokens), 0, None, None)
         while True:
             try:
                 command = self._inbox.get(block=False)

