@@ -37,7 +37,9 @@ MAX_TOKENS = 128
 RUNS = 5
 CONCURRENT = 4
 CONCURRENT_RUNS = 3
-THREADS = len(os.sched_getaffinity(0))
+# What `goblin up` gives the inference service on this machine (cores - 1: see supervisor.py); the
+# direct baseline gets the same.
+THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
 N_CTX = 2048
 
 
@@ -58,6 +60,9 @@ def direct_single(model: Path) -> list[StreamTiming]:
     llm = Llama(model_path=str(model), n_ctx=N_CTX, n_threads=THREADS, verbose=False, seed=1)
     timings = []
     for run in range(RUNS + 1):
+        # Goblin evaluates every prompt afresh (each request has its own sequence); without a reset,
+        # llama-cpp-python would reuse the previous run's prompt and the TTFT would measure its cache.
+        llm.reset()
         started = time.perf_counter()
         first = last = None
         tokens = 0
@@ -181,8 +186,10 @@ def main() -> None:
     stack_ttft = median([t.ttft_s for t in stack]) * 1000
     decode_ratio, ttft_added = stack_tps / direct_tps * 100, stack_ttft - direct_ttft
     body = f"""
-Model {model.name}, n_ctx {N_CTX}, {THREADS} threads, temperature 0, max_tokens {MAX_TOKENS},
-medians of {RUNS} runs after a warm-up.
+Model {model.name}, n_ctx {N_CTX}, {THREADS} decode thread(s) on both sides (what `goblin up` gives
+inference here: cores - 1), temperature 0, max_tokens {MAX_TOKENS}, medians of {RUNS} runs after a
+warm-up; llama-cpp-python's prompt cache is reset before each direct run, as Goblin evaluates every
+prompt afresh.
 
 | one stream | decode tokens/s | time to first token |
 | --- | --- | --- |
