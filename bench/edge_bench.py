@@ -34,12 +34,8 @@ def start(name: str, **env: str) -> Suite:
 
 async def health_load(suite: Suite) -> LoadResult:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(
-        base_url=suite.gateway_url, verify=suite.ssl_context(), limits=limits
-    ) as client:
-        await run_load(
-            client, "GET", "/health", rate=HEALTH_RATE, duration_s=2
-        )  # warm connections and JIT paths
+    async with httpx.AsyncClient(base_url=suite.gateway_url, verify=suite.ssl_context(), limits=limits) as client:
+        await run_load(client, "GET", "/health", rate=HEALTH_RATE, duration_s=2)  # warm connections and JIT paths
         return await run_load(client, "GET", "/health", rate=HEALTH_RATE, duration_s=DURATION_S)
 
 

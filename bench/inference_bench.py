@@ -30,9 +30,7 @@ from services.inference.models import chat_model_path
 from tests.suite import start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
-MESSAGES = [
-    {"role": "user", "content": "Tell me a long story about a goblin who builds a clockwork machine."}
-]
+MESSAGES = [{"role": "user", "content": "Tell me a long story about a goblin who builds a clockwork machine."}]
 MAX_TOKENS = 128
 RUNS = 5
 CONCURRENT = 4
@@ -66,9 +64,7 @@ def direct_single(model: Path) -> list[StreamTiming]:
         started = time.perf_counter()
         first = last = None
         tokens = 0
-        for chunk in llm.create_chat_completion(
-            messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True
-        ):
+        for chunk in llm.create_chat_completion(messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True):
             if chunk["choices"][0]["delta"].get("content"):
                 now = time.perf_counter()
                 first = first or now
@@ -117,9 +113,7 @@ async def concurrent_tps(client: openai.AsyncOpenAI, model: str) -> tuple[float,
     rates, tokens = [], 0
     for _ in range(CONCURRENT_RUNS):
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(stream_once(client, model) for _ in range(CONCURRENT)), return_exceptions=True
-        )
+        results = await asyncio.gather(*(stream_once(client, model) for _ in range(CONCURRENT)), return_exceptions=True)
         elapsed = time.perf_counter() - started
         tokens = sum(r.tokens for r in results if isinstance(r, StreamTiming))
         rates.append(tokens / elapsed)
@@ -203,9 +197,7 @@ prompt afresh.
 | Goblin (batched decoding) | {goblin_tps:.1f} | {goblin_tokens} |
 | ratio | **{goblin_tps / server_tps:.2f}x** (goal > 1) | |
 """
-    write_section(
-        "Inference: the chat path vs llama-cpp-python", body, "make bench (python -m bench.inference_bench)"
-    )
+    write_section("Inference: the chat path vs llama-cpp-python", body, "make bench (python -m bench.inference_bench)")
     print(body)
 
 

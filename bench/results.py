@@ -60,8 +60,7 @@ def write_section(title: str, body: str, command: str) -> None:
     """Replace (or append) the ``## title`` section of RESULTS.md."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
-        f"## {title}\n\n"
-        f"Command: `{command}` · machine: {machine()} · commit {commit()} · {stamp}\n\n{body.strip()}\n"
+        f"## {title}\n\nCommand: `{command}` · machine: {machine()} · commit {commit()} · {stamp}\n\n{body.strip()}\n"
     )
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)

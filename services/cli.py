@@ -29,7 +29,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @app.command()
 def up() -> None:
     """Start the whole suite (embedded PostgreSQL/Redis/Chroma unless URLs are set) until Ctrl-C."""
-    from services.supervisor import AlreadyRunning, SuiteSettings, Supervisor
+    from services.common.process import AlreadyRunning
+    from services.supervisor import SuiteSettings, Supervisor
 
     try:
         settings = load_settings(SuiteSettings)

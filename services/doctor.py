@@ -38,9 +38,7 @@ def _packages() -> list[Check]:
         ("onnxruntime", "embedding runtime"),
     ):
         found = importlib.util.find_spec(module) is not None
-        checks.append(
-            Check(f"package {module}", "ok" if found else "fail", why if found else f"missing: {why}")
-        )
+        checks.append(Check(f"package {module}", "ok" if found else "fail", why if found else f"missing: {why}"))
     return checks
 
 
@@ -49,9 +47,7 @@ async def _postgres(url: str | None, home: Path) -> Check:
 
     if not url:
         data = home / "pg"
-        detail = f"embedded (pgserver) in {data}" + (
-            " (initialised)" if (data / "PG_VERSION").exists() else ""
-        )
+        detail = f"embedded (pgserver) in {data}" + (" (initialised)" if (data / "PG_VERSION").exists() else "")
         return Check("postgres", "ok", detail)
     try:
         conn = await asyncpg.connect(url, timeout=3)
@@ -83,9 +79,7 @@ async def _chroma(url: str | None, home: Path) -> Check:
     try:
         async with httpx.AsyncClient(timeout=3) as client:
             reply = await client.get(url.rstrip("/") + "/api/v2/heartbeat")
-        return Check(
-            "chroma", "ok" if reply.status_code == 200 else "fail", f"{url}: HTTP {reply.status_code}"
-        )
+        return Check("chroma", "ok" if reply.status_code == 200 else "fail", f"{url}: HTTP {reply.status_code}")
     except httpx.HTTPError as exc:
         return Check("chroma", "fail", f"CHROMA_URL unreachable: {exc}")
 
@@ -93,9 +87,7 @@ async def _chroma(url: str | None, home: Path) -> Check:
 async def _service(name: str, address: str) -> Check:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1.5
-            )
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.5)
         except grpc.aio.AioRpcError as exc:
             return Check(f"service {name}", "warn", f"{address}: not running ({exc.code().name})")
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -15,14 +15,13 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 from pydantic import Field
 
 from services.common import db
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
-from services.common.process import AlreadyRunning, InstanceLock, die_with_parent
+from services.common.process import InstanceLock, die_with_parent
 from services.common.settings import GoblinSettings
 
 log = logging.getLogger("goblin.supervisor")
@@ -184,9 +183,7 @@ class Supervisor:
     async def _wait_ready(self) -> bool:
         url = f"https://127.0.0.1:{self.settings.gateway_port}/health/ready"
         # An operator's own certificate may not name 127.0.0.1; this probe only asks "is it up?".
-        verify: str | bool = (
-            False if os.environ.get("GOBLIN_TLS_CERT_FILE") else str(self.home / "tls" / "ca.pem")
-        )
+        verify: str | bool = False if os.environ.get("GOBLIN_TLS_CERT_FILE") else str(self.home / "tls" / "ca.pem")
         deadline = time.monotonic() + self.settings.ready_timeout_s
         while time.monotonic() < deadline and not self.stopping.is_set():
             try:

@@ -50,9 +50,7 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
     except Exception as exc:  # pgserver unusable here: the last resort is a container
         if not docker_answers():
-            raise RuntimeError(
-                f"no PostgreSQL for tests: pgserver failed ({exc}) and no Docker engine"
-            ) from exc
+            raise RuntimeError(f"no PostgreSQL for tests: pgserver failed ({exc}) and no Docker engine") from exc
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16-alpine") as container:

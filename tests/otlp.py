@@ -34,9 +34,7 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             )
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    attributes = {
-                        a.key: str(getattr(a.value, a.value.WhichOneof("value"))) for a in span.attributes
-                    }
+                    attributes = {a.key: str(getattr(a.value, a.value.WhichOneof("value"))) for a in span.attributes}
                     received.append(
                         ReceivedSpan(
                             service=service,

@@ -50,9 +50,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
         migrations.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
     for expected, migration in enumerate(migrations, start=1):
         if migration.version != expected:
-            raise MigrationError(
-                f"migration {migration.version:04d} out of sequence (expected {expected:04d})"
-            )
+            raise MigrationError(f"migration {migration.version:04d} out of sequence (expected {expected:04d})")
     return migrations
 
 
@@ -71,16 +69,14 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[int]:
                        applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
             )
             applied = {
-                r["version"]: r["checksum"]
-                for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+                r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
             }
             done = []
             for migration in migrations:
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:
                         raise MigrationError(
-                            f"migration {migration.version:04d}_{migration.name} "
-                            "was changed after it was applied"
+                            f"migration {migration.version:04d}_{migration.name} was changed after it was applied"
                         )
                     continue
                 async with conn.transaction():

@@ -83,9 +83,7 @@ def _code_of(context: grpc.aio.ServicerContext, failed: BaseException | None) ->
     if isinstance(code, grpc.StatusCode):
         return code.name
     if failed is not None:
-        return (
-            grpc.StatusCode.INTERNAL.name if not isinstance(failed, asyncio.CancelledError) else "CANCELLED"
-        )
+        return grpc.StatusCode.INTERNAL.name if not isinstance(failed, asyncio.CancelledError) else "CANCELLED"
     return grpc.StatusCode.OK.name
 
 
@@ -126,11 +124,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     finish(context, started, failed)
                     correlation_id_var.reset(token)
 
-            make = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
-            )
+            make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             return make(unary_response, handler.request_deserializer, handler.response_serializer)
 
         behavior = handler.unary_stream or handler.stream_stream
@@ -153,11 +147,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 finish(context, started, failed)
                 correlation_id_var.reset(token)
 
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
+        make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
         return make(stream_response, handler.request_deserializer, handler.response_serializer)
 
 
@@ -182,9 +172,7 @@ async def _start_with_retry(service: Service, stopping: asyncio.Event) -> bool:
     return False
 
 
-async def _watch_health(
-    service: Service, servicer: health.aio.HealthServicer, stopping: asyncio.Event
-) -> None:
+async def _watch_health(service: Service, servicer: health.aio.HealthServicer, stopping: asyncio.Event) -> None:
     serving = True
     while not stopping.is_set():
         try:
@@ -235,9 +223,7 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"goblin: {service.name} cannot listen on {address}")
     await server.start()
-    log.info(
-        "%s listening", service.name, extra={"grpc_address": address, "metrics_port": settings.metrics_port}
-    )
+    log.info("%s listening", service.name, extra={"grpc_address": address, "metrics_port": settings.metrics_port})
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -24,6 +24,7 @@ def start_metrics_server(host: str, port: int) -> None:
     """Serve /metrics on its own port (a daemon thread inside prometheus_client)."""
     start_http_server(port, addr=host)
 
+
 # Shared by the three detection points (gateway, router, rag): dashboards sum it by location.
 SECRETS_DETECTED = Counter(
     "goblin_security_secrets_detected_total", "Secrets found (and redacted or blocked).", ["location"]

@@ -161,9 +161,7 @@ DETECTORS: tuple[_Detector, ...] = (
         keywords=("k_live_", "k_test_"),
         isolated_from=_WORD,
     ),
-    _Detector(
-        "google_api_key", re.compile(r"AIza[0-9A-Za-z_\-]{35}"), keywords=("aiza",), isolated_from=_WORD
-    ),
+    _Detector("google_api_key", re.compile(r"AIza[0-9A-Za-z_\-]{35}"), keywords=("aiza",), isolated_from=_WORD),
     _Detector(
         "jwt",
         re.compile(_from_detect_secrets(JwtTokenDetector).pattern + r"(?![A-Za-z0-9\-_=])"),

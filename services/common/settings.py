@@ -67,9 +67,7 @@ def default_home() -> Path:
 class GoblinSettings(BaseSettings):
     """What every service knows: where things live, where its peers listen, how to log."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
     goblin_env: Environment = Environment.development
     goblin_home: Path = Field(default_factory=default_home)

@@ -54,9 +54,7 @@ class RedisStore:
         return self._client
 
     async def start(self) -> None:
-        client = aioredis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-        )
+        client = aioredis.from_url(self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
         try:
             await client.ping()
         except Exception:

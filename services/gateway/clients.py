@@ -60,9 +60,7 @@ class Backends:
     async def check(self, name: str, timeout_s: float) -> ServiceHealth:
         started = time.perf_counter()
         try:
-            reply = await self._health[name].Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-            )
+            reply = await self._health[name].Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             error = ""
         except grpc.aio.AioRpcError as exc:
@@ -87,9 +85,7 @@ class GatewayStores:
     """
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.postgres = PostgresStore(
-            settings.database_url.get_secret_value(), max_size=4, run_migrations=False
-        )
+        self.postgres = PostgresStore(settings.database_url.get_secret_value(), max_size=4, run_migrations=False)
         self.redis = RedisStore(settings.redis_url.get_secret_value())
         self.audit = AuditLog(self.postgres)
         self._connecting: asyncio.Task[None] | None = None
@@ -120,9 +116,7 @@ class GatewayStores:
                 ok, error = False, type(exc).__name__
             latency_ms = round((time.perf_counter() - started) * 1000, 2)
             SERVICE_HEALTH.labels(name).set(1 if ok else 0)
-            results.append(
-                ServiceHealth(name, "gateway", "SERVING" if ok else "NOT_SERVING", latency_ms, error)
-            )
+            results.append(ServiceHealth(name, "gateway", "SERVING" if ok else "NOT_SERVING", latency_ms, error))
         return results
 
     async def stop(self) -> None:

@@ -144,9 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 problems.append("the request body must be a JSON object (Content-Type: application/json)")
                 continue
             if err.get("type") == "json_invalid":
-                problems.append(
-                    f"the request body is not valid JSON: {err.get('ctx', {}).get('error', 'parse error')}"
-                )
+                problems.append(f"the request body is not valid JSON: {err.get('ctx', {}).get('error', 'parse error')}")
                 continue
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))

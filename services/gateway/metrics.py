@@ -16,9 +16,7 @@ HTTP_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30, 60),
 )
 HTTP_IN_PROGRESS = Gauge("http_requests_in_progress", "HTTP requests being served.", ["method"])
-HTTP_ERRORS = Counter(
-    "http_errors_total", "HTTP responses with status >= 400.", ["method", "endpoint", "error_type"]
-)
+HTTP_ERRORS = Counter("http_errors_total", "HTTP responses with status >= 400.", ["method", "endpoint", "error_type"])
 HTTP_429 = Counter("http_requests_429_total", "Requests refused with 429.", ["endpoint"])
 SERVICE_HEALTH = Gauge(
     "service_health_status",
@@ -31,6 +29,4 @@ CHAT_TOKENS = Counter(
     "Tokens of answered chat completions.",
     ["provider", "model", "token_type"],
 )
-CHAT_ERRORS = Counter(
-    "chat_completion_errors_total", "Chat completions that failed.", ["provider", "error_type"]
-)
+CHAT_ERRORS = Counter("chat_completion_errors_total", "Chat completions that failed.", ["provider", "error_type"])

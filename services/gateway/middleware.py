@@ -277,9 +277,7 @@ class RateLimitMiddleware:
         try:
             decision = await self.limiter.hit(route_class, key)
         except RateLimiterUnavailable:
-            await _send_error(
-                send, 503, "rate_limiter_unavailable", "rate limiting is unavailable; try again"
-            )
+            await _send_error(send, 503, "rate_limiter_unavailable", "rate limiting is unavailable; try again")
             return
         if decision is None:
             await self.app(scope, receive, send)

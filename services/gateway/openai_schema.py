@@ -90,9 +90,7 @@ class ChatCompletionRequest(BaseModel):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field("local", min_length=1, max_length=256)
-    input: str | list[str] = Field(
-        description="a string or a list of strings (token arrays are not supported)"
-    )
+    input: str | list[str] = Field(description="a string or a list of strings (token arrays are not supported)")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None

@@ -117,9 +117,7 @@ class RateLimiter:
         burst: list[RateLimitItem] | None = None,
         fail_open: bool = True,
     ) -> None:
-        uri = (
-            redis_url.replace("unix://", "redis+unix://", 1) if redis_url.startswith("unix://") else redis_url
-        )
+        uri = redis_url.replace("unix://", "redis+unix://", 1) if redis_url.startswith("unix://") else redis_url
         self.storage = RedisStorage(
             f"async+{uri}", implementation="redispy", wrap_exceptions=True, key_prefix="goblin-rl",
             socket_timeout=1, socket_connect_timeout=1,

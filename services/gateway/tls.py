@@ -52,11 +52,7 @@ def ensure_dev_certificates(directory: Path) -> tuple[Path, Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca_path, cert_path, key_path = directory / CA_FILE, directory / CERT_FILE, directory / KEY_FILE
-    if (
-        all(p.exists() for p in (ca_path, cert_path, key_path))
-        and _still_valid(cert_path)
-        and _still_valid(ca_path)
-    ):
+    if all(p.exists() for p in (ca_path, cert_path, key_path)) and _still_valid(cert_path) and _still_valid(ca_path):
         return ca_path, cert_path, key_path
 
     now = dt.datetime.now(dt.UTC)
@@ -108,9 +104,7 @@ def ensure_dev_certificates(directory: Path) -> tuple[Path, Path, Path]:
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 

@@ -289,9 +289,7 @@ class ChatEngine:
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise InvalidArgument(f"the model's chat template rejects these messages: {exc}") from exc
 
-    async def tokenize(
-        self, text: str, *, add_special: bool = False, parse_special: bool = True
-    ) -> list[int]:
+    async def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         """The model's tokens for ``text`` (computed on the worker thread, between decoding steps)."""
         worker = self._require_worker()
         result: Future[list[int]] = Future()
@@ -309,9 +307,7 @@ class ChatEngine:
         """
         return self._stream(messages=messages, prompt=None, params=params or SamplingParams())
 
-    def stream_complete(
-        self, prompt: str, params: SamplingParams | None = None
-    ) -> AsyncGenerator[StreamEvent, None]:
+    def stream_complete(self, prompt: str, params: SamplingParams | None = None) -> AsyncGenerator[StreamEvent, None]:
         """Stream a plain continuation of ``prompt`` (no chat template), like :meth:`stream_chat`."""
         return self._stream(messages=None, prompt=prompt, params=params or SamplingParams())
 
@@ -431,9 +427,7 @@ def _chat_turns(messages: Sequence[ChatMessage | Mapping[str, str]]) -> list[dic
 def _check_params(params: SamplingParams, n_ctx: int) -> None:
     """Reject parameters that cannot work, whatever the prompt."""
     if params.max_tokens is not None and not 1 <= params.max_tokens < n_ctx:
-        raise InvalidArgument(
-            f"max_tokens must be between 1 and {n_ctx - 1} (the context window is {n_ctx} tokens)"
-        )
+        raise InvalidArgument(f"max_tokens must be between 1 and {n_ctx - 1} (the context window is {n_ctx} tokens)")
     if not 0.0 <= params.temperature <= 2.0:
         raise InvalidArgument("temperature must be between 0 and 2")
     if not 0.0 < params.top_p <= 1.0:
@@ -714,15 +708,11 @@ class _Worker:
         data = text.encode("utf-8")
         capacity = len(data) + 8  # never more tokens than bytes, plus the special ones
         tokens = (llama.llama_token * capacity)()
-        count = llama.llama_tokenize(
-            self._vocab, data, len(data), tokens, capacity, add_special, parse_special
-        )
+        count = llama.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_special, parse_special)
         if count < 0:
             capacity = -count
             tokens = (llama.llama_token * capacity)()
-            count = llama.llama_tokenize(
-                self._vocab, data, len(data), tokens, capacity, add_special, parse_special
-            )
+            count = llama.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_special, parse_special)
         if count < 0:
             raise GoblinError(f"llama.cpp could not tokenize the text ({count})")
         return list(tokens[:count])
@@ -733,18 +723,14 @@ class _Worker:
         llama.llama_log_set(_log_from_llama, ctypes.c_void_p(0))
         llama.llama_backend_init()
         engine = self._engine
-        model = llama.llama_model_load_from_file(
-            str(engine.model_path).encode(), llama.llama_model_default_params()
-        )
+        model = llama.llama_model_load_from_file(str(engine.model_path).encode(), llama.llama_model_default_params())
         if not model:
             raise RuntimeError(f"llama.cpp could not load {engine.model_path} (is it a GGUF model?)")
         self._model = model
         self._vocab = llama.llama_model_get_vocab(model)
         n_ctx_train = llama.llama_model_n_ctx_train(model)
         if self._n_ctx > n_ctx_train:
-            logger.warning(
-                "n_ctx %d is beyond the %d tokens the model was trained on", self._n_ctx, n_ctx_train
-            )
+            logger.warning("n_ctx %d is beyond the %d tokens the model was trained on", self._n_ctx, n_ctx_train)
 
         params = llama.llama_context_default_params()
         params.n_ctx = self._n_ctx * self._max_sequences
@@ -778,11 +764,7 @@ class _Worker:
         )
 
     def _token_text(self, token: int) -> str:
-        return (
-            llama.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
-            if token >= 0
-            else ""
-        )
+        return llama.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace") if token >= 0 else ""
 
     def _free(self) -> None:
         if self._batch is not None:
@@ -975,19 +957,13 @@ class _Worker:
 
     def _piece(self, token: int) -> bytes:
         """The bytes of one token; control tokens give none."""
-        size = llama.llama_token_to_piece(
-            self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False
-        )
+        size = llama.llama_token_to_piece(self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False)
         if size < 0:
             self._piece_buffer = ctypes.create_string_buffer(-size)
-            size = llama.llama_token_to_piece(
-                self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False
-            )
+            size = llama.llama_token_to_piece(self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False)
         return self._piece_buffer.raw[:size]
 
-    def _finish(
-        self, sequence: _Sequence, reason: FinishReason | None, *, error: GoblinError | None = None
-    ) -> None:
+    def _finish(self, sequence: _Sequence, reason: FinishReason | None, *, error: GoblinError | None = None) -> None:
         """End ``sequence``: free its KV sequence and sampler, then send the last text and the final event
         (or ``error``)."""
         request = sequence.request

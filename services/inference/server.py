@@ -40,9 +40,7 @@ class PrometheusObserver(EngineObserver):
 def single_instance_lock(settings: InferenceSettings, model_path: str) -> InstanceLock:
     """One inference process per model on this machine: two would fight over the cores and memory."""
     digest = hashlib.sha256(model_path.encode()).hexdigest()[:16]
-    return InstanceLock(
-        settings.goblin_home / "locks" / f"inference-{digest}.lock", f"inference for {model_path}"
-    )
+    return InstanceLock(settings.goblin_home / "locks" / f"inference-{digest}.lock", f"inference for {model_path}")
 
 
 class InferenceServer:

@@ -26,9 +26,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    async def Chat(
-        self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext
-    ) -> common_pb2.ChatResponse:
+    async def Chat(self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> common_pb2.ChatResponse:
         answer = await self.service.chat(
             request.model, messages_from_proto(list(request.messages)), params_from_proto(request.params)
         )

@@ -64,10 +64,10 @@ async def test_a_full_queue_answers_429_at_once_with_retry_after(small_suite: Su
         assert payload["error"] == "inference_queue_full"
         assert int(reply.headers["Retry-After"]) >= 1
         assert payload["retry_after"] == int(reply.headers["Retry-After"])
-    with small_suite.client() as client:
-        metrics = client.get("/metrics").text
+    async with httpx.AsyncClient(verify=small_suite.ssl_context(), timeout=10) as client:
+        metrics = (await client.get(f"{small_suite.gateway_url}/metrics")).text
+        inference_metrics = (await client.get(small_suite.metrics_url("inference"))).text
     assert 'http_requests_429_total{endpoint="/v1/chat/completions"}' in metrics
-    inference_metrics = httpx.get(small_suite.metrics_url("inference"), timeout=5).text
     assert "goblin_inference_queue_capacity 1.0" in inference_metrics
 
 

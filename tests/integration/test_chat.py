@@ -177,7 +177,10 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI, suite: Suite) -> None:
         (json.dumps({"model": "local", "messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400),
         (json.dumps({"model": "local", "messages": HELLO, "max_tokens": "many"}).encode(), 400),
         (json.dumps({"model": "", "messages": HELLO}).encode(), 400),
-        (json.dumps({"model": "local", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(), 400),
+        (
+            json.dumps({"model": "local", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(),
+            400,
+        ),
         (json.dumps({"model": "local", "messages": HELLO, "goblin": {"unknown": 1}}).encode(), 400),
     ],
 )

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from services.common.embedded import EmbeddedRedis
@@ -114,9 +112,7 @@ def test_bodies_over_the_limit_get_413(edge: Suite) -> None:
             for start in range(0, len(big), 8192):
                 yield big[start : start + 8192]
 
-        streamed = client.post(
-            "/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"}
-        )
+        streamed = client.post("/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"})
     for reply in (declared, streamed):
         assert reply.status_code == 413, reply.text
         assert reply.json()["error"] == "payload_too_large"

@@ -43,9 +43,7 @@ def test_embedded_suite_starts_refuses_a_second_copy_and_stops_clean(tmp_path: P
         code = suite.stop()
     assert code == 0, suite.log_tail()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children
-    ):
+    while time.monotonic() < deadline and any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
         time.sleep(0.1)
     leftovers = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not leftovers, f"processes left after stop: {leftovers}"
@@ -68,8 +66,6 @@ def test_doctor_reports_unreachable_database(tmp_path: Path) -> None:
         "GOBLIN_HOME": str(tmp_path),
         "DATABASE_URL": f"postgresql://x@/x?host={tmp_path}/none",
     }
-    result = subprocess.run(
-        [str(GOBLIN), "doctor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([str(GOBLIN), "doctor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "DATABASE_URL unreachable" in result.stdout

@@ -68,9 +68,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 60) -> None:
 def auth_process(
     tmp_path: Path, new_database: Callable[[], str], redis_url: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
-    process, address, metrics_port = start(
-        "auth", {"DATABASE_URL": new_database(), "REDIS_URL": redis_url}, tmp_path
-    )
+    process, address, metrics_port = start("auth", {"DATABASE_URL": new_database(), "REDIS_URL": redis_url}, tmp_path)
     yield process, address, metrics_port
     if process.poll() is None:
         process.kill()
@@ -102,9 +100,7 @@ def test_serving_reflection_metrics_and_graceful_stop(auth_process: tuple) -> No
 
     with grpc.insecure_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(
-            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-        )
+        replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     listed = {s.name for s in replies[0].list_services_response.service}
     assert {"goblin.v1.Auth", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
 

@@ -53,9 +53,7 @@ def test_two_goblin_migrate_processes_at_once(new_database: Callable[[], str]) -
     url = new_database()
     env = {**os.environ, "DATABASE_URL": url}
     processes = [
-        subprocess.Popen(
-            [str(GOBLIN), "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([str(GOBLIN), "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=120) for p in processes]
@@ -75,9 +73,7 @@ async def test_a_changed_migration_is_refused(new_database: Callable[[], str], t
         await migrate(url, tmp_path)
 
 
-async def test_a_failing_migration_leaves_nothing_half_done(
-    new_database: Callable[[], str], tmp_path: Path
-) -> None:
+async def test_a_failing_migration_leaves_nothing_half_done(new_database: Callable[[], str], tmp_path: Path) -> None:
     url = new_database()
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE kept (id INT);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half (id INT); SELECT * FROM no_such_table;")

@@ -46,9 +46,7 @@ def http(fuzz_suite: Suite) -> Iterator[requests.Session]:
 
 @pytest.fixture(scope="module")
 def gateway_schema(fuzz_suite: Suite, http: requests.Session) -> schemathesis.schemas.BaseSchema:
-    return schemathesis.openapi.from_url(
-        f"{fuzz_suite.gateway_url}/openapi.json", verify=str(fuzz_suite.ca_file)
-    )
+    return schemathesis.openapi.from_url(f"{fuzz_suite.gateway_url}/openapi.json", verify=str(fuzz_suite.ca_file))
 
 
 def test_the_document_describes_every_route(fuzz_suite: Suite, http: requests.Session) -> None:
@@ -78,9 +76,7 @@ schema = schemathesis.pytest.from_fixture("gateway_schema")
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-def test_no_input_gets_a_server_error(
-    case: schemathesis.Case, fuzz_suite: Suite, http: requests.Session
-) -> None:
+def test_no_input_gets_a_server_error(case: schemathesis.Case, fuzz_suite: Suite, http: requests.Session) -> None:
     response = case.call(base_url=fuzz_suite.gateway_url, session=http, timeout=120)
     assert response.status_code < 500, (
         f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}"

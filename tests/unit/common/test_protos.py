@@ -15,9 +15,7 @@ def test_committed_stubs_are_current(tmp_path: Path) -> None:
         committed = protogen.ROOT / relative
         if not committed.exists() or committed.read_bytes() != (tmp_path / relative).read_bytes():
             stale.append(str(relative))
-    committed_files = {
-        p.relative_to(protogen.ROOT) for p in (protogen.ROOT / "goblin").rglob("*.py*") if p.is_file()
-    }
+    committed_files = {p.relative_to(protogen.ROOT) for p in (protogen.ROOT / "goblin").rglob("*.py*") if p.is_file()}
     extra = sorted(str(p) for p in committed_files - set(generated) if "__pycache__" not in str(p))
     assert not stale, f"stale stubs, run `make proto`: {stale}"
     assert not extra, f"stubs without a .proto, delete them: {extra}"

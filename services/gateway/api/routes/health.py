@@ -20,9 +20,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok", "service": "gateway"}
 
 
-async def check_everything(
-    request: Request, backends: Backends, settings: GatewaySettings
-) -> list[ServiceHealth]:
+async def check_everything(request: Request, backends: Backends, settings: GatewaySettings) -> list[ServiceHealth]:
     services, stores = await asyncio.gather(
         backends.check_all(settings.health_timeout_s), request.app.state.stores.check()
     )
