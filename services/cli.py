@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,9 +16,7 @@ from rich.table import Table
 from services.common.logs import configure_logging
 from services.common.settings import ConfigError, load_settings
 
-app = typer.Typer(
-    help="Goblin: self-hosted AI assistant platform.", no_args_is_help=True, add_completion=False
-)
+app = typer.Typer(help="Goblin: self-hosted AI assistant platform.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 
 
@@ -103,6 +102,139 @@ def doctor() -> None:
         failed |= check.status == "fail"
     Console().print(table)
     raise typer.Exit(1 if failed else 0)
+
+
+# -- accounts and keys, straight at the database (the auth service need not be running) -----------
+users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (create) and the token-signing keys (rotate).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+
+DatabaseUrlOption = Annotated[
+    str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL URL (default: the embedded database)")
+]
+T = TypeVar("T")
+
+
+def _with_auth(database_url: str | None, action: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """Run ``action(repository, settings)`` against the database, migrated first; domain errors (and
+    a key-encryption key that does not open the stored keys) become one line and exit status 1."""
+    from services.auth.config import AuthPolicySettings
+    from services.auth.keys import SealError
+    from services.auth.repository import AuthRepository
+    from services.common.embedded import EmbeddedPostgres
+    from services.common.errors import GoblinError
+    from services.common.settings import default_home
+    from services.common.stores import PostgresStore
+
+    try:
+        settings = load_settings(AuthPolicySettings)
+    except ConfigError as exc:
+        raise _fail(f"configuration error: {exc}") from None
+    embedded = None
+    if not database_url:
+        embedded = EmbeddedPostgres(default_home() / "pg")
+        database_url = embedded.create_database("goblin")
+
+    async def run() -> T:
+        store = PostgresStore(database_url, max_size=2)
+        await store.start()
+        try:
+            return await action(AuthRepository(store), settings)
+        finally:
+            await store.stop()
+
+    try:
+        return asyncio.run(run())
+    except GoblinError as exc:
+        raise _fail(exc.message, code=1) from None
+    except SealError as exc:
+        raise _fail(str(exc), code=1) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Argument(help="the sign-in email")],
+    role: Annotated[str, typer.Option(help="user or admin")] = "user",
+    tenant: Annotated[str, typer.Option(help="the tenant's id")] = "default",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+    no_password: Annotated[bool, typer.Option("--no-password", help="no password: passkeys and API keys only")] = False,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Create a user (the password is prompted for unless --password-stdin or --no-password)."""
+    from services.auth.accounts import Accounts
+    from services.auth.server import make_passwords
+
+    if no_password:
+        password = None
+    elif password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+
+    async def create(repository: Any, settings: Any) -> Any:
+        accounts = Accounts(repository, make_passwords(settings))
+        return await accounts.create_user(email=email, password=password, role=role, tenant_id=tenant, by="cli")
+
+    user = _with_auth(database_url, create)
+    console.print(f"created {user.role} [bold]{user.email}[/] in tenant {user.tenant_id}")
+    print(user.id)
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="the owner's email")],
+    name: Annotated[str, typer.Option(help="what the key is for")] = "cli",
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="repeat for several; '*' = all")] = None,
+    expires_days: Annotated[int, typer.Option(help="0 = never expires", min=0)] = 0,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Create an API key and print it, once, on stdout (it is stored hashed)."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.auth.accounts import Accounts, normalise_email
+    from services.auth.server import make_passwords
+    from services.common.errors import NotFound
+
+    async def create(repository: Any, settings: Any) -> Any:
+        owner = await repository.find_user_by_email(normalise_email(user))
+        if owner is None or not owner.is_active:
+            raise NotFound(f"no active user {user!r}")
+        expires_at = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+        return await Accounts(repository, make_passwords(settings)).issue_api_key(
+            user=owner, name=name, scopes=scope or ["chat"], expires_at=expires_at, tokens_per_day=0, by="cli"
+        )
+
+    created = _with_auth(database_url, create)
+    key = created.key
+    console.print(f"API key {key.prefix} for {user} with scopes {', '.join(key.scopes)}; it is shown only now")
+    print(created.secret)
+
+
+@keys_app.command("rotate")
+def keys_rotate(database_url: DatabaseUrlOption = None) -> None:
+    """Rotate the token-signing keys: the standby key starts signing, the current one retires (its
+    tokens stay valid until they expire), a new standby is published. Running services pick it up
+    within GOBLIN_SIGNING_KEY_REFRESH_S."""
+    from services.auth.repository import AuditEvent
+    from services.auth.server import make_keyring
+
+    async def rotate(repository: Any, settings: Any) -> Any:
+        keyring = make_keyring(settings, repository)
+        # Opens the current key first: a new standby sealed with another key-encryption key than the
+        # services use would be unusable once it is promoted.
+        await keyring.ensure()
+        return await keyring.rotate(AuditEvent("signing_keys_rotated", details={"by": "cli"}))
+
+    rotation = _with_auth(database_url, rotate)
+    table = Table.grid(padding=(0, 2))
+    table.add_row("retired", rotation.retired_kid or "-")
+    table.add_row("current", rotation.current_kid)
+    table.add_row("standby", rotation.standby_kid)
+    console.print(Panel(table, title="signing keys rotated"))
 
 
 def main() -> None:

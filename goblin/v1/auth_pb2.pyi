@@ -16,7 +16,7 @@ class AuthenticateRequest(_message.Message):
     def __init__(self, credential: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("user_id", "tenant_id", "email", "role", "scopes", "api_key_id", "session_id", "expires_at")
+    __slots__ = ("user_id", "tenant_id", "email", "role", "scopes", "api_key_id", "session_id", "expires_at", "requests_per_day")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Principal(_message.Message):
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     tenant_id: str
     email: str
@@ -33,7 +34,8 @@ class Principal(_message.Message):
     api_key_id: str
     session_id: str
     expires_at: int
-    def __init__(self, user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., email: _Optional[str] = ..., role: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., api_key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    requests_per_day: int
+    def __init__(self, user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., email: _Optional[str] = ..., role: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., api_key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expires_at: _Optional[int] = ..., requests_per_day: _Optional[int] = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("id", "email", "role", "tenant_id", "created", "active")
@@ -124,21 +126,23 @@ class GetUserRequest(_message.Message):
     def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("context", "name", "scopes", "expires_at", "user_id")
+    __slots__ = ("context", "name", "scopes", "expires_at", "user_id", "tokens_per_day")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     context: _common_pb2.RequestContext
     name: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     expires_at: int
     user_id: str
-    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expires_at: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
+    tokens_per_day: int
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expires_at: _Optional[int] = ..., user_id: _Optional[str] = ..., tokens_per_day: _Optional[int] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "name", "prefix", "scopes", "created", "expires_at", "last_used", "revoked", "user_id", "tenant_id")
+    __slots__ = ("id", "name", "prefix", "scopes", "created", "expires_at", "last_used", "revoked", "user_id", "tenant_id", "tokens_per_day")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +153,7 @@ class ApiKey(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     prefix: str
@@ -159,7 +164,8 @@ class ApiKey(_message.Message):
     revoked: bool
     user_id: str
     tenant_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., prefix: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created: _Optional[int] = ..., expires_at: _Optional[int] = ..., last_used: _Optional[int] = ..., revoked: _Optional[bool] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+    tokens_per_day: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., prefix: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., created: _Optional[int] = ..., expires_at: _Optional[int] = ..., last_used: _Optional[int] = ..., revoked: _Optional[bool] = ..., user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., tokens_per_day: _Optional[int] = ...) -> None: ...
 
 class CreatedApiKey(_message.Message):
     __slots__ = ("key", "secret")
@@ -282,3 +288,79 @@ class DeletePasskeyResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class ChargeRequestRequest(_message.Message):
+    __slots__ = ("context",)
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    context: _common_pb2.RequestContext
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class QuotaStatus(_message.Message):
+    __slots__ = ("used", "limit", "resets_at")
+    USED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RESETS_AT_FIELD_NUMBER: _ClassVar[int]
+    used: int
+    limit: int
+    resets_at: int
+    def __init__(self, used: _Optional[int] = ..., limit: _Optional[int] = ..., resets_at: _Optional[int] = ...) -> None: ...
+
+class Tenant(_message.Message):
+    __slots__ = ("id", "name", "requests_per_day", "tokens_per_day", "daily_budget_usd", "created")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    DAILY_BUDGET_USD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    requests_per_day: int
+    tokens_per_day: int
+    daily_budget_usd: float
+    created: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., requests_per_day: _Optional[int] = ..., tokens_per_day: _Optional[int] = ..., daily_budget_usd: _Optional[float] = ..., created: _Optional[int] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("context", "id", "name", "requests_per_day", "tokens_per_day", "daily_budget_usd")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    DAILY_BUDGET_USD_FIELD_NUMBER: _ClassVar[int]
+    context: _common_pb2.RequestContext
+    id: str
+    name: str
+    requests_per_day: int
+    tokens_per_day: int
+    daily_budget_usd: float
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., requests_per_day: _Optional[int] = ..., tokens_per_day: _Optional[int] = ..., daily_budget_usd: _Optional[float] = ...) -> None: ...
+
+class UpdateTenantRequest(_message.Message):
+    __slots__ = ("context", "id", "name", "requests_per_day", "tokens_per_day", "daily_budget_usd")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    DAILY_BUDGET_USD_FIELD_NUMBER: _ClassVar[int]
+    context: _common_pb2.RequestContext
+    id: str
+    name: str
+    requests_per_day: int
+    tokens_per_day: int
+    daily_budget_usd: float
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., requests_per_day: _Optional[int] = ..., tokens_per_day: _Optional[int] = ..., daily_budget_usd: _Optional[float] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ("context",)
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    context: _common_pb2.RequestContext
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ...) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...

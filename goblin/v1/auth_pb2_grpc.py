@@ -120,6 +120,26 @@ class AuthStub:
                 request_serializer=goblin_dot_v1_dot_auth__pb2.DeletePasskeyRequest.SerializeToString,
                 response_deserializer=goblin_dot_v1_dot_auth__pb2.DeletePasskeyResponse.FromString,
                 _registered_method=True)
+        self.ChargeRequest = channel.unary_unary(
+                '/goblin.v1.Auth/ChargeRequest',
+                request_serializer=goblin_dot_v1_dot_auth__pb2.ChargeRequestRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_auth__pb2.QuotaStatus.FromString,
+                _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/goblin.v1.Auth/CreateTenant',
+                request_serializer=goblin_dot_v1_dot_auth__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_auth__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.UpdateTenant = channel.unary_unary(
+                '/goblin.v1.Auth/UpdateTenant',
+                request_serializer=goblin_dot_v1_dot_auth__pb2.UpdateTenantRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_auth__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/goblin.v1.Auth/ListTenants',
+                request_serializer=goblin_dot_v1_dot_auth__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_auth__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -228,6 +248,32 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChargeRequest(self, request, context):
+        """Counts one request against the caller's tenant's requests/day quota (RESOURCE_EXHAUSTED when spent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTenant(self, request, context):
+        """Tenants and their quotas (admin only). Token budgets are enforced by the router.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +361,26 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.DeletePasskey,
                     request_deserializer=goblin_dot_v1_dot_auth__pb2.DeletePasskeyRequest.FromString,
                     response_serializer=goblin_dot_v1_dot_auth__pb2.DeletePasskeyResponse.SerializeToString,
+            ),
+            'ChargeRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChargeRequest,
+                    request_deserializer=goblin_dot_v1_dot_auth__pb2.ChargeRequestRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_auth__pb2.QuotaStatus.SerializeToString,
+            ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=goblin_dot_v1_dot_auth__pb2.CreateTenantRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_auth__pb2.Tenant.SerializeToString,
+            ),
+            'UpdateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenant,
+                    request_deserializer=goblin_dot_v1_dot_auth__pb2.UpdateTenantRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_auth__pb2.Tenant.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=goblin_dot_v1_dot_auth__pb2.ListTenantsRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_auth__pb2.ListTenantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -777,6 +843,114 @@ class Auth:
             '/goblin.v1.Auth/DeletePasskey',
             goblin_dot_v1_dot_auth__pb2.DeletePasskeyRequest.SerializeToString,
             goblin_dot_v1_dot_auth__pb2.DeletePasskeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChargeRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Auth/ChargeRequest',
+            goblin_dot_v1_dot_auth__pb2.ChargeRequestRequest.SerializeToString,
+            goblin_dot_v1_dot_auth__pb2.QuotaStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Auth/CreateTenant',
+            goblin_dot_v1_dot_auth__pb2.CreateTenantRequest.SerializeToString,
+            goblin_dot_v1_dot_auth__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Auth/UpdateTenant',
+            goblin_dot_v1_dot_auth__pb2.UpdateTenantRequest.SerializeToString,
+            goblin_dot_v1_dot_auth__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Auth/ListTenants',
+            goblin_dot_v1_dot_auth__pb2.ListTenantsRequest.SerializeToString,
+            goblin_dot_v1_dot_auth__pb2.ListTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

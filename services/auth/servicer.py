@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from typing import Any
+
 import grpc
 
-from goblin.v1 import auth_pb2, auth_pb2_grpc
-from services.auth.service import AuthService, Principal
+from goblin.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from services.auth.repository import ApiKeyInfo, PasskeyRecord, TenantRecord, UserRecord
+from services.auth.service import AuthService, Context, Jwks, Principal, TokenPair
+
+
+def _ts(value: datetime | None) -> int:
+    return int(value.timestamp()) if value else 0
+
+
+def context_from_proto(ctx: common_pb2.RequestContext) -> Context:
+    return Context(
+        correlation_id=ctx.correlation_id,
+        user_id=ctx.user_id,
+        tenant_id=ctx.tenant_id,
+        api_key_id=ctx.api_key_id,
+        scopes=tuple(ctx.scopes),
+        client_ip=ctx.client_ip,
+    )
 
 
 def principal_to_proto(principal: Principal) -> auth_pb2.Principal:
@@ -18,6 +38,74 @@ def principal_to_proto(principal: Principal) -> auth_pb2.Principal:
         api_key_id=principal.api_key_id,
         session_id=principal.session_id,
         expires_at=principal.expires_at,
+        requests_per_day=principal.requests_per_day,
+    )
+
+
+def user_to_proto(user: UserRecord) -> auth_pb2.User:
+    return auth_pb2.User(
+        id=user.id,
+        email=user.email,
+        role=user.role,
+        tenant_id=user.tenant_id,
+        created=_ts(user.created_at),
+        active=user.is_active,
+    )
+
+
+def token_pair_to_proto(pair: TokenPair) -> auth_pb2.TokenPair:
+    return auth_pb2.TokenPair(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        token_type="Bearer",
+        expires_in=pair.expires_in,
+        refresh_expires_in=pair.refresh_expires_in,
+        user=user_to_proto(pair.user),
+    )
+
+
+def api_key_to_proto(key: ApiKeyInfo) -> auth_pb2.ApiKey:
+    return auth_pb2.ApiKey(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=key.scopes,
+        created=_ts(key.created_at),
+        expires_at=_ts(key.expires_at),
+        last_used=_ts(key.last_used_at),
+        revoked=key.revoked_at is not None,
+        user_id=key.user_id,
+        tenant_id=key.tenant_id,
+        tokens_per_day=key.tokens_per_day or 0,
+    )
+
+
+def passkey_to_proto(passkey: PasskeyRecord) -> auth_pb2.Passkey:
+    return auth_pb2.Passkey(
+        id=passkey.id,
+        name=passkey.name,
+        created=_ts(passkey.created_at),
+        last_used=_ts(passkey.last_used_at),
+        sign_count=passkey.sign_count,
+    )
+
+
+def tenant_to_proto(tenant: TenantRecord) -> auth_pb2.Tenant:
+    return auth_pb2.Tenant(
+        id=tenant.id,
+        name=tenant.name,
+        requests_per_day=tenant.requests_per_day or 0,
+        tokens_per_day=tenant.tokens_per_day or 0,
+        daily_budget_usd=tenant.daily_budget_usd or 0.0,
+        created=_ts(tenant.created_at),
+    )
+
+
+def jwks_to_proto(jwks: Jwks) -> auth_pb2.Jwks:
+    return auth_pb2.Jwks(
+        json=json.dumps(jwks.keys, separators=(",", ":")),
+        current_kid=jwks.current_kid,
+        standby_kid=jwks.standby_kid,
     )
 
 
@@ -29,3 +117,151 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Principal:
         return principal_to_proto(await self.service.authenticate(request.credential))
+
+    async def Register(self, request: auth_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
+        user = await self.service.register(
+            context_from_proto(request.context),
+            email=request.email,
+            password=request.password,
+            tenant_id=request.tenant_id,
+            role=request.role,
+        )
+        return user_to_proto(user)
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> auth_pb2.TokenPair:
+        pair = await self.service.login(
+            context_from_proto(request.context), email=request.email, password=request.password
+        )
+        return token_pair_to_proto(pair)
+
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext) -> auth_pb2.TokenPair:
+        return token_pair_to_proto(
+            await self.service.refresh(context_from_proto(request.context), request.refresh_token)
+        )
+
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.LogoutResponse:
+        revoked = await self.service.logout(
+            context_from_proto(request.context),
+            refresh_token=request.refresh_token,
+            session_id=request.session_id,
+        )
+        return auth_pb2.LogoutResponse(revoked=revoked)
+
+    async def GetUser(self, request: auth_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
+        return user_to_proto(await self.service.get_user(context_from_proto(request.context), request.user_id))
+
+    async def CreateApiKey(
+        self, request: auth_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CreatedApiKey:
+        created = await self.service.create_api_key(
+            context_from_proto(request.context),
+            name=request.name,
+            scopes=list(request.scopes),
+            expires_at=request.expires_at,
+            user_id=request.user_id,
+            tokens_per_day=request.tokens_per_day,
+        )
+        return auth_pb2.CreatedApiKey(key=api_key_to_proto(created.key), secret=created.secret)
+
+    async def ListApiKeys(
+        self, request: auth_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListApiKeysResponse:
+        keys = await self.service.list_api_keys(context_from_proto(request.context))
+        return auth_pb2.ListApiKeysResponse(keys=[api_key_to_proto(k) for k in keys])
+
+    async def RevokeApiKey(
+        self, request: auth_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RevokeApiKeyResponse:
+        revoked = await self.service.revoke_api_key(context_from_proto(request.context), request.key_id)
+        return auth_pb2.RevokeApiKeyResponse(revoked=revoked)
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Jwks:
+        return jwks_to_proto(await self.service.jwks())
+
+    async def RotateSigningKeys(
+        self, request: auth_pb2.RotateSigningKeysRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.Jwks:
+        return jwks_to_proto(await self.service.rotate_signing_keys(context_from_proto(request.context)))
+
+    async def PasskeyRegistrationOptions(
+        self, request: auth_pb2.PasskeyOptionsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.PasskeyOptions:
+        options = await self.service.passkey_registration_options(context_from_proto(request.context))
+        return auth_pb2.PasskeyOptions(options_json=options.options_json, challenge_id=options.challenge_id)
+
+    async def PasskeyRegistrationVerify(
+        self, request: auth_pb2.PasskeyVerifyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.Passkey:
+        passkey = await self.service.passkey_registration_verify(
+            context_from_proto(request.context),
+            challenge_id=request.challenge_id,
+            credential_json=request.credential_json,
+            name=request.name,
+        )
+        return passkey_to_proto(passkey)
+
+    async def PasskeyLoginOptions(
+        self, request: auth_pb2.PasskeyOptionsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.PasskeyOptions:
+        options = await self.service.passkey_login_options(context_from_proto(request.context), email=request.email)
+        return auth_pb2.PasskeyOptions(options_json=options.options_json, challenge_id=options.challenge_id)
+
+    async def PasskeyLoginVerify(
+        self, request: auth_pb2.PasskeyVerifyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.TokenPair:
+        pair = await self.service.passkey_login_verify(
+            context_from_proto(request.context),
+            challenge_id=request.challenge_id,
+            credential_json=request.credential_json,
+        )
+        return token_pair_to_proto(pair)
+
+    async def ListPasskeys(
+        self, request: auth_pb2.ListPasskeysRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListPasskeysResponse:
+        passkeys = await self.service.list_passkeys(context_from_proto(request.context))
+        return auth_pb2.ListPasskeysResponse(passkeys=[passkey_to_proto(p) for p in passkeys])
+
+    async def DeletePasskey(
+        self, request: auth_pb2.DeletePasskeyRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.DeletePasskeyResponse:
+        deleted = await self.service.delete_passkey(context_from_proto(request.context), request.passkey_id)
+        return auth_pb2.DeletePasskeyResponse(deleted=deleted)
+
+    async def ChargeRequest(
+        self, request: auth_pb2.ChargeRequestRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.QuotaStatus:
+        status = await self.service.charge_request(context_from_proto(request.context))
+        return auth_pb2.QuotaStatus(used=status.used, limit=status.limit, resets_at=status.resets_at)
+
+    async def CreateTenant(
+        self, request: auth_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.Tenant:
+        tenant = await self.service.create_tenant(
+            context_from_proto(request.context),
+            tenant_id=request.id,
+            name=request.name,
+            requests_per_day=request.requests_per_day,
+            tokens_per_day=request.tokens_per_day,
+            daily_budget_usd=request.daily_budget_usd,
+        )
+        return tenant_to_proto(tenant)
+
+    async def UpdateTenant(
+        self, request: auth_pb2.UpdateTenantRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.Tenant:
+        changes: dict[str, Any] = {
+            name: getattr(request, name)
+            for name in ("name", "requests_per_day", "tokens_per_day", "daily_budget_usd")
+            if request.HasField(name)
+        }
+        tenant = await self.service.update_tenant(context_from_proto(request.context), request.id, changes)
+        return tenant_to_proto(tenant)
+
+    async def ListTenants(
+        self, request: auth_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListTenantsResponse:
+        tenants = await self.service.list_tenants(context_from_proto(request.context))
+        return auth_pb2.ListTenantsResponse(tenants=[tenant_to_proto(t) for t in tenants])

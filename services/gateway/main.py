@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from services.common.secrets import DetectionPoint, SecretGuard
-from services.gateway.api.routes import auth, health, openai
+from services.gateway.api.routes import auth, health, jwks, openai
 from services.gateway.clients import Backends, GatewayStores
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
@@ -51,6 +51,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(jwks.router)
     app.include_router(openai.router)
 
     @app.get("/metrics", include_in_schema=False)
@@ -67,12 +68,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             burst=burst,
             fail_open=settings.rate_limit_fail_open,
         )
-        app.add_middleware(
-            RateLimitMiddleware, limiter=limiter, proxies=TrustedProxies(settings.trusted_proxy_list)
-        )
-    app.add_middleware(
-        TimeoutMiddleware, default_s=settings.request_timeout_s, chat_s=settings.chat_timeout_s
-    )
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, proxies=TrustedProxies(settings.trusted_proxy_list))
+    app.add_middleware(TimeoutMiddleware, default_s=settings.request_timeout_s, chat_s=settings.chat_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
         app.add_middleware(

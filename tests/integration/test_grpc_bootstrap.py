@@ -115,10 +115,11 @@ def test_serving_reflection_metrics_and_graceful_stop(auth_process: tuple) -> No
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert ("goblin-error-code", "unauthorized") in info.value.trailing_metadata()
 
-    # Methods a later issue implements answer UNIMPLEMENTED, never a crash.
+    # A method the server does not have answers UNIMPLEMENTED, never a crash.
     with grpc.insecure_channel(address) as channel:
+        missing = channel.unary_unary("/goblin.v1.Auth/NoSuchMethod")
         with pytest.raises(grpc.RpcError) as info:
-            auth_pb2_grpc.AuthStub(channel).GetJwks(auth_pb2.GetJwksRequest(), timeout=5)
+            missing(b"", timeout=5)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
     metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text

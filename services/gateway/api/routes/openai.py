@@ -17,7 +17,7 @@ from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import new_completion_id
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.secrets import SecretGuard
-from services.gateway.deps import BackendsDep, PrincipalDep
+from services.gateway.deps import BackendsDep, ChatDep, ChatReadDep
 from services.gateway.errors import ApiError, api_error_from_grpc, error_body
 from services.gateway.metrics import CHAT_COMPLETIONS, CHAT_ERRORS, CHAT_TOKENS
 from services.gateway.openai_schema import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
@@ -74,9 +74,7 @@ def request_context(principal: auth_pb2.Principal) -> common_pb2.RequestContext:
     )
 
 
-def chat_request_to_proto(
-    body: ChatCompletionRequest, principal: auth_pb2.Principal
-) -> common_pb2.ChatRequest:
+def chat_request_to_proto(body: ChatCompletionRequest, principal: auth_pb2.Principal) -> common_pb2.ChatRequest:
     messages = []
     for i, message in enumerate(body.messages):
         try:
@@ -117,9 +115,12 @@ def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream: true for SSE)")
 @router.post("/chat/completions", summary="Chat completion (alias of /v1/chat/completions)")
 async def chat_completions(
-    body: ChatCompletionRequest, principal: PrincipalDep, backends: BackendsDep, guard: GuardDep
+    body: ChatCompletionRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep, http: Request
 ) -> Any:
     request = chat_request_to_proto(body, principal)
+    # Cache-Control: no-cache (or no-store) asks for a fresh answer: the router's response cache is skipped.
+    directives = {d.strip().lower() for d in http.headers.get("cache-control", "").split(",")}
+    request.routing.bypass_cache = bool(directives & {"no-cache", "no-store"})
     cleaned = scan(guard, [m.content for m in request.messages], principal)
     for message, text in zip(request.messages, cleaned, strict=True):
         message.content = text
@@ -155,9 +156,7 @@ async def chat_completions(
     }
 
 
-async def _stream(
-    call: grpc.aio.UnaryStreamCall, include_usage: bool, requested_provider: str
-) -> StreamingResponse:
+async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool, requested_provider: str) -> StreamingResponse:
     # Wait for the first chunk before answering, so refusals (unknown model, full queue, budget) get
     # their real HTTP status instead of a 200 followed by an error event.
     try:
@@ -236,11 +235,9 @@ async def _stream(
 
 
 @router.get("/v1/models", summary="Every model the router can reach")
-async def list_models(principal: PrincipalDep, backends: BackendsDep) -> dict[str, Any]:
+async def list_models(principal: ChatReadDep, backends: BackendsDep) -> dict[str, Any]:
     try:
-        reply = await backends.router.ListModels(
-            common_pb2.ListModelsRequest(context=request_context(principal))
-        )
+        reply = await backends.router.ListModels(common_pb2.ListModelsRequest(context=request_context(principal)))
     except grpc.aio.AioRpcError as exc:
         raise api_error_from_grpc(exc, service="router") from None
     return {
@@ -262,7 +259,7 @@ async def list_models(principal: PrincipalDep, backends: BackendsDep) -> dict[st
 
 @router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible) from the local embedding model")
 async def embeddings(
-    body: EmbeddingRequest, principal: PrincipalDep, backends: BackendsDep, guard: GuardDep
+    body: EmbeddingRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep
 ) -> dict[str, Any]:
     if body.dimensions is not None:
         raise ApiError(400, "invalid_request", "dimensions is not supported by the local embedding model")
@@ -295,9 +292,7 @@ async def embeddings(
 
 
 @router.post("/invoke", summary="One completion for one prompt (kept for old clients)")
-async def invoke(
-    body: InvokeRequest, principal: PrincipalDep, backends: BackendsDep, guard: GuardDep
-) -> JSONResponse:
+async def invoke(body: InvokeRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep) -> JSONResponse:
     model = f"{body.provider}/{body.model}" if body.model else body.provider
     params = common_pb2.SamplingParams()
     if body.max_tokens is not None:

@@ -1,0 +1,62 @@
+"""Short-lived auth state in Redis: passkey challenges, revoked sessions, request quotas, and failure
+counts of emails that belong to no account (so those lock exactly like real ones)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+PREFIX = "goblin:auth:"
+
+
+class RedisEphemeral:
+    def __init__(self, client: Any) -> None:
+        # A callable returning the client, or the client: the store connects after the service is built.
+        self._client = client
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._client() if callable(self._client) else self._client
+
+    async def put_challenge(self, challenge_id: str, value: dict[str, str], ttl_s: int) -> None:
+        await self.redis.set(f"{PREFIX}challenge:{challenge_id}", json.dumps(value), ex=ttl_s)
+
+    async def take_challenge(self, challenge_id: str) -> dict[str, str] | None:
+        """The challenge, deleted in the same step: a second use finds nothing."""
+        raw = await self.redis.getdel(f"{PREFIX}challenge:{challenge_id}")
+        return json.loads(raw) if raw else None
+
+    async def revoke_session(self, session_id: str, ttl_s: int) -> None:
+        """Access tokens of this session are refused from now until they would have expired anyway."""
+        await self.redis.set(f"{PREFIX}revoked-session:{session_id}", b"1", ex=max(1, ttl_s))
+
+    async def session_revoked(self, session_id: str) -> bool:
+        return bool(await self.redis.exists(f"{PREFIX}revoked-session:{session_id}"))
+
+    async def count_request(self, tenant_id: str, day: str, expire_at: int) -> int:
+        """One more request for ``tenant_id`` on UTC ``day``; the count including it. Atomic across
+        every replica; the counter expires after the day is over."""
+        key = f"{PREFIX}quota:requests:{tenant_id}:{day}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expireat(key, expire_at)
+            used, _ = await pipe.execute()
+        return int(used)
+
+    async def unknown_email_failures(self, email_hash: str) -> tuple[int, float]:
+        """(failures, locked until as unix seconds) for an email with no account."""
+        values = await self.redis.hmget(f"{PREFIX}login-failures:{email_hash}", "failures", "locked_until")
+        return int(values[0] or 0), float(values[1] or 0)
+
+    async def record_unknown_email_failure(self, email_hash: str, window_s: float) -> int:
+        key = f"{PREFIX}login-failures:{email_hash}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "failures", 1)
+            pipe.expire(key, max(1, int(window_s)))
+            failures, _ = await pipe.execute()
+        return int(failures)
+
+    async def lock_unknown_email(self, email_hash: str, until: float) -> None:
+        await self.redis.hset(f"{PREFIX}login-failures:{email_hash}", "locked_until", str(until))

@@ -1,0 +1,22 @@
+"""Auth metrics: sign-ins, credential checks and the security events an alert would watch."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+SIGN_INS = Counter(
+    "goblin_auth_sign_ins_total",
+    "Sign-in attempts by method (password, passkey) and outcome (success, failure, locked).",
+    ["method", "outcome"],
+)
+AUTHENTICATIONS = Counter(
+    "goblin_auth_authentications_total",
+    "Bearer credentials checked (gateway cache misses) by kind (api_key, access_token, other) and outcome.",
+    ["kind", "outcome"],
+)
+SECURITY_EVENTS = Counter(
+    "goblin_auth_security_events_total",
+    "Events worth an alert: refresh_token_reused, passkey_clone_suspected, account_locked, quota_exhausted.",
+    ["event"],
+)
+KEY_ROTATIONS = Counter("goblin_auth_signing_key_rotations_total", "Signing-key rotations done by this process.")
