@@ -1,25 +1,12 @@
-"""The books: every routing decision as a row of ``routing_requests``.
-
-Rows are queued and written in batches by one background task, so a request never waits for the
-insert. The queue is bounded: if Postgres falls far behind, rows are dropped and counted rather than
-letting memory grow; on shutdown everything queued is flushed.
-"""
+"""The books: every routing decision as a row of ``routing_requests`` (see common/batch.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 from dataclasses import dataclass, field
 
+from services.common.batch import BatchWriter
 from services.common.stores import PostgresStore
-from services.router.metrics import LEDGER_DROPPED
-
-log = logging.getLogger(__name__)
-
-FLUSH_INTERVAL_S = 0.2
-BATCH_SIZE = 200
-QUEUE_LIMIT = 10_000
 
 
 @dataclass
@@ -72,54 +59,11 @@ INSERT = """INSERT INTO routing_requests (id, correlation_id, tenant_id, user_ha
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"""
 
 
-class RoutingLedger:
+class RoutingLedger(BatchWriter):
+    """Every routing decision as a row of ``routing_requests``, written in batches."""
+
     def __init__(self, store: PostgresStore) -> None:
-        self.store = store
-        self._queue: asyncio.Queue[RoutingRecord] = asyncio.Queue(QUEUE_LIMIT)
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(store, "routing_requests", INSERT)
 
     def record(self, record: RoutingRecord) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
-            LEDGER_DROPPED.inc()
-            log.error("routing ledger full; dropped a record", extra={"routing_id": record.id})
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="routing-ledger")
-
-    async def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.flush()
-
-    async def flush(self) -> None:
-        batch: list[RoutingRecord] = []
-        while not self._queue.empty() and len(batch) < BATCH_SIZE:
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self._write(batch)
-            if not self._queue.empty():
-                await self.flush()
-
-    async def _write(self, batch: list[RoutingRecord]) -> None:
-        try:
-            await self.store.pool.executemany(INSERT, [r.row() for r in batch])
-        except Exception:
-            LEDGER_DROPPED.inc(len(batch))
-            log.exception("could not write %d routing records", len(batch))
-
-    async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            batch = [first]
-            while not self._queue.empty() and len(batch) < BATCH_SIZE:
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
+        self.add(record.row())

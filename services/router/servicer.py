@@ -2,52 +2,72 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc
 
-from goblin.v1 import common_pb2, router_pb2_grpc
+from goblin.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.common.chat import messages_from_proto, params_from_proto, result_to_proto, usage_to_proto
 from services.common.context import hash_user_id
+from services.common.errors import InvalidArgument, PermissionDenied
+from services.router.budget import day_start
 from services.router.providers.base import CallContext
 from services.router.service import ChatCall, RouterService
+from services.router.usage import UsageBooks
+
+ADMIN_SCOPES = frozenset({"*", "admin"})
+
+
+def context_from_proto(ctx: common_pb2.RequestContext) -> CallContext:
+    return CallContext(
+        correlation_id=ctx.correlation_id,
+        tenant_id=ctx.tenant_id,
+        user_hash=hash_user_id(ctx.user_id),
+        api_key_id=ctx.api_key_id,
+        scopes=tuple(ctx.scopes),
+    )
 
 
 def call_from_proto(request: common_pb2.ChatRequest) -> ChatCall:
-    ctx = request.context
+    routing = request.routing
     return ChatCall(
         model=request.model,
         messages=messages_from_proto(list(request.messages)),
         params=params_from_proto(request.params),
-        context=CallContext(
-            correlation_id=ctx.correlation_id,
-            tenant_id=ctx.tenant_id,
-            user_hash=hash_user_id(ctx.user_id),
-            api_key_id=ctx.api_key_id,
-        ),
+        context=context_from_proto(request.context),
+        policy=routing.policy.strip(),
+        fallbacks=tuple(f for f in routing.fallbacks if f.strip()),
+        bypass_cache=routing.bypass_cache,
     )
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, service: RouterService) -> None:
+    def __init__(self, service: RouterService, books: UsageBooks) -> None:
         self.service = service
+        self.books = books
 
-    async def Chat(
-        self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext
-    ) -> common_pb2.ChatResponse:
-        return result_to_proto(await self.service.chat(call_from_proto(request)))
+    async def Chat(self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> common_pb2.ChatResponse:
+        routed = await self.service.chat(call_from_proto(request))
+        response = result_to_proto(routed.result)
+        response.fallback_chain.extend(routed.fallback_chain)
+        response.cost_usd = routed.cost_usd
+        return response
 
     async def ChatStream(
         self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.ChatChunk]:
         first = True
+        created = int(time.time())
         async for route, delta in self.service.stream(call_from_proto(request)):
             chunk = common_pb2.ChatChunk(
                 model=route.model_id,
-                provider=route.provider.name,
+                provider=route.provider,
                 delta=delta.text,
                 finish_reason=delta.finish_reason,
                 role="assistant" if first else "",
+                created=created,
             )
             if delta.usage is not None:
                 chunk.usage.CopyFrom(usage_to_proto(delta.usage))
@@ -57,16 +77,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Embed(
         self, request: common_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.EmbedResponse:
-        ctx = request.context
-        result = await self.service.embed(
-            request.model,
-            list(request.inputs),
-            CallContext(
-                correlation_id=ctx.correlation_id,
-                tenant_id=ctx.tenant_id,
-                user_hash=hash_user_id(ctx.user_id),
-            ),
-        )
+        result = await self.service.embed(request.model, list(request.inputs), context_from_proto(request.context))
         return common_pb2.EmbedResponse(
             model=result.model,
             embeddings=[common_pb2.Embedding(values=v) for v in result.vectors],
@@ -91,5 +102,48 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     aliases=list(m.aliases),
                 )
                 for m in models
+            ]
+        )
+
+    async def GetUsage(
+        self, request: router_pb2.UsageRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.UsageReport:
+        caller = context_from_proto(request.context)
+        tenant = request.tenant_id or caller.tenant_id
+        if (tenant == "*" or tenant != caller.tenant_id) and not ADMIN_SCOPES & set(caller.scopes):
+            raise PermissionDenied("only an admin may read another tenant's usage")
+        if request.day:
+            try:
+                start = datetime.strptime(request.day, "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                raise InvalidArgument("day must be YYYY-MM-DD") from None
+        else:
+            start = day_start(time.time())
+        report = await self.books.usage(None if tenant == "*" else tenant, start)
+        return router_pb2.UsageReport(
+            day=start.strftime("%Y-%m-%d"),
+            cost_usd=report.cost_usd,
+            budget_usd=report.budget_usd,
+            requests=report.requests,
+            prompt_tokens=report.prompt_tokens,
+            completion_tokens=report.completion_tokens,
+            fallbacks=report.fallbacks,
+            errors=report.errors,
+        )
+
+    async def ListProviders(
+        self, request: router_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListProvidersResponse:
+        return router_pb2.ListProvidersResponse(
+            providers=[
+                router_pb2.ProviderState(
+                    name=p.name,
+                    configured=p.configured,
+                    circuit=p.circuit,
+                    p50_latency_ms=p.p50_latency_ms or 0.0,
+                    consecutive_failures=p.consecutive_failures,
+                    base_url=p.base_url,
+                )
+                for p in self.service.provider_states()
             ]
         )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams
+from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
+
+MTOK = 1_000_000
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One model of the catalog: what it costs, how much it reads, what it can do."""
+
     id: str  # "<provider>/<model>"
     provider: str
     owned_by: str
@@ -19,10 +23,23 @@ class ModelInfo:
     input_price_per_mtok: float = 0.0
     output_price_per_mtok: float = 0.0
     aliases: tuple[str, ...] = ()
+    max_output_tokens: int = 0  # 0: the provider's own default
+    drop_params: tuple[str, ...] = ()  # sampling parameters this model refuses (reasoning models)
+    default_params: Mapping[str, Any] = field(default_factory=dict)  # used when a request leaves them out
 
     @property
     def model(self) -> str:
         return self.id.split("/", 1)[1]
+
+    @property
+    def paid(self) -> bool:
+        return self.input_price_per_mtok > 0 or self.output_price_per_mtok > 0
+
+    def cost_usd(self, usage: Usage) -> float:
+        """What ``usage`` costs at this model's list prices (USD per million tokens)."""
+        return (
+            usage.prompt_tokens * self.input_price_per_mtok + usage.completion_tokens * self.output_price_per_mtok
+        ) / MTOK
 
 
 @dataclass(frozen=True)
@@ -41,20 +58,44 @@ class CallContext:
     tenant_id: str = ""
     user_hash: str = ""
     api_key_id: str = ""
+    scopes: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def estimate_tokens(text: str) -> int:
+    """A provider-neutral token estimate (about four characters a token), for when a provider does not
+    report usage or a stream breaks before it does."""
+    return (len(text) + 3) // 4
+
+
+def estimate_usage(messages: list[Message], text: str) -> Usage:
+    return Usage(
+        prompt_tokens=sum(estimate_tokens(m.content) + 4 for m in messages),
+        completion_tokens=estimate_tokens(text),
+    )
+
+
 class Provider(Protocol):
+    """A provider adapter. ``model`` arguments are the provider's own model names; ``spec`` is the
+    catalog entry of that model (limits, parameters it refuses)."""
+
     name: str
 
-    async def list_models(self) -> list[ModelInfo]: ...
+    @property
+    def configured(self) -> bool:
+        """Whether it can be called (has its key, or needs none)."""
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Models the provider announces itself (``local``); catalog-driven providers return none."""
 
     async def chat(
-        self, model: str, messages: list[Message], params: SamplingParams, context: CallContext
+        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
     ) -> ChatResult: ...
 
     def stream(
-        self, model: str, messages: list[Message], params: SamplingParams, context: CallContext
+        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
     ) -> AsyncIterator[ChatDelta]: ...
 
-    async def embed(self, model: str, inputs: list[str], context: CallContext) -> Embeddings: ...
+    async def embed(self, spec: ModelInfo, inputs: list[str], context: CallContext) -> Embeddings: ...
+
+    async def aclose(self) -> None: ...

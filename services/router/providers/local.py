@@ -1,4 +1,5 @@
-"""The ``local`` provider: the inference service, over gRPC."""
+"""The ``local`` provider: the inference service, over gRPC. Its models are whatever the inference
+service announces (``ListModels``), free of charge."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from services.common.chat import (
     result_from_proto,
     usage_from_proto,
 )
-from services.common.errors import NotFound, error_from_rpc
+from services.common.errors import error_from_rpc
 from services.router.providers.base import CallContext, Embeddings, ModelInfo
 
 MODELS_TTL_S = 30.0
@@ -32,12 +33,18 @@ class LocalProvider:
         self._models: list[ModelInfo] = []
         self._models_at = 0.0
 
+    @property
+    def configured(self) -> bool:
+        return True
+
     async def list_models(self) -> list[ModelInfo]:
         if self._models and time.monotonic() - self._models_at < MODELS_TTL_S:
             return self._models
         try:
             reply = await self.stub.ListModels(common_pb2.ListModelsRequest(), timeout=5)
         except grpc.aio.AioRpcError as exc:
+            if self._models:
+                return self._models  # stale beats nothing while the inference service restarts
             raise error_from_rpc(exc) from None
         self._models = [
             ModelInfo(
@@ -53,34 +60,29 @@ class LocalProvider:
         self._models_at = time.monotonic()
         return self._models
 
-    async def _request(
-        self, model: str, messages: list[Message], params: SamplingParams, context: CallContext
+    def _request(
+        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
     ) -> common_pb2.ChatRequest:
-        known = {m.model for m in await self.list_models() if "chat" in m.capabilities}
-        if model not in known:
-            raise NotFound(f"model 'local/{model}' not found", code="model_not_found")
         return common_pb2.ChatRequest(
-            model=f"{self.name}/{model}",
+            model=spec.id,
             messages=messages_to_proto(messages),
             params=params_to_proto(params),
-            context=common_pb2.RequestContext(
-                correlation_id=context.correlation_id, tenant_id=context.tenant_id
-            ),
+            context=common_pb2.RequestContext(correlation_id=context.correlation_id, tenant_id=context.tenant_id),
         )
 
     async def chat(
-        self, model: str, messages: list[Message], params: SamplingParams, context: CallContext
+        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
     ) -> ChatResult:
-        request = await self._request(model, messages, params, context)
+        request = self._request(spec, messages, params, context)
         try:
             return result_from_proto(await self.stub.Chat(request))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
 
     async def stream(
-        self, model: str, messages: list[Message], params: SamplingParams, context: CallContext
+        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
     ) -> AsyncIterator[ChatDelta]:
-        request = await self._request(model, messages, params, context)
+        request = self._request(spec, messages, params, context)
         call = self.stub.ChatStream(request)
         try:
             async for chunk in call:
@@ -95,14 +97,11 @@ class LocalProvider:
             # Our caller went away (or we are done): stop the model generating for nobody.
             call.cancel()
 
-    async def embed(self, model: str, inputs: list[str], context: CallContext) -> Embeddings:
-        known = {m.model for m in await self.list_models() if "embeddings" in m.capabilities}
-        if model not in known:
-            raise NotFound(f"embedding model 'local/{model}' not found", code="model_not_found")
+    async def embed(self, spec: ModelInfo, inputs: list[str], context: CallContext) -> Embeddings:
         try:
             reply = await self.stub.Embed(
                 common_pb2.EmbedRequest(
-                    model=f"{self.name}/{model}",
+                    model=spec.id,
                     inputs=inputs,
                     context=common_pb2.RequestContext(correlation_id=context.correlation_id),
                 )
@@ -115,3 +114,6 @@ class LocalProvider:
             prompt_tokens=reply.usage.prompt_tokens,
             dimensions=reply.dimensions,
         )
+
+    async def aclose(self) -> None:
+        """The channel belongs to the server, which closes it."""

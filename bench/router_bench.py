@@ -1,0 +1,217 @@
+"""Router: the latency Goblin adds in front of a provider.
+
+A fake OpenAI provider (tests/fakes/providers.py, in its own process) answers instantly. Three ways to
+ask it the same chat completion, interleaved request by request in one open loop at a fixed rate so
+that background load on this shared machine hits them alike, latency measured from each request's
+scheduled send time:
+
+- direct: HTTP/1.1 keep-alive POST to the fake provider (the floor);
+- router: gRPC ``goblin.v1.Router/Chat`` straight to the router (the router's own share);
+- gateway: the whole path, HTTPS POST /v1/chat/completions -> gateway -> router -> fake provider.
+
+Added latency = gateway minus direct (goal: p50 < 2 ms, p99 < 6 ms on 2 cores). The router's own
+``goblin_router_overhead_seconds`` histogram (its handling time minus time waiting on the provider) is
+reported too. Run: `make bench` or `python -m bench.router_bench`. 127.0.0.1 only; bounded in count
+and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import httpx
+
+from bench.results import median, percentile, write_section
+from goblin.v1 import common_pb2, router_pb2_grpc
+from tests.suite import ROOT, Suite, free_ports, start_suite
+
+WORK = Path(__file__).resolve().parent / ".work"
+RATE = 60  # requests/s in total, a third each
+DURATION_S = 30
+WARM_UP_S = 3
+RUNS = 3
+MODEL = "gpt-4o-mini"
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello to the benchmark."},
+]
+
+
+def start_fake(port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.providers", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("the fake provider did not start")
+
+
+def overhead_quantiles(suite: Suite) -> tuple[float, float, int]:
+    """p50 and p99 (upper bucket bounds, ms) of goblin_router_overhead_seconds{operation="chat"}."""
+    text = httpx.get(suite.metrics_url("router"), timeout=5).text
+    buckets = []
+    for line in text.splitlines():
+        match = re.match(r'goblin_router_overhead_seconds_bucket\{le="([^"]+)",operation="chat"\} (\S+)', line)
+        if match:
+            buckets.append((float(match.group(1)), float(match.group(2))))
+    if not buckets or not buckets[-1][1]:
+        return float("nan"), float("nan"), 0
+    total = buckets[-1][1]
+
+    def quantile(q: float) -> float:
+        return next(le for le, count in buckets if count >= q * total) * 1000
+
+    return quantile(0.5), quantile(0.99), int(total)
+
+
+async def interleaved_load(
+    variants: dict[str, Callable[[], Awaitable[None]]], rate: float, duration_s: float
+) -> dict[str, list[float]]:
+    """Open loop: slot i goes to variant i % n; latency from the slot's scheduled time (ms)."""
+    names = list(variants)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    failures: dict[str, int] = {name: 0 for name in names}
+    started = time.perf_counter()
+    total = int(rate * duration_s)
+
+    async def one(name: str, scheduled: float) -> None:
+        try:
+            await variants[name]()
+        except Exception:
+            failures[name] += 1
+            return
+        latencies[name].append((time.perf_counter() - scheduled) * 1000)
+
+    tasks = []
+    for i in range(total):
+        scheduled = started + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(names[i % len(names)], scheduled)))
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=duration_s * 3 + 30)
+    if any(failures.values()):
+        raise RuntimeError(f"failed requests: {failures}")
+    return latencies
+
+
+async def measure(suite: Suite, fake_port: int) -> dict[str, list[float]]:
+    direct_body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
+    gateway_body = {"model": f"openai/{MODEL}", "messages": MESSAGES, "max_tokens": 16}
+    request = common_pb2.ChatRequest(
+        model=f"openai/{MODEL}",
+        messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES],
+        params=common_pb2.SamplingParams(max_tokens=16),
+        context=common_pb2.RequestContext(tenant_id="default", user_id="bench", correlation_id="bench"),
+    )
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    async with (
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{fake_port}/openai/v1",
+            headers={"Authorization": "Bearer test-key-openai"},
+            limits=limits,
+        ) as direct,
+        httpx.AsyncClient(
+            base_url=suite.gateway_url,
+            verify=suite.ssl_context(),
+            headers={"Authorization": f"Bearer {suite.admin_key}"},
+            limits=limits,
+        ) as gateway,
+        grpc.aio.insecure_channel(suite.grpc_address("router")) as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+
+        async def via_direct() -> None:
+            reply = await direct.post("/chat/completions", json=direct_body)
+            reply.raise_for_status()
+
+        async def via_router() -> None:
+            await router.Chat(request, timeout=10)
+
+        async def via_gateway() -> None:
+            reply = await gateway.post("/v1/chat/completions", json=gateway_body)
+            reply.raise_for_status()
+
+        variants = {"direct": via_direct, "router": via_router, "gateway": via_gateway}
+        await interleaved_load(variants, RATE, WARM_UP_S)
+        runs: dict[str, list[list[float]]] = {name: [] for name in variants}
+        for _ in range(RUNS):
+            for name, values in (await interleaved_load(variants, RATE, DURATION_S)).items():
+                runs[name].append(values)
+    return runs  # type: ignore[return-value]
+
+
+def main() -> None:
+    fake_port = free_ports(1)[0]
+    fake = start_fake(fake_port)
+    home = WORK / "router"
+    shutil.rmtree(home, ignore_errors=True)
+    generous = {f"GOBLIN_RATE_LIMIT_{c}": "1000000/minute" for c in ("AUTH", "CHAT", "HEALTH", "DEFAULT")}
+    base = f"http://127.0.0.1:{fake_port}"
+    suite = start_suite(home, OPENAI_API_KEY="test-key-openai", OPENAI_BASE_URL=f"{base}/openai/v1", **generous)
+    try:
+        suite.wait_ready()
+        runs = asyncio.run(measure(suite, fake_port))
+        own_p50, own_p99, own_n = overhead_quantiles(suite)
+    finally:
+        suite.stop()
+        fake.terminate()
+        fake.wait(timeout=10)
+
+    def stats(name: str) -> tuple[float, float, int]:
+        return (
+            median([median(r) for r in runs[name]]),
+            median([percentile(r, 99) for r in runs[name]]),
+            sum(len(r) for r in runs[name]),
+        )
+
+    direct, router, gateway = stats("direct"), stats("router"), stats("gateway")
+    added_p50, added_p99 = gateway[0] - direct[0], gateway[1] - direct[1]
+    verdict = "met" if added_p50 < 2 and added_p99 < 6 else "not met"
+    body = f"""
+Non-streaming chat completion (16 tokens) of `openai/{MODEL}` from a fake OpenAI provider in its own
+process. Open loop at {RATE} requests/s in total, the three paths interleaved request by request
+({RATE // 3}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
+request's scheduled send time; medians over the runs of each run's p50 and p99. Load generator
+(httpx + grpc.aio, one asyncio loop) on the same 2 cores as the suite. HTTP/1.1 to the provider (`h2`
+is not installed here).
+
+| path | requests | p50 | p99 |
+| --- | --- | --- | --- |
+| direct: client -> fake provider | {direct[2]} | {direct[0]:.2f} ms | {direct[1]:.2f} ms |
+| router: gRPC Router/Chat -> router -> fake provider | {router[2]} | {router[0]:.2f} ms | {router[1]:.2f} ms |
+| gateway: HTTPS -> gateway -> router -> fake provider | {gateway[2]} | {gateway[0]:.2f} ms | {gateway[1]:.2f} ms |
+
+Added by Goblin (gateway - direct): p50 **{added_p50:+.2f} ms**, p99 **{added_p99:+.2f} ms**
+(goal p50 < 2 ms, p99 < 6 ms: **{verdict}**). The router's share (router - direct): p50
+{router[0] - direct[0]:+.2f} ms, p99 {router[1] - direct[1]:+.2f} ms. The router's own accounting
+(`goblin_router_overhead_seconds`, handling time minus time waiting on the provider, {own_n} requests,
+bucket upper bounds): p50 <= {own_p50:.2f} ms, p99 <= {own_p99:.2f} ms.
+"""
+    write_section("Router", body, "make bench (python -m bench.router_bench)")
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

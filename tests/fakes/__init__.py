@@ -1,0 +1,1 @@
+"""Fakes of external systems, for tests and benchmarks."""

@@ -1,0 +1,142 @@
+"""The circuit breaker's states and the routing policies' orders."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from services.router.breaker import CircuitBreaker
+from services.router.policy import Candidate, order
+from services.router.providers.base import ModelInfo
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(clock: Clock, changes: list[str] | None = None) -> CircuitBreaker:
+    def record(b: CircuitBreaker) -> None:
+        if changes is not None:
+            changes.append(str(b.state))
+
+    return CircuitBreaker("p", failure_threshold=3, cooldown_s=30, probe_timeout_s=60, clock=clock, on_change=record)
+
+
+def test_opens_after_consecutive_failures_only() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    b.failure()
+    b.failure()
+    b.success()  # a success in between resets the count
+    b.failure()
+    b.failure()
+    assert b.state == "closed" and b.allow()
+    b.failure()
+    assert b.state == "open" and not b.allow()
+    assert b.retry_after() == 30
+
+
+def test_half_open_lets_one_probe_through_and_closes_on_success() -> None:
+    clock, changes = Clock(), []
+    b = breaker(clock, changes)
+    for _ in range(3):
+        b.failure()
+    clock.now += 29.9
+    assert not b.allow()
+    clock.now += 0.2
+    assert b.allow(), "the cooldown is over: one probe"
+    assert b.state == "half_open"
+    assert not b.allow(), "only one probe at a time"
+    b.success()
+    assert b.state == "closed" and b.consecutive_failures == 0 and b.allow()
+    assert [c for c in changes if c != "closed"][-2:] == ["open", "half_open"]
+    assert changes[-1] == "closed"
+
+
+def test_a_failed_probe_opens_again_for_a_full_cooldown() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    for _ in range(3):
+        b.failure()
+    clock.now += 31
+    assert b.allow()
+    b.failure()
+    assert b.state == "open" and b.retry_after() == 30
+
+
+def test_a_released_or_abandoned_probe_lets_another_caller_probe() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    for _ in range(3):
+        b.failure()
+    clock.now += 31
+    assert b.allow()
+    b.release()
+    assert b.allow()
+    clock.now += 61  # the probe's caller vanished without a word
+    assert b.allow()
+
+
+def test_restore_takes_up_a_persisted_open_circuit() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    b.restore("open", 5, opened_ago_s=10)
+    assert b.state == "open" and not b.allow() and b.retry_after() == pytest.approx(20)
+    fresh = breaker(clock)
+    fresh.restore("open", 5, opened_ago_s=100)
+    assert fresh.allow() and fresh.state == "half_open"
+
+
+def model(model_id: str, inp: float, out: float) -> ModelInfo:
+    return ModelInfo(
+        id=model_id,
+        provider=model_id.split("/")[0],
+        owned_by="x",
+        input_price_per_mtok=inp,
+        output_price_per_mtok=out,
+    )
+
+
+A = Candidate(model("a/x", 3.0, 15.0), priority=20, weight=1)
+B = Candidate(model("b/x", 0.15, 0.60), priority=10, weight=3)
+C = Candidate(model("c/x", 0.10, 4.00), priority=30, weight=0)
+
+
+def ids(candidates: list[Candidate]) -> list[str]:
+    return [c.model.id for c in candidates]
+
+
+def test_explicit_and_priority() -> None:
+    assert ids(order("explicit", [A, B, C])) == ["a/x", "b/x", "c/x"]
+    assert ids(order("priority", [A, B, C])) == ["b/x", "a/x", "c/x"]
+
+
+def test_cheapest_depends_on_the_request_shape() -> None:
+    # Long prompt, short answer: input price dominates (c is cheapest per input token).
+    assert ids(order("cheapest", [A, B, C], prompt_tokens=10_000, max_tokens=1)) == ["c/x", "b/x", "a/x"]
+    # Short prompt, long answer: output price dominates.
+    assert ids(order("cheapest", [A, B, C], prompt_tokens=10, max_tokens=4000)) == ["b/x", "c/x", "a/x"]
+
+
+def test_fastest_tries_unmeasured_models_first() -> None:
+    latency = {"a/x": 0.3, "b/x": 0.1}
+    assert ids(order("fastest", [A, B, C], latency=lambda m: latency.get(m.id))) == ["c/x", "b/x", "a/x"]
+
+
+def test_weighted_leads_in_proportion_to_weight_and_never_with_weight_zero() -> None:
+    rng = random.Random(7)
+    leads = Counter(ids(order("weighted", [A, B, C], rng=rng))[0] for _ in range(4000))
+    assert leads["c/x"] == 0
+    assert leads["b/x"] / leads["a/x"] == pytest.approx(3, rel=0.15)
+    assert ids(order("weighted", [A, B, C], rng=rng))[-1] == "c/x"
+
+
+def test_unknown_strategy() -> None:
+    with pytest.raises(ValueError):
+        order("random", [A, B])
