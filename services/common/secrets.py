@@ -26,6 +26,8 @@ from detect_secrets.plugins.basic_auth import BasicAuthDetector
 from detect_secrets.plugins.github_token import GitHubTokenDetector
 from detect_secrets.plugins.jwt import JwtTokenDetector
 from detect_secrets.plugins.slack import SlackDetector
+from pydantic import Field
+from pydantic_settings import BaseSettings
 
 from services.common.errors import InvalidArgument
 from services.common.metrics import SECRETS_DETECTED
@@ -36,6 +38,13 @@ log = logging.getLogger(__name__)
 class SecretPolicy(StrEnum):
     redact = "redact"
     block = "block"
+
+
+class SecretScanningSettings(BaseSettings):
+    """Mixed into the settings of every service with a detection point: one switch, one policy."""
+
+    secret_scanning: bool = Field(True, alias="GOBLIN_SECRET_SCANNING")
+    secret_policy: SecretPolicy = Field(SecretPolicy.redact, alias="GOBLIN_SECRET_POLICY")
 
 
 class DetectionPoint(StrEnum):
@@ -173,7 +182,7 @@ DETECTORS: tuple[_Detector, ...] = (
         "password_assignment",
         re.compile(
             r"(?i)(?:password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-            r"[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{4,})"
+            r"[\"']?\s*[:=]\s*[\"']?(?!\[REDACTED:)([^\s\"',;]{4,})"
         ),
         group=1,
         keywords=_PASSWORD_WORDS,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from services.common.secrets import SecretPolicy
+from services.common.secrets import SecretScanningSettings
 from services.common.settings import ConfigError, DatabaseSettings, GoblinSettings, RedisSettings
 from services.gateway.ratelimit import RouteClass, parse_limits
 
 
-class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings):
+class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretScanningSettings):
     port: int = Field(8443, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
     tls_cert_file: Path | None = Field(None, alias="GOBLIN_TLS_CERT_FILE")
     tls_key_file: Path | None = Field(None, alias="GOBLIN_TLS_KEY_FILE")
@@ -29,8 +29,6 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings):
     rate_limit_burst: str = Field("", alias="GOBLIN_RATE_LIMIT_BURST")
     rate_limit_fail_open: bool = Field(True, alias="GOBLIN_RATE_LIMIT_FAIL_OPEN")
     trusted_proxies: str = Field("", alias="GOBLIN_TRUSTED_PROXIES", description="CIDRs, comma-separated")
-    secret_scanning: bool = Field(True, alias="GOBLIN_SECRET_SCANNING")
-    secret_policy: SecretPolicy = Field(SecretPolicy.redact, alias="GOBLIN_SECRET_POLICY")
     max_body_bytes: int = Field(1024 * 1024, alias="GOBLIN_MAX_BODY_BYTES", ge=1024)
     request_timeout_s: float = Field(30.0, alias="GOBLIN_REQUEST_TIMEOUT_S", gt=0)
     chat_timeout_s: float = Field(600.0, alias="GOBLIN_CHAT_TIMEOUT_S", gt=0)

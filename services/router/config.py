@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
+from services.common.secrets import SecretScanningSettings
 from services.common.settings import ConfigError, DatabaseSettings, RedisSettings, ServiceSettings
 
 # The providers Goblin knows out of the box: name -> the prefix of its environment variables.
@@ -41,7 +42,7 @@ def read_env_secret(name: str, environ: Mapping[str, str] | None = None) -> str 
         raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
 
 
-class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings):
+class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings, SecretScanningSettings):
     # RedisSettings first: its field is listed after the service's own in error messages.
     grpc_port: int = Field(50051, alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
     metrics_port: int = Field(9101, alias="GOBLIN_ROUTER_METRICS_PORT", ge=1, le=65535)

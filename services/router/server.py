@@ -6,8 +6,10 @@ from __future__ import annotations
 import grpc
 
 from goblin.v1 import router_pb2_grpc
+from services.common.audit import AuditLog
 from services.common.grpc_client import open_channel
 from services.common.grpc_server import StartupRefused
+from services.common.secrets import DetectionPoint, SecretGuard
 from services.common.settings import ConfigError
 from services.common.stores import PostgresStore, RedisStore, StoreBackedService
 from services.router.budget import Budgets, SpendCounters
@@ -39,6 +41,7 @@ class RouterServer(StoreBackedService):
         self.redis = RedisStore(settings.redis_url.get_secret_value())
         self.repository = RouterRepository(self.postgres)
         self.ledger = RoutingLedger(self.postgres)
+        self.audit = AuditLog(self.postgres)
         self.inference_channel = open_channel(settings.inference_addr)
         self.registry = ProviderRegistry(
             key_for=self._provider_key,
@@ -81,9 +84,15 @@ class RouterServer(StoreBackedService):
             budgets=self.budgets,
             cache=cache,
             retry=RetryPolicy(retries=settings.retries, base_s=settings.retry_base_s, max_s=settings.retry_max_s),
+            guard=SecretGuard(
+                DetectionPoint.worker_processing,
+                policy=settings.secret_policy,
+                audit=self.audit,
+                enabled=settings.secret_scanning,
+            ),
         )
         self.books = UsageBooks(self.repository, settings.daily_budget_usd)
-        self.stores = [self.postgres, self.redis, self.ledger, self.states, self.budgets, self.catalog]
+        self.stores = [self.postgres, self.redis, self.ledger, self.audit, self.states, self.budgets, self.catalog]
 
     def _provider_key(self, spec: ProviderSpec) -> str | None:
         return self.settings.provider_key(spec.name, spec.api_key_env)

@@ -31,6 +31,7 @@ from services.common.chat import (
     new_completion_id,
 )
 from services.common.errors import Cancelled, GoblinError, InvalidArgument, NotFound, ResourceExhausted
+from services.common.secrets import SecretGuard
 from services.router.breaker import CircuitState
 from services.router.budget import OK as BUDGET_OK
 from services.router.budget import Budgets, BudgetStatus
@@ -214,8 +215,10 @@ class RouterService:
         budgets: Budgets | None = None,
         cache: ResponseCache | None = None,
         retry: RetryPolicy | None = None,
+        guard: SecretGuard | None = None,
     ) -> None:
         self.catalog = catalog
+        self.guard = guard
         self.providers = providers
         self.ledger = ledger
         self.states = states
@@ -223,6 +226,21 @@ class RouterService:
         self.cache = cache
         self.retry = retry or RetryPolicy()
         self._background: set[asyncio.Task[None]] = set()
+
+    # -- worker_processing: the last look before text leaves for a third party ----------------------
+    def _scan_outbound(self, texts: list[str], plan: Plan, context: CallContext) -> list[str]:
+        """The texts an external provider may see. Scanned once, before any attempt, when the plan has an
+        external candidate (so a block is never mistaken for a provider failure); the local model, inside
+        our own walls, gets the texts as they came."""
+        if self.guard is None or all(c.model.provider == LOCAL for c in plan.candidates):
+            return texts
+        return self.guard.check(
+            texts, tenant_id=context.tenant_id, user_hash=context.user_hash, correlation_id=context.correlation_id
+        )
+
+    def _outbound_messages(self, call: ChatCall, plan: Plan) -> list[Message]:
+        texts = self._scan_outbound([m.content for m in call.messages], plan, call.context)
+        return [replace(m, content=t) if t is not m.content else m for m, t in zip(call.messages, texts, strict=True)]
 
     # -- catalog ----------------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -583,10 +601,12 @@ class RouterService:
                     self._book(call, plan, tally, outcome="cache_hit", model=model, usage=hit.usage, charge=False)
                     return Routed(replace(hit, id=new_completion_id(), created=int(time.time())), cached=True)
             budget = await self._budget(call.context)
+            outbound = self._outbound_messages(call, plan)
 
             async def ask(candidate: Candidate, provider: Provider) -> ChatResult:
                 params = with_defaults(call.params, candidate.model)
-                return await provider.chat(candidate.model, call.messages, params, call.context)
+                messages = call.messages if provider.name == LOCAL else outbound
+                return await provider.chat(candidate.model, messages, params, call.context)
 
             candidate, result = await self._attempts(call, plan, tally, budget, ask)
         except GoblinError as exc:
@@ -616,11 +636,13 @@ class RouterService:
         try:
             plan = await self.plan(call)
             budget = await self._budget(call.context)
+            outbound = self._outbound_messages(call, plan)
 
             async def open_stream(cand: Candidate, provider: Provider) -> tuple[AsyncIterator[ChatDelta], ChatDelta]:
                 # The attempt is the stream up to its first delta: that much may be retried or moved.
                 params = with_defaults(call.params, cand.model)
-                source = provider.stream(cand.model, call.messages, params, call.context)
+                messages = call.messages if provider.name == LOCAL else outbound
+                source = provider.stream(cand.model, messages, params, call.context)
                 try:
                     first = await anext(source)
                 except StopAsyncIteration:
@@ -681,9 +703,10 @@ class RouterService:
             models = await self.resolve(call.model, "embeddings")
             plan = Plan(strategy="explicit", policy="explicit", candidates=[self._candidate(models[0], None)])
             budget = await self._budget(context)
+            outbound = self._scan_outbound(inputs, plan, context)
 
             async def embed(candidate: Candidate, provider: Provider) -> Embeddings:
-                return await provider.embed(candidate.model, inputs, context)
+                return await provider.embed(candidate.model, inputs if provider.name == LOCAL else outbound, context)
 
             candidate, result = await self._attempts(call, plan, tally, budget, embed)
         except GoblinError as exc:
