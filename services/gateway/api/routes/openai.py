@@ -17,7 +17,7 @@ from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import new_completion_id
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.secrets import SecretGuard
-from services.gateway.deps import BackendsDep, ChatDep, ChatReadDep
+from services.gateway.deps import BackendsDep, ChatDep, ChatReadDep, principal_context
 from services.gateway.errors import ApiError, api_error_from_grpc, error_body
 from services.gateway.metrics import CHAT_COMPLETIONS, CHAT_ERRORS, CHAT_TOKENS
 from services.gateway.openai_schema import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
@@ -64,17 +64,9 @@ CHAT_TIMEOUT_S = 600
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def request_context(principal: auth_pb2.Principal) -> common_pb2.RequestContext:
-    return common_pb2.RequestContext(
-        correlation_id=current_correlation_id(),
-        user_id=principal.user_id,
-        tenant_id=principal.tenant_id,
-        api_key_id=principal.api_key_id,
-        scopes=list(principal.scopes),
-    )
-
-
-def chat_request_to_proto(body: ChatCompletionRequest, principal: auth_pb2.Principal) -> common_pb2.ChatRequest:
+def chat_request_to_proto(
+    body: ChatCompletionRequest, principal: auth_pb2.Principal, http: Request
+) -> common_pb2.ChatRequest:
     messages = []
     for i, message in enumerate(body.messages):
         try:
@@ -93,7 +85,7 @@ def chat_request_to_proto(body: ChatCompletionRequest, principal: auth_pb2.Princ
     if body.seed is not None:
         params.seed = body.seed
     request = common_pb2.ChatRequest(
-        model=body.model, messages=messages, params=params, context=request_context(principal)
+        model=body.model, messages=messages, params=params, context=principal_context(principal, http)
     )
     if body.goblin is not None:
         request.routing.policy = body.goblin.policy or ""
@@ -117,7 +109,7 @@ def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
 async def chat_completions(
     body: ChatCompletionRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep, http: Request
 ) -> Any:
-    request = chat_request_to_proto(body, principal)
+    request = chat_request_to_proto(body, principal, http)
     # Cache-Control: no-cache (or no-store) asks for a fresh answer: the router's response cache is skipped.
     directives = {d.strip().lower() for d in http.headers.get("cache-control", "").split(",")}
     request.routing.bypass_cache = bool(directives & {"no-cache", "no-store"})
@@ -235,9 +227,11 @@ async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool, requested
 
 
 @router.get("/v1/models", summary="Every model the router can reach")
-async def list_models(principal: ChatReadDep, backends: BackendsDep) -> dict[str, Any]:
+async def list_models(principal: ChatReadDep, backends: BackendsDep, http: Request) -> dict[str, Any]:
     try:
-        reply = await backends.router.ListModels(common_pb2.ListModelsRequest(context=request_context(principal)))
+        reply = await backends.router.ListModels(
+            common_pb2.ListModelsRequest(context=principal_context(principal, http))
+        )
     except grpc.aio.AioRpcError as exc:
         raise api_error_from_grpc(exc, service="router") from None
     return {
@@ -259,7 +253,7 @@ async def list_models(principal: ChatReadDep, backends: BackendsDep) -> dict[str
 
 @router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible) from the local embedding model")
 async def embeddings(
-    body: EmbeddingRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep
+    body: EmbeddingRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep, http: Request
 ) -> dict[str, Any]:
     if body.dimensions is not None:
         raise ApiError(400, "invalid_request", "dimensions is not supported by the local embedding model")
@@ -268,7 +262,7 @@ async def embeddings(
             common_pb2.EmbedRequest(
                 model=body.model,
                 inputs=scan(guard, list(body.input), principal),
-                context=request_context(principal),
+                context=principal_context(principal, http),
             ),
             timeout=120,
         )
@@ -292,7 +286,9 @@ async def embeddings(
 
 
 @router.post("/invoke", summary="One completion for one prompt (kept for old clients)")
-async def invoke(body: InvokeRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep) -> JSONResponse:
+async def invoke(
+    body: InvokeRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep, http: Request
+) -> JSONResponse:
     model = f"{body.provider}/{body.model}" if body.model else body.provider
     params = common_pb2.SamplingParams()
     if body.max_tokens is not None:
@@ -303,7 +299,7 @@ async def invoke(body: InvokeRequest, principal: ChatDep, backends: BackendsDep,
         model=model,
         messages=[common_pb2.ChatMessage(role="user", content=scan(guard, [body.prompt], principal)[0])],
         params=params,
-        context=request_context(principal),
+        context=principal_context(principal, http),
     )
     try:
         reply = await backends.router.Chat(request, timeout=CHAT_TIMEOUT_S)
