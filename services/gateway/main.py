@@ -83,5 +83,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Outermost: the envelope sees every response, including CORS preflights and refusals.
     templates = RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"])
     app.add_middleware(RequestEnvelopeMiddleware, templates=templates)
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="/metrics,/health")
+    # One span per request, not one per ASGI send/receive: a streamed answer would make a span per token.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="/metrics,/health", exclude_spans=["receive", "send"])
     return app
