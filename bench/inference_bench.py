@@ -38,6 +38,8 @@ CONCURRENT_RUNS = 3
 # What `goblin up` gives the inference service on this machine (cores - 1: see supervisor.py); the
 # direct baseline gets the same.
 THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
+# Prompt processing on every core, on both sides (llama-cpp-python's default, and Goblin's).
+BATCH_THREADS = len(os.sched_getaffinity(0))
 N_CTX = 2048
 
 
@@ -55,7 +57,9 @@ class StreamTiming:
 def direct_single(model: Path) -> list[StreamTiming]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(model), n_ctx=N_CTX, n_threads=THREADS, verbose=False, seed=1)
+    llm = Llama(
+        model_path=str(model), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=BATCH_THREADS, verbose=False, seed=1
+    )
     timings = []
     for run in range(RUNS + 1):
         # Goblin evaluates every prompt afresh (each request has its own sequence); without a reset,
@@ -180,10 +184,10 @@ def main() -> None:
     stack_ttft = median([t.ttft_s for t in stack]) * 1000
     decode_ratio, ttft_added = stack_tps / direct_tps * 100, stack_ttft - direct_ttft
     body = f"""
-Model {model.name}, n_ctx {N_CTX}, {THREADS} decode thread(s) on both sides (what `goblin up` gives
-inference here: cores - 1), temperature 0, max_tokens {MAX_TOKENS}, medians of {RUNS} runs after a
-warm-up; llama-cpp-python's prompt cache is reset before each direct run, as Goblin evaluates every
-prompt afresh.
+Model {model.name}, n_ctx {N_CTX}, {THREADS} decode thread(s) and {BATCH_THREADS} prompt threads on both
+sides (what `goblin up` gives inference here: decoding on cores - 1, prompts on all), temperature 0,
+max_tokens {MAX_TOKENS}, medians of {RUNS} runs after a warm-up; llama-cpp-python's prompt cache is
+reset before each direct run, as Goblin evaluates every prompt afresh.
 
 | one stream | decode tokens/s | time to first token |
 | --- | --- | --- |

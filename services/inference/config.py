@@ -23,4 +23,7 @@ class InferenceSettings(ServiceSettings):
     threads: int = Field(
         default_factory=lambda: len(os.sched_getaffinity(0)), alias="GOBLIN_INFERENCE_THREADS", ge=1, le=256
     )
+    batch_threads: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)), alias="GOBLIN_INFERENCE_BATCH_THREADS", ge=1, le=256
+    )
     embed_threads: int = Field(1, alias="GOBLIN_EMBED_THREADS", ge=1, le=64)

@@ -191,6 +191,7 @@ class ChatEngine:
         *,
         n_ctx: int = 2048,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         max_queue: int = 16,
         max_sequences: int = 4,
         prefill_chunk: int = 256,
@@ -207,6 +208,9 @@ class ChatEngine:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or _usable_cores()
+        # Prompt processing is a short burst that parallelises well: every usable core by default, as
+        # llama-cpp-python does, even when decoding leaves a core to the other services.
+        self.n_threads_batch = n_threads_batch or _usable_cores()
         self.max_sequences = max_sequences
         self.prefill_chunk = prefill_chunk
         self._observer = observer or EngineObserver()
@@ -740,7 +744,7 @@ class _Worker:
         params.n_batch = batch_tokens
         params.n_ubatch = batch_tokens
         params.n_threads = engine.n_threads
-        params.n_threads_batch = engine.n_threads
+        params.n_threads_batch = engine.n_threads_batch
         # One KV stream per sequence, each of n_ctx cells. A unified pool would also work, but there a
         # sequence's attention runs over every sequence's cells (masked), so its logits shift in the last
         # bits with whoever shares the batch, and the same seed gives different answers under load.

@@ -61,6 +61,7 @@ class InferenceServer:
             model_path,
             n_ctx=settings.n_ctx,
             n_threads=settings.threads,
+            n_threads_batch=settings.batch_threads,
             max_queue=settings.max_queue,
             max_sequences=settings.max_sequences,
             observer=PrometheusObserver(),
