@@ -132,3 +132,18 @@ def test_serving_reflection_metrics_and_graceful_stop(auth_process: tuple) -> No
     assert process.wait(timeout=20) == 0
     stderr = process.stderr.read().decode()
     assert '"message": "auth stopped"' in stderr
+
+
+def test_a_second_inference_on_the_same_model_refuses_to_start(tmp_path: Path) -> None:
+    """The single-instance rule: one process owns a model file on a machine (flock), a second exits at once."""
+    first, address, _ = start("inference", {}, tmp_path)
+    try:
+        wait_for(lambda: health(address) == SERVING, timeout_s=120)
+        second, _, _ = start("inference", {}, tmp_path)
+        assert second.wait(timeout=60) == 1
+        message = second.stderr.read().decode()
+        assert "inference for" in message and "already running" in message and str(first.pid) in message
+        assert health(address) == SERVING, "the refused second copy disturbed the first"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0

@@ -203,3 +203,98 @@ def test_killed_service_is_reported_within_2s_and_restarted(suite: Suite) -> Non
     new = suite.service_process("executor")
     assert new.pid != old_pid
     assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def permissive_tls_server(suite: Suite) -> int:
+    """A one-shot local TLS server that accepts TLS 1.1, to prove the client below can speak it."""
+    import socket
+    import ssl
+    import threading
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(suite.home / "tls" / "server.pem", suite.home / "tls" / "server-key.pem")
+    context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            context.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            conn.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def test_tls_1_2_or_newer_only(suite: Suite) -> None:
+    import socket
+    import ssl
+
+    port = int(suite.gateway_url.rsplit(":", 1)[1])
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(str(suite.ca_file))
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer TLS 1.1 at all; the server must still refuse
+    with socket.create_connection(("127.0.0.1", permissive_tls_server(suite)), timeout=5) as raw:
+        with old.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() == "TLSv1.1", "this client cannot speak TLS 1.1, so it proves nothing"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with old.wrap_socket(raw, server_hostname="127.0.0.1"):
+                raise AssertionError("the gateway accepted TLS 1.1")
+        except ssl.SSLError:
+            pass
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = suite.ssl_context()
+        context.minimum_version = context.maximum_version = version
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() == version.name.replace("TLSv1_", "TLSv1.")
+
+
+SPEC_GATEWAY_METRICS = (
+    "http_requests_total",
+    "http_request_duration_seconds",
+    "http_requests_in_progress",
+    "http_errors_total",
+    "http_requests_429_total",
+    "chat_completions_total",
+    "chat_completion_tokens_total",
+    "chat_completion_errors_total",
+    "service_health_status",
+    "goblin_security_secrets_detected_total",
+)
+
+
+def test_every_gateway_metric_of_the_spec_exists(suite: Suite) -> None:
+    """Dashboards and alert rules use these names (SPEC.md): each must be exported after real traffic."""
+    with suite.admin_client() as client:
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "local", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        )
+        client.post(
+            "/v1/chat/completions", json={"model": "local/none", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "local", "messages": [{"role": "user", "content": "ssn 123-45-6789"}], "max_tokens": 2},
+        )
+        client.get("/health/ready")
+        text = client.get("/metrics").text
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    missing = [name for name in SPEC_GATEWAY_METRICS if name not in declared]
+    assert not missing, missing
+    for sample in (
+        'chat_completions_total{model="local/smollm2-135m-instruct",provider="local"}',
+        'chat_completion_tokens_total{model="local/smollm2-135m-instruct",provider="local",token_type="completion"}',
+        'chat_completion_errors_total{error_type="model_not_found",provider="local"}',
+        'goblin_security_secrets_detected_total{location="request_creation"}',
+    ):
+        assert sample in text, sample
