@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ def parse_json(provider: str, text: str | bytes) -> Any:
         raise ProviderBadResponse(provider, "the provider's answer is not valid JSON") from None
 
 
-class HttpProvider:
+class HttpProvider(ABC):
     """Base of the HTTP adapters: holds the provider's client and key, sends JSON, reads JSON or SSE."""
 
     def __init__(
@@ -210,8 +211,9 @@ class HttpProvider:
     def configured(self) -> bool:
         return bool(self.api_key)
 
+    @abstractmethod
     def auth_headers(self) -> dict[str, str]:
-        raise NotImplementedError
+        """The provider's own way of presenting the key (Bearer, x-api-key, x-goog-api-key)."""
 
     def _headers(self, base: Mapping[str, str]) -> dict[str, str]:
         if not self.api_key:
