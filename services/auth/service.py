@@ -489,7 +489,9 @@ class AuthService:
         ttl = self.policy.admin_session_ttl_s if user.role == "admin" else self.policy.session_ttl_s
         family = uuid.uuid4().hex
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
+        issued = int(time.time())
         access_token, access_expires = await self.tokens.issue(
+            now=issued,
             user_id=user.id,
             tenant_id=user.tenant_id,
             email=user.email,
@@ -521,7 +523,7 @@ class AuthService:
         return TokenPair(
             access_token=access_token,
             refresh_token=refresh_token,
-            expires_in=max(0, access_expires - int(time.time())),
+            expires_in=max(0, access_expires - issued),
             refresh_expires_in=ttl,
             user=user,
         )
@@ -563,7 +565,9 @@ class AuthService:
             raise Unauthenticated("invalid or expired refresh token", code="invalid_refresh_token")
         user = exchange.user
         session_expires = int(session.expires_at.timestamp())
+        now = int(time.time())
         access_token, access_expires = await self.tokens.issue(
+            now=now,
             user_id=user.id,
             tenant_id=user.tenant_id,
             email=user.email,
@@ -572,7 +576,6 @@ class AuthService:
             session_id=session.refresh_family,
             session_expires_at=session_expires,
         )
-        now = int(time.time())
         return TokenPair(access_token, new_token, max(0, access_expires - now), max(0, session_expires - now), user)
 
     def _access_lifetime_s(self) -> int:

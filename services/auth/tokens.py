@@ -68,10 +68,14 @@ class TokenCodec:
         scopes: list[str],
         session_id: str,
         session_expires_at: int,
+        now: int | None = None,
     ) -> tuple[str, int]:
-        """A signed access token and its expiry (unix seconds); never outliving its session."""
+        """A signed access token and its expiry (unix seconds); never outliving its session.
+
+        ``now`` is the issuing instant (default: the clock), so a caller can state ``expires_in`` from the
+        same reading as ``iat`` and ``exp``."""
         key = await self.keyring.signing_key()
-        now = int(time.time())
+        now = int(time.time()) if now is None else now
         expires_at = min(now + self.ttl_s, session_expires_at)
         claims = {
             "iss": self.issuer,
