@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from services.common.embedded import EmbeddedPostgres, EmbeddedStoreError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigError, load_settings
 
@@ -55,7 +56,20 @@ def up() -> None:
         code = asyncio.run(Supervisor(settings, on_ready=announce).run())
     except AlreadyRunning as exc:
         raise _fail(str(exc), code=1) from None
+    except EmbeddedStoreError as exc:
+        raise _fail(str(exc)) from None
     raise typer.Exit(code)
+
+
+def _embedded_database() -> tuple[EmbeddedPostgres, str]:
+    """The embedded database of GOBLIN_HOME (started if need be), or one line and exit status 2."""
+    from services.common.settings import default_home
+
+    try:
+        embedded = EmbeddedPostgres(default_home() / "pg")
+    except EmbeddedStoreError as exc:
+        raise _fail(str(exc)) from None
+    return embedded, embedded.create_database("goblin")
 
 
 @app.command()
@@ -64,13 +78,10 @@ def migrate(
 ) -> None:
     """Apply pending database migrations (safe to run twice, and from two processes at once)."""
     from services.common import db
-    from services.common.embedded import EmbeddedPostgres
-    from services.common.settings import default_home
 
     embedded = None
     if not database_url:
-        embedded = EmbeddedPostgres(default_home() / "pg")
-        database_url = embedded.create_database("goblin")
+        embedded, database_url = _embedded_database()
     try:
         applied = asyncio.run(db.migrate(database_url))
         version = asyncio.run(db.schema_version(database_url))
@@ -122,9 +133,7 @@ def _with_auth(database_url: str | None, action: Callable[[Any, Any], Awaitable[
     from services.auth.config import AuthPolicySettings
     from services.auth.keys import SealError
     from services.auth.repository import AuthRepository
-    from services.common.embedded import EmbeddedPostgres
     from services.common.errors import GoblinError
-    from services.common.settings import default_home
     from services.common.stores import PostgresStore
 
     try:
@@ -133,8 +142,7 @@ def _with_auth(database_url: str | None, action: Callable[[Any, Any], Awaitable[
         raise _fail(f"configuration error: {exc}") from None
     embedded = None
     if not database_url:
-        embedded = EmbeddedPostgres(default_home() / "pg")
-        database_url = embedded.create_database("goblin")
+        embedded, database_url = _embedded_database()
 
     async def run() -> T:
         store = PostgresStore(database_url, max_size=2)

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
 from services.common.process import die_with_parent
 
 log = logging.getLogger(__name__)
+
+
+_SHELL_SAFE_PATH = re.compile(r"^[A-Za-z0-9._/-]+$")  # pg_ctl goes through a shell; pgserver builds URIs unencoded
+
+
+class EmbeddedStoreError(RuntimeError):
+    """An embedded store cannot start; ``str()`` says why and what to do instead."""
 
 
 class EmbeddedPostgres:
@@ -26,13 +35,20 @@ class EmbeddedPostgres:
         import pgserver
 
         data_dir = data_dir.absolute()
+        if not _SHELL_SAFE_PATH.match(str(data_dir)):
+            # pg_ctl hands the socket directory to a shell, so spaces, #, &, quotes... break it.
+            raise EmbeddedStoreError(
+                f"the embedded PostgreSQL cannot run in a path with spaces or shell characters ({data_dir}): "
+                "set GOBLIN_HOME to another directory, or DATABASE_URL to a server"
+            )
         data_dir.mkdir(parents=True, exist_ok=True)
         # cleanup_mode="stop": the server stops when we let go of it, unless another process holds it too.
         self._server = pgserver.get_server(data_dir, cleanup_mode="stop")
         self.data_dir = data_dir
 
     def url(self, database: str = "postgres") -> str:
-        return self._server.get_uri(database)
+        # pgserver's own URI puts the socket directory in ?host= unencoded; encoded, any path works.
+        return f"postgresql://postgres:@/{database}?host={quote(str(self.data_dir), safe='/')}"
 
     def create_database(self, name: str) -> str:
         """Create ``name`` if it does not exist; returns its URL."""
@@ -66,14 +82,14 @@ class EmbeddedRedis:
             "\n".join(
                 [
                     "port 0",
-                    f"unixsocket {self.socket_path}",
+                    f"unixsocket {_conf_string(self.socket_path)}",
                     "unixsocketperm 700",
-                    f"dir {data_dir}",
+                    f"dir {_conf_string(data_dir)}",
                     "dbfilename dump.rdb",
                     "save 60 1",
                     "appendonly no",
                     "daemonize no",
-                    f"logfile {data_dir / 'redis.log'}",
+                    f"logfile {_conf_string(data_dir / 'redis.log')}",
                     "loglevel warning",
                 ]
             )
@@ -104,7 +120,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"unix://{self.socket_path}"
+        # Percent-encoded: a ? or # in GOBLIN_HOME would otherwise end the path (redis-py decodes it).
+        return f"unix://{quote(str(self.socket_path), safe='/')}"
 
     @property
     def pid(self) -> int:
@@ -118,6 +135,12 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+def _conf_string(value: object) -> str:
+    """A redis.conf string: quoted, so spaces and # in a path are part of it."""
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
 
 
 def docker_answers() -> bool:
