@@ -26,7 +26,9 @@ import httpx
 import openai
 
 from bench.results import median, write_section
+from services.common.process import usable_cores
 from services.inference.models import chat_model_path
+from services.supervisor import suite_decode_threads
 from tests.suite import start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -37,9 +39,9 @@ CONCURRENT = 4
 CONCURRENT_RUNS = 3
 # What `goblin up` gives the inference service on this machine (cores - 1: see supervisor.py); the
 # direct baseline gets the same.
-THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
+THREADS = suite_decode_threads()
 # Prompt processing on every core, on both sides (llama-cpp-python's default, and Goblin's).
-BATCH_THREADS = len(os.sched_getaffinity(0))
+BATCH_THREADS = usable_cores()
 N_CTX = 2048
 
 

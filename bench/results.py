@@ -10,6 +10,8 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common.process import usable_cores
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = (
     "# Benchmark results\n\n"
@@ -31,7 +33,7 @@ def machine() -> str:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         memory_gib = 0
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     return f"{cores} cores ({cpu}), {memory_gib:.0f} GiB, Python {platform.python_version()}"
 
 

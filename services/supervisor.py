@@ -21,7 +21,7 @@ from pydantic import Field
 
 from services.common import db
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
-from services.common.process import InstanceLock, die_with_parent
+from services.common.process import InstanceLock, die_with_parent, usable_cores
 from services.common.settings import GoblinSettings
 
 log = logging.getLogger("goblin.supervisor")
@@ -32,6 +32,17 @@ RESTART_BACKOFF_START_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 30.0  # a child that ran this long has its backoff reset
 STOP_GRACE_S = 10.0
+
+
+def suite_decode_threads() -> int:
+    """Decoding threads for inference when the whole suite shares this machine: all cores but one.
+
+    The other five services wake up for every streamed token; llama.cpp's threads wait for each other
+    at every step, so one preempted thread stalls them all. Leaving a core free made streaming through
+    the suite 30 % faster on 2 cores (bench/RESULTS.md). A dedicated inference container keeps the
+    service's own default: all its cores.
+    """
+    return max(1, usable_cores() - 1)
 
 
 class SuiteSettings(GoblinSettings):
@@ -70,11 +81,7 @@ class SuiteSettings(GoblinSettings):
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        # On one machine the other five services wake up for every streamed token; llama.cpp's threads
-        # wait for each other at every step, so one preempted thread stalls them all. Leaving a core free
-        # made streaming through the suite 30 % faster on 2 cores (bench/RESULTS.md). A dedicated
-        # inference container keeps the service's own default: all its cores.
-        env.setdefault("GOBLIN_INFERENCE_THREADS", str(max(1, len(os.sched_getaffinity(0)) - 1)))
+        env.setdefault("GOBLIN_INFERENCE_THREADS", str(suite_decode_threads()))
         for name, address in self.peer_addresses().items():
             env[f"GOBLIN_{name.upper()}_ADDR"] = address
             env[f"GOBLIN_{name.upper()}_PORT"] = str(getattr(self, f"{name}_port"))

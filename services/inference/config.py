@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 
+from services.common.process import usable_cores
 from services.common.settings import ServiceSettings
 
 
@@ -20,10 +20,6 @@ class InferenceSettings(ServiceSettings):
     max_queue: int = Field(16, alias="GOBLIN_INFERENCE_MAX_QUEUE", ge=1, le=4096)
     max_sequences: int = Field(4, alias="GOBLIN_INFERENCE_MAX_SEQUENCES", ge=1, le=64)
     n_ctx: int = Field(2048, alias="GOBLIN_INFERENCE_N_CTX", ge=256, le=131_072)
-    threads: int = Field(
-        default_factory=lambda: len(os.sched_getaffinity(0)), alias="GOBLIN_INFERENCE_THREADS", ge=1, le=256
-    )
-    batch_threads: int = Field(
-        default_factory=lambda: len(os.sched_getaffinity(0)), alias="GOBLIN_INFERENCE_BATCH_THREADS", ge=1, le=256
-    )
+    threads: int = Field(default_factory=usable_cores, alias="GOBLIN_INFERENCE_THREADS", ge=1, le=256)
+    batch_threads: int = Field(default_factory=usable_cores, alias="GOBLIN_INFERENCE_BATCH_THREADS", ge=1, le=256)
     embed_threads: int = Field(1, alias="GOBLIN_EMBED_THREADS", ge=1, le=64)

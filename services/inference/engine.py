@@ -28,7 +28,6 @@ import contextlib
 import ctypes
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -44,6 +43,7 @@ import llama_cpp.llama_cpp as llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from services.common.errors import GoblinError, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.process import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +207,10 @@ class ChatEngine:
             raise ValueError("prefill_chunk must be at least 1")
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or _usable_cores()
+        self.n_threads = n_threads or usable_cores()
         # Prompt processing is a short burst that parallelises well: every usable core by default, as
         # llama-cpp-python does, even when decoding leaves a core to the other services.
-        self.n_threads_batch = n_threads_batch or _usable_cores()
+        self.n_threads_batch = n_threads_batch or usable_cores()
         self.max_sequences = max_sequences
         self.prefill_chunk = prefill_chunk
         self._observer = observer or EngineObserver()
@@ -399,13 +399,6 @@ async def _collect(stream: AsyncGenerator[StreamEvent, None]) -> Completion:
                 assert event.usage is not None
                 return Completion(text="".join(parts), finish_reason=event.finish_reason, usage=event.usage)
     raise GoblinError("the stream ended without a finish event")
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _chat_turns(messages: Sequence[ChatMessage | Mapping[str, str]]) -> list[dict[str, str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.process import AlreadyRunning, InstanceLock
-from services.supervisor import SuiteSettings
+from services.supervisor import SuiteSettings, suite_decode_threads
 
 
 def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
@@ -58,5 +58,6 @@ def test_children_learn_every_peer_address(monkeypatch: pytest.MonkeyPatch, tmp_
     import os
 
     assert env["GOBLIN_INFERENCE_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) - 1))
+    assert env["GOBLIN_INFERENCE_THREADS"] == str(suite_decode_threads())
     monkeypatch.setenv("GOBLIN_INFERENCE_THREADS", "3")
     assert settings.child_env("postgresql://db/goblin", "unix:///x")["GOBLIN_INFERENCE_THREADS"] == "3"
