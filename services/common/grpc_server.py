@@ -28,6 +28,7 @@ from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError
 from services.common.logs import configure_logging
 from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
 from services.common.settings import ServiceSettings
+from services.common.stores import start_with_backoff
 from services.common.telemetry import setup_telemetry, shutdown_telemetry
 
 log = logging.getLogger(__name__)
@@ -156,22 +157,6 @@ def _set_health(servicer: health.aio.HealthServicer, names: list[str], serving: 
     return asyncio.gather(*(servicer.set(name, status) for name in ["", *names]))
 
 
-async def _start_with_retry(service: Service, stopping: asyncio.Event) -> bool:
-    delay = 0.25
-    while not stopping.is_set():
-        try:
-            await service.start()
-            return True
-        except Exception as exc:
-            log.warning("%s not ready: %s; retrying in %.1fs", service.name, exc, delay)
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=delay)
-            except TimeoutError:
-                pass
-            delay = min(delay * 2, START_RETRY_MAX_S)
-    return False
-
-
 async def _watch_health(service: Service, servicer: health.aio.HealthServicer, stopping: asyncio.Event) -> None:
     serving = True
     while not stopping.is_set():
@@ -231,7 +216,7 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
         loop.add_signal_handler(sig, stopping.set)
 
     watcher: asyncio.Task[None] | None = None
-    started = await _start_with_retry(service, stopping)
+    started = await start_with_backoff(service.start, service.name, stopping=stopping, max_delay_s=START_RETRY_MAX_S)
     if started:
         await _set_health(health_servicer, names, serving=True)
         log.info("%s ready", service.name)

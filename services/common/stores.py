@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import asyncpg
@@ -9,6 +12,8 @@ import redis.asyncio as aioredis
 
 from services.common import db
 from services.common.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 
 class PostgresStore:
@@ -69,6 +74,34 @@ class RedisStore:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+async def start_with_backoff(
+    start: Callable[[], Awaitable[None]],
+    what: str,
+    *,
+    stopping: asyncio.Event | None = None,
+    first_delay_s: float = 0.25,
+    max_delay_s: float = 10.0,
+) -> bool:
+    """Call ``start`` until it succeeds, waiting twice as long after each failure (up to the cap).
+
+    False when ``stopping`` was set first; without one, only cancelling the caller ends the attempts.
+    """
+    stop = stopping or asyncio.Event()
+    delay = first_delay_s
+    while not stop.is_set():
+        try:
+            await start()
+            return True
+        except Exception as exc:
+            log.warning("%s not ready: %s; retrying in %.1fs", what, exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, max_delay_s)
+    return False
 
 
 class Store(Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -19,11 +18,10 @@ from goblin.v1 import (
 )
 from services.common.audit import AuditLog
 from services.common.grpc_client import open_channel
-from services.common.stores import PostgresStore, RedisStore
+from services.common.stores import PostgresStore, RedisStore, start_with_backoff
 from services.gateway.config import GatewaySettings
 from services.gateway.metrics import SERVICE_HEALTH
 
-log = logging.getLogger(__name__)
 
 SERVICES = ("router", "inference", "rag", "auth", "executor")
 
@@ -94,16 +92,8 @@ class GatewayStores:
         self._connecting = asyncio.create_task(self._connect(), name="gateway-stores")
 
     async def _connect(self) -> None:
-        for store in (self.postgres, self.redis):
-            delay = 0.25
-            while True:
-                try:
-                    await store.start()
-                    break
-                except Exception as exc:
-                    log.warning("gateway store not reachable yet: %s", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+        for name, store in (("gateway postgres", self.postgres), ("gateway redis", self.redis)):
+            await start_with_backoff(store.start, name, max_delay_s=5.0)
         await self.audit.start()
 
     async def check(self) -> list[ServiceHealth]:
