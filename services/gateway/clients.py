@@ -22,7 +22,6 @@ from services.common.stores import PostgresStore, RedisStore, start_with_backoff
 from services.gateway.config import GatewaySettings
 from services.gateway.metrics import SERVICE_HEALTH
 
-
 SERVICES = ("router", "inference", "rag", "auth", "executor")
 
 
