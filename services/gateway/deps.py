@@ -37,14 +37,16 @@ PRINCIPAL_CACHE_SIZE = 10_000
 ResponseT = TypeVar("ResponseT")
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
-def get_backends(request: Request) -> Backends:
+async def get_backends(request: Request) -> Backends:
     return request.app.state.backends
 
 
+# Dependencies are coroutines on purpose: FastAPI runs a plain ``def`` dependency in a worker thread,
+# a thread hand-off per request for what is an attribute read.
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
 

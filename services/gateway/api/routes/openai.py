@@ -31,7 +31,7 @@ KNOWN_PROVIDERS = frozenset(
 )
 
 
-def secret_guard(request: Request) -> SecretGuard:
+async def secret_guard(request: Request) -> SecretGuard:
     return request.app.state.secret_guard
 
 
