@@ -37,9 +37,9 @@ from tests.suite import ROOT, Suite, free_ports, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
 RATE = 60  # requests/s in total, a third each
-DURATION_S = 30
+DURATION_S = int(os.environ.get("BENCH_DURATION_S", "30"))
 WARM_UP_S = 3
-RUNS = 3
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 MODEL = "gpt-4o-mini"
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -209,6 +209,9 @@ Added by Goblin (gateway - direct): p50 **{added_p50:+.2f} ms**, p99 **{added_p9
 (`goblin_router_overhead_seconds`, handling time minus time waiting on the provider, {own_n} requests,
 bucket upper bounds): p50 <= {own_p50:.2f} ms, p99 <= {own_p99:.2f} ms.
 """
+    if os.environ.get("BENCH_NO_WRITE"):
+        print(body)
+        return
     write_section("Router", body, "make bench (python -m bench.router_bench)")
     print(body)
 

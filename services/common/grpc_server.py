@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -237,7 +238,10 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
 def run_service(make_service: Callable[[], Service], settings: ServiceSettings) -> None:
     """Entry point of every ``python -m services.<name>``: exit 1 with one line if start-up is refused."""
     try:
-        asyncio.run(serve(make_service, settings))
+        # uvloop, as under the gateway's uvicorn: gRPC's asyncio stack runs on any asyncio loop, and
+        # uvloop's transports and callbacks cost less per request (bench/RESULTS.md, Router).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(make_service, settings))
     except StartupRefused as exc:
         print(f"goblin: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

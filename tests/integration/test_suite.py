@@ -161,7 +161,12 @@ def test_access_log_is_json_with_correlation_id_and_hashed_user(suite: Suite) ->
 
 def test_one_trace_spans_gateway_and_services(suite: Suite, otlp_collector: OtlpCollector) -> None:
     with suite.admin_client() as client:
-        reply = client.get("/auth/me", headers={"X-Correlation-ID": "trace-check-1"})
+        # A key nobody has used yet: the gateway caches verified credentials, and a cached one would
+        # not reach the auth service at all.
+        created = client.post("/auth/api-keys", json={"name": "trace-check", "scopes": ["keys"]})
+        assert created.status_code == 201, created.text
+        fresh = {"Authorization": f"Bearer {created.json()['key']}", "X-Correlation-ID": "trace-check-1"}
+        reply = client.get("/auth/me", headers=fresh)
     assert reply.status_code == 200
     deadline = time.monotonic() + 15
     trace_ids: dict[str, set[str]] = {}
