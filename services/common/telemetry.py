@@ -1,7 +1,9 @@
 """OpenTelemetry set up once per process.
 
-Spans are exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; otherwise spans are still
-created (so logs carry trace ids and context still propagates across hops) but go nowhere.
+Spans are exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (sampled as
+``OTEL_TRACES_SAMPLER`` says, by default every trace). Without an exporter nothing is recorded: spans
+are sampled out, so they still carry trace ids (logs show them, and context propagates across hops) but
+cost no attributes, events or span processing on the request path.
 gRPC servers and clients are instrumented here; the gateway instruments its FastAPI app itself.
 """
 
@@ -13,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _provider: TracerProvider | None = None
 
@@ -22,11 +25,14 @@ def setup_telemetry(service: str) -> TracerProvider:
     global _provider
     if _provider is not None:
         return _provider
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: f"goblin-{service}"}))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    resource = Resource.create({SERVICE_NAME: f"goblin-{service}"})
+    if exporting():
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        provider = TracerProvider(resource=resource)
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    else:
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
     trace.set_tracer_provider(provider)
 
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
@@ -35,6 +41,10 @@ def setup_telemetry(service: str) -> TracerProvider:
     GrpcAioInstrumentorClient().instrument()
     _provider = provider
     return provider
+
+
+def exporting() -> bool:
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def shutdown_telemetry() -> None:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
@@ -83,6 +83,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Outermost: the envelope sees every response, including CORS preflights and refusals.
     templates = RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"])
     app.add_middleware(RequestEnvelopeMiddleware, templates=templates)
-    # One span per request, not one per ASGI send/receive: a streamed answer would make a span per token.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="/metrics,/health", exclude_spans=["receive", "send"])
+    # Outside the envelope, so its access log line carries the trace id. One span per request, not one
+    # per ASGI send/receive (a streamed answer would make a span per token), named by route template
+    # from our own table: FastAPI's instrumentor matches the path against every route again per request.
+    app.add_middleware(
+        OpenTelemetryMiddleware,
+        excluded_urls="/metrics,/health",
+        default_span_details=templates.span_details,
+        exclude_spans=["receive", "send"],
+    )
     return app

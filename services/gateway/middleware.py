@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -24,6 +25,7 @@ from services.common.context import CORRELATION_HEADER, correlation_id_var, hash
 from services.gateway.errors import HTTP_CODES, error_body
 from services.gateway.metrics import HTTP_429, HTTP_DURATION, HTTP_ERRORS, HTTP_IN_PROGRESS, HTTP_REQUESTS
 from services.gateway.ratelimit import (
+    Decision,
     RateLimiter,
     RateLimiterUnavailable,
     RouteClass,
@@ -57,6 +59,7 @@ class RouteTemplates:
         self.source = source
         self._compiled: list[tuple[re.Pattern[str], str]] | None = None
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one instance per app, kept for its life
     def match(self, path: str) -> str:
         if self._compiled is None:
             self._compiled = [(compile_path(t)[0], t) for t in self.source()]
@@ -64,6 +67,12 @@ class RouteTemplates:
             if pattern.match(path):
                 return template
         return UNMATCHED
+
+    def span_details(self, scope: Scope) -> tuple[str, dict[str, str]]:
+        """The server span's name and route attribute (OpenTelemetry's ASGI ``default_span_details``):
+        ``POST /v1/chat/completions``, by template, so ids in paths never make span names unique."""
+        template = self.match(scope.get("path", ""))
+        return f"{scope.get('method', 'HTTP')} {template}", {"http.route": template}
 
 
 def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str:
@@ -275,35 +284,43 @@ class RateLimitMiddleware:
         authorization = headers.get(b"authorization")
         key = client_key(route_class, authorization.decode("latin-1") if authorization else None, ip)
         try:
-            decision = await self.limiter.hit(route_class, key)
+            outcome = await self.limiter.hit(route_class, key)
         except RateLimiterUnavailable:
             await _send_error(send, 503, "rate_limiter_unavailable", "rate limiting is unavailable; try again")
             return
-        if decision is None:
+        if outcome is None:
             await self.app(scope, receive, send)
             return
-        limit_headers = [
-            (b"x-ratelimit-limit", str(decision.limit).encode()),
-            (b"x-ratelimit-remaining", str(decision.remaining).encode()),
-            (b"x-ratelimit-reset", str(decision.reset_at).encode()),
-        ]
-        if not decision.allowed:
+        if isinstance(outcome, Decision):
             await _send_error(
                 send,
                 429,
                 "rate_limit_exceeded",
-                f"Rate limit exceeded: {decision.description}",
-                headers=[*limit_headers, (b"retry-after", str(decision.retry_after).encode())],
-                extra={"retry_after": decision.retry_after},
+                f"Rate limit exceeded: {outcome.description}",
+                headers=[*_limit_headers(outcome), (b"retry-after", str(outcome.retry_after).encode())],
+                extra={"retry_after": outcome.retry_after},
             )
             return
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *limit_headers]
+                decision = await outcome.decision()
+                if decision is not None:
+                    message["headers"] = [*message.get("headers", ()), *_limit_headers(decision)]
             await send(message)
 
-        await self.app(scope, receive, send_with_limits)
+        try:
+            await self.app(scope, receive, send_with_limits)
+        finally:
+            outcome.cancel()  # a request that ended without answering never reads its numbers
+
+
+def _limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-ratelimit-limit", str(decision.limit).encode()),
+        (b"x-ratelimit-remaining", str(decision.remaining).encode()),
+        (b"x-ratelimit-reset", str(decision.reset_at).encode()),
+    ]
 
 
 async def _send_error(

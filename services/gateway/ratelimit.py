@@ -8,6 +8,7 @@ behaviour applies (fail open: allow and count; fail closed: 503), never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
@@ -108,6 +109,21 @@ def client_key(route_class: RouteClass, authorization: str | None, ip: str) -> s
     return f"ip:{ip}"
 
 
+class Charged:
+    """An allowed request. Its X-RateLimit-* numbers are read from Redis while the request runs, so the
+    read is off the request's critical path; :meth:`decision` waits for them when the answer starts."""
+
+    def __init__(self, reading: asyncio.Future[Decision | None]) -> None:
+        self._reading = reading
+
+    async def decision(self) -> Decision | None:
+        """The tightest window's numbers, or None if they could not be read (the request stays allowed)."""
+        return await self._reading
+
+    def cancel(self) -> None:
+        self._reading.cancel()
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -126,35 +142,46 @@ class RateLimiter:
         self.limits = {cls: [*items, *(burst or [])] for cls, items in limits.items()}
         self.fail_open = fail_open
 
-    async def hit(self, route_class: RouteClass, key: str) -> Decision | None:
-        """Charge one request. None means Redis failed and we fail open (allowed, no headers)."""
+    async def hit(self, route_class: RouteClass, key: str) -> Decision | Charged | None:
+        """Charge one request: a refused :class:`Decision`, or :class:`Charged` if allowed. None means
+        Redis failed and we fail open (allowed, no headers); failing closed raises RateLimiterUnavailable."""
         items = self.limits[route_class]
-        tightest: Decision | None = None
         try:
             for item in items:
-                allowed = await self.strategy.hit(item, route_class.value, key)
-                stats = await self.strategy.get_window_stats(item, route_class.value, key)
-                reset_at = math.ceil(stats.reset_time)
-                decision = Decision(
-                    allowed=allowed,
-                    limit=item.amount,
-                    remaining=max(0, stats.remaining),
-                    reset_at=reset_at,
-                    retry_after=max(1, reset_at - int(time.time())) if not allowed else 0,
-                    description=str(item),
-                )
-                if not allowed:
-                    return decision
-                if tightest is None or decision.remaining < tightest.remaining:
-                    tightest = decision
+                if not await self.strategy.hit(item, route_class.value, key):
+                    return await self._decision(item, route_class, key, allowed=False)
         except Exception as exc:  # limits wraps every storage failure; anything else is one too
-            behaviour = "open" if self.fail_open else "closed"
-            STORAGE_ERRORS.labels(behaviour).inc()
-            log.warning("rate limiter storage failed; failing %s: %s", behaviour, exc)
-            if self.fail_open:
-                return None
-            raise RateLimiterUnavailable(str(exc)) from exc
-        return tightest
+            return self._storage_failed(exc)
+        return Charged(asyncio.ensure_future(self._tightest(items, route_class, key)))
+
+    async def _decision(self, item: RateLimitItem, route_class: RouteClass, key: str, *, allowed: bool) -> Decision:
+        stats = await self.strategy.get_window_stats(item, route_class.value, key)
+        reset_at = math.ceil(stats.reset_time)
+        return Decision(
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset_at=reset_at,
+            retry_after=max(1, reset_at - int(time.time())) if not allowed else 0,
+            description=str(item),
+        )
+
+    async def _tightest(self, items: list[RateLimitItem], route_class: RouteClass, key: str) -> Decision | None:
+        try:
+            decisions = [await self._decision(item, route_class, key, allowed=True) for item in items]
+        except Exception as exc:
+            STORAGE_ERRORS.labels("open").inc()
+            log.warning("rate limit headers could not be read: %s", exc)
+            return None
+        return min(decisions, key=lambda d: d.remaining)
+
+    def _storage_failed(self, exc: Exception) -> None:
+        behaviour = "open" if self.fail_open else "closed"
+        STORAGE_ERRORS.labels(behaviour).inc()
+        log.warning("rate limiter storage failed; failing %s: %s", behaviour, exc)
+        if self.fail_open:
+            return None
+        raise RateLimiterUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
         # The redis-py bridge keeps a connection pool on the storage; let it go with the process.
