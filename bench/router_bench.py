@@ -36,7 +36,7 @@ from goblin.v1 import common_pb2, router_pb2_grpc
 from tests.suite import ROOT, Suite, free_ports, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
-RATE = 60  # requests/s in total, a third each
+RATE = int(os.environ.get("BENCH_RATE", "60"))  # requests/s in total, a third each
 DURATION_S = int(os.environ.get("BENCH_DURATION_S", "30"))
 WARM_UP_S = 3
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))

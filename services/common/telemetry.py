@@ -1,10 +1,11 @@
 """OpenTelemetry set up once per process.
 
-Spans are exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (sampled as
-``OTEL_TRACES_SAMPLER`` says, by default every trace). Without an exporter nothing is recorded: spans
-are sampled out, so they still carry trace ids (logs show them, and context propagates across hops) but
-cost no attributes, events or span processing on the request path.
-gRPC servers and clients are instrumented here; the gateway instruments its FastAPI app itself.
+Tracing is on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set: spans are
+exported over OTLP, sampled as ``OTEL_TRACES_SAMPLER`` says (by default every trace), gRPC servers and
+clients are instrumented here and the gateway adds its ASGI middleware. Without an exporter nobody could
+read a span, so nothing is instrumented and spans are sampled out: the request path pays nothing for
+tracing, and the correlation id, which crosses every hop and is in every log line, ties a request's
+logs together.
 """
 
 from __future__ import annotations
@@ -21,22 +22,22 @@ _provider: TracerProvider | None = None
 
 
 def setup_telemetry(service: str) -> TracerProvider:
-    """Install the tracer provider and the gRPC instrumentation. Safe to call twice."""
+    """Install the tracer provider, and the gRPC instrumentation when exporting. Safe to call twice."""
     global _provider
     if _provider is not None:
         return _provider
     resource = Resource.create({SERVICE_NAME: f"goblin-{service}"})
-    if exporting():
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    else:
+    if not exporting():
         provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
-    trace.set_tracer_provider(provider)
-
+        trace.set_tracer_provider(provider)
+        _provider = provider
+        return provider
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
 
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
     GrpcAioInstrumentorServer().instrument()
     GrpcAioInstrumentorClient().instrument()
     _provider = provider
@@ -44,6 +45,7 @@ def setup_telemetry(service: str) -> TracerProvider:
 
 
 def exporting() -> bool:
+    """Whether spans go anywhere: an OTLP endpoint is configured."""
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 

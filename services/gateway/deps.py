@@ -141,16 +141,18 @@ async def call_auth(rpc: Callable[..., Awaitable[ResponseT]], request: Any) -> R
         raise api_error_from_grpc(exc, service="auth") from None
 
 
-async def current_principal(request: Request, backends: BackendsDep) -> auth_pb2.Principal:
+# The principal dependencies take the request alone (the backends are on app.state), so FastAPI has one
+# dependency to solve per route, not a tree of them: each level costs it a solve per request.
+async def current_principal(request: Request) -> auth_pb2.Principal:
     """The verified caller; 401 for a missing or invalid credential."""
-    return await authenticate(request, backends, bearer_credential(request))
+    return await authenticate(request, request.app.state.backends, bearer_credential(request))
 
 
-async def optional_principal(request: Request, backends: BackendsDep) -> auth_pb2.Principal | None:
+async def optional_principal(request: Request) -> auth_pb2.Principal | None:
     """The verified caller if a credential was sent (401 if it is invalid), else None."""
     if not request.headers.get("authorization"):
         return None
-    return await current_principal(request, backends)
+    return await current_principal(request)
 
 
 PrincipalDep = Annotated[auth_pb2.Principal, Depends(current_principal)]
@@ -190,13 +192,12 @@ async def charge_request_quota(request: Request, backends: Backends, principal: 
         raise api_error_from_grpc(exc, service="auth") from None
 
 
-def require_scopes(
-    *scopes: str, metered: bool = False
-) -> Callable[[Request, auth_pb2.Principal, Backends], Awaitable[auth_pb2.Principal]]:
+def require_scopes(*scopes: str, metered: bool = False) -> Callable[[Request], Awaitable[auth_pb2.Principal]]:
     """A dependency: the caller, if their credential holds every one of ``scopes`` (else 403);
     ``metered`` also charges the request to the tenant's requests/day quota."""
 
-    async def dependency(request: Request, principal: PrincipalDep, backends: BackendsDep) -> auth_pb2.Principal:
+    async def dependency(request: Request) -> auth_pb2.Principal:
+        principal = await current_principal(request)
         missing = [s for s in scopes if not has_scope(principal, s)]
         if missing:
             raise ApiError(
@@ -206,7 +207,7 @@ def require_scopes(
                 headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'},
             )
         if metered:
-            await charge_request_quota(request, backends, principal)
+            await charge_request_quota(request, request.app.state.backends, principal)
         return principal
 
     return dependency

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from services.common.secrets import DetectionPoint, SecretGuard
+from services.common.telemetry import exporting
 from services.gateway.api.routes import auth, health, jwks, openai
 from services.gateway.clients import Backends, GatewayStores
 from services.gateway.config import GatewaySettings
@@ -49,10 +50,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="Goblin", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    # Routes are matched in order: the OpenAI API, the hot path, first.
+    app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(jwks.router)
-    app.include_router(openai.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -83,13 +85,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Outermost: the envelope sees every response, including CORS preflights and refusals.
     templates = RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"])
     app.add_middleware(RequestEnvelopeMiddleware, templates=templates)
-    # Outside the envelope, so its access log line carries the trace id. One span per request, not one
-    # per ASGI send/receive (a streamed answer would make a span per token), named by route template
-    # from our own table: FastAPI's instrumentor matches the path against every route again per request.
-    app.add_middleware(
-        OpenTelemetryMiddleware,
-        excluded_urls="/metrics,/health",
-        default_span_details=templates.span_details,
-        exclude_spans=["receive", "send"],
-    )
+    if exporting():
+        # Outside the envelope, so its access log line carries the trace id. One span per request, not
+        # one per ASGI send/receive (a streamed answer would make a span per token), named by route
+        # template from our own table: FastAPI's instrumentor re-matches every route per request.
+        app.add_middleware(
+            OpenTelemetryMiddleware,
+            excluded_urls="/metrics,/health",
+            default_span_details=templates.span_details,
+            exclude_spans=["receive", "send"],
+        )
     return app

@@ -49,6 +49,7 @@ MAX_ERROR_MESSAGE = 300
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 KEEPALIVE_S = 60.0
+MAX_CACHED_URLS = 256
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ class HttpProvider(ABC):
         self.transport = transport or make_transport(base_url, options, http2=http2)
         self.extra_headers = dict(headers or {})
         self._root = base_url.rstrip("/")
+        self._urls: dict[tuple[str, tuple[tuple[str, str], ...]], httpx.URL] = {}
         self._timeouts = httpx.Timeout(
             options.timeout_s, connect=options.connect_timeout_s, pool=options.timeout_s
         ).as_dict()
@@ -247,7 +249,7 @@ class HttpProvider(ABC):
         """POST ``body`` as JSON; the response with its body still unread (the caller closes it)."""
         request = httpx.Request(
             "POST",
-            httpx.URL(self._root + path, params=params),
+            self._url(path, params),
             headers=self._headers(headers),
             content=json.dumps(body).encode(),
             extensions={"timeout": self._timeouts},
@@ -256,6 +258,16 @@ class HttpProvider(ABC):
             return await self.transport.handle_async_request(request)
         except TRANSPORT_ERRORS as exc:
             raise transport_error(self.name, exc) from None
+
+    def _url(self, path: str, params: Mapping[str, str] | None) -> httpx.URL:
+        """URLs are parsed once: a provider calls a handful of them (httpx.URL is immutable)."""
+        key = (path, tuple(sorted(params.items())) if params else ())
+        url = self._urls.get(key)
+        if url is None:
+            url = httpx.URL(self._root + path, params=params)
+            if len(self._urls) < MAX_CACHED_URLS:
+                self._urls[key] = url
+        return url
 
     async def _read(self, response: httpx.Response) -> bytes:
         try:
