@@ -9,10 +9,14 @@ scheduled send time:
 - router: gRPC ``goblin.v1.Router/Chat`` straight to the router (the router's own share);
 - gateway: the whole path, HTTPS POST /v1/chat/completions -> gateway -> router -> fake provider.
 
-Added latency = gateway minus direct (goal: p50 < 2 ms, p99 < 6 ms on 2 cores). The router's own
-``goblin_router_overhead_seconds`` histogram (its handling time minus time waiting on the provider) is
-reported too. Run: `make bench` or `python -m bench.router_bench`. 127.0.0.1 only; bounded in count
-and time.
+Added latency = gateway minus direct (goal: p50 < 2 ms, p99 < 6 ms on 2 cores). The load generator is
+aiohttp on uvloop for both HTTP paths (the same client, so its own cost cancels out; httpx's TLS costs
+the client about 1 ms more per request than aiohttp's) and grpc.aio for the router path.
+
+Then, to say where the time goes, each path alone, one request at a time: CPU seconds per request of
+every process on it (from /proc), in the same run. The router's own ``goblin_router_overhead_seconds``
+histogram (its handling time minus time waiting on the provider) is reported too.
+Run: `make bench` or `python -m bench.router_bench`. 127.0.0.1 only; bounded in count and time.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import grpc
 import httpx
+import psutil
+import uvloop
 
 from bench.results import median, percentile, write_section
 from goblin.v1 import common_pb2, router_pb2_grpc
@@ -39,6 +46,7 @@ WORK = Path(__file__).resolve().parent / ".work"
 RATE = int(os.environ.get("BENCH_RATE", "60"))  # requests/s in total, a third each
 DURATION_S = int(os.environ.get("BENCH_DURATION_S", "30"))
 WARM_UP_S = 3
+CPU_REQUESTS = 300  # per path, one at a time
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 MODEL = "gpt-4o-mini"
 MESSAGES = [
@@ -116,7 +124,8 @@ async def interleaved_load(
     return latencies
 
 
-async def measure(suite: Suite, fake_port: int) -> dict[str, list[float]]:
+async def measure(suite: Suite, fake: subprocess.Popen[bytes], fake_port: int) -> tuple[dict, dict]:
+    """The interleaved open-loop runs, then each path's CPU per request."""
     direct_body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
     gateway_body = {"model": f"openai/{MODEL}", "messages": MESSAGES, "max_tokens": 16}
     request = common_pb2.ChatRequest(
@@ -125,33 +134,31 @@ async def measure(suite: Suite, fake_port: int) -> dict[str, list[float]]:
         params=common_pb2.SamplingParams(max_tokens=16),
         context=common_pb2.RequestContext(tenant_id="default", user_id="bench", correlation_id="bench"),
     )
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    direct_url = f"http://127.0.0.1:{fake_port}/openai/v1/chat/completions"
+    direct_headers = {"Authorization": "Bearer test-key-openai"}
+    gateway_url = f"{suite.gateway_url}/v1/chat/completions"
+    gateway_headers = {"Authorization": f"Bearer {suite.admin_key}"}
+    connector = aiohttp.TCPConnector(ssl=suite.ssl_context(), limit=32)
     async with (
-        httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{fake_port}/openai/v1",
-            headers={"Authorization": "Bearer test-key-openai"},
-            limits=limits,
-        ) as direct,
-        httpx.AsyncClient(
-            base_url=suite.gateway_url,
-            verify=suite.ssl_context(),
-            headers={"Authorization": f"Bearer {suite.admin_key}"},
-            limits=limits,
-        ) as gateway,
+        aiohttp.ClientSession(connector=connector) as http,
         grpc.aio.insecure_channel(suite.grpc_address("router")) as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
 
+        async def post(url: str, body: dict, headers: dict[str, str]) -> None:
+            async with http.post(url, json=body, headers=headers) as reply:
+                await reply.read()
+                if reply.status != 200:
+                    raise RuntimeError(f"{url}: HTTP {reply.status}")
+
         async def via_direct() -> None:
-            reply = await direct.post("/chat/completions", json=direct_body)
-            reply.raise_for_status()
+            await post(direct_url, direct_body, direct_headers)
 
         async def via_router() -> None:
             await router.Chat(request, timeout=10)
 
         async def via_gateway() -> None:
-            reply = await gateway.post("/v1/chat/completions", json=gateway_body)
-            reply.raise_for_status()
+            await post(gateway_url, gateway_body, gateway_headers)
 
         variants = {"direct": via_direct, "router": via_router, "gateway": via_gateway}
         await interleaved_load(variants, RATE, WARM_UP_S)
@@ -159,7 +166,32 @@ async def measure(suite: Suite, fake_port: int) -> dict[str, list[float]]:
         for _ in range(RUNS):
             for name, values in (await interleaved_load(variants, RATE, DURATION_S)).items():
                 runs[name].append(values)
-    return runs  # type: ignore[return-value]
+        processes = {
+            "fake provider": psutil.Process(fake.pid),
+            "router": suite.service_process("router"),
+            "gateway": suite.service_process("gateway"),
+        }
+        cpu = {name: await cpu_per_request(fn, processes) for name, fn in variants.items()}
+    return runs, cpu
+
+
+async def cpu_per_request(
+    call: Callable[[], Awaitable[None]], processes: dict[str, psutil.Process]
+) -> dict[str, float]:
+    """Milliseconds of CPU (user + system) per request of each process, requests sent one at a time."""
+
+    def used() -> dict[str, float]:
+        times = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+        mine = os.times()
+        return {**times, "load generator": mine.user + mine.system}
+
+    for _ in range(20):
+        await call()
+    before = used()
+    for _ in range(CPU_REQUESTS):
+        await call()
+    after = used()
+    return {name: (after[name] - before[name]) * 1000 / CPU_REQUESTS for name in before}
 
 
 def main() -> None:
@@ -172,7 +204,7 @@ def main() -> None:
     suite = start_suite(home, OPENAI_API_KEY="test-key-openai", OPENAI_BASE_URL=f"{base}/openai/v1", **generous)
     try:
         suite.wait_ready()
-        runs = asyncio.run(measure(suite, fake_port))
+        runs, cpu = uvloop.run(measure(suite, fake, fake_port))
         own_p50, own_p99, own_n = overhead_quantiles(suite)
     finally:
         suite.stop()
@@ -187,6 +219,14 @@ def main() -> None:
         )
 
     direct, router, gateway = stats("direct"), stats("router"), stats("gateway")
+    columns = ["load generator", "gateway", "router", "fake provider"]
+    cpu_table = "\n".join(
+        [
+            "| path | " + " | ".join(columns) + " |",
+            "| --- |" + " --- |" * len(columns),
+            *(f"| {name} | " + " | ".join(f"{cpu[name][c]:.2f}" for c in columns) + " |" for name in cpu),
+        ]
+    )
     added_p50, added_p99 = gateway[0] - direct[0], gateway[1] - direct[1]
     verdict = "met" if added_p50 < 2 and added_p99 < 6 else "not met"
     body = f"""
@@ -194,8 +234,8 @@ Non-streaming chat completion (16 tokens) of `openai/{MODEL}` from a fake OpenAI
 process. Open loop at {RATE} requests/s in total, the three paths interleaved request by request
 ({RATE // 3}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
 request's scheduled send time; medians over the runs of each run's p50 and p99. Load generator
-(httpx + grpc.aio, one asyncio loop) on the same 2 cores as the suite. HTTP/1.1 to the provider (`h2`
-is not installed here).
+(aiohttp + grpc.aio on one uvloop loop) on the same 2 cores as the suite. The router reaches the
+provider over HTTP/1.1 keep-alive (aiohttp's transport under httpx; HTTP/2 is for `https://` providers).
 
 | path | requests | p50 | p99 |
 | --- | --- | --- | --- |
@@ -208,6 +248,12 @@ Added by Goblin (gateway - direct): p50 **{added_p50:+.2f} ms**, p99 **{added_p9
 {router[0] - direct[0]:+.2f} ms, p99 {router[1] - direct[1]:+.2f} ms. The router's own accounting
 (`goblin_router_overhead_seconds`, handling time minus time waiting on the provider, {own_n} requests,
 bucket upper bounds): p50 <= {own_p50:.2f} ms, p99 <= {own_p99:.2f} ms.
+
+Where the time goes: CPU per request (ms) of each process on each path, the paths measured one after
+another, {CPU_REQUESTS} requests each sent one at a time (a busy, warm machine: an idle gap before each
+request roughly doubles these on this VM, as caches go cold):
+
+{cpu_table}
 """
     if os.environ.get("BENCH_NO_WRITE"):
         print(body)
