@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
@@ -26,6 +26,23 @@ from services.gateway.middleware import (
     TimeoutMiddleware,
 )
 from services.gateway.ratelimit import RateLimiter, TrustedProxies, parse_limits
+
+# Scraped and probed every few seconds: a trace of each would drown the real ones.
+UNTRACED_PREFIXES = ("/metrics", "/health", "/api/health")
+
+
+def telemetry_config() -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry: one server span per request, outside every middleware (refusals
+    included) and named by route template, only when spans are exported (off, it costs nothing).
+    Prometheus has the metrics; validation failures are not logged to OpenTelemetry, as they would
+    carry the request's values, prompts included."""
+    return {
+        "tracing": exporting(),
+        "operation_spans": False,  # not a span per dependency and serialization step
+        "metrics": False,
+        "logs": False,
+        "exclude": lambda scope: scope.get("path", "").startswith(UNTRACED_PREFIXES),
+    }
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -47,7 +64,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await stores.stop()
             await app.state.backends.close()
 
-    app = FastAPI(title="Goblin", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Goblin", version="0.1.0", lifespan=lifespan, telemetry=telemetry_config())
     app.state.settings = settings
     install_error_handlers(app)
     # Routes are matched in order: the OpenAI API, the hot path, first.
@@ -85,14 +102,4 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Outermost: the envelope sees every response, including CORS preflights and refusals.
     templates = RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"])
     app.add_middleware(RequestEnvelopeMiddleware, templates=templates)
-    if exporting():
-        # Outside the envelope, so its access log line carries the trace id. One span per request, not
-        # one per ASGI send/receive (a streamed answer would make a span per token), named by route
-        # template from our own table: FastAPI's instrumentor re-matches every route per request.
-        app.add_middleware(
-            OpenTelemetryMiddleware,
-            excluded_urls="/metrics,/health",
-            default_span_details=templates.span_details,
-            exclude_spans=["receive", "send"],
-        )
     return app

@@ -68,12 +68,6 @@ class RouteTemplates:
                 return template
         return UNMATCHED
 
-    def span_details(self, scope: Scope) -> tuple[str, dict[str, str]]:
-        """The server span's name and route attribute (OpenTelemetry's ASGI ``default_span_details``):
-        ``POST /v1/chat/completions``, by template, so ids in paths never make span names unique."""
-        template = self.match(scope.get("path", ""))
-        return f"{scope.get('method', 'HTTP')} {template}", {"http.route": template}
-
 
 def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str:
     """The matched route's path template (``/v1/tasks/{task_id}``), never the raw path."""

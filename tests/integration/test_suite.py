@@ -182,6 +182,7 @@ def test_one_trace_spans_gateway_and_services(suite: Suite, otlp_collector: Otlp
             break
         time.sleep(0.2)
     assert gateway, "the gateway exported no span for /auth/me"
+    assert len(gateway) == 1, f"one server span per request, not {[s.name for s in gateway]}"
     assert "goblin-auth" in trace_ids, "the auth span is not in the gateway's trace"
     auth_spans = [s for s in otlp_collector.spans() if s.service == "goblin-auth" and s.trace_id == gateway[0].trace_id]
     assert any(s.name == "/goblin.v1.Auth/Authenticate" for s in auth_spans)
