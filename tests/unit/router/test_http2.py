@@ -62,9 +62,9 @@ class H2OnlyProvider:
         else:
             payload = json.dumps({"echo": json.loads(body)}).encode()
             content_type = b"application/json"
-        conn.send_headers(
-            stream_id, [(b":status", b"200"), (b"content-type", content_type), (b"content-length", b"%d" % len(payload))]
-        )
+        length = b"%d" % len(payload)
+        response = [(b":status", b"200"), (b"content-type", content_type), (b"content-length", length)]
+        conn.send_headers(stream_id, response)
         conn.send_data(stream_id, payload, end_stream=True)
 
 
