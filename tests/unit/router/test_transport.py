@@ -36,9 +36,7 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 
 def answer(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
-    return (
-        b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n" % (status, content_type, len(body)) + body
-    )
+    return b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n" % (status, content_type, len(body)) + body
 
 
 async def serve(handler: Handler) -> tuple[asyncio.Server, str]:
@@ -186,4 +184,3 @@ def test_http2_only_where_tls_can_negotiate_it() -> None:
     assert not uses_http2("http://127.0.0.1:8000/v1")
     assert isinstance(make_transport("https://api.openai.com/v1", HttpOptions()), httpx.AsyncHTTPTransport)
     assert isinstance(make_transport("http://127.0.0.1:8000/v1", HttpOptions()), AiohttpTransport)
-
