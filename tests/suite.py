@@ -100,6 +100,10 @@ class Suite:
                 continue
         raise LookupError(f"no running process for {service}")
 
+    def log_lines(self) -> list[str]:
+        """The complete lines of the suite's log: a line still being written is left out."""
+        return self.log_path.read_text(errors="replace").split("\n")[:-1]
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

@@ -28,6 +28,7 @@ from services.common.context import CORRELATION_METADATA_KEY, correlation_id_var
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError
 from services.common.logs import configure_logging
 from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
+from services.common.process import freeze_startup_heap
 from services.common.settings import ServiceSettings
 from services.common.stores import start_with_backoff
 from services.common.telemetry import setup_telemetry, shutdown_telemetry
@@ -219,6 +220,7 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
     watcher: asyncio.Task[None] | None = None
     started = await start_with_backoff(service.start, service.name, stopping=stopping, max_delay_s=START_RETRY_MAX_S)
     if started:
+        freeze_startup_heap()
         await _set_health(health_servicer, names, serving=True)
         log.info("%s ready", service.name)
         watcher = asyncio.create_task(_watch_health(service, health_servicer, stopping))

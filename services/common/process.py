@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import os
 import signal
 import sys
@@ -18,6 +19,15 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up allocated (modules, the app, its clients: alive as long as the process) out
+    of the garbage collector's reach, so that full collections walk only what requests made. Measured
+    in the router under load: one full collection of its ~100k start-up objects paused it for 60 ms,
+    a pause every request in flight waited out."""
+    gc.collect()
+    gc.freeze()
 
 
 def usable_cores() -> int:

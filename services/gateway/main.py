@@ -11,6 +11,7 @@ from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from services.common.process import freeze_startup_heap
 from services.common.secrets import DetectionPoint, SecretGuard
 from services.common.telemetry import exporting
 from services.gateway.api.routes import auth, health, jwks, openai
@@ -58,6 +59,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             enabled=settings.secret_scanning,
         )
         await stores.start()
+        freeze_startup_heap()
         try:
             yield
         finally:

@@ -61,3 +61,20 @@ def test_children_learn_every_peer_address(monkeypatch: pytest.MonkeyPatch, tmp_
     assert env["GOBLIN_INFERENCE_THREADS"] == str(suite_decode_threads())
     monkeypatch.setenv("GOBLIN_INFERENCE_THREADS", "3")
     assert settings.child_env("postgresql://db/goblin", "unix:///x")["GOBLIN_INFERENCE_THREADS"] == "3"
+
+
+def test_the_startup_heap_is_frozen_out_of_full_collections() -> None:
+    # In a fresh interpreter: freezing is process-wide.
+    code = (
+        "import gc, json\n"
+        "from services.common.process import freeze_startup_heap\n"
+        "startup = [[i] for i in range(50_000)]\n"
+        "before = len(gc.get_objects())\n"
+        "freeze_startup_heap()\n"
+        "print(json.dumps([before, len(gc.get_objects()), gc.get_freeze_count()]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    before, tracked, frozen = (int(x) for x in done.stdout.strip()[1:-1].split(","))
+    assert before > 50_000
+    assert frozen >= 50_000
+    assert tracked < 1_000  # a full collection now walks what came after start-up only
