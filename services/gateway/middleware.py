@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
@@ -59,7 +58,6 @@ class RouteTemplates:
         self.source = source
         self._compiled: list[tuple[re.Pattern[str], str]] | None = None
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one instance per app, kept for its life
     def match(self, path: str) -> str:
         if self._compiled is None:
             self._compiled = [(compile_path(t)[0], t) for t in self.source()]
