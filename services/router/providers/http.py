@@ -1,5 +1,5 @@
-"""What every HTTP provider adapter shares: one pooled connection pool per provider, JSON and SSE over
-it, and HTTP failures turned into typed :mod:`~services.router.providers.errors`.
+"""What every HTTP provider adapter shares: one connection pool per provider, JSON and SSE over it,
+and HTTP failures turned into typed :mod:`~services.router.providers.errors`.
 
 Requests and responses are httpx's, sent through an httpx transport (its public
 ``handle_async_request`` API) without the ``AsyncClient`` layer: the router needs none of its cookies,
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import importlib.util
 import json
 import logging
 import time
@@ -41,7 +40,6 @@ from services.router.providers.errors import (
     ProviderUnavailable,
 )
 
-HTTP2_AVAILABLE = importlib.util.find_spec("h2") is not None
 # httpx logs every request at INFO: a formatted log line per provider call is cost and noise on the hot
 # path; the router's own metrics and ledger say what happened.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -61,7 +59,7 @@ class HttpOptions:
 
 def uses_http2(base_url: str, http2: bool = True) -> bool:
     """HTTP/2 is negotiated by ALPN during the TLS handshake: only for ``https://`` providers."""
-    return http2 and HTTP2_AVAILABLE and base_url.startswith("https://")
+    return http2 and base_url.startswith("https://")
 
 
 def make_transport(base_url: str, options: HttpOptions, *, http2: bool = True) -> httpx.AsyncBaseTransport:
