@@ -18,6 +18,7 @@ import email.utils
 import json
 import logging
 import time
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -62,6 +63,18 @@ def uses_http2(base_url: str, http2: bool = True) -> bool:
     return http2 and base_url.startswith("https://")
 
 
+def egress_proxy(base_url: str) -> httpx.Proxy | None:
+    """The proxy the environment names for ``base_url`` (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+    minus ``NO_PROXY``), as httpx's ``AsyncClient`` would honour it: transports do not read the
+    environment themselves."""
+    url = httpx.URL(base_url)
+    if urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    return httpx.Proxy(proxy) if proxy else None
+
+
 def make_transport(base_url: str, options: HttpOptions, *, http2: bool = True) -> httpx.AsyncBaseTransport:
     """The one connection pool of a provider, kept for the life of the process."""
     limits = httpx.Limits(
@@ -69,9 +82,10 @@ def make_transport(base_url: str, options: HttpOptions, *, http2: bool = True) -
         max_keepalive_connections=options.max_connections,
         keepalive_expiry=KEEPALIVE_S,
     )
+    proxy = egress_proxy(base_url)
     if uses_http2(base_url, http2):
-        return httpx.AsyncHTTPTransport(http2=True, limits=limits)
-    return AiohttpTransport(limits=limits)
+        return httpx.AsyncHTTPTransport(http2=True, limits=limits, proxy=proxy)
+    return AiohttpTransport(limits=limits, proxy=proxy)
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:

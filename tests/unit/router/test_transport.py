@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -14,7 +15,7 @@ import pytest
 from httpx_aiohttp import AiohttpTransport
 
 from services.router.providers.errors import ProviderBadResponse, ProviderTimeout, ProviderUnavailable
-from services.router.providers.http import HttpOptions, make_transport, uses_http2
+from services.router.providers.http import HttpOptions, egress_proxy, make_transport, uses_http2
 from services.router.providers.openai import OpenAICompatibleProvider
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -184,3 +185,42 @@ def test_http2_only_where_tls_can_negotiate_it() -> None:
     assert not uses_http2("http://127.0.0.1:8000/v1")
     assert isinstance(make_transport("https://api.openai.com/v1", HttpOptions()), httpx.AsyncHTTPTransport)
     assert isinstance(make_transport("http://127.0.0.1:8000/v1", HttpOptions()), AiohttpTransport)
+
+
+async def test_calls_go_through_the_egress_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY as httpx's AsyncClient would honour it: the proxy gets the absolute URI (so a host that
+    only the proxy can resolve is reachable), and NO_PROXY hosts are called directly."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0])
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.write(answer(200, b'{"via": "proxy"}'))
+        await writer.drain()
+        writer.close()
+
+    server, proxy_url = await serve(proxy)
+    monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+    monkeypatch.setenv("NO_PROXY", "direct.invalid")
+    for name in ("http_proxy", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    p = OpenAICompatibleProvider("openai", "http://provider.invalid/v1", "sk-test", HttpOptions())
+    try:
+        assert await p.post_json("/chat/completions", CHAT) == {"via": "proxy"}
+    finally:
+        await p.aclose()
+        server.close()
+    assert seen == [b"POST http://provider.invalid/v1/chat/completions HTTP/1.1"]
+    assert egress_proxy("http://direct.invalid/v1") is None
+
+
+def test_https_providers_reach_the_proxy_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    for name in ("https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = egress_proxy("https://api.openai.com/v1")
+    assert proxy is not None and proxy.url == httpx.URL("http://proxy.internal:3128")
+    transport = make_transport("https://api.openai.com/v1", HttpOptions())
+    assert type(transport._pool).__name__ == "AsyncHTTPProxy"  # the HTTP/2 transport tunnels through it
