@@ -45,8 +45,10 @@ from services.router.providers.errors import (
 # path; the router's own metrics and ledger say what happened.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 MAX_ERROR_MESSAGE = 300
-JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
-SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+# Who is calling, for the provider's logs and support: httpx's AsyncClient would have said python-httpx.
+USER_AGENT = {"user-agent": "goblin-router/0.1.0"}
+JSON_HEADERS = {"content-type": "application/json", "accept": "application/json", **USER_AGENT}
+SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream", **USER_AGENT}
 KEEPALIVE_S = 60.0
 MAX_CACHED_URLS = 256
 

@@ -99,6 +99,7 @@ async def test_an_https_provider_that_offers_http2_gets_it(h2_provider: tuple[H2
     assert fake.connections == 1  # four requests, one multiplexed connection
     assert all(r[":method"] == "POST" and r[":path"] == "/v1/chat/completions" for r in fake.requests)
     assert all(r["authorization"] == "Bearer sk-test" for r in fake.requests)
+    assert all(r["user-agent"].startswith("goblin-router/") for r in fake.requests)
 
 
 async def test_http2_can_be_switched_off_per_provider(h2_provider: tuple[H2OnlyProvider, str]) -> None:
