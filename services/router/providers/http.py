@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib.metadata
 import json
 import logging
 import time
@@ -46,7 +47,7 @@ from services.router.providers.errors import (
 logging.getLogger("httpx").setLevel(logging.WARNING)
 MAX_ERROR_MESSAGE = 300
 # Who is calling, for the provider's logs and support: httpx's AsyncClient would have said python-httpx.
-USER_AGENT = {"user-agent": "goblin-router/0.1.0"}
+USER_AGENT = {"user-agent": f"goblin-router/{importlib.metadata.version('goblin')}"}
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json", **USER_AGENT}
 SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream", **USER_AGENT}
 KEEPALIVE_S = 60.0
