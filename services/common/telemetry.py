@@ -2,10 +2,10 @@
 
 Tracing is on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set: spans are
 exported over OTLP, sampled as ``OTEL_TRACES_SAMPLER`` says (by default every trace), gRPC servers and
-clients are instrumented here and the gateway turns on FastAPI's own telemetry. Without an exporter nobody could
-read a span, so nothing is instrumented and spans are sampled out: the request path pays nothing for
-tracing, and the correlation id, which crosses every hop and is in every log line, ties a request's
-logs together.
+clients are instrumented here and the gateway turns on FastAPI's own telemetry. Without an exporter
+nobody could read a span, so nothing is instrumented and spans are sampled out: the request path pays
+nothing for tracing, and the correlation id, which crosses every hop and is in every log line, ties a
+request's logs together.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import grpc
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import new_completion_id
@@ -130,8 +130,8 @@ async def chat_completions(
         CHAT_ERRORS.labels(provider_label(body.model), error.error).inc()
         raise error from None
     count_answer(reply.provider, reply.model, reply.usage)
-    # Serialized here, straight to bytes: a returned dict would go through FastAPI's jsonable_encoder.
-    return json_response(
+    # A response, not a dict: a returned dict would go through FastAPI's jsonable_encoder first.
+    return JSONResponse(
         {
             "id": reply.id or new_completion_id(),
             "object": "chat.completion",
@@ -149,11 +149,6 @@ async def chat_completions(
             "system_fingerprint": None,
         }
     )
-
-
-def json_response(payload: dict[str, Any]) -> Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(body, media_type="application/json")
 
 
 async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool, requested_provider: str) -> StreamingResponse:
