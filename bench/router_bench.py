@@ -1,15 +1,18 @@
 """Router: the latency Goblin adds in front of a provider.
 
-A fake OpenAI provider (tests/fakes/providers.py, in its own process) answers instantly. Three ways to
+A fake OpenAI provider (tests/fakes/providers.py, in its own process) answers instantly. Four ways to
 ask it the same chat completion, interleaved request by request in one open loop at a fixed rate so
 that background load on this shared machine hits them alike, latency measured from each request's
 scheduled send time:
 
 - direct: HTTP/1.1 keep-alive POST to the fake provider (the floor);
 - router: gRPC ``goblin.v1.Router/Chat`` straight to the router (the router's own share);
-- gateway: the whole path, HTTPS POST /v1/chat/completions -> gateway -> router -> fake provider.
+- gateway: the whole path, HTTPS POST /v1/chat/completions -> gateway -> router -> fake provider;
+- skeleton: the same hops and transports with nothing on them (bench/skeleton.py): what the
+  architecture costs on this machine before Goblin does any work.
 
-Added latency = gateway minus direct (goal: p50 < 2 ms, p99 < 6 ms on 2 cores). The load generator is
+Added latency = gateway minus direct (goal: p50 < 2 ms, p99 < 6 ms on 2 cores); skeleton minus direct
+is the part of it no code on the hops can remove. The load generator is
 aiohttp on uvloop for both HTTP paths (the same client, so its own cost cancels out; httpx's TLS costs
 the client about 1 ms more per request than aiohttp's) and grpc.aio for the router path.
 
@@ -43,7 +46,7 @@ from goblin.v1 import common_pb2, router_pb2_grpc
 from tests.suite import ROOT, Suite, free_ports, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
-RATE = int(os.environ.get("BENCH_RATE", "60"))  # requests/s in total, a third each
+RATE = int(os.environ.get("BENCH_RATE", "80"))  # requests/s in total, a quarter each
 DURATION_S = int(os.environ.get("BENCH_DURATION_S", "30"))
 WARM_UP_S = 3
 CPU_REQUESTS = 300  # per path, one at a time
@@ -55,24 +58,44 @@ MESSAGES = [
 ]
 
 
-def start_fake(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.providers", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def wait_listening(process: subprocess.Popen[bytes], port: int, what: str) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return process
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError("the fake provider did not start")
+    raise RuntimeError(f"{what} did not start")
+
+
+def start_process(module: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def start_fake(port: int) -> subprocess.Popen[bytes]:
+    return wait_listening(start_process("tests.fakes.providers", "--port", str(port)), port, "the fake provider")
+
+
+def start_skeleton(suite: Suite, fake_port: int) -> tuple[list[subprocess.Popen[bytes]], int]:
+    """bench/skeleton.py's router and gateway (the suite's TLS certificate); returns them and the port."""
+    router_port, gateway_port = free_ports(2)
+    base = f"http://127.0.0.1:{fake_port}/openai/v1"
+    router = start_process("bench.skeleton", "router", str(router_port), base, "test-key-openai")
+    router = wait_listening(router, router_port, "skeleton router")
+    tls = suite.home / "tls"
+    gateway = start_process(
+        "bench.skeleton", "gateway", str(gateway_port), f"127.0.0.1:{router_port}",
+        str(tls / "server.pem"), str(tls / "server-key.pem"),
+    )  # fmt: skip
+    return [router, wait_listening(gateway, gateway_port, "skeleton gateway")], gateway_port
 
 
 def overhead_quantiles(suite: Suite) -> tuple[float, float, int]:
@@ -124,7 +147,13 @@ async def interleaved_load(
     return latencies
 
 
-async def measure(suite: Suite, fake: subprocess.Popen[bytes], fake_port: int) -> tuple[dict, dict]:
+async def measure(
+    suite: Suite,
+    fake: subprocess.Popen[bytes],
+    fake_port: int,
+    skeleton: list[subprocess.Popen[bytes]],
+    skeleton_port: int,
+) -> tuple[dict, dict]:
     """The interleaved open-loop runs, then each path's CPU per request."""
     direct_body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
     gateway_body = {"model": f"openai/{MODEL}", "messages": MESSAGES, "max_tokens": 16}
@@ -138,6 +167,7 @@ async def measure(suite: Suite, fake: subprocess.Popen[bytes], fake_port: int) -
     direct_headers = {"Authorization": "Bearer test-key-openai"}
     gateway_url = f"{suite.gateway_url}/v1/chat/completions"
     gateway_headers = {"Authorization": f"Bearer {suite.admin_key}"}
+    skeleton_url = f"https://127.0.0.1:{skeleton_port}/v1/chat/completions"
     connector = aiohttp.TCPConnector(ssl=suite.ssl_context(), limit=32)
     async with (
         aiohttp.ClientSession(connector=connector) as http,
@@ -160,18 +190,22 @@ async def measure(suite: Suite, fake: subprocess.Popen[bytes], fake_port: int) -
         async def via_gateway() -> None:
             await post(gateway_url, gateway_body, gateway_headers)
 
-        variants = {"direct": via_direct, "router": via_router, "gateway": via_gateway}
+        async def via_skeleton() -> None:
+            await post(skeleton_url, gateway_body, {})
+
+        variants = {"direct": via_direct, "router": via_router, "gateway": via_gateway, "skeleton": via_skeleton}
         await interleaved_load(variants, RATE, WARM_UP_S)
         runs: dict[str, list[list[float]]] = {name: [] for name in variants}
         for _ in range(RUNS):
             for name, values in (await interleaved_load(variants, RATE, DURATION_S)).items():
                 runs[name].append(values)
-        processes = {
+        goblin = {
             "fake provider": psutil.Process(fake.pid),
             "router": suite.service_process("router"),
             "gateway": suite.service_process("gateway"),
         }
-        cpu = {name: await cpu_per_request(fn, processes) for name, fn in variants.items()}
+        bare = {**goblin, "router": psutil.Process(skeleton[0].pid), "gateway": psutil.Process(skeleton[1].pid)}
+        cpu = {name: await cpu_per_request(fn, bare if name == "skeleton" else goblin) for name, fn in variants.items()}
     return runs, cpu
 
 
@@ -204,7 +238,13 @@ def main() -> None:
     suite = start_suite(home, OPENAI_API_KEY="test-key-openai", OPENAI_BASE_URL=f"{base}/openai/v1", **generous)
     try:
         suite.wait_ready()
-        runs, cpu = uvloop.run(measure(suite, fake, fake_port))
+        skeleton, skeleton_port = start_skeleton(suite, fake_port)
+        try:
+            runs, cpu = uvloop.run(measure(suite, fake, fake_port, skeleton, skeleton_port))
+        finally:
+            for process in skeleton:
+                process.terminate()
+                process.wait(timeout=10)
         own_p50, own_p99, own_n = overhead_quantiles(suite)
     finally:
         suite.stop()
@@ -218,7 +258,7 @@ def main() -> None:
             sum(len(r) for r in runs[name]),
         )
 
-    direct, router, gateway = stats("direct"), stats("router"), stats("gateway")
+    direct, router, gateway, skeleton = stats("direct"), stats("router"), stats("gateway"), stats("skeleton")
     columns = ["load generator", "gateway", "router", "fake provider"]
     cpu_table = "\n".join(
         [
@@ -231,8 +271,8 @@ def main() -> None:
     verdict = "met" if added_p50 < 2 and added_p99 < 6 else "not met"
     body = f"""
 Non-streaming chat completion (16 tokens) of `openai/{MODEL}` from a fake OpenAI provider in its own
-process. Open loop at {RATE} requests/s in total, the three paths interleaved request by request
-({RATE // 3}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
+process. Open loop at {RATE} requests/s in total, the four paths interleaved request by request
+({RATE // 4}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
 request's scheduled send time; medians over the runs of each run's p50 and p99. Load generator
 (aiohttp + grpc.aio on one uvloop loop) on the same 2 cores as the suite. The router reaches the
 provider over HTTP/1.1 keep-alive (aiohttp's transport under httpx; HTTP/2 is for `https://` providers).
@@ -242,16 +282,21 @@ provider over HTTP/1.1 keep-alive (aiohttp's transport under httpx; HTTP/2 is fo
 | direct: client -> fake provider | {direct[2]} | {direct[0]:.2f} ms | {direct[1]:.2f} ms |
 | router: gRPC Router/Chat -> router -> fake provider | {router[2]} | {router[0]:.2f} ms | {router[1]:.2f} ms |
 | gateway: HTTPS -> gateway -> router -> fake provider | {gateway[2]} | {gateway[0]:.2f} ms | {gateway[1]:.2f} ms |
+| skeleton: the same hops doing nothing else | {skeleton[2]} | {skeleton[0]:.2f} ms | {skeleton[1]:.2f} ms |
 
 Added by Goblin (gateway - direct): p50 **{added_p50:+.2f} ms**, p99 **{added_p99:+.2f} ms**
-(goal p50 < 2 ms, p99 < 6 ms: **{verdict}**). The router's share (router - direct): p50
-{router[0] - direct[0]:+.2f} ms, p99 {router[1] - direct[1]:+.2f} ms. The router's own accounting
+(goal p50 < 2 ms, p99 < 6 ms: **{verdict}**). The skeleton's hops alone add p50
+{skeleton[0] - direct[0]:+.2f} ms, p99 {skeleton[1] - direct[1]:+.2f} ms; Goblin's own work on them
+(gateway - skeleton) p50 {gateway[0] - skeleton[0]:+.2f} ms, p99 {gateway[1] - skeleton[1]:+.2f} ms.
+The router's share (router - direct): p50 {router[0] - direct[0]:+.2f} ms,
+p99 {router[1] - direct[1]:+.2f} ms. The router's own accounting
 (`goblin_router_overhead_seconds`, handling time minus time waiting on the provider, {own_n} requests,
 bucket upper bounds): p50 <= {own_p50:.2f} ms, p99 <= {own_p99:.2f} ms.
 
 Where the time goes: CPU per request (ms) of each process on each path, the paths measured one after
 another, {CPU_REQUESTS} requests each sent one at a time (a busy, warm machine: an idle gap before each
-request roughly doubles these on this VM, as caches go cold):
+request roughly doubles these on this VM, as caches go cold). On the skeleton row the gateway and router
+columns are the skeleton's processes:
 
 {cpu_table}
 """
