@@ -43,6 +43,7 @@ import uvloop
 
 from bench.results import median, percentile, write_section
 from goblin.v1 import common_pb2, router_pb2_grpc
+from services.gateway.tls import CERT_FILE, KEY_FILE
 from tests.suite import ROOT, Suite, free_ports, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -50,6 +51,7 @@ RATE = int(os.environ.get("BENCH_RATE", "80"))  # requests/s in total, a quarter
 DURATION_S = int(os.environ.get("BENCH_DURATION_S", "30"))
 WARM_UP_S = 3
 CPU_REQUESTS = 300  # per path, one at a time
+FAKE_KEY = "test-key-openai"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 MODEL = "gpt-4o-mini"
 MESSAGES = [
@@ -84,16 +86,19 @@ def start_fake(port: int) -> subprocess.Popen[bytes]:
     return wait_listening(start_process("tests.fakes.providers", "--port", str(port)), port, "the fake provider")
 
 
+def fake_base_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/openai/v1"
+
+
 def start_skeleton(suite: Suite, fake_port: int) -> tuple[list[subprocess.Popen[bytes]], int]:
     """bench/skeleton.py's router and gateway (the suite's TLS certificate); returns them and the port."""
     router_port, gateway_port = free_ports(2)
-    base = f"http://127.0.0.1:{fake_port}/openai/v1"
-    router = start_process("bench.skeleton", "router", str(router_port), base, "test-key-openai")
+    router = start_process("bench.skeleton", "router", str(router_port), fake_base_url(fake_port), FAKE_KEY)
     router = wait_listening(router, router_port, "skeleton router")
     tls = suite.home / "tls"
     gateway = start_process(
         "bench.skeleton", "gateway", str(gateway_port), f"127.0.0.1:{router_port}",
-        str(tls / "server.pem"), str(tls / "server-key.pem"),
+        str(tls / CERT_FILE), str(tls / KEY_FILE),
     )  # fmt: skip
     return [router, wait_listening(gateway, gateway_port, "skeleton gateway")], gateway_port
 
@@ -163,8 +168,8 @@ async def measure(
         params=common_pb2.SamplingParams(max_tokens=16),
         context=common_pb2.RequestContext(tenant_id="default", user_id="bench", correlation_id="bench"),
     )
-    direct_url = f"http://127.0.0.1:{fake_port}/openai/v1/chat/completions"
-    direct_headers = {"Authorization": "Bearer test-key-openai"}
+    direct_url = f"{fake_base_url(fake_port)}/chat/completions"
+    direct_headers = {"Authorization": f"Bearer {FAKE_KEY}"}
     gateway_url = f"{suite.gateway_url}/v1/chat/completions"
     gateway_headers = {"Authorization": f"Bearer {suite.admin_key}"}
     skeleton_url = f"https://127.0.0.1:{skeleton_port}/v1/chat/completions"
@@ -234,8 +239,7 @@ def main() -> None:
     home = WORK / "router"
     shutil.rmtree(home, ignore_errors=True)
     generous = {f"GOBLIN_RATE_LIMIT_{c}": "1000000/minute" for c in ("AUTH", "CHAT", "HEALTH", "DEFAULT")}
-    base = f"http://127.0.0.1:{fake_port}"
-    suite = start_suite(home, OPENAI_API_KEY="test-key-openai", OPENAI_BASE_URL=f"{base}/openai/v1", **generous)
+    suite = start_suite(home, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=fake_base_url(fake_port), **generous)
     try:
         suite.wait_ready()
         skeleton, skeleton_port = start_skeleton(suite, fake_port)
