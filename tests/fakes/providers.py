@@ -11,7 +11,8 @@ the body) and answers bad requests the way they do, records every request for as
 told to fail (any status, with Retry-After), slow down, answer garbage or break a stream midway.
 
 In tests: ``with FakeProviders() as fake: ...`` runs it in a thread. For benchmarks:
-``python -m tests.fakes.providers --port 8999`` runs it in its own process.
+``python -m tests.fakes.providers --port 8999`` runs it in its own process (``--certfile``/``--keyfile``:
+over HTTPS).
 """
 
 from __future__ import annotations
@@ -631,13 +632,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fake LLM provider APIs (OpenAI, Anthropic, Gemini).")
     parser.add_argument("--port", type=int, default=8999)
     parser.add_argument("--key-prefix", default="test-key-")
+    parser.add_argument("--certfile", help="serve HTTPS (HTTP/1.1) with this certificate")
+    parser.add_argument("--keyfile", help="the certificate's private key")
     args = parser.parse_args()
     fake = FakeProviders(keys={tag: f"{args.key_prefix}{tag}" for tag in (*OPENAI_COMPATIBLE, "anthropic", "gemini")})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
-    print(f"fake providers listening on http://127.0.0.1:{args.port}", flush=True)
-    uvicorn.Server(uvicorn.Config(fake.app, log_level="warning", lifespan="off", access_log=False)).run(sockets=[sock])
+    scheme = "https" if args.certfile else "http"
+    print(f"fake providers listening on {scheme}://127.0.0.1:{args.port}", flush=True)
+    config = uvicorn.Config(
+        fake.app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":
