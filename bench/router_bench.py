@@ -100,7 +100,11 @@ def start_skeleton(suite: Suite, fake_port: int) -> tuple[list[subprocess.Popen[
         "bench.skeleton", "gateway", str(gateway_port), f"127.0.0.1:{router_port}",
         str(tls / CERT_FILE), str(tls / KEY_FILE),
     )  # fmt: skip
-    return [router, wait_listening(gateway, gateway_port, "skeleton gateway")], gateway_port
+    try:
+        return [router, wait_listening(gateway, gateway_port, "skeleton gateway")], gateway_port
+    except RuntimeError:
+        router.kill()
+        raise
 
 
 def overhead_quantiles(suite: Suite) -> tuple[float, float, int]:
