@@ -9,7 +9,9 @@ scheduled send time:
 - router: gRPC ``goblin.v1.Router/Chat`` straight to the router (the router's own share);
 - gateway: the whole path, HTTPS POST /v1/chat/completions -> gateway -> router -> fake provider;
 - skeleton: the same hops and transports with nothing on them (bench/skeleton.py): what the
-  architecture costs on this machine before Goblin does any work.
+  architecture costs on this machine before Goblin does any work;
+- in-process skeleton: the skeleton's gateway calling the skeleton's router code in its own process,
+  to price the gRPC hop between them.
 
 Added latency = gateway minus direct (goal: p50 < 2 ms, p99 < 6 ms on 2 cores); skeleton minus direct
 is the part of it no code on the hops can remove. The load generator is
@@ -47,7 +49,7 @@ from services.gateway.tls import CERT_FILE, KEY_FILE
 from tests.suite import ROOT, Suite, free_ports, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
-RATE = int(os.environ.get("BENCH_RATE", "80"))  # requests/s in total, a quarter each
+RATE = int(os.environ.get("BENCH_RATE", "100"))  # requests/s in total, a fifth each
 DURATION_S = int(os.environ.get("BENCH_DURATION_S", "30"))
 WARM_UP_S = 3
 CPU_REQUESTS = 300  # per path, one at a time
@@ -90,21 +92,25 @@ def fake_base_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/openai/v1"
 
 
-def start_skeleton(suite: Suite, fake_port: int) -> tuple[list[subprocess.Popen[bytes]], int]:
-    """bench/skeleton.py's router and gateway (the suite's TLS certificate); returns them and the port."""
-    router_port, gateway_port = free_ports(2)
-    router = start_process("bench.skeleton", "router", str(router_port), fake_base_url(fake_port), FAKE_KEY)
-    router = wait_listening(router, router_port, "skeleton router")
-    tls = suite.home / "tls"
-    gateway = start_process(
-        "bench.skeleton", "gateway", str(gateway_port), f"127.0.0.1:{router_port}",
-        str(tls / CERT_FILE), str(tls / KEY_FILE),
-    )  # fmt: skip
+def start_skeleton(suite: Suite, fake_port: int) -> tuple[list[subprocess.Popen[bytes]], int, int]:
+    """bench/skeleton.py's router and gateway, and its gateway with the router in-process (the suite's
+    TLS certificate); returns the processes and the two gateways' ports."""
+    router_port, gateway_port, in_process_port = free_ports(3)
+    tls = [str(suite.home / "tls" / CERT_FILE), str(suite.home / "tls" / KEY_FILE)]
+    provider = [fake_base_url(fake_port), FAKE_KEY]
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        return [router, wait_listening(gateway, gateway_port, "skeleton gateway")], gateway_port
+        for port, args, what in (
+            (router_port, ["router", str(router_port), *provider], "skeleton router"),
+            (gateway_port, ["gateway", str(gateway_port), f"127.0.0.1:{router_port}", *tls], "skeleton gateway"),
+            (in_process_port, ["gateway-in-process", str(in_process_port), *provider, *tls], "in-process skeleton"),
+        ):
+            started.append(wait_listening(start_process("bench.skeleton", *args), port, what))
     except RuntimeError:
-        router.kill()
+        for process in started:
+            process.kill()
         raise
+    return started, gateway_port, in_process_port
 
 
 def overhead_quantiles(suite: Suite) -> tuple[float, float, int]:
@@ -162,6 +168,7 @@ async def measure(
     fake_port: int,
     skeleton: list[subprocess.Popen[bytes]],
     skeleton_port: int,
+    in_process_port: int,
 ) -> tuple[dict, dict]:
     """The interleaved open-loop runs, then each path's CPU per request."""
     direct_body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
@@ -177,6 +184,7 @@ async def measure(
     gateway_url = f"{suite.gateway_url}/v1/chat/completions"
     gateway_headers = {"Authorization": f"Bearer {suite.admin_key}"}
     skeleton_url = f"https://127.0.0.1:{skeleton_port}/v1/chat/completions"
+    in_process_url = f"https://127.0.0.1:{in_process_port}/v1/chat/completions"
     connector = aiohttp.TCPConnector(ssl=suite.ssl_context(), limit=32)
     async with (
         aiohttp.ClientSession(connector=connector) as http,
@@ -202,7 +210,16 @@ async def measure(
         async def via_skeleton() -> None:
             await post(skeleton_url, gateway_body, {})
 
-        variants = {"direct": via_direct, "router": via_router, "gateway": via_gateway, "skeleton": via_skeleton}
+        async def via_in_process() -> None:
+            await post(in_process_url, gateway_body, {})
+
+        variants = {
+            "direct": via_direct,
+            "router": via_router,
+            "gateway": via_gateway,
+            "skeleton": via_skeleton,
+            "in-process skeleton": via_in_process,
+        }
         await interleaved_load(variants, RATE, WARM_UP_S)
         runs: dict[str, list[list[float]]] = {name: [] for name in variants}
         for _ in range(RUNS):
@@ -214,7 +231,9 @@ async def measure(
             "gateway": suite.service_process("gateway"),
         }
         bare = {**goblin, "router": psutil.Process(skeleton[0].pid), "gateway": psutil.Process(skeleton[1].pid)}
-        cpu = {name: await cpu_per_request(fn, bare if name == "skeleton" else goblin) for name, fn in variants.items()}
+        in_process = {**bare, "gateway": psutil.Process(skeleton[2].pid)}
+        processes = {"skeleton": bare, "in-process skeleton": in_process}
+        cpu = {name: await cpu_per_request(fn, processes.get(name, goblin)) for name, fn in variants.items()}
     return runs, cpu
 
 
@@ -246,9 +265,9 @@ def main() -> None:
     suite = start_suite(home, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=fake_base_url(fake_port), **generous)
     try:
         suite.wait_ready()
-        skeleton, skeleton_port = start_skeleton(suite, fake_port)
+        skeleton, skeleton_port, in_process_port = start_skeleton(suite, fake_port)
         try:
-            runs, cpu = uvloop.run(measure(suite, fake, fake_port, skeleton, skeleton_port))
+            runs, cpu = uvloop.run(measure(suite, fake, fake_port, skeleton, skeleton_port, in_process_port))
         finally:
             for process in skeleton:
                 process.terminate()
@@ -267,6 +286,18 @@ def main() -> None:
         )
 
     direct, router, gateway, skeleton = stats("direct"), stats("router"), stats("gateway"), stats("skeleton")
+    in_process = stats("in-process skeleton")
+    labels = {
+        "direct": "direct: client -> fake provider",
+        "router": "router: gRPC Router/Chat -> router -> fake provider",
+        "gateway": "gateway: HTTPS -> gateway -> router -> fake provider",
+        "skeleton": "skeleton: the same hops doing nothing else",
+        "in-process skeleton": "in-process skeleton: the skeleton without its gRPC hop",
+    }
+    rows = {name: stats(name) for name in labels}
+    latency_table = "\n".join(
+        f"| {labels[name]} | {n} | {p50:.2f} ms | {p99:.2f} ms |" for name, (p50, p99, n) in rows.items()
+    )
     columns = ["load generator", "gateway", "router", "fake provider"]
     cpu_table = "\n".join(
         [
@@ -279,23 +310,22 @@ def main() -> None:
     verdict = "met" if added_p50 < 2 and added_p99 < 6 else "not met"
     body = f"""
 Non-streaming chat completion (16 tokens) of `openai/{MODEL}` from a fake OpenAI provider in its own
-process. Open loop at {RATE} requests/s in total, the four paths interleaved request by request
-({RATE // 4}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
+process. Open loop at {RATE} requests/s in total, the five paths interleaved request by request
+({RATE // 5}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
 request's scheduled send time; medians over the runs of each run's p50 and p99. Load generator
 (aiohttp + grpc.aio on one uvloop loop) on the same 2 cores as the suite. The router reaches the
 provider over HTTP/1.1 keep-alive (aiohttp's transport under httpx; HTTP/2 is for `https://` providers).
 
 | path | requests | p50 | p99 |
 | --- | --- | --- | --- |
-| direct: client -> fake provider | {direct[2]} | {direct[0]:.2f} ms | {direct[1]:.2f} ms |
-| router: gRPC Router/Chat -> router -> fake provider | {router[2]} | {router[0]:.2f} ms | {router[1]:.2f} ms |
-| gateway: HTTPS -> gateway -> router -> fake provider | {gateway[2]} | {gateway[0]:.2f} ms | {gateway[1]:.2f} ms |
-| skeleton: the same hops doing nothing else | {skeleton[2]} | {skeleton[0]:.2f} ms | {skeleton[1]:.2f} ms |
+{latency_table}
 
 Added by Goblin (gateway - direct): p50 **{added_p50:+.2f} ms**, p99 **{added_p99:+.2f} ms**
 (goal p50 < 2 ms, p99 < 6 ms: **{verdict}**). The skeleton's hops alone add p50
 {skeleton[0] - direct[0]:+.2f} ms, p99 {skeleton[1] - direct[1]:+.2f} ms; Goblin's own work on them
 (gateway - skeleton) p50 {gateway[0] - skeleton[0]:+.2f} ms, p99 {gateway[1] - skeleton[1]:+.2f} ms.
+The gRPC hop between gateway and router (skeleton - in-process skeleton): p50
+{skeleton[0] - in_process[0]:+.2f} ms, p99 {skeleton[1] - in_process[1]:+.2f} ms.
 The router's share (router - direct): p50 {router[0] - direct[0]:+.2f} ms,
 p99 {router[1] - direct[1]:+.2f} ms. The router's own accounting
 (`goblin_router_overhead_seconds`, handling time minus time waiting on the provider, {own_n} requests,
@@ -303,8 +333,8 @@ bucket upper bounds): p50 <= {own_p50:.2f} ms, p99 <= {own_p99:.2f} ms.
 
 Where the time goes: CPU per request (ms) of each process on each path, the paths measured one after
 another, {CPU_REQUESTS} requests each sent one at a time (a busy, warm machine: an idle gap before each
-request roughly doubles these on this VM, as caches go cold). On the skeleton row the gateway and router
-columns are the skeleton's processes:
+request roughly doubles these on this VM, as caches go cold). On the skeleton rows the gateway and router
+columns are the skeleton's processes (in-process: the router's work is in the gateway column):
 
 {cpu_table}
 """

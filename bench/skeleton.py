@@ -9,7 +9,9 @@ this machine before Goblin does any work; the rest of the real path's number is 
 
 Run by bench/router_bench.py, one process per role:
 ``python -m bench.skeleton router PORT PROVIDER_BASE_URL API_KEY`` and
-``python -m bench.skeleton gateway PORT ROUTER_ADDRESS CERT_FILE KEY_FILE``.
+``python -m bench.skeleton gateway PORT ROUTER_ADDRESS CERT_FILE KEY_FILE``; and, to price the gRPC hop,
+``python -m bench.skeleton gateway-in-process PORT PROVIDER_BASE_URL API_KEY CERT_FILE KEY_FILE``: the
+same gateway calling the same router code in its own process.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -25,6 +28,8 @@ import uvicorn
 import uvloop
 
 from goblin.v1 import common_pb2, router_pb2_grpc
+
+Chat = Callable[[common_pb2.ChatRequest], Awaitable[common_pb2.ChatResponse]]
 
 
 class SkeletonRouter(router_pb2_grpc.RouterServicer):
@@ -68,14 +73,12 @@ async def serve_router(port: int, base_url: str, api_key: str) -> None:
     await server.wait_for_termination()
 
 
-def gateway_app(router_address: str) -> Any:
-    state: dict[str, Any] = {}
+def gateway_app(chat: Chat) -> Any:
+    """The gateway's part: ``chat`` is the router, over gRPC or called in-process."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        if "stub" not in state:
-            state["stub"] = router_pb2_grpc.RouterStub(grpc.aio.insecure_channel(router_address))
         chunks = []
         while True:
             message = await receive()
@@ -83,7 +86,7 @@ def gateway_app(router_address: str) -> Any:
             if not message.get("more_body"):
                 break
         body = json.loads(b"".join(chunks))
-        reply = await state["stub"].Chat(
+        reply = await chat(
             common_pb2.ChatRequest(
                 model=body["model"],
                 messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in body["messages"]],
@@ -117,9 +120,29 @@ def gateway_app(router_address: str) -> Any:
     return app
 
 
-def serve_gateway(port: int, router_address: str, cert_file: str, key_file: str) -> None:
+def over_grpc(router_address: str) -> Chat:
+    stubs: list[router_pb2_grpc.RouterStub] = []
+
+    async def chat(request: common_pb2.ChatRequest) -> common_pb2.ChatResponse:
+        if not stubs:  # the channel belongs to the server's event loop
+            stubs.append(router_pb2_grpc.RouterStub(grpc.aio.insecure_channel(router_address)))
+        return await stubs[0].Chat(request)
+
+    return chat
+
+
+def in_process(base_url: str, api_key: str) -> Chat:
+    router = SkeletonRouter(base_url, api_key)
+
+    async def chat(request: common_pb2.ChatRequest) -> common_pb2.ChatResponse:
+        return await router.Chat(request, None)  # type: ignore[arg-type]
+
+    return chat
+
+
+def serve_gateway(app: Any, port: int, cert_file: str, key_file: str) -> None:
     config = uvicorn.Config(
-        gateway_app(router_address),
+        app,
         host="127.0.0.1",
         port=port,
         ssl_certfile=cert_file,
@@ -142,9 +165,12 @@ def main(argv: list[str]) -> None:
         uvloop.run(serve_router(int(port), base_url, api_key))
     elif role == "gateway":
         router_address, cert_file, key_file = rest
-        serve_gateway(int(port), router_address, cert_file, key_file)
+        serve_gateway(gateway_app(over_grpc(router_address)), int(port), cert_file, key_file)
+    elif role == "gateway-in-process":
+        base_url, api_key, cert_file, key_file = rest
+        serve_gateway(gateway_app(in_process(base_url, api_key)), int(port), cert_file, key_file)
     else:
-        raise SystemExit(f"unknown role {role!r}: router or gateway")
+        raise SystemExit(f"unknown role {role!r}: router, gateway or gateway-in-process")
 
 
 if __name__ == "__main__":
