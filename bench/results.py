@@ -59,7 +59,10 @@ def median(values: list[float]) -> float:
 
 
 def write_section(title: str, body: str, command: str) -> None:
-    """Replace (or append) the ``## title`` section of RESULTS.md."""
+    """Replace (or append) the ``## title`` section of RESULTS.md; with ``BENCH_NO_WRITE`` set (a trial
+    run), leave it alone."""
+    if os.environ.get("BENCH_NO_WRITE"):
+        return
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"## {title}\n\nCommand: `{command}` · machine: {machine()} · commit {commit()} · {stamp}\n\n{body.strip()}\n"

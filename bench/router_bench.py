@@ -338,9 +338,6 @@ columns are the skeleton's processes (in-process: the router's work is in the ga
 
 {cpu_table}
 """
-    if os.environ.get("BENCH_NO_WRITE"):
-        print(body)
-        return
     write_section("Router", body, "make bench (python -m bench.router_bench)")
     print(body)
 

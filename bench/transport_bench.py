@@ -111,9 +111,6 @@ catalog).
 | --- | --- | --- | --- |
 {rows}
 """
-    if os.environ.get("BENCH_NO_WRITE"):
-        print(body)
-        return
     write_section("Provider transports", body, "make bench (python -m bench.transport_bench)")
     print(body)
 
