@@ -62,7 +62,9 @@ def parse_limits(text: str) -> list[RateLimitItem]:
 
 @dataclass(frozen=True)
 class Decision:
-    allowed: bool
+    """One window's numbers for a request: refused, as :meth:`RateLimiter.hit` returns it, or allowed,
+    as :meth:`Charged.decision` does."""
+
     limit: int
     remaining: int
     reset_at: int  # unix seconds when the tightest window frees a place
@@ -158,7 +160,6 @@ class RateLimiter:
         stats = await self.strategy.get_window_stats(item, route_class.value, key)
         reset_at = math.ceil(stats.reset_time)
         return Decision(
-            allowed=allowed,
             limit=item.amount,
             remaining=max(0, stats.remaining),
             reset_at=reset_at,
