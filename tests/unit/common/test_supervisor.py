@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_the_startup_heap_is_frozen_out_of_full_collections() -> None:
         "print(json.dumps([before, len(gc.get_objects()), gc.get_freeze_count()]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    before, tracked, frozen = (int(x) for x in done.stdout.strip()[1:-1].split(","))
+    before, tracked, frozen = json.loads(done.stdout)
     assert before > 50_000
     assert frozen >= 50_000
     assert tracked < 1_000  # a full collection now walks what came after start-up only
