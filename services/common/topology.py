@@ -13,10 +13,10 @@ GRPC_PORTS: dict[str, int] = {name: 50051 + i for i, name in enumerate(BACKEND_S
 METRICS_PORTS: dict[str, int] = {name: 9101 + i for i, name in enumerate(BACKEND_SERVICES)}
 
 # Remote providers Goblin knows out of the box (each reads ``<NAME>_API_KEY`` / ``<NAME>_BASE_URL``);
-# ``local`` is the inference service. ``xai`` is accepted as another name for grok's model ids.
+# ``local`` is the inference service.
 REMOTE_PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "deepseek", "grok", "moonshot", "siliconflow")
 LOCAL_PROVIDER = "local"
-KNOWN_PROVIDERS: frozenset[str] = frozenset({LOCAL_PROVIDER, *REMOTE_PROVIDERS, "xai"})
+KNOWN_PROVIDERS: frozenset[str] = frozenset({LOCAL_PROVIDER, *REMOTE_PROVIDERS})
 
 
 def default_address(service: str) -> str:
