@@ -12,7 +12,6 @@ A :class:`Catalog` is immutable; the router builds a new one when a layer change
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import logging
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from services.common.background import BackgroundLoop
 from services.common.settings import ConfigError
 from services.router.config import env_prefix
 from services.router.policy import STRATEGIES
@@ -385,7 +385,13 @@ class CatalogManager:
         self.refresh_s = refresh_s
         self.current = build_catalog(file_layers)
         self._raw = file_layers
-        self._task: asyncio.Task[None] | None = None
+        self._reloader = BackgroundLoop(
+            "catalog-refresh",
+            self.refresh,
+            every_s=refresh_s,
+            failure_message="could not refresh the catalog from the database",
+            logger=log,
+        )
 
     async def refresh(self) -> None:
         providers, models, policies = await self.rows.catalog_rows()
@@ -409,23 +415,14 @@ class CatalogManager:
         )
 
     async def start(self) -> None:
+        """Read the database rows once, then every ``refresh_s`` in the background."""
         await self.refresh()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="catalog-refresh")
+        await self._reloader.start()
 
     async def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Whether the background reload is running."""
+        return await self._reloader.healthy()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await self.refresh()
-            except Exception:
-                log.warning("could not refresh the catalog from the database", exc_info=True)
+        """Stop reloading."""
+        await self._reloader.stop()

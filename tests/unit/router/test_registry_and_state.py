@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -114,3 +115,24 @@ async def test_state_changes_and_counts_are_persisted_in_one_row_per_provider() 
     assert states.latency_p50("p/other", "p") == pytest.approx(0.3), (
         "a model never measured borrows its provider's latency"
     )
+
+
+async def test_failures_are_written_at_once_successes_at_the_interval_or_when_stopping() -> None:
+    store = MemoryStore()
+    states = ProviderStates(failure_threshold=2, cooldown_s=30, store=store, stats_flush_s=3600)
+    await states.start()
+    assert await states.healthy()
+    states.success("q", "q/m", 0.1)
+    await asyncio.sleep(0.02)
+    assert store.saved == [], "a success waits for the next interval"
+    states.failure("q")
+    states.failure("q")  # opens the circuit
+    for _ in range(200):
+        if store.saved:
+            break
+        await asyncio.sleep(0.005)
+    assert [(r.provider, r.circuit_state, r.success_delta) for r in store.saved] == [("q", "open", 1)]
+    states.success("q", "q/m", 0.1)
+    await states.stop()
+    assert not await states.healthy()
+    assert [(r.circuit_state, r.success_delta) for r in store.saved[1:]] == [("closed", 1)], "stopping writes the rest"
