@@ -32,6 +32,7 @@ class BatchWriter:
         self.table = table
         self.insert_sql = insert_sql
         self._queue: asyncio.Queue[Sequence[object]] = asyncio.Queue(QUEUE_LIMIT)
+        self._held: list[Sequence[object]] = []  # taken off the queue, not yet handed to Postgres
         # No pause between turns: each turn waits for a row itself. Stopping writes what is still queued.
         self._loop = BackgroundLoop(f"{table}-writer", self._write_next_batch, final=self.flush)
 
@@ -56,6 +57,9 @@ class BatchWriter:
 
     async def flush(self) -> None:
         """Write everything queued now, in batches."""
+        if self._held:
+            batch, self._held = self._held, []
+            await self._write(batch)
         while not self._queue.empty():
             batch = [self._queue.get_nowait() for _ in range(min(BATCH_SIZE, self._queue.qsize()))]
             await self._write(batch)
@@ -68,10 +72,11 @@ class BatchWriter:
             log.exception("could not write %d rows to %s", len(batch), self.table)
 
     async def _write_next_batch(self) -> None:
-        # Wait for a row, then a little longer so that the rows of a burst share one INSERT.
-        first = await self._queue.get()
+        # Wait for a row, then a little longer so that the rows of a burst share one INSERT. The first
+        # row waits in ``_held``, not in a local: a stop() during the pause flushes it with the rest.
+        self._held.append(await self._queue.get())
         await asyncio.sleep(FLUSH_INTERVAL_S)
-        batch = [first]
+        batch, self._held = self._held, []
         while not self._queue.empty() and len(batch) < BATCH_SIZE:
             batch.append(self._queue.get_nowait())
         await self._write(batch)
