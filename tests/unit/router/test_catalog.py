@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from services.common.settings import ConfigError
+from services.common.topology import REMOTE_PROVIDERS
 from services.router.catalog import build_catalog, db_layer, load_file_layers, merge_layers
-from services.router.config import KNOWN_PROVIDERS
 
 
 def test_the_shipped_catalog_covers_every_known_provider_with_prices() -> None:
     catalog = build_catalog(load_file_layers(None))
-    assert set(KNOWN_PROVIDERS) <= set(catalog.providers)
-    for name in KNOWN_PROVIDERS:
+    assert set(REMOTE_PROVIDERS) <= set(catalog.providers)
+    for name in REMOTE_PROVIDERS:
         chat = [m for m in catalog.models_of(name) if "chat" in m.capabilities]
         assert chat, f"no chat model for {name}"
         assert all(m.input_price_per_mtok > 0 and m.output_price_per_mtok > 0 and m.context_length for m in chat)

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from services.common.settings import env_name
+from services.common.topology import REMOTE_PROVIDERS
 from services.router.catalog import build_catalog, check_layer, load_file_layers, merge_layers
-from services.router.config import RouterSettings
+from services.router.config import RouterSettings, env_prefix
 from services.router.provider_state import ProviderSnapshot, ProviderStates
 from services.router.providers.anthropic import AnthropicProvider
 from services.router.providers.gemini import GeminiProvider
@@ -84,6 +86,14 @@ def test_provider_keys_come_from_the_usual_variables_or_files(monkeypatch: Any, 
     assert settings.provider_base_url("deepseek") == "http://127.0.0.1:9/deepseek"
     assert settings.daily_budget_usd == 50 and settings.llm_cache_ttl == 0
     assert "sk-env" not in repr(settings)
+
+
+def test_every_known_remote_provider_has_its_key_and_address_settings() -> None:
+    fields = RouterSettings.model_fields
+    for provider in REMOTE_PROVIDERS:
+        prefix = env_prefix(provider)
+        assert env_name(f"{provider}_api_key", fields[f"{provider}_api_key"]) == f"{prefix}_API_KEY"
+        assert env_name(f"{provider}_base_url", fields[f"{provider}_base_url"]) == f"{prefix}_BASE_URL"
 
 
 class MemoryStore:
