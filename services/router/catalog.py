@@ -26,8 +26,8 @@ import yaml
 from services.common.background import BackgroundLoop
 from services.common.settings import ConfigError
 from services.router.config import env_prefix
+from services.router.models import ModelInfo
 from services.router.policy import STRATEGIES
-from services.router.providers.base import ModelInfo
 
 log = logging.getLogger(__name__)
 

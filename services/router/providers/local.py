@@ -20,7 +20,8 @@ from services.common.chat import (
     usage_from_proto,
 )
 from services.common.errors import error_from_rpc
-from services.router.providers.base import CallContext, Embeddings, ModelInfo
+from services.router.models import ModelInfo
+from services.router.providers.base import CallContext, Embeddings
 
 MODELS_TTL_S = 30.0
 

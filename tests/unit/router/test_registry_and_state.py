@@ -16,7 +16,7 @@ from services.router.providers.anthropic import AnthropicProvider
 from services.router.providers.gemini import GeminiProvider
 from services.router.providers.http import HttpOptions
 from services.router.providers.openai import OpenAICompatibleProvider
-from services.router.providers.registry import ProviderRegistry
+from services.router.registry import ProviderRegistry
 from tests.unit.router.conftest import metric
 
 
