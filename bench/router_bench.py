@@ -45,6 +45,7 @@ import uvloop
 
 from bench.results import median, percentile, write_section
 from goblin.v1 import common_pb2, router_pb2_grpc
+from services.common.context import CORRELATION_METADATA_KEY
 from services.gateway.tls import CERT_FILE, KEY_FILE
 from tests.suite import ROOT, Suite, free_ports, start_suite
 
@@ -177,7 +178,7 @@ async def measure(
         model=f"openai/{MODEL}",
         messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES],
         params=common_pb2.SamplingParams(max_tokens=16),
-        context=common_pb2.RequestContext(tenant_id="default", user_id="bench", correlation_id="bench"),
+        context=common_pb2.RequestContext(tenant_id="default", user_id="bench"),
     )
     direct_url = f"{fake_base_url(fake_port)}/chat/completions"
     direct_headers = {"Authorization": f"Bearer {FAKE_KEY}"}
@@ -202,7 +203,7 @@ async def measure(
             await post(direct_url, direct_body, direct_headers)
 
         async def via_router() -> None:
-            await router.Chat(request, timeout=10)
+            await router.Chat(request, metadata=((CORRELATION_METADATA_KEY, "bench"),), timeout=10)
 
         async def via_gateway() -> None:
             await post(gateway_url, gateway_body, gateway_headers)

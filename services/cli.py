@@ -16,6 +16,7 @@ from rich.table import Table
 from services.common.embedded import EmbeddedPostgres, EmbeddedStoreError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigError, load_settings
+from services.common.topology import BACKEND_SERVICES
 
 app = typer.Typer(help="Goblin: self-hosted AI assistant platform.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -46,9 +47,13 @@ def up() -> None:
             table.add_row("CA certificate", str(s.goblin_home / "tls" / "ca.pem"))
         table.add_row("Admin API key", str(s.goblin_home / "admin.key"))
         table.add_row("Health", f"https://127.0.0.1:{s.gateway_port}/health/ready")
-        table.add_row("Metrics", f"https://127.0.0.1:{s.gateway_port}/metrics and 127.0.0.1:9101..9105")
-        for name in ("router", "inference", "rag", "auth", "executor"):
-            table.add_row(f"  {name}", f"gRPC 127.0.0.1:{getattr(s, f'{name}_port')}")
+        table.add_row("Metrics", f"https://127.0.0.1:{s.gateway_port}/metrics and each service's below")
+        for name in BACKEND_SERVICES:
+            table.add_row(
+                f"  {name}",
+                f"gRPC 127.0.0.1:{getattr(s, f'{name}_port')}, "
+                f"metrics http://127.0.0.1:{getattr(s, f'{name}_metrics_port')}/metrics",
+            )
         title = "[green]Goblin is ready[/]" if ready else "[yellow]Goblin started, not ready yet[/]"
         console.print(Panel(table, title=title, subtitle="Ctrl-C to stop"))
 

@@ -23,10 +23,10 @@ from services.common import db
 from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common.process import InstanceLock, die_with_parent, usable_cores
 from services.common.settings import GoblinSettings
+from services.common.topology import BACKEND_SERVICES, GATEWAY_PORT, GRPC_PORTS, METRICS_PORTS
 
 log = logging.getLogger("goblin.supervisor")
 
-BACKEND_SERVICES = ("router", "inference", "rag", "auth", "executor")
 SERVICE_ORDER = ("auth", "router", "inference", "rag", "executor", "gateway")
 RESTART_BACKOFF_START_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
@@ -50,17 +50,19 @@ class SuiteSettings(GoblinSettings):
 
     database_url: str | None = Field(None, alias="DATABASE_URL")
     redis_url: str | None = Field(None, alias="REDIS_URL")
-    gateway_port: int = Field(8443, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
-    router_port: int = Field(50051, alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
-    inference_port: int = Field(50052, alias="GOBLIN_INFERENCE_PORT", ge=1, le=65535)
-    rag_port: int = Field(50053, alias="GOBLIN_RAG_PORT", ge=1, le=65535)
-    auth_port: int = Field(50054, alias="GOBLIN_AUTH_PORT", ge=1, le=65535)
-    executor_port: int = Field(50055, alias="GOBLIN_EXECUTOR_PORT", ge=1, le=65535)
-    router_metrics_port: int = Field(9101, alias="GOBLIN_ROUTER_METRICS_PORT", ge=1, le=65535)
-    inference_metrics_port: int = Field(9102, alias="GOBLIN_INFERENCE_METRICS_PORT", ge=1, le=65535)
-    rag_metrics_port: int = Field(9103, alias="GOBLIN_RAG_METRICS_PORT", ge=1, le=65535)
-    auth_metrics_port: int = Field(9104, alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
-    executor_metrics_port: int = Field(9105, alias="GOBLIN_EXECUTOR_METRICS_PORT", ge=1, le=65535)
+    gateway_port: int = Field(GATEWAY_PORT, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
+    router_port: int = Field(GRPC_PORTS["router"], alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
+    inference_port: int = Field(GRPC_PORTS["inference"], alias="GOBLIN_INFERENCE_PORT", ge=1, le=65535)
+    rag_port: int = Field(GRPC_PORTS["rag"], alias="GOBLIN_RAG_PORT", ge=1, le=65535)
+    auth_port: int = Field(GRPC_PORTS["auth"], alias="GOBLIN_AUTH_PORT", ge=1, le=65535)
+    executor_port: int = Field(GRPC_PORTS["executor"], alias="GOBLIN_EXECUTOR_PORT", ge=1, le=65535)
+    router_metrics_port: int = Field(METRICS_PORTS["router"], alias="GOBLIN_ROUTER_METRICS_PORT", ge=1, le=65535)
+    inference_metrics_port: int = Field(
+        METRICS_PORTS["inference"], alias="GOBLIN_INFERENCE_METRICS_PORT", ge=1, le=65535
+    )
+    rag_metrics_port: int = Field(METRICS_PORTS["rag"], alias="GOBLIN_RAG_METRICS_PORT", ge=1, le=65535)
+    auth_metrics_port: int = Field(METRICS_PORTS["auth"], alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
+    executor_metrics_port: int = Field(METRICS_PORTS["executor"], alias="GOBLIN_EXECUTOR_METRICS_PORT", ge=1, le=65535)
     ready_timeout_s: float = Field(180.0, alias="GOBLIN_READY_TIMEOUT_S", gt=0)
 
     def peer_addresses(self) -> dict[str, str]:

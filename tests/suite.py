@@ -17,11 +17,12 @@ import httpx
 import psutil
 import pytest
 
+from services.common.topology import BACKEND_SERVICES
 from tests.otlp import OtlpCollector
 
 ROOT = Path(__file__).resolve().parents[1]
 GOBLIN = Path(sys.executable).parent / "goblin"
-SERVICES = ("router", "inference", "rag", "auth", "executor")
+SERVICES = BACKEND_SERVICES
 
 
 def free_ports(count: int) -> list[int]:
@@ -38,7 +39,7 @@ def free_ports(count: int) -> list[int]:
 
 def suite_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for ``goblin up`` in ``home`` with every port free; URLs come from ``extra``."""
-    ports = free_ports(11)
+    ports = free_ports(1 + 2 * len(SERVICES))  # the gateway's, then each service's gRPC and metrics ports
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOBLIN_", "DATABASE_URL", "REDIS_URL"))}
     env.update({"GOBLIN_HOME": str(home), "GOBLIN_GATEWAY_PORT": str(ports[0]), "LOG_LEVEL": "INFO"})
     # Tests poll and hammer the gateway; the rate-limit tests start their own suite with real limits.
@@ -46,7 +47,7 @@ def suite_env(home: Path, **extra: str) -> dict[str, str]:
         env[f"GOBLIN_RATE_LIMIT_{route_class}"] = "100000/minute"
     for i, name in enumerate(SERVICES):
         env[f"GOBLIN_{name.upper()}_PORT"] = str(ports[1 + i])
-        env[f"GOBLIN_{name.upper()}_METRICS_PORT"] = str(ports[6 + i])
+        env[f"GOBLIN_{name.upper()}_METRICS_PORT"] = str(ports[1 + len(SERVICES) + i])
     env.update(extra)
     return env
 

@@ -8,12 +8,10 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuthenticateRequest(_message.Message):
-    __slots__ = ("credential", "correlation_id")
+    __slots__ = ("credential",)
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
-    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     credential: str
-    correlation_id: str
-    def __init__(self, credential: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, credential: _Optional[str] = ...) -> None: ...
 
 class Principal(_message.Message):
     __slots__ = ("user_id", "tenant_id", "email", "role", "scopes", "api_key_id", "session_id", "expires_at", "requests_per_day")

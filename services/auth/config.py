@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.settings import DatabaseSettings, GoblinSettings, RedisSettings, ServiceSettings
+from services.common.topology import GATEWAY_PORT, GRPC_PORTS, METRICS_PORTS
 
 KEK_BYTES = 32
 KEK_HINT = (
@@ -77,7 +78,7 @@ class AuthPolicySettings(GoblinSettings):
     # Comma list; empty = https://localhost:<gateway port> and https://127.0.0.1:<gateway port>.
     webauthn_origins: str = Field("", alias="GOBLIN_WEBAUTHN_ORIGINS")
     webauthn_require_user_verification: bool = Field(True, alias="GOBLIN_WEBAUTHN_REQUIRE_UV")
-    gateway_port: int = Field(8443, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
+    gateway_port: int = Field(GATEWAY_PORT, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
 
     @field_validator("key_encryption_key")
     @classmethod
@@ -120,8 +121,8 @@ class AuthPolicySettings(GoblinSettings):
 
 
 class AuthSettings(AuthPolicySettings, ServiceSettings, DatabaseSettings, RedisSettings):
-    grpc_port: int = Field(50054, alias="GOBLIN_AUTH_PORT", ge=1, le=65535)
-    metrics_port: int = Field(9104, alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
+    grpc_port: int = Field(GRPC_PORTS["auth"], alias="GOBLIN_AUTH_PORT", ge=1, le=65535)
+    metrics_port: int = Field(METRICS_PORTS["auth"], alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
     admin_email: str = Field("admin@goblin.local", alias="GOBLIN_ADMIN_EMAIL", min_length=3)
     admin_password: SecretStr | None = Field(None, alias="GOBLIN_ADMIN_PASSWORD")
     admin_key_file: Path | None = Field(None, alias="GOBLIN_ADMIN_KEY_FILE")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from prometheus_client import Counter
 
+from services.common.background import BackgroundLoop
 from services.common.stores import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class BatchWriter:
         self.table = table
         self.insert_sql = insert_sql
         self._queue: asyncio.Queue[Sequence[object]] = asyncio.Queue(QUEUE_LIMIT)
-        self._task: asyncio.Task[None] | None = None
+        self._held: list[Sequence[object]] = []  # taken off the queue, not yet handed to Postgres
+        # No pause between turns: each turn waits for a row itself. Stopping writes what is still queued.
+        self._loop = BackgroundLoop(f"{table}-writer", self._write_next_batch, final=self.flush)
 
     def add(self, row: Sequence[object]) -> None:
         try:
@@ -41,20 +44,22 @@ class BatchWriter:
             log.error("%s writer full; dropped a row", self.table)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"{self.table}-writer")
+        """Start the background writer."""
+        await self._loop.start()
 
     async def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Whether the background writer is running."""
+        return await self._loop.healthy()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.flush()
+        """Stop the writer and write every row still queued."""
+        await self._loop.stop()
 
     async def flush(self) -> None:
+        """Write everything queued now, in batches."""
+        if self._held:
+            batch, self._held = self._held, []
+            await self._write(batch)
         while not self._queue.empty():
             batch = [self._queue.get_nowait() for _ in range(min(BATCH_SIZE, self._queue.qsize()))]
             await self._write(batch)
@@ -66,11 +71,12 @@ class BatchWriter:
             DROPPED.labels(self.table).inc(len(batch))
             log.exception("could not write %d rows to %s", len(batch), self.table)
 
-    async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            batch = [first]
-            while not self._queue.empty() and len(batch) < BATCH_SIZE:
-                batch.append(self._queue.get_nowait())
-            await self._write(batch)
+    async def _write_next_batch(self) -> None:
+        # Wait for a row, then a little longer so that the rows of a burst share one INSERT. The first
+        # row waits in ``_held``, not in a local: a stop() during the pause flushes it with the rest.
+        self._held.append(await self._queue.get())
+        await asyncio.sleep(FLUSH_INTERVAL_S)
+        batch, self._held = self._held, []
+        while not self._queue.empty() and len(batch) < BATCH_SIZE:
+            batch.append(self._queue.get_nowait())
+        await self._write(batch)

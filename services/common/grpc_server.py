@@ -104,8 +104,23 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         service, method = _split_method(handler_call_details.method)
 
         def finish(context: grpc.aio.ServicerContext, started: float, failed: BaseException | None) -> None:
-            GRPC_SERVER_HANDLED.labels(service, method, _code_of(context, failed)).inc()
-            GRPC_SERVER_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+            code, elapsed = _code_of(context, failed), time.perf_counter() - started
+            GRPC_SERVER_HANDLED.labels(service, method, code).inc()
+            GRPC_SERVER_LATENCY.labels(service, method).observe(elapsed)
+            # One line per call at DEBUG (off by default: it would double the log volume), still under the
+            # call's correlation id, so LOG_LEVEL=DEBUG shows a request's path through every service.
+            log.debug(
+                "%s/%s %s",
+                service,
+                method,
+                code,
+                extra={
+                    "grpc_service": service,
+                    "grpc_method": method,
+                    "grpc_code": code,
+                    "duration_ms": elapsed * 1000,
+                },
+            )
 
         if handler.unary_unary or handler.stream_unary:
             behavior = handler.unary_unary or handler.stream_unary

@@ -17,6 +17,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.common.topology import BACKEND_SERVICES, default_address
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
@@ -74,11 +76,11 @@ class GoblinSettings(BaseSettings):
     log_level: str = "INFO"
     bind_host: str = Field("127.0.0.1", alias="GOBLIN_BIND_HOST")
     # Where each service listens for gRPC. Clients dial these; servers bind their own port.
-    router_addr: str = Field("127.0.0.1:50051", alias="GOBLIN_ROUTER_ADDR")
-    inference_addr: str = Field("127.0.0.1:50052", alias="GOBLIN_INFERENCE_ADDR")
-    rag_addr: str = Field("127.0.0.1:50053", alias="GOBLIN_RAG_ADDR")
-    auth_addr: str = Field("127.0.0.1:50054", alias="GOBLIN_AUTH_ADDR")
-    executor_addr: str = Field("127.0.0.1:50055", alias="GOBLIN_EXECUTOR_ADDR")
+    router_addr: str = Field(default_address("router"), alias="GOBLIN_ROUTER_ADDR")
+    inference_addr: str = Field(default_address("inference"), alias="GOBLIN_INFERENCE_ADDR")
+    rag_addr: str = Field(default_address("rag"), alias="GOBLIN_RAG_ADDR")
+    auth_addr: str = Field(default_address("auth"), alias="GOBLIN_AUTH_ADDR")
+    executor_addr: str = Field(default_address("executor"), alias="GOBLIN_EXECUTOR_ADDR")
     grpc_grace_s: float = Field(5.0, alias="GOBLIN_GRPC_GRACE_S", gt=0)
 
     @classmethod
@@ -105,13 +107,7 @@ class GoblinSettings(BaseSettings):
 
     def peer_addresses(self) -> dict[str, str]:
         """gRPC address of every backend service, by service name."""
-        return {
-            "router": self.router_addr,
-            "inference": self.inference_addr,
-            "rag": self.rag_addr,
-            "auth": self.auth_addr,
-            "executor": self.executor_addr,
-        }
+        return {name: getattr(self, f"{name}_addr") for name in BACKEND_SERVICES}
 
 
 class ServiceSettings(GoblinSettings):

@@ -26,7 +26,6 @@ from cachetools import TLRUCache
 from fastapi import Depends, Request
 
 from goblin.v1 import auth_pb2, common_pb2
-from services.common.context import current_correlation_id
 from services.gateway.clients import Backends
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import ApiError, api_error_from_grpc
@@ -120,7 +119,7 @@ async def authenticate(request: Request, backends: Backends, credential: str) ->
     if principal is None:
         try:
             principal = await backends.auth.Authenticate(
-                auth_pb2.AuthenticateRequest(credential=credential, correlation_id=current_correlation_id()),
+                auth_pb2.AuthenticateRequest(credential=credential),
                 timeout=AUTH_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
@@ -169,7 +168,7 @@ def client_ip(request: Request) -> str:
 
 def principal_context(principal: auth_pb2.Principal | None, request: Request) -> common_pb2.RequestContext:
     """The RequestContext a backend gets: who is asking, as verified here."""
-    context = common_pb2.RequestContext(correlation_id=current_correlation_id(), client_ip=client_ip(request))
+    context = common_pb2.RequestContext(client_ip=client_ip(request))
     if principal is not None:
         context.user_id = principal.user_id
         context.tenant_id = principal.tenant_id

@@ -13,7 +13,6 @@ use free (local) models; an API key over its token budget can use nothing until 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
+from services.common.background import BackgroundLoop
 from services.router.metrics import BUDGET_SYNC_ERRORS
 
 log = logging.getLogger(__name__)
@@ -193,8 +193,18 @@ class Budgets:
         self.reconcile_s = reconcile_s
         self.clock = clock
         self._limits: TTLCache[tuple[str, str], Limits] = TTLCache(maxsize=10_000, ttl=limits_ttl_s)
-        self._task: asyncio.Task[None] | None = None
         self._day, self._day_ends = "", 0.0
+        self._last_reconcile = 0.0
+        # Stopping pushes this replica's last increments, so they are not lost with the process.
+        self._loop = BackgroundLoop(
+            "budget-sync",
+            self._sync_or_reconcile,
+            every_s=sync_s,
+            final=counters.sync,
+            failure_message="budget sync failed; retrying",
+            failures_metric=BUDGET_SYNC_ERRORS,
+            logger=log,
+        )
 
     def _today(self, now: float) -> str:
         """The UTC day of ``now`` (remembered until midnight: formatting dates costs microseconds)."""
@@ -273,33 +283,22 @@ class Budgets:
         await self.counters.raise_to({k: v for k, v in floors.items() if v > 0})
 
     async def start(self) -> None:
+        """Reconcile once (a failure here is the caller's to retry), then sync in the background."""
         await self.reconcile()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="budget-sync")
+        self._last_reconcile = time.monotonic()
+        await self._loop.start()
 
     async def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Whether the background sync is running."""
+        return await self._loop.healthy()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        try:
-            await self.counters.sync()
-        except Exception:
-            log.warning("could not push the last spend counters to redis", exc_info=True)
+        """Stop syncing and push this replica's last increments to Redis."""
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        last_reconcile = time.monotonic()
-        while True:
-            await asyncio.sleep(self.sync_s)
-            try:
-                if time.monotonic() - last_reconcile >= self.reconcile_s:
-                    last_reconcile = time.monotonic()
-                    await self.reconcile()
-                else:
-                    await self.counters.sync()
-            except Exception:
-                BUDGET_SYNC_ERRORS.inc()
-                log.warning("budget sync failed; retrying", exc_info=True)
+    async def _sync_or_reconcile(self) -> None:
+        if time.monotonic() - self._last_reconcile >= self.reconcile_s:
+            self._last_reconcile = time.monotonic()
+            await self.reconcile()
+        else:
+            await self.counters.sync()

@@ -12,22 +12,23 @@ A :class:`Catalog` is immutable; the router builds a new one when a layer change
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.common.background import BackgroundLoop
 from services.common.settings import ConfigError
+from services.common.topology import LOCAL_PROVIDER
 from services.router.config import env_prefix
+from services.router.models import ModelInfo
 from services.router.policy import STRATEGIES
-from services.router.providers.base import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -36,40 +37,82 @@ PROVIDER_KINDS = ("openai", "openai_compatible", "anthropic", "gemini")
 CAPABILITIES = ("chat", "streaming", "embeddings")
 DEFAULT_CAPABILITIES = ("chat", "streaming")
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed")
-LOCAL = "local"
+LOCAL = LOCAL_PROVIDER
 
-PROVIDER_FIELDS = {
-    "kind": str,
-    "base_url": str,
-    "api_key_env": str,
-    "enabled": bool,
-    "priority": int,
-    "weight": int,
-    "http2": bool,
-    "headers": dict,
-    "max_tokens_field": str,
-    "stream_usage": bool,
-}
-MODEL_FIELDS = {
-    "aliases": list,
-    "context_length": int,
-    "max_output_tokens": int,
-    "input_price_per_mtok": float,
-    "output_price_per_mtok": float,
-    "capabilities": list,
-    "drop_params": list,
-    "default_params": dict,
-    "enabled": bool,
-}
-POLICY_FIELDS = {
-    "strategy": str,
-    "models": list,
-    "weights": list,
-    "tenant_id": str,
-    "is_default": bool,
-    "enabled": bool,
-}
-SECTIONS = {"providers": PROVIDER_FIELDS, "models": MODEL_FIELDS, "policies": POLICY_FIELDS}
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Price = Annotated[float, Field(ge=0)]  # USD per million tokens; an int in YAML is fine
+
+
+class _Entry(BaseModel):
+    """Strict: a string where a number belongs, or a misspelt field, is an error rather than a guess."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+    enabled: bool = True
+
+
+class ProviderEntry(_Entry):
+    """A ``providers.<name>`` entry. ``None`` defaults are worked out when the catalog is built."""
+
+    kind: str | None = None
+    base_url: str = ""
+    api_key_env: str | None = None  # default <NAME>_API_KEY
+    priority: NonNegativeInt = 100
+    weight: NonNegativeInt = 1
+    http2: bool = True
+    headers: dict[str, Any] = {}
+    max_tokens_field: str | None = None  # default by kind
+    stream_usage: bool = True
+
+
+class ModelEntry(_Entry):
+    """A ``models.<provider>/<model>`` entry."""
+
+    aliases: list[Any] = []
+    context_length: NonNegativeInt = 0
+    max_output_tokens: NonNegativeInt = 0
+    input_price_per_mtok: Price = 0.0
+    output_price_per_mtok: Price = 0.0
+    capabilities: list[str] = []  # empty: DEFAULT_CAPABILITIES
+    drop_params: list[str] = []
+    default_params: dict[str, Any] = {}
+
+
+class PolicyEntry(_Entry):
+    """A ``policies.<name>`` entry."""
+
+    strategy: str | None = None
+    models: list[Any] = []
+    weights: list[int] = []
+    tenant_id: str | None = None
+    is_default: bool = False
+
+
+class CatalogLayer(BaseModel):
+    """One layer (a YAML file, or the database's rows): every entry holds only the fields it sets."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    providers: dict[str, ProviderEntry] = {}
+    models: dict[str, ModelEntry] = {}
+    policies: dict[str, PolicyEntry] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_empty(cls, data: Any) -> Any:
+        # YAML writes an empty section or entry as null (``models:``, ``openai/x:``), and a name as a
+        # number if it looks like one: both are what the author meant, not errors.
+        if not isinstance(data, dict):
+            return data
+        return {
+            section: {str(name): entry or {} for name, entry in entries.items()}
+            if isinstance(entries, dict)
+            else (entries if entries is not None else {})
+            for section, entries in data.items()
+        }
+
+
+SECTIONS = {"providers": ProviderEntry, "models": ModelEntry, "policies": PolicyEntry}
 
 RawCatalog = dict[str, dict[str, dict[str, Any]]]
 
@@ -142,43 +185,32 @@ def read_catalog_file(path: Path) -> RawCatalog:
 
 
 def check_layer(data: Any, source: str) -> RawCatalog:
+    """``data`` checked against :class:`CatalogLayer`, as plain dicts of the fields each entry sets (so
+    that layers merge field by field); errors name ``source`` and the entry's field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the catalog must be a mapping with providers/models/policies")
-    unknown = set(data) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(SECTIONS)}")
-    layer: RawCatalog = {}
-    for section, fields in SECTIONS.items():
-        entries = data.get(section) or {}
-        if not isinstance(entries, dict):
-            raise ConfigError(f"{source}: {section} must be a mapping of name -> fields")
-        layer[section] = {}
-        for name, entry in entries.items():
-            where = f"{source}: {section}.{name}"
-            entry = entry or {}
-            if not isinstance(entry, dict):
-                raise ConfigError(f"{where}: must be a mapping of fields")
-            for key, value in entry.items():
-                expected = fields.get(key)
-                if expected is None:
-                    raise ConfigError(f"{where}: unknown field {key!r}")
-                entry[key] = _coerce(value, expected, f"{where}.{key}")
-            layer[section][str(name)] = entry
-    return layer
+    try:
+        layer = CatalogLayer.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(error) for error in exc.errors())) from None
+    dumped = layer.model_dump(exclude_unset=True)
+    return {section: dumped.get(section, {}) for section in SECTIONS}
 
 
-def _coerce(value: Any, expected: type, where: str) -> Any:
-    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
-            raise ConfigError(f"{where}: must be a number >= 0")
-        return float(value)
-    if expected is int and isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ConfigError(f"{where}: must be >= 0")
-        return value
-    if expected in (str, bool, list, dict) and isinstance(value, expected):
-        return value
-    raise ConfigError(f"{where}: must be {expected.__name__}, not {type(value).__name__}")
+def _describe(error: Any) -> str:
+    """One pydantic error as ``<section>.<name>.<field>: <problem>``, in the catalog's words."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown section {loc[0]!r}; expected {sorted(SECTIONS)}"
+        return f"{'.'.join(loc[:2])}: unknown field {loc[-1]!r}"
+    if error["type"] == "dict_type" and len(loc) == 1:
+        problem = "must be a mapping of name -> fields"
+    elif error["type"] == "model_type":
+        problem = "must be a mapping of fields"
+    else:
+        problem = error["msg"].replace("Input should be", "must be")
+    return f"{'.'.join(loc)}: {problem}"
 
 
 def merge_layers(*layers: RawCatalog) -> RawCatalog:
@@ -240,116 +272,122 @@ def db_layer(
 
 
 def build_catalog(raw: RawCatalog) -> Catalog:
-    """Validate the merged layers and make the immutable catalog."""
+    """Validate the merged layers and make the immutable catalog (disabled entries left out)."""
+    providers = _providers(raw.get("providers", {}))
+    models = _models(raw.get("models", {}), providers, disabled=set(raw.get("providers", {})) - set(providers))
+    aliases: dict[str, list[str]] = {}
+    for info in models.values():
+        for alias in info.aliases:
+            aliases.setdefault(alias, []).append(info.id)
+    return Catalog(
+        providers=providers,
+        models=models,
+        policies=_policies(raw.get("policies", {})),
+        aliases={k: tuple(v) for k, v in aliases.items()},
+    )
+
+
+def _providers(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, ProviderSpec]:
     providers: dict[str, ProviderSpec] = {}
-    for name, entry in raw.get("providers", {}).items():
-        if not entry.get("enabled", True):
+    for name, fields in entries.items():
+        entry = ProviderEntry.model_validate(fields)
+        if not entry.enabled:
             continue
         where = f"catalog: providers.{name}"
-        kind = entry.get("kind")
-        if name == LOCAL or kind == LOCAL:
+        if name == LOCAL or entry.kind == LOCAL:
             # The inference service is built in: only its priority and weight are set here.
-            if name != LOCAL or kind not in (None, LOCAL):
+            if name != LOCAL or entry.kind not in (None, LOCAL):
                 raise ConfigError(f"{where}: kind 'local' is the built-in provider named 'local' only")
             providers[LOCAL] = ProviderSpec(
-                name=LOCAL,
-                kind=LOCAL,
-                base_url="",
-                api_key_env="",
-                priority=entry.get("priority", 100),
-                weight=entry.get("weight", 1),
+                name=LOCAL, kind=LOCAL, base_url="", api_key_env="", priority=entry.priority, weight=entry.weight
             )
             continue
         if "/" in name or not name:
             raise ConfigError(f"{where}: '{name}' is not a usable provider name")
-        if kind not in PROVIDER_KINDS:
-            raise ConfigError(f"{where}: kind must be one of {list(PROVIDER_KINDS)}, not {kind!r}")
-        base_url = entry.get("base_url") or ""
-        if not base_url.startswith(("http://", "https://")):
+        if entry.kind not in PROVIDER_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {list(PROVIDER_KINDS)}, not {entry.kind!r}")
+        if not entry.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: base_url must be an http(s) URL")
         providers[name] = ProviderSpec(
             name=name,
-            kind=kind,
-            base_url=base_url.rstrip("/"),
-            api_key_env=entry.get("api_key_env") or f"{env_prefix(name)}_API_KEY",
-            priority=entry.get("priority", 100),
-            weight=entry.get("weight", 1),
-            http2=entry.get("http2", True),
-            headers=tuple(sorted((str(k), str(v)) for k, v in (entry.get("headers") or {}).items())),
-            max_tokens_field=entry.get("max_tokens_field")
-            or ("max_completion_tokens" if kind == "openai" else "max_tokens"),
-            stream_usage=entry.get("stream_usage", True),
+            kind=entry.kind,
+            base_url=entry.base_url.rstrip("/"),
+            api_key_env=entry.api_key_env or f"{env_prefix(name)}_API_KEY",
+            priority=entry.priority,
+            weight=entry.weight,
+            http2=entry.http2,
+            headers=tuple(sorted((str(k), str(v)) for k, v in entry.headers.items())),
+            max_tokens_field=entry.max_tokens_field
+            or ("max_completion_tokens" if entry.kind == "openai" else "max_tokens"),
+            stream_usage=entry.stream_usage,
         )
+    return providers
 
+
+def _models(
+    entries: Mapping[str, Mapping[str, Any]], providers: Mapping[str, ProviderSpec], *, disabled: set[str]
+) -> dict[str, ModelInfo]:
     models: dict[str, ModelInfo] = {}
-    aliases: dict[str, list[str]] = {}
-    for model_id, entry in raw.get("models", {}).items():
-        if not entry.get("enabled", True):
+    for model_id, fields in entries.items():
+        entry = ModelEntry.model_validate(fields)
+        if not entry.enabled:
             continue
         where = f"catalog: models.{model_id}"
         provider, _, model = model_id.partition("/")
         if not model:
             raise ConfigError(f"{where}: model ids are '<provider>/<model>'")
         if provider not in providers:
-            if provider in raw.get("providers", {}):
-                continue  # its provider is disabled
+            if provider in disabled:
+                continue
             raise ConfigError(f"{where}: no provider '{provider}' in the catalog")
-        capabilities = tuple(entry.get("capabilities") or DEFAULT_CAPABILITIES)
+        capabilities = tuple(entry.capabilities or DEFAULT_CAPABILITIES)
         bad = set(capabilities) - set(CAPABILITIES)
         if bad:
             raise ConfigError(f"{where}: unknown capabilities {sorted(bad)}; known: {list(CAPABILITIES)}")
-        drop = tuple(entry.get("drop_params") or ())
-        defaults = dict(entry.get("default_params") or {})
-        for key in (*drop, *defaults):
+        for key in (*entry.drop_params, *entry.default_params):
             if key not in SAMPLING_PARAMS:
                 raise ConfigError(f"{where}: unknown sampling parameter {key!r}; known: {list(SAMPLING_PARAMS)}")
-        info = ModelInfo(
+        models[model_id] = ModelInfo(
             id=model_id,
             provider=provider,
             owned_by=provider,
-            context_length=entry.get("context_length", 0),
+            context_length=entry.context_length,
             capabilities=capabilities,
-            input_price_per_mtok=entry.get("input_price_per_mtok", 0.0),
-            output_price_per_mtok=entry.get("output_price_per_mtok", 0.0),
-            aliases=tuple(str(a) for a in entry.get("aliases") or ()),
-            max_output_tokens=entry.get("max_output_tokens", 0),
-            drop_params=drop,
-            default_params=defaults,
+            input_price_per_mtok=entry.input_price_per_mtok,
+            output_price_per_mtok=entry.output_price_per_mtok,
+            aliases=tuple(str(a) for a in entry.aliases),
+            max_output_tokens=entry.max_output_tokens,
+            drop_params=tuple(entry.drop_params),
+            default_params=dict(entry.default_params),
         )
-        models[model_id] = info
-        for alias in info.aliases:
-            aliases.setdefault(alias, []).append(model_id)
+    return models
 
+
+def _policies(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, PolicySpec]:
     policies: dict[str, PolicySpec] = {}
-    for name, entry in raw.get("policies", {}).items():
-        if not entry.get("enabled", True):
+    for name, fields in entries.items():
+        entry = PolicyEntry.model_validate(fields)
+        if not entry.enabled:
             continue
         where = f"catalog: policies.{name}"
-        strategy = entry.get("strategy")
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"{where}: strategy must be one of {list(STRATEGIES)}, not {strategy!r}")
+        if entry.strategy not in STRATEGIES:
+            raise ConfigError(f"{where}: strategy must be one of {list(STRATEGIES)}, not {entry.strategy!r}")
         if name in STRATEGIES:
             raise ConfigError(f"{where}: a policy cannot be named like a strategy")
-        members = tuple(str(m) for m in entry.get("models") or ())
-        weights = tuple(int(w) for w in entry.get("weights") or ())
-        if weights and len(weights) != len(members):
-            raise ConfigError(f"{where}: {len(weights)} weights for {len(members)} models")
-        if any(w < 0 for w in weights):
+        members = tuple(str(m) for m in entry.models)
+        if entry.weights and len(entry.weights) != len(members):
+            raise ConfigError(f"{where}: {len(entry.weights)} weights for {len(members)} models")
+        if any(w < 0 for w in entry.weights):
             raise ConfigError(f"{where}: weights must be >= 0")
         policies[name] = PolicySpec(
             name=name,
-            strategy=strategy,
+            strategy=entry.strategy,
             models=members,
-            weights=weights,
-            tenant_id=entry.get("tenant_id") or None,
-            is_default=entry.get("is_default", False),
+            weights=tuple(entry.weights),
+            tenant_id=entry.tenant_id or None,
+            is_default=entry.is_default,
         )
-    return Catalog(
-        providers=providers,
-        models=models,
-        policies=policies,
-        aliases={k: tuple(v) for k, v in aliases.items()},
-    )
+    return policies
 
 
 def load_file_layers(override: Path | None) -> RawCatalog:
@@ -385,7 +423,13 @@ class CatalogManager:
         self.refresh_s = refresh_s
         self.current = build_catalog(file_layers)
         self._raw = file_layers
-        self._task: asyncio.Task[None] | None = None
+        self._reloader = BackgroundLoop(
+            "catalog-refresh",
+            self.refresh,
+            every_s=refresh_s,
+            failure_message="could not refresh the catalog from the database",
+            logger=log,
+        )
 
     async def refresh(self) -> None:
         providers, models, policies = await self.rows.catalog_rows()
@@ -409,23 +453,14 @@ class CatalogManager:
         )
 
     async def start(self) -> None:
+        """Read the database rows once, then every ``refresh_s`` in the background."""
         await self.refresh()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="catalog-refresh")
+        await self._reloader.start()
 
     async def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Whether the background reload is running."""
+        return await self._reloader.healthy()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await self.refresh()
-            except Exception:
-                log.warning("could not refresh the catalog from the database", exc_info=True)
+        """Stop reloading."""
+        await self._reloader.stop()

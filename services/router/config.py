@@ -17,9 +17,7 @@ from pydantic import Field, SecretStr
 
 from services.common.secrets import SecretScanningSettings
 from services.common.settings import ConfigError, DatabaseSettings, RedisSettings, ServiceSettings
-
-# The providers Goblin knows out of the box: name -> the prefix of its environment variables.
-KNOWN_PROVIDERS = ("openai", "anthropic", "gemini", "deepseek", "grok", "moonshot", "siliconflow")
+from services.common.topology import GRPC_PORTS, METRICS_PORTS, REMOTE_PROVIDERS
 
 
 def env_prefix(provider: str) -> str:
@@ -44,8 +42,8 @@ def read_env_secret(name: str, environ: Mapping[str, str] | None = None) -> str 
 
 class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings, SecretScanningSettings):
     # RedisSettings first: its field is listed after the service's own in error messages.
-    grpc_port: int = Field(50051, alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
-    metrics_port: int = Field(9101, alias="GOBLIN_ROUTER_METRICS_PORT", ge=1, le=65535)
+    grpc_port: int = Field(GRPC_PORTS["router"], alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
+    metrics_port: int = Field(METRICS_PORTS["router"], alias="GOBLIN_ROUTER_METRICS_PORT", ge=1, le=65535)
 
     # -- providers ------------------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
@@ -89,7 +87,7 @@ class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings, SecretSca
         """The API key of ``provider``: its settings field for the known ones, else ``api_key_env``
         (default ``<PROVIDER>_API_KEY``) read with the ``NAME`` / ``NAME_FILE`` rules."""
         env_name = api_key_env or f"{env_prefix(provider)}_API_KEY"
-        if provider in KNOWN_PROVIDERS and env_name == f"{env_prefix(provider)}_API_KEY":
+        if provider in REMOTE_PROVIDERS and env_name == f"{env_prefix(provider)}_API_KEY":
             secret: SecretStr | None = getattr(self, f"{provider}_api_key")
             if secret is None:
                 return None
@@ -98,6 +96,6 @@ class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings, SecretSca
 
     def provider_base_url(self, provider: str) -> str | None:
         """The ``<PROVIDER>_BASE_URL`` override, if any."""
-        if provider in KNOWN_PROVIDERS:
+        if provider in REMOTE_PROVIDERS:
             return getattr(self, f"{provider}_base_url") or None
         return os.environ.get(f"{env_prefix(provider)}_BASE_URL") or None

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from services.common.chat import Usage
-from services.router.providers.base import ModelInfo
+from services.router.models import ModelInfo
 
 STRATEGIES = ("explicit", "priority", "cheapest", "fastest", "weighted")
 # Completion length assumed by `cheapest` when the request sets no max_tokens.

@@ -8,7 +8,6 @@ restarted router, or another replica starting, takes up the persisted circuit st
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import statistics
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from services.common.background import BackgroundLoop
 from services.router.breaker import STATE_GAUGE, CircuitBreaker, CircuitState
 from services.router.metrics import CIRCUIT_STATE
 
@@ -82,8 +82,10 @@ class ProviderStates:
         self._successes: dict[str, int] = {}
         self._failures: dict[str, int] = {}
         self._dirty: set[str] = set()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # A circuit changing state wakes the writer at once; stopping writes what is still unwritten.
+        self._writer = BackgroundLoop(
+            "provider-metrics-writer", self.flush, every_s=stats_flush_s, final=self.flush, logger=log
+        )
 
     # -- hot path ---------------------------------------------------------------------------------
     def breaker(self, provider: str) -> CircuitBreaker:
@@ -146,7 +148,7 @@ class ProviderStates:
         elif breaker.state is CircuitState.closed:
             log.info("circuit closed for %s", breaker.provider)
         self._dirty.add(breaker.provider)
-        self._wake.set()
+        self._writer.wake()
 
     # -- persistence ------------------------------------------------------------------------------
     def snapshots(self) -> list[ProviderSnapshot]:
@@ -199,25 +201,14 @@ class ProviderStates:
                 self._dirty.add(row.provider)
 
     async def start(self) -> None:
+        """Take up the persisted states, then write changes in the background."""
         await self.restore()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="provider-metrics-writer")
+        await self._writer.start()
 
     async def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Whether the background writer is running."""
+        return await self._writer.healthy()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.flush()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.stats_flush_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            await self.flush()
+        """Stop the writer and write what changed since its last turn."""
+        await self._writer.stop()

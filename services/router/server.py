@@ -20,7 +20,7 @@ from services.router.ledger import RoutingLedger
 from services.router.provider_state import ProviderStates
 from services.router.providers.http import HttpOptions
 from services.router.providers.local import LocalProvider
-from services.router.providers.registry import ProviderRegistry
+from services.router.registry import ProviderRegistry
 from services.router.repository import RouterRepository
 from services.router.service import RetryPolicy, RouterService
 from services.router.servicer import RouterServicer

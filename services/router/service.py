@@ -51,12 +51,12 @@ from services.router.metrics import (
     TOKENS,
     child,
 )
+from services.router.models import ModelInfo
 from services.router.policy import STRATEGIES, Candidate, order
 from services.router.provider_state import ProviderStates
 from services.router.providers.base import (
     CallContext,
     Embeddings,
-    ModelInfo,
     Provider,
     estimate_tokens,
     estimate_usage,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from goblin.v1 import common_pb2, router_pb2_grpc
+from services.common.context import CORRELATION_METADATA_KEY
 from tests.fakes.providers import FakeProviders
 from tests.suite import Suite, start_suite
 from tests.unit.common.test_secrets import SAMPLES
@@ -125,8 +126,9 @@ def test_router_scans_before_an_external_provider(redact_suite: Suite, fake: Fak
                     model=MODEL,
                     messages=[common_pb2.ChatMessage(role="user", content=f"token {secret} please")],
                     params=common_pb2.SamplingParams(max_tokens=8),
-                    context=common_pb2.RequestContext(correlation_id="router-secret-1", tenant_id="default"),
+                    context=common_pb2.RequestContext(tenant_id="default"),
                 ),
+                metadata=((CORRELATION_METADATA_KEY, "router-secret-1"),),
                 timeout=30,
             )
 
@@ -147,8 +149,8 @@ def test_the_local_model_is_not_an_external_provider(redact_suite: Suite) -> Non
                     model="local",
                     messages=[common_pb2.ChatMessage(role="user", content=f"ssn {SAMPLES['us_ssn']}")],
                     params=common_pb2.SamplingParams(max_tokens=2),
-                    context=common_pb2.RequestContext(correlation_id="router-local-1"),
                 ),
+                metadata=((CORRELATION_METADATA_KEY, "router-local-1"),),
                 timeout=60,
             )
 

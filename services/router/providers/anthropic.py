@@ -14,7 +14,8 @@ from typing import Any
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
 from services.common.errors import InvalidArgument
-from services.router.providers.base import CallContext, Embeddings, ModelInfo, estimate_usage
+from services.router.models import ModelInfo
+from services.router.providers.base import CallContext, Embeddings, estimate_usage
 from services.router.providers.errors import (
     ProviderAuthError,
     ProviderBadResponse,

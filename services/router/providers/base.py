@@ -2,44 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
-
-MTOK = 1_000_000
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One model of the catalog: what it costs, how much it reads, what it can do."""
-
-    id: str  # "<provider>/<model>"
-    provider: str
-    owned_by: str
-    context_length: int = 0
-    capabilities: tuple[str, ...] = ()
-    input_price_per_mtok: float = 0.0
-    output_price_per_mtok: float = 0.0
-    aliases: tuple[str, ...] = ()
-    max_output_tokens: int = 0  # 0: the provider's own default
-    drop_params: tuple[str, ...] = ()  # sampling parameters this model refuses (reasoning models)
-    default_params: Mapping[str, Any] = field(default_factory=dict)  # used when a request leaves them out
-
-    @property
-    def model(self) -> str:
-        return self.id.split("/", 1)[1]
-
-    @property
-    def paid(self) -> bool:
-        return self.input_price_per_mtok > 0 or self.output_price_per_mtok > 0
-
-    def cost_usd(self, usage: Usage) -> float:
-        """What ``usage`` costs at this model's list prices (USD per million tokens)."""
-        return (
-            usage.prompt_tokens * self.input_price_per_mtok + usage.completion_tokens * self.output_price_per_mtok
-        ) / MTOK
+from services.router.models import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
 from services.common.errors import InvalidArgument
-from services.router.providers.base import CallContext, Embeddings, ModelInfo, estimate_tokens, estimate_usage
+from services.router.models import ModelInfo
+from services.router.providers.base import CallContext, Embeddings, estimate_tokens, estimate_usage
 from services.router.providers.errors import (
     ProviderAuthError,
     ProviderBadResponse,

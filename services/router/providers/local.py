@@ -20,7 +20,8 @@ from services.common.chat import (
     usage_from_proto,
 )
 from services.common.errors import error_from_rpc
-from services.router.providers.base import CallContext, Embeddings, ModelInfo
+from services.router.models import ModelInfo
+from services.router.providers.base import CallContext, Embeddings
 
 MODELS_TTL_S = 30.0
 
@@ -67,7 +68,8 @@ class LocalProvider:
             model=spec.id,
             messages=messages_to_proto(messages),
             params=params_to_proto(params),
-            context=common_pb2.RequestContext(correlation_id=context.correlation_id, tenant_id=context.tenant_id),
+            # The correlation id goes along as call metadata (the channel's interceptor), not in here.
+            context=common_pb2.RequestContext(tenant_id=context.tenant_id),
         )
 
     async def chat(
@@ -99,13 +101,7 @@ class LocalProvider:
 
     async def embed(self, spec: ModelInfo, inputs: list[str], context: CallContext) -> Embeddings:
         try:
-            reply = await self.stub.Embed(
-                common_pb2.EmbedRequest(
-                    model=spec.id,
-                    inputs=inputs,
-                    context=common_pb2.RequestContext(correlation_id=context.correlation_id),
-                )
-            )
+            reply = await self.stub.Embed(common_pb2.EmbedRequest(model=spec.id, inputs=inputs))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         return Embeddings(

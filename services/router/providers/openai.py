@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
-from services.router.providers.base import CallContext, Embeddings, ModelInfo, estimate_tokens, estimate_usage
+from services.router.models import ModelInfo
+from services.router.providers.base import CallContext, Embeddings, estimate_tokens, estimate_usage
 from services.router.providers.errors import ProviderBadResponse, ProviderError, ProviderUnavailable
 from services.router.providers.http import HttpOptions, HttpProvider, parse_json
 

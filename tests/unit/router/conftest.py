@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
 from services.router.catalog import Catalog, build_catalog, check_layer, merge_layers
 from services.router.ledger import RoutingRecord
-from services.router.providers.base import CallContext, Embeddings, ModelInfo
+from services.router.models import ModelInfo
+from services.router.providers.base import CallContext, Embeddings
 
 
 def metric(name: str, **labels: str) -> float:

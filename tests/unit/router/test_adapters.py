@@ -11,8 +11,9 @@ import pytest
 
 from services.common.chat import ChatDelta, Message, SamplingParams, Usage
 from services.common.errors import InvalidArgument
+from services.router.models import ModelInfo
 from services.router.providers.anthropic import AnthropicProvider
-from services.router.providers.base import CallContext, ModelInfo
+from services.router.providers.base import CallContext
 from services.router.providers.errors import (
     ProviderAuthError,
     ProviderBadResponse,

@@ -3,6 +3,8 @@ parsing and Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.common.chat import Message, SamplingParams, Usage
@@ -155,3 +157,30 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds({"retry-after": "Thu, 01 Jan 2026 12:00:30 GMT"}, now=NOON) == 30
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({}) is None
+
+
+async def test_budgets_push_charges_in_the_background() -> None:
+    redis = FakeRedis()
+    budgets = Budgets(SpendCounters(lambda: redis), Store({}), global_budget_usd=50, sync_s=0.01, clock=lambda: NOON)
+    key = global_spend_key(utc_day(NOON))
+    await budgets.start()
+    assert await budgets.healthy()
+    budgets.charge("acme", "k1", cost_usd=0.5, tokens=10)
+    for _ in range(200):
+        if key in redis.data:
+            break
+        await asyncio.sleep(0.005)
+    assert float(redis.data[key]) == 0.5
+    await budgets.stop()
+    assert not await budgets.healthy()
+
+
+async def test_stopping_budgets_pushes_the_charges_not_synced_yet() -> None:
+    redis = FakeRedis()
+    budgets = Budgets(SpendCounters(lambda: redis), Store({}), global_budget_usd=50, sync_s=3600, clock=lambda: NOON)
+    await budgets.start()
+    budgets.charge("acme", "k1", cost_usd=0.25, tokens=0)
+    await asyncio.sleep(0.02)
+    assert redis.data == {}
+    await budgets.stop()
+    assert float(redis.data[global_spend_key(utc_day(NOON))]) == 0.25

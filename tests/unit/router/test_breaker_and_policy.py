@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from services.router.breaker import CircuitBreaker
+from services.router.models import ModelInfo
 from services.router.policy import Candidate, order
-from services.router.providers.base import ModelInfo
 
 
 class Clock:

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from services.common.settings import ConfigError
-from services.router.catalog import build_catalog, db_layer, load_file_layers, merge_layers
-from services.router.config import KNOWN_PROVIDERS
+from services.common.topology import REMOTE_PROVIDERS
+from services.router.catalog import build_catalog, check_layer, db_layer, load_file_layers, merge_layers
 
 
 def test_the_shipped_catalog_covers_every_known_provider_with_prices() -> None:
     catalog = build_catalog(load_file_layers(None))
-    assert set(KNOWN_PROVIDERS) <= set(catalog.providers)
-    for name in KNOWN_PROVIDERS:
+    assert set(REMOTE_PROVIDERS) <= set(catalog.providers)
+    for name in REMOTE_PROVIDERS:
         chat = [m for m in catalog.models_of(name) if "chat" in m.capabilities]
         assert chat, f"no chat model for {name}"
         assert all(m.input_price_per_mtok > 0 and m.output_price_per_mtok > 0 and m.context_length for m in chat)
@@ -72,10 +72,21 @@ policies:
     [
         ("models: {gpt: {}}", "model ids are '<provider>/<model>'"),
         ("models: {nope/x: {}}", "no provider 'nope'"),
-        ("models: {openai/x: {input_price_per_mtok: -1}}", "must be a number >= 0"),
-        ("models: {openai/x: {input_price_per_mtok: cheap}}", "must be float"),
+        (
+            "models: {openai/x: {input_price_per_mtok: -1}}",
+            "bad.yaml: models.openai/x.input_price_per_mtok: must be greater than or equal to 0",
+        ),
+        (
+            "models: {openai/x: {input_price_per_mtok: cheap}}",
+            "bad.yaml: models.openai/x.input_price_per_mtok: must be a valid number",
+        ),
+        ("models: {openai/x: {input_price_per_mtok: .inf}}", "input_price_per_mtok: must be a finite number"),
+        ("providers: {x: {priority: true}}", "bad.yaml: providers.x.priority: must be a valid integer"),
+        ("policies: {p: {weights: [a]}}", "bad.yaml: policies.p.weights.0: must be a valid integer"),
+        ("models: {openai/x: 3}", "bad.yaml: models.openai/x: must be a mapping of fields"),
+        ("models: [1]", "bad.yaml: models: must be a mapping of name -> fields"),
         ("models: {openai/x: {capabilities: [telepathy]}}", "unknown capabilities"),
-        ("models: {openai/x: {colour: red}}", "unknown field 'colour'"),
+        ("models: {openai/x: {colour: red}}", "bad.yaml: models.openai/x: unknown field 'colour'"),
         ("providers: {x: {kind: soap, base_url: https://x}}", "kind must be one of"),
         (
             "providers: {x: {kind: openai_compatible, base_url: ftp://x}}",
@@ -86,7 +97,7 @@ policies:
             "policies: {p: {strategy: weighted, models: [openai/gpt-4o], weights: [1, 2]}}",
             "2 weights for 1 models",
         ),
-        ("routes: {}", "unknown section"),
+        ("routes: {}", "bad.yaml: unknown section 'routes'"),
         ("models: [", "not valid YAML"),
     ],
 )
@@ -170,3 +181,16 @@ def test_database_rows_override_the_files() -> None:
     assert catalog.default_policy("acme").name == "acme-default"
     assert catalog.default_policy("other") is None
     assert catalog.policy("acme-default", "other") is None
+
+
+def test_empty_entries_and_numeric_names_are_what_the_author_meant(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text("providers:\n  local:\nmodels:\n  local/tiny:\npolicies:\n  7: {strategy: cheapest}\n")
+    catalog = build_catalog(load_file_layers(path))
+    assert "local/tiny" in catalog.models and catalog.models["local/tiny"].capabilities == ("chat", "streaming")
+    assert catalog.policies["7"].strategy == "cheapest"
+
+
+def test_layers_keep_only_the_fields_they_set_so_they_merge_field_by_field() -> None:
+    layer = check_layer({"models": {"openai/x": {"input_price_per_mtok": 1}}}, "test")
+    assert layer == {"providers": {}, "models": {"openai/x": {"input_price_per_mtok": 1.0}}, "policies": {}}

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from services.common.settings import env_name
+from services.common.topology import REMOTE_PROVIDERS
 from services.router.catalog import build_catalog, check_layer, load_file_layers, merge_layers
-from services.router.config import RouterSettings
+from services.router.config import RouterSettings, env_prefix
 from services.router.provider_state import ProviderSnapshot, ProviderStates
 from services.router.providers.anthropic import AnthropicProvider
 from services.router.providers.gemini import GeminiProvider
 from services.router.providers.http import HttpOptions
 from services.router.providers.openai import OpenAICompatibleProvider
-from services.router.providers.registry import ProviderRegistry
+from services.router.registry import ProviderRegistry
 from tests.unit.router.conftest import metric
 
 
@@ -85,6 +88,14 @@ def test_provider_keys_come_from_the_usual_variables_or_files(monkeypatch: Any, 
     assert "sk-env" not in repr(settings)
 
 
+def test_every_known_remote_provider_has_its_key_and_address_settings() -> None:
+    fields = RouterSettings.model_fields
+    for provider in REMOTE_PROVIDERS:
+        prefix = env_prefix(provider)
+        assert env_name(f"{provider}_api_key", fields[f"{provider}_api_key"]) == f"{prefix}_API_KEY"
+        assert env_name(f"{provider}_base_url", fields[f"{provider}_base_url"]) == f"{prefix}_BASE_URL"
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self.saved: list[ProviderSnapshot] = []
@@ -114,3 +125,24 @@ async def test_state_changes_and_counts_are_persisted_in_one_row_per_provider() 
     assert states.latency_p50("p/other", "p") == pytest.approx(0.3), (
         "a model never measured borrows its provider's latency"
     )
+
+
+async def test_failures_are_written_at_once_successes_at_the_interval_or_when_stopping() -> None:
+    store = MemoryStore()
+    states = ProviderStates(failure_threshold=2, cooldown_s=30, store=store, stats_flush_s=3600)
+    await states.start()
+    assert await states.healthy()
+    states.success("q", "q/m", 0.1)
+    await asyncio.sleep(0.02)
+    assert store.saved == [], "a success waits for the next interval"
+    states.failure("q")
+    states.failure("q")  # opens the circuit
+    for _ in range(200):
+        if store.saved:
+            break
+        await asyncio.sleep(0.005)
+    assert [(r.provider, r.circuit_state, r.success_delta) for r in store.saved] == [("q", "open", 1)]
+    states.success("q", "q/m", 0.1)
+    await states.stop()
+    assert not await states.healthy()
+    assert [(r.circuit_state, r.success_delta) for r in store.saved[1:]] == [("closed", 1)], "stopping writes the rest"

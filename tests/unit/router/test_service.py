@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from goblin.v1 import common_pb2
 from services.common.chat import Message, SamplingParams, Usage
+from services.common.context import correlation_id_var
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.router.budget import BudgetStatus
 from services.router.cache import ResponseCache
@@ -20,6 +22,7 @@ from services.router.providers.errors import (
     ProviderUnavailable,
 )
 from services.router.service import ChatCall, RetryPolicy, RouterService
+from services.router.servicer import context_from_proto
 from tests.unit.router.conftest import Break, FakeRedis, ListLedger, Providers, ScriptedProvider, metric
 
 HI = [Message("user", "hello there")]
@@ -341,3 +344,13 @@ async def test_embeddings_are_booked_and_never_fall_back(catalog: Catalog) -> No
     assert row.outcome == "ok" and row.prompt_tokens == 2 and row.cost_usd == pytest.approx(2 * 0.02 / 1e6)
     with pytest.raises(InvalidArgument):
         await service.embed("alpha/big", ["a"], CTX)
+
+
+def test_the_call_context_takes_the_correlation_id_of_the_grpc_call() -> None:
+    token = correlation_id_var.set("from-metadata")  # what the server interceptor does for each call
+    try:
+        ctx = context_from_proto(common_pb2.RequestContext(tenant_id="acme", user_id="u"))
+    finally:
+        correlation_id_var.reset(token)
+    assert (ctx.correlation_id, ctx.tenant_id) == ("from-metadata", "acme")
+    assert "correlation_id" not in common_pb2.RequestContext.DESCRIPTOR.fields_by_name
