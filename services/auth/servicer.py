@@ -11,6 +11,7 @@ import grpc
 from goblin.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 from services.auth.repository import ApiKeyInfo, PasskeyRecord, TenantRecord, UserRecord
 from services.auth.service import AuthService, Context, Jwks, Principal, TokenPair
+from services.common.context import current_correlation_id
 
 
 def _ts(value: datetime | None) -> int:
@@ -19,7 +20,8 @@ def _ts(value: datetime | None) -> int:
 
 def context_from_proto(ctx: common_pb2.RequestContext) -> Context:
     return Context(
-        correlation_id=ctx.correlation_id,
+        # The caller's id arrives in gRPC metadata (services.common.grpc_server sets it for the call).
+        correlation_id=current_correlation_id(),
         user_id=ctx.user_id,
         tenant_id=ctx.tenant_id,
         api_key_id=ctx.api_key_id,

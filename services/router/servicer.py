@@ -10,7 +10,7 @@ import grpc
 
 from goblin.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.common.chat import messages_from_proto, params_from_proto, result_to_proto, usage_to_proto
-from services.common.context import hash_user_id
+from services.common.context import current_correlation_id, hash_user_id
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.router.budget import day_start
 from services.router.providers.base import CallContext
@@ -22,7 +22,8 @@ ADMIN_SCOPES = frozenset({"*", "admin"})
 
 def context_from_proto(ctx: common_pb2.RequestContext) -> CallContext:
     return CallContext(
-        correlation_id=ctx.correlation_id,
+        # The caller's id arrives in gRPC metadata (services.common.grpc_server sets it for the call).
+        correlation_id=current_correlation_id(),
         tenant_id=ctx.tenant_id,
         user_hash=hash_user_id(ctx.user_id),
         api_key_id=ctx.api_key_id,
