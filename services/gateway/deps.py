@@ -1,5 +1,8 @@
 """FastAPI dependencies, as ``Annotated`` aliases routes declare in their signatures.
 
+Shared state: :func:`gateway_state` is the one accessor of the :class:`GatewayState` the lifespan
+sets; routes take it as :data:`StateDep`.
+
 Authentication: every protected route depends on :func:`current_principal`, which asks the auth
 service (``Auth.Authenticate``) and keeps the answer in a local cache keyed by the SHA-256 of the
 credential, for ``GOBLIN_AUTH_CACHE_TTL_S`` (30 s) or until the credential expires, whichever is
@@ -16,90 +19,46 @@ and :data:`AdminDep` (role admin and scope ``admin``). Routes that spend model c
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-import grpc
-from cachetools import TLRUCache
 from fastapi import Depends, Request
 
 from goblin.v1 import auth_pb2, common_pb2
-from services.gateway.clients import Backends
-from services.gateway.config import GatewaySettings
-from services.gateway.errors import ApiError, api_error_from_grpc
+from services.gateway.caches import PrincipalCache
+from services.gateway.errors import ApiError
+from services.gateway.state import GatewayState
 
-AUTH_TIMEOUT_S = 5.0
-PRINCIPAL_CACHE_SIZE = 10_000
-
-ResponseT = TypeVar("ResponseT")
-
-
-async def get_settings(request: Request) -> GatewaySettings:
-    return request.app.state.settings
-
-
-async def get_backends(request: Request) -> Backends:
-    return request.app.state.backends
-
-
-# Dependencies are coroutines on purpose: FastAPI runs a plain ``def`` dependency in a worker thread,
-# a thread hand-off per request for what is an attribute read.
-SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
-BackendsDep = Annotated[Backends, Depends(get_backends)]
+__all__ = [
+    "AdminDep",
+    "ChatDep",
+    "ChatReadDep",
+    "KeysDep",
+    "OptionalPrincipalDep",
+    "PrincipalCache",
+    "PrincipalDep",
+    "StateDep",
+    "gateway_state",
+    "principal_context",
+]
 
 
-class PrincipalCache:
-    """Verified principals by SHA-256 of their credential (the credential itself is never kept),
-    each for ``ttl_s`` or until the credential expires, whichever comes first."""
-
-    def __init__(self, ttl_s: float, maxsize: int = PRINCIPAL_CACHE_SIZE) -> None:
-        self.ttl_s = ttl_s
-        self._entries: TLRUCache[bytes, auth_pb2.Principal] = TLRUCache(maxsize, ttu=self._expires)
-
-    def _expires(self, _key: bytes, principal: auth_pb2.Principal, now: float) -> float:
-        ttl = self.ttl_s
-        if principal.expires_at:
-            ttl = min(ttl, principal.expires_at - time.time())
-        return now + ttl
-
-    @staticmethod
-    def key(credential: str) -> bytes:
-        return hashlib.sha256(credential.encode()).digest()
-
-    def get(self, credential: str) -> auth_pb2.Principal | None:
-        return self._entries.get(self.key(credential))
-
-    def put(self, credential: str, principal: auth_pb2.Principal) -> None:
-        if self.ttl_s <= 0 or (principal.expires_at and principal.expires_at <= time.time()):
-            return
-        self._entries[self.key(credential)] = principal
-
-    def evict(self, credential: str) -> None:
-        self._entries.pop(self.key(credential), None)
-
-    def forget(self, *, api_key_id: str = "", session_id: str = "") -> None:
-        """Drop every cached principal of one API key or one session (revoked through this replica)."""
-        stale = [
-            key
-            for key, principal in list(self._entries.items())
-            if (api_key_id and principal.api_key_id == api_key_id)
-            or (session_id and principal.session_id == session_id)
-        ]
-        for key in stale:
-            self._entries.pop(key, None)
+def gateway_state(request: Request) -> GatewayState:
+    """The app's shared state, set once by the lifespan (``create_app`` in main.py)."""
+    return request.app.state.gateway
 
 
-def principal_cache(request: Request) -> PrincipalCache:
-    state = request.app.state
-    cache = getattr(state, "principal_cache", None)
-    if cache is None:
-        cache = state.principal_cache = PrincipalCache(state.settings.auth_cache_ttl_s)
-    return cache
+# A coroutine on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a thread
+# hand-off per request for what is an attribute read.
+async def _state_dependency(request: Request) -> GatewayState:
+    return gateway_state(request)
+
+
+StateDep = Annotated[GatewayState, Depends(_state_dependency)]
 
 
 def bearer_credential(request: Request) -> str:
+    """The credential of ``Authorization: Bearer ...``; 401 when there is none."""
     header = request.headers.get("authorization", "")
     scheme, _, credential = header.partition(" ")
     if not header or scheme.lower() != "bearer" or not credential.strip():
@@ -112,39 +71,28 @@ def bearer_credential(request: Request) -> str:
     return credential.strip()
 
 
-async def authenticate(request: Request, backends: Backends, credential: str) -> auth_pb2.Principal:
+async def authenticate(request: Request, state: GatewayState, credential: str) -> auth_pb2.Principal:
     """The principal for ``credential``, from the cache or the auth service; 401 if invalid."""
-    cache = principal_cache(request)
-    principal = cache.get(credential)
+    principal = state.principals.get(credential)
     if principal is None:
         try:
-            principal = await backends.auth.Authenticate(
-                auth_pb2.AuthenticateRequest(credential=credential),
-                timeout=AUTH_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as exc:
-            error = api_error_from_grpc(exc, service="auth")
+            principal = await state.clients.auth.authenticate(credential)
+        except ApiError as error:
+            # RFC 6750: a refused bearer token says so in the challenge.
             if error.status_code == 401:
                 error.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-            raise error from None
-        cache.put(credential, principal)
+            raise
+        state.principals.put(credential, principal)
+    # For the access log (the request envelope middleware reads the scope's state).
     request.state.principal = principal
     return principal
 
 
-async def call_auth(rpc: Callable[..., Awaitable[ResponseT]], request: Any) -> ResponseT:
-    """One Auth RPC; its failure as the gateway's JSON error (401, 403, 409, 429 with Retry-After...)."""
-    try:
-        return await rpc(request, timeout=AUTH_TIMEOUT_S)
-    except grpc.aio.AioRpcError as exc:
-        raise api_error_from_grpc(exc, service="auth") from None
-
-
-# The principal dependencies take the request alone (the backends are on app.state), so FastAPI has one
+# The principal dependencies take the request alone (the state is on the app), so FastAPI has one
 # dependency to solve per route, not a tree of them: each level costs it a solve per request.
 async def current_principal(request: Request) -> auth_pb2.Principal:
     """The verified caller; 401 for a missing or invalid credential."""
-    return await authenticate(request, request.app.state.backends, bearer_credential(request))
+    return await authenticate(request, gateway_state(request), bearer_credential(request))
 
 
 async def optional_principal(request: Request) -> auth_pb2.Principal | None:
@@ -159,15 +107,19 @@ OptionalPrincipalDep = Annotated[auth_pb2.Principal | None, Depends(optional_pri
 
 
 def has_scope(principal: auth_pb2.Principal, scope: str) -> bool:
+    """Whether the credential holds ``scope`` (``"*"`` holds every scope)."""
     return "*" in principal.scopes or scope in principal.scopes
 
 
 def client_ip(request: Request) -> str:
+    """The peer's address as the server saw it."""
     return request.client.host if request.client else ""
 
 
 def principal_context(principal: auth_pb2.Principal | None, request: Request) -> common_pb2.RequestContext:
-    """The RequestContext a backend gets: who is asking, as verified here."""
+    """The RequestContext a backend gets: who is asking, as verified here. The one place it is built
+    from a principal. The correlation id is not in it: it travels in gRPC metadata
+    (services.common.grpc_client)."""
     context = common_pb2.RequestContext(client_ip=client_ip(request))
     if principal is not None:
         context.user_id = principal.user_id
@@ -177,18 +129,12 @@ def principal_context(principal: auth_pb2.Principal | None, request: Request) ->
     return context
 
 
-async def charge_request_quota(request: Request, backends: Backends, principal: auth_pb2.Principal) -> None:
+async def charge_request_quota(request: Request, state: GatewayState, principal: auth_pb2.Principal) -> None:
     """One request against the tenant's requests/day quota; 429 ``quota_exceeded`` once it is spent.
     Tenants without a quota cost nothing here (the principal says so)."""
     if principal.requests_per_day <= 0:
         return
-    try:
-        await backends.auth.ChargeRequest(
-            auth_pb2.ChargeRequestRequest(context=principal_context(principal, request)),
-            timeout=AUTH_TIMEOUT_S,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise api_error_from_grpc(exc, service="auth") from None
+    await state.clients.auth.charge_request(principal_context(principal, request))
 
 
 def require_scopes(*scopes: str, metered: bool = False) -> Callable[[Request], Awaitable[auth_pb2.Principal]]:
@@ -206,7 +152,7 @@ def require_scopes(*scopes: str, metered: bool = False) -> Callable[[Request], A
                 headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'},
             )
         if metered:
-            await charge_request_quota(request, request.app.state.backends, principal)
+            await charge_request_quota(request, gateway_state(request), principal)
         return principal
 
     return dependency

@@ -122,6 +122,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status_code, exc.error, exc.message, headers=exc.headers, extra=exc.extra)
 
+    # Every backend call goes through services.gateway.clients, which raises ApiError; this is the net
+    # for a call that bypassed them, so that it still answers with its mapped status rather than a 500.
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _grpc_error(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
         api = api_error_from_grpc(exc)

@@ -12,10 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from services.common.process import freeze_startup_heap
-from services.common.secrets import DetectionPoint, SecretGuard
 from services.common.telemetry import exporting
 from services.gateway.api.routes import auth, health, jwks, openai
-from services.gateway.clients import Backends, GatewayStores
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import (
@@ -27,6 +25,7 @@ from services.gateway.middleware import (
     TimeoutMiddleware,
 )
 from services.gateway.ratelimit import RateLimiter, TrustedProxies, parse_limits
+from services.gateway.state import GatewayState
 
 # Scraped and probed every few seconds: a trace of each would drown the real ones.
 UNTRACED_PREFIXES = ("/metrics", "/health", "/api/health")
@@ -47,27 +46,22 @@ def telemetry_config() -> TelemetryConfig:
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    """The gateway app for ``settings``: routes, error handlers and the edge middleware; its shared
+    state (:class:`GatewayState`) is built when the app starts and closed when it stops."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.backends = Backends(settings.peer_addresses())
-        stores = GatewayStores(settings)
-        app.state.stores = stores
-        app.state.secret_guard = SecretGuard(
-            DetectionPoint.request_creation,
-            policy=settings.secret_policy,
-            audit=stores.audit,
-            enabled=settings.secret_scanning,
-        )
-        await stores.start()
+        state = GatewayState.build(settings)
+        # The one attribute the app's state holds; dependencies read it through deps.gateway_state.
+        app.state.gateway = state
+        await state.start()
         freeze_startup_heap()
         try:
             yield
         finally:
-            await stores.stop()
-            await app.state.backends.close()
+            await state.close()
 
     app = FastAPI(title="Goblin", version="0.1.0", lifespan=lifespan, telemetry=telemetry_config())
-    app.state.settings = settings
     install_error_handlers(app)
     # Routes are matched in order: the OpenAI API, the hot path, first.
     app.include_router(openai.router)

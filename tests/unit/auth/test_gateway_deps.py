@@ -1,27 +1,28 @@
-"""The gateway's side of auth: the principal cache, scope and admin checks, the request quota charge."""
+"""The gateway's side of auth: the principal cache, scope and admin checks, the request quota charge,
+over a real gRPC channel to a scripted auth servicer."""
 
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from goblin.v1 import auth_pb2
+from goblin.v1 import auth_pb2, auth_pb2_grpc
+from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY
+from services.gateway.config import GatewaySettings
 from services.gateway.deps import AdminDep, ChatDep, ChatReadDep, PrincipalCache, PrincipalDep
 from services.gateway.errors import install_error_handlers
+from services.gateway.state import GatewayState
+from tests.unit.gateway.backends import abort, grpc_server
 
 
-class FakeRpcError(grpc.aio.AioRpcError):
-    def __init__(self, code: grpc.StatusCode, details: str, trailers: tuple = ()) -> None:
-        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details)
-
-
-class FakeAuth:
+class FakeAuth(auth_pb2_grpc.AuthServicer):
     """Auth.Authenticate and Auth.ChargeRequest, counting calls."""
 
     def __init__(self, principals: dict[str, auth_pb2.Principal], quota: int = 0) -> None:
@@ -30,19 +31,20 @@ class FakeAuth:
         self.authenticate_calls = 0
         self.charged = 0
 
-    async def Authenticate(self, request: auth_pb2.AuthenticateRequest, **options: Any) -> auth_pb2.Principal:
+    async def Authenticate(self, request: auth_pb2.AuthenticateRequest, context: Any) -> auth_pb2.Principal:
         self.authenticate_calls += 1
         if request.credential not in self.principals:
-            raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "invalid credential")
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "invalid credential")
         return self.principals[request.credential]
 
-    async def ChargeRequest(self, request: auth_pb2.ChargeRequestRequest, **options: Any) -> Any:
+    async def ChargeRequest(self, request: auth_pb2.ChargeRequestRequest, context: Any) -> auth_pb2.QuotaStatus:
         self.charged += 1
         if self.charged > self.quota:
-            raise FakeRpcError(
+            await abort(
+                context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "quota used up",
-                (("goblin-error-code", "quota_exceeded"), ("retry-after", "3600.000")),
+                ((ERROR_CODE_KEY, "quota_exceeded"), (RETRY_AFTER_KEY, "3600.000")),
             )
         return auth_pb2.QuotaStatus(used=self.charged, limit=self.quota)
 
@@ -52,51 +54,75 @@ def principal(**fields: Any) -> auth_pb2.Principal:
     return auth_pb2.Principal(**{**base, **fields})
 
 
-def make_client(auth: FakeAuth, ttl_s: float = 30.0) -> TestClient:
-    app = FastAPI()
-    install_error_handlers(app)
-    app.state.settings = SimpleNamespace(auth_cache_ttl_s=ttl_s)
-    app.state.backends = SimpleNamespace(auth=auth)
+@asynccontextmanager
+async def gateway(auth: FakeAuth, ttl_s: float = 30.0, *, auth_addr: str = "") -> AsyncIterator[httpx.AsyncClient]:
+    """A small app with the gateway's dependencies and its real state, its auth client dialling ``auth``
+    (or ``auth_addr``, where nothing listens)."""
+    async with grpc_server(auth=auth) as address:
+        settings = GatewaySettings(
+            database_url="postgresql://127.0.0.1:1/unused",
+            redis_url="redis://127.0.0.1:1/0",
+            auth_cache_ttl_s=ttl_s,
+            auth_addr=auth_addr or address,
+        )
+        app = FastAPI()
+        install_error_handlers(app)
+        state = app.state.gateway = GatewayState.build(settings)
 
-    @app.get("/me")
-    async def me(caller: PrincipalDep) -> dict[str, str]:
-        return {"user_id": caller.user_id}
+        @app.get("/me")
+        async def me(caller: PrincipalDep) -> dict[str, str]:
+            return {"user_id": caller.user_id}
 
-    @app.post("/chat")
-    async def chat(caller: ChatDep) -> dict[str, str]:
-        return {"ok": caller.user_id}
+        @app.post("/chat")
+        async def chat(caller: ChatDep) -> dict[str, str]:
+            return {"ok": caller.user_id}
 
-    @app.get("/models")
-    async def models(caller: ChatReadDep) -> dict[str, str]:
-        return {"ok": caller.user_id}
+        @app.get("/models")
+        async def models(caller: ChatReadDep) -> dict[str, str]:
+            return {"ok": caller.user_id}
 
-    @app.get("/admin")
-    async def admin(caller: AdminDep) -> dict[str, str]:
-        return {"ok": caller.user_id}
+        @app.get("/admin")
+        async def admin(caller: AdminDep) -> dict[str, str]:
+            return {"ok": caller.user_id}
 
-    return TestClient(app)
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+                yield client
+        finally:
+            await state.clients.close()
 
 
-def get(client: TestClient, path: str, credential: str, method: str = "GET") -> Any:
-    return client.request(method, path, headers={"Authorization": f"Bearer {credential}"})
+async def get(client: httpx.AsyncClient, path: str, credential: str, method: str = "GET") -> httpx.Response:
+    return await client.request(method, path, headers={"Authorization": f"Bearer {credential}"})
 
 
-def test_a_verified_credential_is_asked_for_once_within_the_ttl() -> None:
+async def test_a_verified_credential_is_asked_for_once_within_the_ttl() -> None:
     auth = FakeAuth({"k1": principal()})
-    client = make_client(auth)
-    assert [get(client, "/me", "k1").status_code for _ in range(5)] == [200] * 5
-    assert auth.authenticate_calls == 1
-    assert get(client, "/me", "nope").status_code == 401
-    assert get(client, "/me", "nope").status_code == 401
-    assert auth.authenticate_calls == 3, "refusals are not cached"
+    async with gateway(auth) as client:
+        assert [(await get(client, "/me", "k1")).status_code for _ in range(5)] == [200] * 5
+        assert auth.authenticate_calls == 1
+        refused = await get(client, "/me", "nope")
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert (await get(client, "/me", "nope")).status_code == 401
+        assert auth.authenticate_calls == 3, "refusals are not cached"
+        missing = await client.get("/me")
+        assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
 
 
-def test_ttl_zero_turns_the_cache_off() -> None:
+async def test_ttl_zero_turns_the_cache_off() -> None:
     auth = FakeAuth({"k1": principal()})
-    client = make_client(auth, ttl_s=0)
-    for _ in range(3):
-        get(client, "/me", "k1")
+    async with gateway(auth, ttl_s=0) as client:
+        for _ in range(3):
+            await get(client, "/me", "k1")
     assert auth.authenticate_calls == 3
+
+
+async def test_auth_down_is_a_503_that_names_the_service() -> None:
+    async with gateway(FakeAuth({"k1": principal()}), auth_addr="127.0.0.1:1") as client:
+        reply = await get(client, "/me", "k1")
+    assert reply.status_code == 503
+    assert reply.json()["error"] == "service_unavailable" and reply.json()["message"] == "auth is unavailable"
 
 
 def test_entries_end_with_the_credential_and_keep_no_secret() -> None:
@@ -125,26 +151,26 @@ def test_entries_end_with_the_credential_and_keep_no_secret() -> None:
         (["admin"], "admin", {"/chat": 403, "/models": 403, "/admin": 200}),
     ],
 )
-def test_scopes_and_roles(scopes: list[str], role: str, expected: dict[str, int]) -> None:
-    client = make_client(FakeAuth({"k": principal(scopes=scopes, role=role)}))
-    for path, status in expected.items():
-        reply = get(client, path, "k", "POST" if path == "/chat" else "GET")
-        assert reply.status_code == status, (path, reply.text)
-        if status == 403:
-            assert reply.json()["error"] in ("insufficient_scope", "forbidden")
-    assert client.get("/admin").status_code == 401
+async def test_scopes_and_roles(scopes: list[str], role: str, expected: dict[str, int]) -> None:
+    async with gateway(FakeAuth({"k": principal(scopes=scopes, role=role)})) as client:
+        for path, status in expected.items():
+            reply = await get(client, path, "k", "POST" if path == "/chat" else "GET")
+            assert reply.status_code == status, (path, reply.text)
+            if status == 403:
+                assert reply.json()["error"] in ("insufficient_scope", "forbidden")
+        assert (await client.get("/admin")).status_code == 401
 
 
-def test_metered_routes_charge_quota_limited_tenants_only() -> None:
+async def test_metered_routes_charge_quota_limited_tenants_only() -> None:
     unlimited = FakeAuth({"k": principal()})
-    client = make_client(unlimited)
-    assert get(client, "/chat", "k", "POST").status_code == 200
+    async with gateway(unlimited) as client:
+        assert (await get(client, "/chat", "k", "POST")).status_code == 200
     assert unlimited.charged == 0, "no round trip for a tenant without a quota"
 
     limited = FakeAuth({"k": principal(requests_per_day=2)}, quota=2)
-    client = make_client(limited)
-    assert [get(client, "/chat", "k", "POST").status_code for _ in range(2)] == [200, 200]
-    refused = get(client, "/chat", "k", "POST")
-    assert refused.status_code == 429 and refused.json()["error"] == "quota_exceeded"
-    assert refused.headers["Retry-After"] == "3600"
-    assert get(client, "/models", "k").status_code == 200 and limited.charged == 3, "listing is not metered"
+    async with gateway(limited) as client:
+        assert [(await get(client, "/chat", "k", "POST")).status_code for _ in range(2)] == [200, 200]
+        refused = await get(client, "/chat", "k", "POST")
+        assert refused.status_code == 429 and refused.json()["error"] == "quota_exceeded"
+        assert refused.headers["Retry-After"] == "3600"
+        assert (await get(client, "/models", "k")).status_code == 200 and limited.charged == 3, "listing is not metered"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from services.gateway.clients import Backends, ServiceHealth
-from services.gateway.config import GatewaySettings
-from services.gateway.deps import BackendsDep, SettingsDep
+from services.gateway.clients import ServiceHealth
+from services.gateway.deps import StateDep
 from services.gateway.errors import error_response
+from services.gateway.state import GatewayState
 
 router = APIRouter(tags=["health"])
 
@@ -20,16 +20,17 @@ async def health() -> dict[str, str]:
     return {"status": "ok", "service": "gateway"}
 
 
-async def check_everything(request: Request, backends: Backends, settings: GatewaySettings) -> list[ServiceHealth]:
+async def check_everything(state: GatewayState) -> list[ServiceHealth]:
+    """Every backend service and the gateway's own stores, checked concurrently."""
     services, stores = await asyncio.gather(
-        backends.check_all(settings.health_timeout_s), request.app.state.stores.check()
+        state.clients.health.check_all(state.settings.health_timeout_s), state.stores.check()
     )
     return [*services, *stores]
 
 
 @router.get("/health/ready", summary="Readiness: every backend service and the gateway's stores answer")
-async def ready(request: Request, backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
-    results = await check_everything(request, backends, settings)
+async def ready(state: StateDep) -> JSONResponse:
+    results = await check_everything(state)
     services = {r.name: r.status for r in results}
     down = [r.name for r in results if not r.serving]
     if down:
@@ -44,8 +45,8 @@ async def ready(request: Request, backends: BackendsDep, settings: SettingsDep) 
 
 @router.get("/health/all", summary="Per-service health detail")
 @router.get("/api/health", summary="Per-service health detail (alias of /health/all)")
-async def health_all(request: Request, backends: BackendsDep, settings: SettingsDep) -> JSONResponse:
-    results = await check_everything(request, backends, settings)
+async def health_all(state: StateDep) -> JSONResponse:
+    results = await check_everything(state)
     overall = "ok" if all(r.serving for r in results) else "degraded"
     body = {
         "status": overall,

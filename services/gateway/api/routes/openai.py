@@ -7,38 +7,28 @@ import json
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-import grpc
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import new_completion_id
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.secrets import SecretGuard
-from services.gateway.deps import BackendsDep, ChatDep, ChatReadDep, principal_context
-from services.gateway.errors import ApiError, api_error_from_grpc, error_body
+from services.common.topology import KNOWN_PROVIDERS
+from services.gateway.api.schemas.openai import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
+from services.gateway.clients import ChatStream
+from services.gateway.deps import ChatDep, ChatReadDep, StateDep, principal_context
+from services.gateway.errors import ApiError, error_body
 from services.gateway.metrics import CHAT_COMPLETIONS, CHAT_ERRORS, CHAT_TOKENS
-from services.gateway.openai_schema import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
 
 router = APIRouter(tags=["openai"])
 
-# Provider label values for errors, where the model id comes from the client: anything else is "other",
-# so a client cannot blow up the metric's label set.
-KNOWN_PROVIDERS = frozenset(
-    {"local", "openai", "anthropic", "gemini", "deepseek", "grok", "xai", "moonshot", "siliconflow"}
-)
-
-
-async def secret_guard(request: Request) -> SecretGuard:
-    return request.app.state.secret_guard
-
-
-GuardDep = Annotated[SecretGuard, Depends(secret_guard)]
-
 
 def provider_label(model: str) -> str:
+    """The provider label of a failed request's model id: a known provider, ``alias``, or ``other``,
+    so a client-chosen id cannot blow up the metric's label set."""
     prefix = model.split("/", 1)[0] if "/" in model else "local" if model == "local" else "alias"
     return prefix if prefix in KNOWN_PROVIDERS or prefix == "alias" else "other"
 
@@ -61,6 +51,7 @@ def count_answer(provider: str, model: str, usage: common_pb2.Usage) -> None:
 
 # A chat may legitimately take minutes on a CPU; the inference queue bounds how many wait.
 CHAT_TIMEOUT_S = 600
+EMBED_TIMEOUT_S = 120
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -106,29 +97,26 @@ def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream: true for SSE)")
 @router.post("/chat/completions", summary="Chat completion (alias of /v1/chat/completions)")
-async def chat_completions(
-    body: ChatCompletionRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep, http: Request
-) -> Any:
+async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, state: StateDep, http: Request) -> Any:
     request = chat_request_to_proto(body, principal, http)
     # Cache-Control: no-cache (or no-store) asks for a fresh answer: the router's response cache is skipped.
     directives = {d.strip().lower() for d in http.headers.get("cache-control", "").split(",")}
     request.routing.bypass_cache = bool(directives & {"no-cache", "no-store"})
-    cleaned = scan(guard, [m.content for m in request.messages], principal)
+    cleaned = scan(state.secret_guard, [m.content for m in request.messages], principal)
     for message, text in zip(request.messages, cleaned, strict=True):
         message.content = text
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await _stream(
-            backends.router.ChatStream(request, timeout=CHAT_TIMEOUT_S),
+            state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S),
             include_usage,
             provider_label(body.model),
         )
     try:
-        reply = await backends.router.Chat(request, timeout=CHAT_TIMEOUT_S)
-    except grpc.aio.AioRpcError as exc:
-        error = api_error_from_grpc(exc, service="router")
+        reply = await state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S)
+    except ApiError as error:
         CHAT_ERRORS.labels(provider_label(body.model), error.error).inc()
-        raise error from None
+        raise
     count_answer(reply.provider, reply.model, reply.usage)
     # A response, not a dict: a returned dict would go through FastAPI's jsonable_encoder first.
     return JSONResponse(
@@ -151,15 +139,14 @@ async def chat_completions(
     )
 
 
-async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool, requested_provider: str) -> StreamingResponse:
+async def _stream(stream: ChatStream, include_usage: bool, requested_provider: str) -> StreamingResponse:
     # Wait for the first chunk before answering, so refusals (unknown model, full queue, budget) get
     # their real HTTP status instead of a 200 followed by an error event.
     try:
-        first = await call.read()
-    except grpc.aio.AioRpcError as exc:
-        error = api_error_from_grpc(exc, service="router")
+        first = await stream.read()
+    except ApiError as error:
         CHAT_ERRORS.labels(requested_provider, error.error).inc()
-        raise error from None
+        raise
     completion_id, created = new_completion_id(), int(time.time())
 
     def event(payload: dict[str, Any]) -> str:
@@ -193,22 +180,21 @@ async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool, requested
         model, provider = "", ""
         usage = None
         try:
-            while chunk is not grpc.aio.EOF:
+            while chunk is not None:
                 model = chunk.model or model
                 provider = chunk.provider or provider
                 if chunk.HasField("usage"):
                     usage = chunk.usage
                 yield chunk_event(chunk)
-                chunk = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            error = api_error_from_grpc(exc, service="router")
+                chunk = await stream.read()
+        except ApiError as error:
             CHAT_ERRORS.labels(provider or requested_provider, error.error).inc()
             # Mid-stream the status line is already sent: OpenAI's in-stream error object, which SDKs raise.
             body = error_body(error.error, error.message, extra=error.extra)
             yield event({"error": {**body, "type": error.error, "code": error.error}})
             return
         finally:
-            call.cancel()  # no-op when finished; frees the model when the client went away
+            stream.cancel()  # no-op when finished; frees the model when the client went away
         if usage is not None:
             count_answer(provider, model, usage)
         if include_usage and usage is not None:
@@ -224,19 +210,14 @@ async def _stream(call: grpc.aio.UnaryStreamCall, include_usage: bool, requested
             )
         yield "data: [DONE]\n\n"
 
-    if first is grpc.aio.EOF:
+    if first is None:
         raise ApiError(502, "upstream_error", "the model returned an empty stream")
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.get("/v1/models", summary="Every model the router can reach")
-async def list_models(principal: ChatReadDep, backends: BackendsDep, http: Request) -> dict[str, Any]:
-    try:
-        reply = await backends.router.ListModels(
-            common_pb2.ListModelsRequest(context=principal_context(principal, http))
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise api_error_from_grpc(exc, service="router") from None
+async def list_models(principal: ChatReadDep, state: StateDep, http: Request) -> dict[str, Any]:
+    models = await state.clients.router.list_models(principal_context(principal, http))
     return {
         "object": "list",
         "data": [
@@ -249,28 +230,21 @@ async def list_models(principal: ChatReadDep, backends: BackendsDep, http: Reque
                 "capabilities": list(m.capabilities),
                 "context_length": m.context_length,
             }
-            for m in reply.models
+            for m in models
         ],
     }
 
 
 @router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible) from the local embedding model")
-async def embeddings(
-    body: EmbeddingRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep, http: Request
-) -> dict[str, Any]:
+async def embeddings(body: EmbeddingRequest, principal: ChatDep, state: StateDep, http: Request) -> dict[str, Any]:
     if body.dimensions is not None:
         raise ApiError(400, "invalid_request", "dimensions is not supported by the local embedding model")
-    try:
-        reply = await backends.router.Embed(
-            common_pb2.EmbedRequest(
-                model=body.model,
-                inputs=scan(guard, list(body.input), principal),
-                context=principal_context(principal, http),
-            ),
-            timeout=120,
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise api_error_from_grpc(exc, service="router") from None
+    reply = await state.clients.router.embed(
+        body.model,
+        scan(state.secret_guard, list(body.input), principal),
+        principal_context(principal, http),
+        deadline_s=EMBED_TIMEOUT_S,
+    )
 
     def encode(values: list[float]) -> list[float] | str:
         if body.encoding_format == "base64":
@@ -280,18 +254,16 @@ async def embeddings(
     return {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": encode(list(e.values))}
-            for i, e in enumerate(reply.embeddings)
+            {"object": "embedding", "index": i, "embedding": encode(list(vector))}
+            for i, vector in enumerate(reply.vectors)
         ],
         "model": reply.model,
-        "usage": {"prompt_tokens": reply.usage.prompt_tokens, "total_tokens": reply.usage.prompt_tokens},
+        "usage": {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens},
     }
 
 
 @router.post("/invoke", summary="One completion for one prompt (kept for old clients)")
-async def invoke(
-    body: InvokeRequest, principal: ChatDep, backends: BackendsDep, guard: GuardDep, http: Request
-) -> JSONResponse:
+async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http: Request) -> JSONResponse:
     model = f"{body.provider}/{body.model}" if body.model else body.provider
     params = common_pb2.SamplingParams()
     if body.max_tokens is not None:
@@ -300,16 +272,15 @@ async def invoke(
         params.temperature = body.temperature
     request = common_pb2.ChatRequest(
         model=model,
-        messages=[common_pb2.ChatMessage(role="user", content=scan(guard, [body.prompt], principal)[0])],
+        messages=[common_pb2.ChatMessage(role="user", content=scan(state.secret_guard, [body.prompt], principal)[0])],
         params=params,
         context=principal_context(principal, http),
     )
     try:
-        reply = await backends.router.Chat(request, timeout=CHAT_TIMEOUT_S)
-    except grpc.aio.AioRpcError as exc:
-        error = api_error_from_grpc(exc, service="router")
+        reply = await state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S)
+    except ApiError as error:
         CHAT_ERRORS.labels(provider_label(model), error.error).inc()
-        raise error from None
+        raise
     count_answer(reply.provider, reply.model, reply.usage)
     return JSONResponse(
         {

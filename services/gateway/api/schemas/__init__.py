@@ -1,0 +1,1 @@
+"""Request bodies and answers of the gateway's HTTP API (pydantic), one module per route area."""

@@ -1,0 +1,51 @@
+"""Everything the gateway's routes share, in one typed object built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.secrets import DetectionPoint, SecretGuard
+from services.gateway.caches import JwksCache, PrincipalCache
+from services.gateway.clients import GatewayClients
+from services.gateway.config import GatewaySettings
+from services.gateway.stores import GatewayStores
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """Settings, backend clients, the gateway's stores, the request-side secret guard and the caches
+    of auth answers. Dependencies read it through ``services.gateway.deps.gateway_state``."""
+
+    settings: GatewaySettings
+    clients: GatewayClients
+    stores: GatewayStores
+    secret_guard: SecretGuard
+    principals: PrincipalCache
+    jwks: JwksCache
+
+    @classmethod
+    def build(cls, settings: GatewaySettings) -> GatewayState:
+        """The state for ``settings``: channels and stores are created, nothing is connected yet."""
+        stores = GatewayStores(settings)
+        return cls(
+            settings=settings,
+            clients=GatewayClients(settings.peer_addresses()),
+            stores=stores,
+            secret_guard=SecretGuard(
+                DetectionPoint.request_creation,
+                policy=settings.secret_policy,
+                audit=stores.audit,
+                enabled=settings.secret_scanning,
+            ),
+            principals=PrincipalCache(settings.auth_cache_ttl_s),
+            jwks=JwksCache(),
+        )
+
+    async def start(self) -> None:
+        """Start connecting the stores (in the background; the channels connect on first use)."""
+        await self.stores.start()
+
+    async def close(self) -> None:
+        """Close the stores and every channel."""
+        await self.stores.stop()
+        await self.clients.close()
