@@ -13,7 +13,7 @@ from goblin.v1 import auth_pb2_grpc
 from services.auth.accounts import Accounts
 from services.auth.config import AuthPolicySettings, AuthSettings
 from services.auth.ephemeral import RedisEphemeral
-from services.auth.keys import KeyCipher, KeyRing, load_key_encryption_key
+from services.auth.keyring import KeyCipher, KeyRing, load_key_encryption_key
 from services.auth.passwords import Passwords
 from services.auth.repository import AuthRepository
 from services.auth.service import AuthPolicy, AuthService

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from services.auth import passkeys
+from services.auth import webauthn_ceremonies as passkeys
 from services.auth.accounts import (
     API_KEY_PREFIX,
     TENANT_ID_PATTERN,
@@ -37,7 +37,7 @@ from services.auth.accounts import (
     write_secret_file,
 )
 from services.auth.config import AuthPolicySettings
-from services.auth.keys import KeyRing, Rotation
+from services.auth.keyring import KeyRing, Rotation
 from services.auth.metrics import AUTHENTICATIONS, KEY_ROTATIONS, SECURITY_EVENTS, SIGN_INS
 from services.auth.passwords import LockoutPolicy, Passwords
 from services.auth.repository import (

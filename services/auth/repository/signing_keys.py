@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import asyncpg
 
-from services.auth.keys import NewSigningKey, Rotation, SigningKeyRecord
+from services.auth.keyring import NewSigningKey, Rotation, SigningKeyRecord
 from services.auth.repository.base import AuditEvent, PostgresRepository, insert_audit_event
 
 _SIGNING_KEY_COLUMNS = (

@@ -11,8 +11,7 @@ from typing import Any
 from argon2 import PasswordHasher
 
 from services.auth.accounts import Accounts
-from services.auth.keys import KeyCipher, KeyRing, NewSigningKey, Rotation, SigningKeyRecord
-from services.auth.passkeys import WebAuthnConfig
+from services.auth.keyring import KeyCipher, KeyRing, NewSigningKey, Rotation, SigningKeyRecord
 from services.auth.passwords import LockoutPolicy, Passwords
 from services.auth.repository import (
     ApiKeyInfo,
@@ -26,6 +25,7 @@ from services.auth.repository import (
 )
 from services.auth.service import AuthPolicy, AuthService
 from services.auth.tokens import TokenCodec
+from services.auth.webauthn_ceremonies import WebAuthnConfig
 from services.common.errors import AlreadyExists, NotFound
 
 ORIGIN = "https://localhost:8443"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from services.auth.passkeys import CHALLENGE_TTL_S, sign_count_regressed
 from services.auth.service import AuthService, Context
+from services.auth.webauthn_ceremonies import CHALLENGE_TTL_S, sign_count_regressed
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from tests.integration.webauthn_authenticator import SoftAuthenticator, b64url
 from tests.unit.auth.fakes import ORIGIN, FakeEphemeral, FakeStore, make_service
