@@ -13,6 +13,7 @@ from argon2 import PasswordHasher
 from services.auth.accounts import Accounts
 from services.auth.keyring import KeyCipher, KeyRing, NewSigningKey, Rotation, SigningKeyRecord
 from services.auth.passwords import LockoutPolicy, Passwords
+from services.auth.policy import AuthPolicy
 from services.auth.repository import (
     ApiKeyInfo,
     ApiKeyRecord,
@@ -23,7 +24,7 @@ from services.auth.repository import (
     TenantRecord,
     UserRecord,
 )
-from services.auth.service import AuthPolicy, AuthService
+from services.auth.service import AuthService
 from services.auth.tokens import TokenCodec
 from services.auth.webauthn_ceremonies import WebAuthnConfig
 from services.common.errors import AlreadyExists, NotFound
