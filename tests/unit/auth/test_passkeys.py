@@ -11,29 +11,11 @@ from services.auth.service import AuthService
 from services.auth.webauthn_ceremonies import CHALLENGE_TTL_S, sign_count_regressed
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from tests.integration.webauthn_authenticator import SoftAuthenticator, b64url
-from tests.unit.auth.fakes import ORIGIN, FakeEphemeral, FakeStore, make_service
-
-
-@pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
-
-
-@pytest.fixture
-def ephemeral() -> FakeEphemeral:
-    return FakeEphemeral()
-
-
-@pytest.fixture
-async def service(store: FakeStore, ephemeral: FakeEphemeral) -> AuthService:
-    made = make_service(store, ephemeral)
-    await made.keyring.ensure()
-    return made
+from tests.unit.auth.fakes import ORIGIN, FakeEphemeral, FakeStore, signed_in
 
 
 async def user_context(service: AuthService, email: str = "alice@example.com") -> Context:
-    user = await service.accounts.create_user(email=email, password=None, role="user", tenant_id="default", by="t")
-    return Context(user_id=user.id, tenant_id=user.tenant_id, scopes=("*",))
+    return await signed_in(service, email)
 
 
 async def enrol(service: AuthService, ctx: Context, authenticator: SoftAuthenticator, name: str = "laptop") -> str:
