@@ -1,6 +1,7 @@
 """WebAuthn ceremonies with py_webauthn: options out, responses verified against our RP ID and origins.
 
-Pure functions: where challenges are kept and which credentials a user has is the service's business.
+Pure functions: where challenges are kept and which credentials a user has is :mod:`services.auth.passkeys`'s
+business.
 Every failure of the library becomes a domain error with a message safe to show the client.
 """
 
