@@ -136,7 +136,7 @@ def _with_auth(database_url: str | None, action: Callable[[Any, Any], Awaitable[
     """Run ``action(repository, settings)`` against the database, migrated first; domain errors (and
     a key-encryption key that does not open the stored keys) become one line and exit status 1."""
     from services.auth.config import AuthPolicySettings
-    from services.auth.keys import SealError
+    from services.auth.keyring import SealError
     from services.auth.repository import AuthRepository
     from services.common.errors import GoblinError
     from services.common.stores import PostgresStore

@@ -1,7 +1,9 @@
 """Accounts: users, tenants and API keys made valid and stored, with their audit events.
 
-Who may do these things is not decided here: :class:`~services.auth.service.AuthService` checks the
-requester first, and the ``goblin users|keys create`` commands are an operator at the database.
+Who may do these things is not decided here: the areas (:mod:`~services.auth.users`,
+:mod:`~services.auth.api_keys`, :mod:`~services.auth.tenants`) check the requester with
+:mod:`~services.auth.permissions` first, and the ``goblin users|keys create`` commands are an operator
+at the database.
 """
 
 from __future__ import annotations

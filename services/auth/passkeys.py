@@ -1,190 +1,229 @@
-"""WebAuthn ceremonies with py_webauthn: options out, responses verified against our RP ID and origins.
+"""Passkeys: enrolling them, signing in with them, listing and removing them.
 
-Pure functions: where challenges are kept and which credentials a user has is the service's business.
-Every failure of the library becomes a domain error with a message safe to show the client.
+The WebAuthn ceremonies themselves are :mod:`services.auth.webauthn_ceremonies`; this module keeps
+their challenges (Redis, single use), the credentials (Postgres) and the signature counters, and opens
+a session through :class:`~services.auth.sessions.Sessions` when a sign-in verifies.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import logging
+import secrets
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import webauthn
-from webauthn.helpers import parse_authentication_credential_json, parse_registration_credential_json
-from webauthn.helpers.cose import COSEAlgorithmIdentifier
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    AuthenticatorTransport,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
+from services.auth import webauthn_ceremonies as ceremonies
+from services.auth.accounts import has_control_characters, normalise_email, valid_id, valid_name
+from services.auth.context import Context
+from services.auth.metrics import SECURITY_EVENTS, SIGN_INS
+from services.auth.permissions import Permissions
+from services.auth.repository import AuditEvent, PasskeyRecord, UserRecord
+from services.auth.sessions import TokenPair
+from services.common.context import hash_user_id
+from services.common.errors import InvalidArgument, NotFound, Unauthenticated
 
-from services.common.errors import InvalidArgument, Unauthenticated
-
-CHALLENGE_TTL_S = 300
-CEREMONY_TIMEOUT_MS = CHALLENGE_TTL_S * 1000
-SUPPORTED_ALGORITHMS = [COSEAlgorithmIdentifier.ECDSA_SHA_256, COSEAlgorithmIdentifier.EDDSA]
-MAX_CREDENTIAL_JSON = 64 * 1024
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class WebAuthnConfig:
-    rp_id: str
-    rp_name: str
-    origins: list[str]
-    require_user_verification: bool = True
+class PasskeyChallenge:
+    options_json: str
+    challenge_id: str
 
-    @property
-    def user_verification(self) -> UserVerificationRequirement:
-        return (
-            UserVerificationRequirement.REQUIRED
-            if self.require_user_verification
-            else UserVerificationRequirement.PREFERRED
+
+class PasskeyStore(Protocol):
+    async def audit(self, event: AuditEvent) -> None: ...
+    async def get_user(self, user_id: str) -> UserRecord | None: ...
+    async def find_user_by_email(self, email: str) -> UserRecord | None: ...
+    async def list_passkeys(self, user_id: str) -> list[PasskeyRecord]: ...
+    async def find_passkey(self, credential_id: bytes) -> PasskeyRecord | None: ...
+    async def add_passkey(self, **fields: Any) -> PasskeyRecord: ...
+    async def record_passkey_use(self, passkey_id: str, seen_count: int, new_count: int, backed_up: bool) -> bool: ...
+    async def delete_passkey(self, passkey_id: str, user_id: str, audit: AuditEvent | None = None) -> bool: ...
+
+
+class ChallengeStore(Protocol):
+    async def put_challenge(self, challenge_id: str, value: dict[str, str], ttl_s: int) -> None: ...
+    async def take_challenge(self, challenge_id: str) -> dict[str, str] | None: ...
+
+
+class SessionOpener(Protocol):
+    async def open(self, ctx: Context, user: UserRecord, *, method: str) -> TokenPair: ...
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()
+
+
+class Passkeys:
+    def __init__(
+        self,
+        store: PasskeyStore,
+        challenges: ChallengeStore,
+        *,
+        sessions: SessionOpener,
+        permissions: Permissions,
+        webauthn: ceremonies.WebAuthnConfig,
+    ) -> None:
+        self.store = store
+        self.challenges = challenges
+        self.sessions = sessions
+        self.permissions = permissions
+        self.webauthn = webauthn
+
+    async def _put_challenge(self, ceremony: str, challenge: bytes, user_id: str) -> str:
+        challenge_id = secrets.token_urlsafe(24)
+        await self.challenges.put_challenge(
+            challenge_id,
+            {"ceremony": ceremony, "challenge": _b64(challenge), "user_id": user_id},
+            ceremonies.CHALLENGE_TTL_S,
+        )
+        return challenge_id
+
+    async def _take_challenge(self, ceremony: str, challenge_id: str) -> tuple[bytes, str] | None:
+        stored = await self.challenges.take_challenge(challenge_id) if challenge_id else None
+        if stored is None or stored.get("ceremony") != ceremony:
+            return None
+        return base64.urlsafe_b64decode(stored["challenge"]), stored.get("user_id", "")
+
+    # -- enrolment --------------------------------------------------------------------------------
+    async def registration_options(self, ctx: Context) -> PasskeyChallenge:
+        """Options for enrolling a passkey for the caller; the browser is told which it has already."""
+        user = await self.permissions.caller_with_scope(ctx, "keys")
+        existing = await self.store.list_passkeys(user.id)
+        options_json, challenge = ceremonies.registration_options(
+            self.webauthn,
+            user_handle=user.id.encode(),
+            user_name=user.email,
+            existing=[ceremonies.KnownCredential(p.credential_id, list(p.transports)) for p in existing],
+        )
+        return PasskeyChallenge(options_json, await self._put_challenge("register", challenge, user.id))
+
+    async def registration_verify(
+        self, ctx: Context, *, challenge_id: str, credential_json: str, name: str
+    ) -> PasskeyRecord:
+        """Store the passkey the browser made for a challenge this caller was given."""
+        user = await self.permissions.caller_with_scope(ctx, "keys")
+        taken = await self._take_challenge("register", challenge_id)
+        if taken is None or taken[1] != user.id:
+            raise InvalidArgument("unknown, expired or already used challenge", code="challenge_invalid")
+        registered = ceremonies.verify_registration(self.webauthn, credential_json, taken[0])
+        passkey_id = uuid.uuid4().hex
+        return await self.store.add_passkey(
+            passkey_id=passkey_id,
+            user_id=user.id,
+            credential_id=registered.credential_id,
+            public_key=registered.public_key,
+            sign_count=registered.sign_count,
+            transports=registered.transports,
+            name=valid_name(name or "passkey"),
+            backed_up=registered.backed_up,
+            audit=ctx.audit_event(
+                "passkey_registered",
+                tenant_id=user.tenant_id,
+                user_id=user.id,
+                passkey_id=passkey_id,
+                backed_up=registered.backed_up,
+            ),
         )
 
+    # -- sign-in ----------------------------------------------------------------------------------
+    async def login_options(self, ctx: Context, *, email: str) -> PasskeyChallenge:
+        """Options for signing in. With an email, the account's passkeys are offered; without (or for
+        an unknown email), the browser offers any discoverable passkey it holds for this site."""
+        allowed: list[ceremonies.KnownCredential] = []
+        user_id = ""
+        if email.strip() and not has_control_characters(email):
+            user = await self.store.find_user_by_email(normalise_email(email))
+            if user is not None and user.is_active:
+                user_id = user.id
+                allowed = [
+                    ceremonies.KnownCredential(p.credential_id, list(p.transports))
+                    for p in await self.store.list_passkeys(user.id)
+                ]
+        options_json, challenge = ceremonies.authentication_options(self.webauthn, allowed=allowed)
+        return PasskeyChallenge(options_json, await self._put_challenge("login", challenge, user_id))
 
-@dataclass(frozen=True)
-class KnownCredential:
-    credential_id: bytes
-    transports: list[str]
+    async def login_verify(self, ctx: Context, *, challenge_id: str, credential_json: str) -> TokenPair:
+        """Sign in with a passkey assertion: a new session, as a password sign-in opens."""
+        try:
+            pair = await self._login(ctx, challenge_id, credential_json)
+        except (Unauthenticated, InvalidArgument):
+            SIGN_INS.labels("passkey", "failure").inc()
+            raise
+        SIGN_INS.labels("passkey", "success").inc()
+        return pair
 
+    async def _login(self, ctx: Context, challenge_id: str, credential_json: str) -> TokenPair:
+        taken = await self._take_challenge("login", challenge_id)
+        if taken is None:
+            raise Unauthenticated("unknown, expired or already used challenge", code="challenge_invalid")
+        challenge, expected_user = taken
+        assertion = ceremonies.parse_assertion(credential_json)
+        passkey = await self.store.find_passkey(assertion.credential_id)
+        if passkey is None:
+            await self.store.audit(ctx.audit_event("login_failed", method="passkey", reason="unknown_passkey"))
+            raise Unauthenticated("unknown passkey", code="passkey_invalid")
+        if (expected_user and expected_user != passkey.user_id) or (
+            assertion.user_handle is not None and assertion.user_handle != passkey.user_id.encode()
+        ):
+            await self._failed(ctx, passkey, "wrong_account")
+            raise Unauthenticated("this passkey belongs to another account", code="passkey_invalid")
+        try:
+            verified = ceremonies.verify_assertion(self.webauthn, credential_json, challenge, passkey.public_key)
+        except Unauthenticated as exc:
+            await self._failed(ctx, passkey, "verification_failed", error=exc.message[:200])
+            raise
+        if ceremonies.sign_count_regressed(passkey.sign_count, verified.sign_count):
+            SECURITY_EVENTS.labels("passkey_clone_suspected").inc()
+            log.warning(
+                "passkey sign count went backwards: possible cloned authenticator",
+                extra={"user_hash": hash_user_id(passkey.user_id), "passkey_id": passkey.id},
+            )
+            await self._failed(
+                ctx, passkey, "sign_count_regressed", stored=passkey.sign_count, presented=verified.sign_count
+            )
+            raise Unauthenticated(
+                "passkey refused: its signature counter went backwards (a cloned authenticator?)",
+                code="passkey_cloned",
+            )
+        if not await self.store.record_passkey_use(
+            passkey.id, passkey.sign_count, verified.sign_count, verified.backed_up
+        ):
+            raise Unauthenticated(
+                "this passkey was used at the same moment elsewhere; try again", code="passkey_invalid"
+            )
+        user = await self.store.get_user(passkey.user_id)
+        if user is None or not user.is_active:
+            raise Unauthenticated("this account is disabled or gone")
+        return await self.sessions.open(ctx, user, method="passkey")
 
-@dataclass(frozen=True)
-class RegisteredPasskey:
-    credential_id: bytes
-    public_key: bytes
-    sign_count: int
-    backed_up: bool
-    transports: list[str]
-
-
-@dataclass(frozen=True)
-class Assertion:
-    credential_id: bytes
-    user_handle: bytes | None
-
-
-@dataclass(frozen=True)
-class VerifiedAssertion:
-    sign_count: int
-    backed_up: bool
-
-
-def _descriptors(credentials: list[KnownCredential]) -> list[PublicKeyCredentialDescriptor]:
-    known = {t.value for t in AuthenticatorTransport}
-    return [
-        PublicKeyCredentialDescriptor(
-            id=c.credential_id, transports=[AuthenticatorTransport(t) for t in c.transports if t in known]
+    async def _failed(self, ctx: Context, passkey: PasskeyRecord, reason: str, **details: Any) -> None:
+        event = "passkey_clone_suspected" if reason == "sign_count_regressed" else "login_failed"
+        await self.store.audit(
+            ctx.audit_event(
+                event, user_id=passkey.user_id, method="passkey", reason=reason, passkey_id=passkey.id, **details
+            )
         )
-        for c in credentials
-    ]
 
+    # -- management -------------------------------------------------------------------------------
+    async def list_own(self, ctx: Context) -> list[PasskeyRecord]:
+        """The caller's passkeys."""
+        user = await self.permissions.caller_with_scope(ctx, "keys")
+        return await self.store.list_passkeys(user.id)
 
-def registration_options(
-    config: WebAuthnConfig, *, user_handle: bytes, user_name: str, existing: list[KnownCredential]
-) -> tuple[str, bytes]:
-    """PublicKeyCredentialCreationOptions as JSON, and the challenge in them."""
-    options = webauthn.generate_registration_options(
-        rp_id=config.rp_id,
-        rp_name=config.rp_name,
-        user_id=user_handle,
-        user_name=user_name,
-        timeout=CEREMONY_TIMEOUT_MS,
-        authenticator_selection=AuthenticatorSelectionCriteria(
-            resident_key=ResidentKeyRequirement.PREFERRED, user_verification=config.user_verification
-        ),
-        exclude_credentials=_descriptors(existing),
-        supported_pub_key_algs=SUPPORTED_ALGORITHMS,
-    )
-    return webauthn.options_to_json(options), options.challenge
-
-
-def authentication_options(config: WebAuthnConfig, *, allowed: list[KnownCredential]) -> tuple[str, bytes]:
-    """PublicKeyCredentialRequestOptions as JSON, and the challenge in them. An empty ``allowed`` asks
-    the browser for any discoverable credential of this RP."""
-    options = webauthn.generate_authentication_options(
-        rp_id=config.rp_id,
-        timeout=CEREMONY_TIMEOUT_MS,
-        allow_credentials=_descriptors(allowed),
-        user_verification=config.user_verification,
-    )
-    return webauthn.options_to_json(options), options.challenge
-
-
-def _parse_json(credential_json: str) -> dict[str, Any]:
-    if len(credential_json) > MAX_CREDENTIAL_JSON:
-        raise InvalidArgument("credential: too large")
-    try:
-        value = json.loads(credential_json)
-    except ValueError:
-        raise InvalidArgument("credential: not JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument("credential: must be a JSON object (the browser's PublicKeyCredential)")
-    return value
-
-
-def verify_registration(config: WebAuthnConfig, credential_json: str, challenge: bytes) -> RegisteredPasskey:
-    credential = _parse_json(credential_json)
-    try:
-        parsed = parse_registration_credential_json(credential)
-        verified = webauthn.verify_registration_response(
-            credential=parsed,
-            expected_challenge=challenge,
-            expected_rp_id=config.rp_id,
-            expected_origin=config.origins,
-            require_user_verification=config.require_user_verification,
-            supported_pub_key_algs=SUPPORTED_ALGORITHMS,
+    async def delete(self, ctx: Context, passkey_id: str) -> bool:
+        """Remove one of the caller's passkeys (someone else's is :class:`NotFound`, as an unknown one)."""
+        user = await self.permissions.caller_with_scope(ctx, "keys")
+        if not valid_id(passkey_id):
+            raise NotFound("no such passkey")
+        deleted = await self.store.delete_passkey(
+            passkey_id,
+            user.id,
+            audit=ctx.audit_event("passkey_deleted", tenant_id=user.tenant_id, user_id=user.id, passkey_id=passkey_id),
         )
-    except WebAuthnException as exc:
-        raise InvalidArgument(f"passkey registration refused: {exc}", code="passkey_invalid") from None
-    except (ValueError, TypeError, KeyError):
-        raise InvalidArgument("passkey registration refused: malformed credential", code="passkey_invalid") from None
-    transports = [t.value for t in parsed.response.transports or []]
-    return RegisteredPasskey(
-        credential_id=verified.credential_id,
-        public_key=verified.credential_public_key,
-        sign_count=verified.sign_count,
-        backed_up=verified.credential_backed_up,
-        transports=transports,
-    )
-
-
-def parse_assertion(credential_json: str) -> Assertion:
-    """Which credential (and, for discoverable ones, which user handle) an assertion claims to be."""
-    credential = _parse_json(credential_json)
-    try:
-        parsed = parse_authentication_credential_json(credential)
-    except (WebAuthnException, ValueError, TypeError):
-        raise InvalidArgument("credential: not a WebAuthn assertion", code="passkey_invalid") from None
-    return Assertion(credential_id=parsed.raw_id, user_handle=parsed.response.user_handle)
-
-
-def verify_assertion(
-    config: WebAuthnConfig, credential_json: str, challenge: bytes, public_key: bytes
-) -> VerifiedAssertion:
-    """Challenge, origin, RP ID, flags and signature. The sign counter is the caller's to judge
-    (against a count it holds under a lock), so the library is told the stored count is 0."""
-    try:
-        verified = webauthn.verify_authentication_response(
-            credential=_parse_json(credential_json),
-            expected_challenge=challenge,
-            expected_rp_id=config.rp_id,
-            expected_origin=config.origins,
-            credential_public_key=public_key,
-            credential_current_sign_count=0,
-            require_user_verification=config.require_user_verification,
-        )
-    except WebAuthnException as exc:
-        raise Unauthenticated(f"passkey sign-in refused: {exc}", code="passkey_invalid") from None
-    except (ValueError, TypeError, KeyError):
-        raise Unauthenticated("passkey sign-in refused: malformed assertion", code="passkey_invalid") from None
-    return VerifiedAssertion(sign_count=verified.new_sign_count, backed_up=verified.credential_backed_up)
-
-
-def sign_count_regressed(stored: int, presented: int) -> bool:
-    """WebAuthn §6.1.1: a counter that does not grow (unless both are 0, for authenticators that keep
-    none) means the credential may have been cloned."""
-    return (presented > 0 or stored > 0) and presented <= stored
+        if not deleted:
+            raise NotFound("no such passkey")
+        return True

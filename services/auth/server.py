@@ -13,10 +13,11 @@ from goblin.v1 import auth_pb2_grpc
 from services.auth.accounts import Accounts
 from services.auth.config import AuthPolicySettings, AuthSettings
 from services.auth.ephemeral import RedisEphemeral
-from services.auth.keys import KeyCipher, KeyRing, load_key_encryption_key
+from services.auth.keyring import KeyCipher, KeyRing, load_key_encryption_key
 from services.auth.passwords import Passwords
+from services.auth.policy import AuthPolicy
 from services.auth.repository import AuthRepository
-from services.auth.service import AuthPolicy, AuthService
+from services.auth.service import AuthService
 from services.auth.servicer import AuthServicer
 from services.auth.tokens import TokenCodec
 from services.common.stores import PostgresStore, RedisStore, StoreBackedService
@@ -79,4 +80,4 @@ class AuthServer(StoreBackedService):
         await self.keyring.ensure()
         password = self.settings.admin_password.get_secret_value() if self.settings.admin_password else None
         assert self.settings.admin_key_file is not None
-        await self.service.bootstrap_admin(self.settings.admin_email, password, self.settings.admin_key_file)
+        await self.service.users.bootstrap_admin(self.settings.admin_email, password, self.settings.admin_key_file)

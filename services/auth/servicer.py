@@ -1,4 +1,5 @@
-"""gRPC translation for the auth service: protobuf in, :class:`AuthService` call, protobuf out."""
+"""gRPC translation for the auth service: protobuf in, a call on one of :class:`AuthService`'s areas, protobuf
+out. Domain errors become gRPC status codes in the shared server interceptor, not here."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from typing import Any
 import grpc
 
 from goblin.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+from services.auth.context import Context
+from services.auth.credentials import Principal
 from services.auth.repository import ApiKeyInfo, PasskeyRecord, TenantRecord, UserRecord
-from services.auth.service import AuthService, Context, Jwks, Principal, TokenPair
+from services.auth.service import AuthService
+from services.auth.sessions import TokenPair
+from services.auth.signing import Jwks
 from services.common.context import current_correlation_id
 
 
@@ -117,10 +122,10 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def Authenticate(
         self, request: auth_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Principal:
-        return principal_to_proto(await self.service.authenticate(request.credential))
+        return principal_to_proto(await self.service.credentials.authenticate(request.credential))
 
     async def Register(self, request: auth_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
-        user = await self.service.register(
+        user = await self.service.users.register(
             context_from_proto(request.context),
             email=request.email,
             password=request.password,
@@ -130,20 +135,20 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         return user_to_proto(user)
 
     async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> auth_pb2.TokenPair:
-        pair = await self.service.login(
+        pair = await self.service.sessions.login(
             context_from_proto(request.context), email=request.email, password=request.password
         )
         return token_pair_to_proto(pair)
 
     async def Refresh(self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext) -> auth_pb2.TokenPair:
         return token_pair_to_proto(
-            await self.service.refresh(context_from_proto(request.context), request.refresh_token)
+            await self.service.sessions.refresh(context_from_proto(request.context), request.refresh_token)
         )
 
     async def Logout(
         self, request: auth_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.LogoutResponse:
-        revoked = await self.service.logout(
+        revoked = await self.service.sessions.logout(
             context_from_proto(request.context),
             refresh_token=request.refresh_token,
             session_id=request.session_id,
@@ -151,12 +156,12 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         return auth_pb2.LogoutResponse(revoked=revoked)
 
     async def GetUser(self, request: auth_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
-        return user_to_proto(await self.service.get_user(context_from_proto(request.context), request.user_id))
+        return user_to_proto(await self.service.users.get(context_from_proto(request.context), request.user_id))
 
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CreatedApiKey:
-        created = await self.service.create_api_key(
+        created = await self.service.api_keys.create(
             context_from_proto(request.context),
             name=request.name,
             scopes=list(request.scopes),
@@ -169,33 +174,33 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListApiKeysResponse:
-        keys = await self.service.list_api_keys(context_from_proto(request.context))
+        keys = await self.service.api_keys.list_own(context_from_proto(request.context))
         return auth_pb2.ListApiKeysResponse(keys=[api_key_to_proto(k) for k in keys])
 
     async def RevokeApiKey(
         self, request: auth_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeApiKeyResponse:
-        revoked = await self.service.revoke_api_key(context_from_proto(request.context), request.key_id)
+        revoked = await self.service.api_keys.revoke(context_from_proto(request.context), request.key_id)
         return auth_pb2.RevokeApiKeyResponse(revoked=revoked)
 
     async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: grpc.aio.ServicerContext) -> auth_pb2.Jwks:
-        return jwks_to_proto(await self.service.jwks())
+        return jwks_to_proto(await self.service.signing.jwks())
 
     async def RotateSigningKeys(
         self, request: auth_pb2.RotateSigningKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Jwks:
-        return jwks_to_proto(await self.service.rotate_signing_keys(context_from_proto(request.context)))
+        return jwks_to_proto(await self.service.signing.rotate(context_from_proto(request.context)))
 
     async def PasskeyRegistrationOptions(
         self, request: auth_pb2.PasskeyOptionsRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.PasskeyOptions:
-        options = await self.service.passkey_registration_options(context_from_proto(request.context))
+        options = await self.service.passkeys.registration_options(context_from_proto(request.context))
         return auth_pb2.PasskeyOptions(options_json=options.options_json, challenge_id=options.challenge_id)
 
     async def PasskeyRegistrationVerify(
         self, request: auth_pb2.PasskeyVerifyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Passkey:
-        passkey = await self.service.passkey_registration_verify(
+        passkey = await self.service.passkeys.registration_verify(
             context_from_proto(request.context),
             challenge_id=request.challenge_id,
             credential_json=request.credential_json,
@@ -206,13 +211,13 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def PasskeyLoginOptions(
         self, request: auth_pb2.PasskeyOptionsRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.PasskeyOptions:
-        options = await self.service.passkey_login_options(context_from_proto(request.context), email=request.email)
+        options = await self.service.passkeys.login_options(context_from_proto(request.context), email=request.email)
         return auth_pb2.PasskeyOptions(options_json=options.options_json, challenge_id=options.challenge_id)
 
     async def PasskeyLoginVerify(
         self, request: auth_pb2.PasskeyVerifyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.TokenPair:
-        pair = await self.service.passkey_login_verify(
+        pair = await self.service.passkeys.login_verify(
             context_from_proto(request.context),
             challenge_id=request.challenge_id,
             credential_json=request.credential_json,
@@ -222,25 +227,25 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def ListPasskeys(
         self, request: auth_pb2.ListPasskeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListPasskeysResponse:
-        passkeys = await self.service.list_passkeys(context_from_proto(request.context))
+        passkeys = await self.service.passkeys.list_own(context_from_proto(request.context))
         return auth_pb2.ListPasskeysResponse(passkeys=[passkey_to_proto(p) for p in passkeys])
 
     async def DeletePasskey(
         self, request: auth_pb2.DeletePasskeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.DeletePasskeyResponse:
-        deleted = await self.service.delete_passkey(context_from_proto(request.context), request.passkey_id)
+        deleted = await self.service.passkeys.delete(context_from_proto(request.context), request.passkey_id)
         return auth_pb2.DeletePasskeyResponse(deleted=deleted)
 
     async def ChargeRequest(
         self, request: auth_pb2.ChargeRequestRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.QuotaStatus:
-        status = await self.service.charge_request(context_from_proto(request.context))
+        status = await self.service.tenants.charge_request(context_from_proto(request.context))
         return auth_pb2.QuotaStatus(used=status.used, limit=status.limit, resets_at=status.resets_at)
 
     async def CreateTenant(
         self, request: auth_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.Tenant:
-        tenant = await self.service.create_tenant(
+        tenant = await self.service.tenants.create(
             context_from_proto(request.context),
             tenant_id=request.id,
             name=request.name,
@@ -258,11 +263,11 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             for name in ("name", "requests_per_day", "tokens_per_day", "daily_budget_usd")
             if request.HasField(name)
         }
-        tenant = await self.service.update_tenant(context_from_proto(request.context), request.id, changes)
+        tenant = await self.service.tenants.update(context_from_proto(request.context), request.id, changes)
         return tenant_to_proto(tenant)
 
     async def ListTenants(
         self, request: auth_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListTenantsResponse:
-        tenants = await self.service.list_tenants(context_from_proto(request.context))
+        tenants = await self.service.tenants.list_all(context_from_proto(request.context))
         return auth_pb2.ListTenantsResponse(tenants=[tenant_to_proto(t) for t in tenants])

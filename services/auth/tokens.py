@@ -11,7 +11,7 @@ from typing import Any
 
 import jwt
 
-from services.auth.keys import KeyRing
+from services.auth.keyring import KeyRing
 from services.common.errors import Unauthenticated
 
 # RFC 9068: the header type of a JWT access token; an ID token or any other JWT is refused.

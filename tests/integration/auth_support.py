@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from goblin.v1 import auth_pb2_grpc
-from services.auth.keys import KeyCipher
+from services.auth.keyring import KeyCipher
 from tests.suite import Suite, start_suite
 
 ADMIN_EMAIL = "admin@goblin.local"

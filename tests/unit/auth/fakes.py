@@ -1,9 +1,9 @@
-"""In-memory stand-ins for the auth service's Postgres and Redis, with the semantics the service relies
-on (the real ones are exercised by the integration tests), and a builder for a whole AuthService."""
+"""In-memory stand-ins for the auth service's Postgres and Redis, with the semantics the areas rely on
+(the real ones are exercised by the integration tests), a builder for a whole AuthService, and a helper
+that makes an account and the context of its requests."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,9 +11,10 @@ from typing import Any
 from argon2 import PasswordHasher
 
 from services.auth.accounts import Accounts
-from services.auth.keys import KeyCipher, KeyRing, NewSigningKey, Rotation, SigningKeyRecord
-from services.auth.passkeys import WebAuthnConfig
+from services.auth.context import Context
+from services.auth.keyring import KeyCipher, KeyRing, NewSigningKey, Rotation, SigningKeyRecord
 from services.auth.passwords import LockoutPolicy, Passwords
+from services.auth.policy import AuthPolicy
 from services.auth.repository import (
     ApiKeyInfo,
     ApiKeyRecord,
@@ -24,11 +25,13 @@ from services.auth.repository import (
     TenantRecord,
     UserRecord,
 )
-from services.auth.service import AuthPolicy, AuthService
+from services.auth.service import AuthService
 from services.auth.tokens import TokenCodec
+from services.auth.webauthn_ceremonies import WebAuthnConfig
 from services.common.errors import AlreadyExists, NotFound
 
 ORIGIN = "https://localhost:8443"
+PASSWORD = "correct horse battery"
 KEK = bytes(range(32))
 
 
@@ -431,5 +434,21 @@ def make_service(
     )
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
+async def signed_in(
+    service: AuthService,
+    email: str,
+    *,
+    role: str = "user",
+    tenant: str = "default",
+    password: str | None = None,
+    correlation_id: str = "",
+) -> Context:
+    """A new account (made as an operator would, with no requester) and the context of a request it
+    makes with a session: every scope its role allows."""
+    user = await service.accounts.create_user(email=email, password=password, role=role, tenant_id=tenant, by="test")
+    return Context(user_id=user.id, tenant_id=user.tenant_id, scopes=("*",), correlation_id=correlation_id)
+
+
+async def admin_context(service: AuthService) -> Context:
+    """The admin root@example.com, who signs in with :data:`PASSWORD`."""
+    return await signed_in(service, "root@example.com", role="admin", password=PASSWORD)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.auth.config import AuthPolicySettings, AuthSettings
-from services.auth.keys import load_key_encryption_key
+from services.auth.keyring import load_key_encryption_key
 from services.auth.server import make_passwords
 from services.common.settings import ConfigError, load_settings
 

@@ -6,39 +6,22 @@ import json
 
 import pytest
 
-from services.auth.passkeys import CHALLENGE_TTL_S, sign_count_regressed
-from services.auth.service import AuthService, Context
+from services.auth.context import Context
+from services.auth.service import AuthService
+from services.auth.webauthn_ceremonies import CHALLENGE_TTL_S, sign_count_regressed
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from tests.integration.webauthn_authenticator import SoftAuthenticator, b64url
-from tests.unit.auth.fakes import ORIGIN, FakeEphemeral, FakeStore, make_service
-
-
-@pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
-
-
-@pytest.fixture
-def ephemeral() -> FakeEphemeral:
-    return FakeEphemeral()
-
-
-@pytest.fixture
-async def service(store: FakeStore, ephemeral: FakeEphemeral) -> AuthService:
-    made = make_service(store, ephemeral)
-    await made.keyring.ensure()
-    return made
+from tests.unit.auth.fakes import ORIGIN, FakeEphemeral, FakeStore, signed_in
 
 
 async def user_context(service: AuthService, email: str = "alice@example.com") -> Context:
-    user = await service.accounts.create_user(email=email, password=None, role="user", tenant_id="default", by="t")
-    return Context(user_id=user.id, tenant_id=user.tenant_id, scopes=("*",))
+    return await signed_in(service, email)
 
 
 async def enrol(service: AuthService, ctx: Context, authenticator: SoftAuthenticator, name: str = "laptop") -> str:
-    options = await service.passkey_registration_options(ctx)
+    options = await service.passkeys.registration_options(ctx)
     credential = authenticator.create(json.loads(options.options_json))
-    passkey = await service.passkey_registration_verify(
+    passkey = await service.passkeys.registration_verify(
         ctx, challenge_id=options.challenge_id, credential_json=json.dumps(credential), name=name
     )
     return passkey.id
@@ -47,9 +30,9 @@ async def enrol(service: AuthService, ctx: Context, authenticator: SoftAuthentic
 async def sign_in(
     service: AuthService, authenticator: SoftAuthenticator, *, email: str = "", **assert_options: object
 ) -> object:
-    options = await service.passkey_login_options(Context(), email=email)
+    options = await service.passkeys.login_options(Context(), email=email)
     assertion = authenticator.get(json.loads(options.options_json), **assert_options)
-    return await service.passkey_login_verify(
+    return await service.passkeys.login_verify(
         Context(), challenge_id=options.challenge_id, credential_json=json.dumps(assertion)
     )
 
@@ -59,17 +42,17 @@ async def test_register_then_sign_in_with_email_or_discoverably(
 ) -> None:
     ctx = await user_context(service)
     authenticator = SoftAuthenticator(ORIGIN)
-    options = await service.passkey_registration_options(ctx)
+    options = await service.passkeys.registration_options(ctx)
     assert ephemeral.challenge_ttls[options.challenge_id] == CHALLENGE_TTL_S == 300
     parsed = json.loads(options.options_json)
     assert parsed["rp"]["id"] == "localhost" and parsed["authenticatorSelection"]["userVerification"] == "required"
     credential = authenticator.create(parsed)
-    passkey = await service.passkey_registration_verify(
+    passkey = await service.passkeys.registration_verify(
         ctx, challenge_id=options.challenge_id, credential_json=json.dumps(credential), name="Laptop"
     )
     assert passkey.name == "Laptop" and passkey.transports == ["internal"]
     pair = await sign_in(service, authenticator, email="alice@example.com")
-    principal = await service.authenticate(pair.access_token)  # type: ignore[attr-defined]
+    principal = await service.credentials.authenticate(pair.access_token)  # type: ignore[attr-defined]
     assert principal.user_id == ctx.user_id
     assert (await sign_in(service, authenticator)).user.id == ctx.user_id  # type: ignore[attr-defined]
     assert store.passkeys[passkey.id].sign_count == 2
@@ -80,20 +63,20 @@ async def test_register_then_sign_in_with_email_or_discoverably(
 async def test_a_challenge_works_once(service: AuthService) -> None:
     ctx = await user_context(service)
     authenticator = SoftAuthenticator(ORIGIN)
-    options = await service.passkey_registration_options(ctx)
+    options = await service.passkeys.registration_options(ctx)
     credential = json.dumps(authenticator.create(json.loads(options.options_json)))
-    await service.passkey_registration_verify(
+    await service.passkeys.registration_verify(
         ctx, challenge_id=options.challenge_id, credential_json=credential, name=""
     )
     with pytest.raises(InvalidArgument, match="already used"):
-        await service.passkey_registration_verify(
+        await service.passkeys.registration_verify(
             ctx, challenge_id=options.challenge_id, credential_json=credential, name=""
         )
-    login = await service.passkey_login_options(Context(), email="")
+    login = await service.passkeys.login_options(Context(), email="")
     assertion = json.dumps(authenticator.get(json.loads(login.options_json)))
-    await service.passkey_login_verify(Context(), challenge_id=login.challenge_id, credential_json=assertion)
+    await service.passkeys.login_verify(Context(), challenge_id=login.challenge_id, credential_json=assertion)
     with pytest.raises(Unauthenticated) as replayed:
-        await service.passkey_login_verify(Context(), challenge_id=login.challenge_id, credential_json=assertion)
+        await service.passkeys.login_verify(Context(), challenge_id=login.challenge_id, credential_json=assertion)
     assert replayed.value.code == "challenge_invalid"
 
 
@@ -101,10 +84,10 @@ async def test_a_registration_challenge_is_no_login_challenge(service: AuthServi
     ctx = await user_context(service)
     authenticator = SoftAuthenticator(ORIGIN)
     await enrol(service, ctx, authenticator)
-    registration = await service.passkey_registration_options(ctx)
+    registration = await service.passkeys.registration_options(ctx)
     assertion = authenticator.get(json.loads(registration.options_json) | {"allowCredentials": []})
     with pytest.raises(Unauthenticated, match="challenge"):
-        await service.passkey_login_verify(
+        await service.passkeys.login_verify(
             Context(), challenge_id=registration.challenge_id, credential_json=json.dumps(assertion)
         )
 
@@ -112,16 +95,16 @@ async def test_a_registration_challenge_is_no_login_challenge(service: AuthServi
 async def test_wrong_origin_or_rp_id_is_refused(service: AuthService) -> None:
     ctx = await user_context(service)
     authenticator = SoftAuthenticator(ORIGIN)
-    options = await service.passkey_registration_options(ctx)
+    options = await service.passkeys.registration_options(ctx)
     phished = authenticator.create(json.loads(options.options_json), origin="https://goblin.evil.example")
     with pytest.raises(InvalidArgument, match="origin"):
-        await service.passkey_registration_verify(
+        await service.passkeys.registration_verify(
             ctx, challenge_id=options.challenge_id, credential_json=json.dumps(phished), name=""
         )
-    options = await service.passkey_registration_options(ctx)
+    options = await service.passkeys.registration_options(ctx)
     other_rp = authenticator.create(json.loads(options.options_json), rp_id="evil.example")
     with pytest.raises(InvalidArgument, match="RP ID"):
-        await service.passkey_registration_verify(
+        await service.passkeys.registration_verify(
             ctx, challenge_id=options.challenge_id, credential_json=json.dumps(other_rp), name=""
         )
     honest = SoftAuthenticator(ORIGIN)
@@ -156,18 +139,18 @@ async def test_several_passkeys_listed_excluded_and_removed(service: AuthService
     phone, laptop = SoftAuthenticator(ORIGIN), SoftAuthenticator(ORIGIN)
     phone_id = await enrol(service, ctx, phone, "phone")
     await enrol(service, ctx, laptop, "laptop")
-    assert [p.name for p in await service.list_passkeys(ctx)] == ["phone", "laptop"]
-    options = json.loads((await service.passkey_registration_options(ctx)).options_json)
+    assert [p.name for p in await service.passkeys.list_own(ctx)] == ["phone", "laptop"]
+    options = json.loads((await service.passkeys.registration_options(ctx)).options_json)
     assert len(options["excludeCredentials"]) == 2, "the browser is told not to register one twice"
-    login = json.loads((await service.passkey_login_options(Context(), email="alice@example.com")).options_json)
+    login = json.loads((await service.passkeys.login_options(Context(), email="alice@example.com")).options_json)
     assert {c["id"] for c in login["allowCredentials"]} == {b64url(c) for a in (phone, laptop) for c in a.credentials}
-    assert await service.delete_passkey(ctx, phone_id)
+    assert await service.passkeys.delete(ctx, phone_id)
     with pytest.raises(Unauthenticated, match="unknown passkey"):
         await sign_in(service, phone)
     await sign_in(service, laptop)
     other = await user_context(service, "bob@example.com")
     with pytest.raises(NotFound):
-        await service.delete_passkey(other, phone_id)
+        await service.passkeys.delete(other, phone_id)
 
 
 async def test_an_assertion_for_another_account_is_refused(service: AuthService) -> None:
@@ -175,31 +158,31 @@ async def test_an_assertion_for_another_account_is_refused(service: AuthService)
     alices_key = SoftAuthenticator(ORIGIN)
     await enrol(service, alice, alices_key)
     await enrol(service, bob, SoftAuthenticator(ORIGIN))
-    options = await service.passkey_login_options(Context(), email="bob@example.com")
+    options = await service.passkeys.login_options(Context(), email="bob@example.com")
     assertion = alices_key.get(json.loads(options.options_json) | {"allowCredentials": []})
     with pytest.raises(Unauthenticated, match="another account"):
-        await service.passkey_login_verify(
+        await service.passkeys.login_verify(
             Context(), challenge_id=options.challenge_id, credential_json=json.dumps(assertion)
         )
 
 
 async def test_unknown_emails_get_ordinary_looking_options(service: AuthService) -> None:
-    options = json.loads((await service.passkey_login_options(Context(), email="nobody@example.com")).options_json)
+    options = json.loads((await service.passkeys.login_options(Context(), email="nobody@example.com")).options_json)
     assert options["allowCredentials"] == [] and options["challenge"]
 
 
 async def test_registration_needs_a_signed_in_caller_with_the_keys_scope(service: AuthService) -> None:
     with pytest.raises(Unauthenticated):
-        await service.passkey_registration_options(Context())
+        await service.passkeys.registration_options(Context())
     ctx = await user_context(service)
     with pytest.raises(PermissionDenied):
-        await service.passkey_registration_options(Context(user_id=ctx.user_id, scopes=("chat",)))
+        await service.passkeys.registration_options(Context(user_id=ctx.user_id, scopes=("chat",)))
 
 
 @pytest.mark.parametrize("credential_json", ["", "[]", "{}", '{"id": "x", "rawId": "y"}', "x" * 70_000])
 async def test_garbage_credentials_are_a_client_error(service: AuthService, credential_json: str) -> None:
-    options = await service.passkey_login_options(Context(), email="")
+    options = await service.passkeys.login_options(Context(), email="")
     with pytest.raises((InvalidArgument, Unauthenticated)):
-        await service.passkey_login_verify(
+        await service.passkeys.login_verify(
             Context(), challenge_id=options.challenge_id, credential_json=credential_json
         )

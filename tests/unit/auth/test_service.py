@@ -1,278 +1,37 @@
-"""AuthService flows with in-memory fakes: sign-in and lockout, sessions, registration, tenants, quotas."""
+"""The areas together behind AuthService: hostile input stops before any store, whichever area takes it."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
-from services.auth.passwords import LockoutPolicy
-from services.auth.service import AuthService, Context
-from services.common.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-)
-from tests.unit.auth.fakes import FakeEphemeral, FakeStore, make_service
-
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
-
-
-@pytest.fixture
-def ephemeral() -> FakeEphemeral:
-    return FakeEphemeral()
-
-
-@pytest.fixture
-async def service(store: FakeStore, ephemeral: FakeEphemeral) -> AuthService:
-    made = make_service(store, ephemeral)
-    await made.keyring.ensure()
-    return made
-
-
-async def admin_context(service: AuthService) -> Context:
-    admin = await service.accounts.create_user(
-        email="root@example.com", password=PASSWORD, role="admin", tenant_id="default", by="test"
-    )
-    return Context(user_id=admin.id, tenant_id=admin.tenant_id, scopes=("*",))
-
-
-async def test_login_issues_a_session_with_access_and_refresh_tokens(service: AuthService, store: FakeStore) -> None:
-    admin = await admin_context(service)
-    user = await service.register(admin, email="  Alice@Example.COM ", password=PASSWORD, tenant_id="", role="")
-    assert user.email == "alice@example.com" and user.role == "user" and user.tenant_id == "default"
-    pair = await service.login(Context(client_ip="203.0.113.9"), email="ALICE@example.com", password=PASSWORD)
-    assert pair.expires_in == 900 and pair.refresh_expires_in == 7 * 86400
-    principal = await service.authenticate(pair.access_token)
-    assert (principal.user_id, principal.scopes, principal.session_id) == (
-        user.id,
-        ["*"],
-        principal.session_id,
-    )
-    assert principal.session_id and principal.api_key_id == ""
-    [event] = store.events("login_succeeded")
-    assert event.details["method"] == "password" and event.user_hash and user.id not in str(event)
-
-
-async def test_admin_sessions_are_short(service: AuthService) -> None:
-    await admin_context(service)
-    pair = await service.login(Context(), email="root@example.com", password=PASSWORD)
-    assert pair.refresh_expires_in == 3600
-
-
-async def test_wrong_password_and_unknown_email_get_the_same_answer(service: AuthService, store: FakeStore) -> None:
-    await admin_context(service)
-    answers = []
-    for email in ("root@example.com", "nobody@example.com"):
-        with pytest.raises(Unauthenticated) as caught:
-            await service.login(Context(), email=email, password="wrong password")
-        answers.append((caught.value.code, caught.value.message))
-    assert answers[0] == answers[1] == ("invalid_credentials", "wrong email or password")
-    reasons = [e.details["reason"] for e in store.events("login_failed")]
-    assert reasons == ["wrong_password", "unknown_email"]
-
-
-@pytest.mark.parametrize("email", ["root@example.com", "nobody@example.com"])
-async def test_repeated_failures_lock_known_and_unknown_emails_alike(
-    service: AuthService, store: FakeStore, email: str
-) -> None:
-    await admin_context(service)
-    for _ in range(3):  # the fakes' policy: locked after 3 failures, for 30 s, doubling, at most 120 s
-        with pytest.raises(Unauthenticated):
-            await service.login(Context(), email=email, password="wrong")
-    with pytest.raises(ResourceExhausted) as locked:
-        await service.login(Context(), email=email, password=PASSWORD)
-    assert locked.value.code == "login_locked" and 29 <= (locked.value.retry_after or 0) <= 30
-    assert store.events("login_failed")[-1].details["locked_for_s"] == 30
-
-
-async def test_a_lock_is_bounded_and_does_not_grow_while_locked(service: AuthService, store: FakeStore) -> None:
-    admin = await admin_context(service)
-    for _ in range(3):
-        with pytest.raises(Unauthenticated):
-            await service.login(Context(), email="root@example.com", password="wrong")
-    for _ in range(20):  # hammering a locked account is refused without counting
-        with pytest.raises(ResourceExhausted):
-            await service.login(Context(), email="root@example.com", password="wrong")
-    assert store.users[admin.user_id].failed_logins == 3
-    # The lock ends; each further failure doubles it, never beyond the maximum.
-    store.users[admin.user_id] = replace(store.users[admin.user_id], locked_until=datetime.now(UTC))
-    for _ in range(6):
-        with pytest.raises(Unauthenticated):
-            await service.login(Context(), email="root@example.com", password="wrong")
-        store.users[admin.user_id] = replace(store.users[admin.user_id], locked_until=None)
-    assert [e.details["locked_for_s"] for e in store.events("login_failed")[-4:]] == [120, 120, 120, 120]
-    pair = await service.login(Context(), email="root@example.com", password=PASSWORD)
-    assert pair.access_token and store.users[admin.user_id].failed_logins == 0
-
-
-def test_lockout_policy_is_exponential_and_capped() -> None:
-    policy = LockoutPolicy(max_failures=5, base_s=30, max_s=900)
-    assert [policy.lock_for(n) for n in range(1, 12)] == [0, 0, 0, 0, 30, 60, 120, 240, 480, 900, 900]
-    assert policy.lock_for(10_000) == 900
-
-
-async def test_refresh_rotates_and_reuse_revokes_the_whole_family(
-    service: AuthService, ephemeral: FakeEphemeral, store: FakeStore
-) -> None:
-    await admin_context(service)
-    first = await service.login(Context(), email="root@example.com", password=PASSWORD)
-    second = await service.refresh(Context(), first.refresh_token)
-    assert second.refresh_token != first.refresh_token
-    session_id = (await service.authenticate(second.access_token)).session_id
-    assert session_id == (await service.authenticate(first.access_token)).session_id
-    with pytest.raises(Unauthenticated) as reused:
-        await service.refresh(Context(), first.refresh_token)
-    assert reused.value.code == "refresh_token_reused"
-    with pytest.raises(Unauthenticated):  # the thief's (or the victim's) newer token dies with it
-        await service.refresh(Context(), second.refresh_token)
-    with pytest.raises(Unauthenticated) as revoked:
-        await service.authenticate(second.access_token)
-    assert revoked.value.code == "session_revoked"
-    assert [e.details["session_id"] for e in store.events("refresh_token_reused")] == [session_id]
-
-
-@pytest.mark.parametrize("token", ["", "grt_unknown", "eyJhbGciOi.x.y", "gk_abc"])
-async def test_bad_refresh_tokens_are_refused(service: AuthService, token: str) -> None:
-    with pytest.raises(Unauthenticated):
-        await service.refresh(Context(), token)
-
-
-async def test_expired_session_cannot_refresh(service: AuthService, store: FakeStore) -> None:
-    await admin_context(service)
-    pair = await service.login(Context(), email="root@example.com", password=PASSWORD)
-    for sid, session in store.sessions.items():
-        store.sessions[sid] = replace(session, expires_at=datetime.now(UTC) - timedelta(seconds=1))
-    with pytest.raises(Unauthenticated, match="expired"):
-        await service.refresh(Context(), pair.refresh_token)
-
-
-async def test_logout_by_refresh_token_or_by_access_token(service: AuthService, store: FakeStore) -> None:
-    await admin_context(service)
-    one = await service.login(Context(), email="root@example.com", password=PASSWORD)
-    assert await service.logout(Context(), refresh_token=one.refresh_token, session_id="")
-    with pytest.raises(Unauthenticated):
-        await service.authenticate(one.access_token)
-    with pytest.raises(Unauthenticated):
-        await service.refresh(Context(), one.refresh_token)
-    two = await service.login(Context(), email="root@example.com", password=PASSWORD)
-    principal = await service.authenticate(two.access_token)
-    ctx = Context(user_id=principal.user_id, scopes=("*",))
-    assert await service.logout(ctx, refresh_token="", session_id=principal.session_id)
-    assert not await service.logout(ctx, refresh_token="", session_id=principal.session_id), "only once"
-    with pytest.raises(Unauthenticated):
-        await service.refresh(Context(), two.refresh_token)
-    with pytest.raises(InvalidArgument):
-        await service.logout(Context(), refresh_token="", session_id="")
-    assert len(store.events("logout")) == 2
-
-
-async def test_registration_is_for_admins_unless_self_registration_is_on(store: FakeStore) -> None:
-    closed = make_service(store)
-    with pytest.raises(PermissionDenied) as refused:
-        await closed.register(Context(), email="a@example.com", password=PASSWORD, tenant_id="", role="")
-    assert refused.value.code == "registration_closed"
-    admin = await admin_context(closed)
-    user = await closed.register(admin, email="a@example.com", password=PASSWORD, tenant_id="", role="user")
-    user_ctx = Context(user_id=user.id, tenant_id="default", scopes=("*",))
-    with pytest.raises(PermissionDenied):
-        await closed.register(user_ctx, email="b@example.com", password=PASSWORD, tenant_id="", role="")
-    with pytest.raises(AlreadyExists):
-        await closed.register(admin, email="A@example.com", password=PASSWORD, tenant_id="", role="")
-    open_ = make_service(store, self_registration=True)
-    made = await open_.register(Context(), email="c@example.com", password=PASSWORD, tenant_id="", role="")
-    assert made.role == "user" and made.tenant_id == "default"
-    with pytest.raises(PermissionDenied):
-        await open_.register(Context(), email="d@example.com", password=PASSWORD, tenant_id="", role="admin")
-
-
-@pytest.mark.parametrize(
-    ("email", "password"),
-    [("not-an-email", PASSWORD), ("a@example.com", "short"), ("a@example.com", " " * 12)],
-)
-async def test_registration_validates_email_and_password(service: AuthService, email: str, password: str) -> None:
-    admin = await admin_context(service)
-    with pytest.raises(InvalidArgument):
-        await service.register(admin, email=email, password=password, tenant_id="", role="")
-
-
-async def test_tenants_and_request_quota(service: AuthService, ephemeral: FakeEphemeral, store: FakeStore) -> None:
-    admin = await admin_context(service)
-    tenant = await service.create_tenant(
-        admin, tenant_id="", name="Acme Corp", requests_per_day=2, tokens_per_day=0, daily_budget_usd=0
-    )
-    assert tenant.id == "acme-corp" and tenant.requests_per_day == 2 and tenant.tokens_per_day is None
-    user = await service.register(admin, email="u@acme.example", password=PASSWORD, tenant_id=tenant.id, role="")
-    ctx = Context(user_id=user.id, tenant_id=tenant.id, scopes=("*",))
-    pair = await service.login(Context(), email="u@acme.example", password=PASSWORD)
-    assert (await service.authenticate(pair.access_token)).requests_per_day == 2
-    assert (await service.charge_request(ctx)).used == 1
-    assert (await service.charge_request(ctx)).used == 2
-    with pytest.raises(ResourceExhausted) as spent:
-        await service.charge_request(ctx)
-    assert spent.value.code == "quota_exceeded" and 0 < (spent.value.retry_after or 0) <= 86400
-    with pytest.raises(ResourceExhausted):
-        await service.charge_request(ctx)
-    assert len(store.events("quota_exhausted")) == 1, "audited once, not per refused request"
-    assert (await service.charge_request(admin)).limit == 0, "the default tenant is unlimited"
-    await service.update_tenant(admin, tenant.id, {"requests_per_day": 0})
-    assert (await service.charge_request(ctx)).limit == 0, "an update applies at once on this replica"
-    with pytest.raises(PermissionDenied):
-        await service.list_tenants(ctx)
-    with pytest.raises(InvalidArgument):
-        await service.update_tenant(admin, tenant.id, {"requests_per_day": -1})
-
-
-async def test_admin_checks_need_the_admin_scope_not_only_the_role(service: AuthService) -> None:
-    admin = await admin_context(service)
-    narrowed = Context(user_id=admin.user_id, tenant_id="default", scopes=("chat",))
-    with pytest.raises(PermissionDenied):
-        await service.list_tenants(narrowed)
-    assert await service.list_tenants(admin)
-
-
-async def test_password_hashes_are_upgraded_on_login(service: AuthService, store: FakeStore) -> None:
-    from argon2 import PasswordHasher
-
-    admin = await admin_context(service)
-    old_hash = PasswordHasher(time_cost=1, memory_cost=16, parallelism=1).hash(PASSWORD)
-    store.users[admin.user_id] = replace(store.users[admin.user_id], password_hash=old_hash)
-    await service.login(Context(), email="root@example.com", password=PASSWORD)
-    assert store.users[admin.user_id].password_hash != old_hash
-    assert not service.passwords.needs_rehash(store.users[admin.user_id].password_hash or "")
+from services.auth.context import Context
+from services.auth.service import AuthService
+from services.common.errors import InvalidArgument, NotFound, Unauthenticated
+from tests.unit.auth.fakes import PASSWORD, admin_context
 
 
 async def test_hostile_input_is_a_client_error_never_a_database_error(service: AuthService) -> None:
     """The fakes would accept NUL; Postgres would not: each of these must stop before the store."""
     admin = await admin_context(service)
     with pytest.raises(Unauthenticated):
-        await service.login(Context(), email="root@example.com\x00", password=PASSWORD)
+        await service.sessions.login(Context(), email="root@example.com\x00", password=PASSWORD)
     with pytest.raises(InvalidArgument):
-        await service.register(admin, email="a\x00@example.com", password=PASSWORD, tenant_id="", role="")
+        await service.users.register(admin, email="a\x00@example.com", password=PASSWORD, tenant_id="", role="")
     with pytest.raises(NotFound):
-        await service.register(admin, email="a@example.com", password=PASSWORD, tenant_id="x\x00", role="")
+        await service.users.register(admin, email="a@example.com", password=PASSWORD, tenant_id="x\x00", role="")
     with pytest.raises(NotFound):
-        await service.revoke_api_key(admin, "key\x00")
+        await service.api_keys.revoke(admin, "key\x00")
     with pytest.raises(NotFound):
-        await service.delete_passkey(admin, "../etc")
+        await service.passkeys.delete(admin, "../etc")
     with pytest.raises(InvalidArgument):
-        await service.create_api_key(admin, name="k\x00", scopes=["chat"], expires_at=0, user_id="", tokens_per_day=0)
+        await service.api_keys.create(admin, name="k\x00", scopes=["chat"], expires_at=0, user_id="", tokens_per_day=0)
     with pytest.raises(InvalidArgument):
-        await service.create_api_key(admin, name="k", scopes=["chat"], expires_at=2**62, user_id="", tokens_per_day=0)
+        await service.api_keys.create(admin, name="k", scopes=["chat"], expires_at=2**62, user_id="", tokens_per_day=0)
     with pytest.raises(InvalidArgument):
-        await service.create_tenant(
+        await service.tenants.create(
             admin, tenant_id="", name="Big", requests_per_day=2**40, tokens_per_day=0, daily_budget_usd=0
         )
     with pytest.raises(InvalidArgument):
-        await service.update_tenant(admin, "default", {"daily_budget_usd": float("nan")})
+        await service.tenants.update(admin, "default", {"daily_budget_usd": float("nan")})
     with pytest.raises(Unauthenticated):
-        await service.list_api_keys(Context(user_id="x\x00", scopes=("*",)))
+        await service.api_keys.list_own(Context(user_id="x\x00", scopes=("*",)))

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.auth.keys import KeyCipher, SealError, generate_signing_key, jwk_thumbprint
+from services.auth.keyring import KeyCipher, SealError, generate_signing_key, jwk_thumbprint
 from services.auth.repository import AuditEvent
 from services.auth.tokens import TokenCodec
 from services.common.errors import Unauthenticated

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 from cryptography.exceptions import InvalidTag
@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.auth.config import KEK_BYTES, AuthPolicySettings, decode_key_encryption_key
 from services.common.errors import FailedPrecondition
+
+if TYPE_CHECKING:  # the repository imports this module: a runtime import would be circular
+    from services.auth.repository import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +172,7 @@ class Rotation:
 class SigningKeyStore(Protocol):
     async def load_signing_keys(self) -> list[SigningKeyRecord]: ...
     async def ensure_signing_keys(self, make_key: Any) -> list[str]: ...
-    async def rotate_signing_keys(self, make_key: Any, verify_for_s: float, audit: dict[str, Any]) -> Rotation: ...
+    async def rotate_signing_keys(self, make_key: Any, verify_for_s: float, audit: AuditEvent) -> Rotation: ...
 
 
 @dataclass
@@ -278,7 +281,7 @@ class KeyRing:
         current_kid = loaded.current.kid if loaded.current else ""
         return {"keys": [k.public_jwk for k in keys]}, current_kid, loaded.standby_kid
 
-    async def rotate(self, audit: dict[str, Any]) -> Rotation:
+    async def rotate(self, audit: AuditEvent) -> Rotation:
         """Retire the current key, promote the standby, make a new standby; then reload."""
         rotation = await self.store.rotate_signing_keys(self._make_key, self.retired_verify_s, audit)
         await self.reload()

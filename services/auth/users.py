@@ -1,0 +1,120 @@
+"""Users as requests see them: registration (by an admin, or by anyone when self-registration is on),
+looking an account up, and the first admin created at start-up."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from services.auth.accounts import TENANT_ID_PATTERN, new_api_key, normalise_email, valid_id, write_secret_file
+from services.auth.context import Context
+from services.auth.permissions import Permissions, is_admin, require_admin
+from services.auth.policy import AuthPolicy
+from services.auth.repository import UserRecord
+from services.common.context import hash_user_id
+from services.common.errors import NotFound, PermissionDenied
+
+log = logging.getLogger(__name__)
+
+
+class UserStore(Protocol):
+    async def get_user(self, user_id: str) -> UserRecord | None: ...
+    async def bootstrap_admin(
+        self,
+        *,
+        user_id: str,
+        email: str,
+        password_hash: str | None,
+        key_id: str,
+        key_prefix: str,
+        key_hash: str,
+    ) -> bool: ...
+
+
+class UserCreator(Protocol):
+    async def create_user(
+        self,
+        *,
+        email: str,
+        password: str | None,
+        role: str,
+        tenant_id: str,
+        by: str,
+        correlation_id: str = "",
+    ) -> UserRecord: ...
+
+
+class PasswordHashing(Protocol):
+    async def hash(self, password: str) -> str: ...
+
+
+class Users:
+    def __init__(
+        self,
+        store: UserStore,
+        *,
+        accounts: UserCreator,
+        passwords: PasswordHashing,
+        permissions: Permissions,
+        policy: AuthPolicy,
+    ) -> None:
+        self.store = store
+        self.accounts = accounts
+        self.passwords = passwords
+        self.permissions = permissions
+        self.policy = policy
+
+    async def register(self, ctx: Context, *, email: str, password: str, tenant_id: str, role: str) -> UserRecord:
+        """A new account with a password: by an admin (any tenant and role), or by anyone when
+        self-registration is on (a user in the configured tenant)."""
+        role = role or "user"
+        if ctx.user_id:
+            caller = await self.permissions.caller(ctx)
+            require_admin(caller, ctx, "only an admin creates accounts for others")
+            if tenant_id and not TENANT_ID_PATTERN.match(tenant_id):
+                raise NotFound(f"no tenant {tenant_id[:70]!r}", code="tenant_not_found")
+            tenant, by = tenant_id or caller.tenant_id, hash_user_id(caller.id)
+        else:
+            if not self.policy.self_registration:
+                raise PermissionDenied("registration is closed: an admin creates accounts", code="registration_closed")
+            if role != "user" or tenant_id not in ("", self.policy.self_registration_tenant):
+                raise PermissionDenied("self-registration makes user accounts in the default tenant only")
+            tenant, by = self.policy.self_registration_tenant, "self"
+        return await self.accounts.create_user(
+            email=email,
+            password=password,
+            role=role,
+            tenant_id=tenant,
+            by=by,
+            correlation_id=ctx.correlation_id,
+        )
+
+    async def get(self, ctx: Context, user_id: str) -> UserRecord:
+        """The caller's own account (``user_id`` empty or theirs), or, for an admin, anyone's."""
+        caller = await self.permissions.caller(ctx)
+        if user_id in ("", caller.id):
+            return caller
+        if not is_admin(caller, ctx) or not valid_id(user_id):
+            raise NotFound("no such user")
+        user = await self.store.get_user(user_id)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    async def bootstrap_admin(self, email: str, password: str | None, key_file: Path) -> bool:
+        """First start: create the admin and write its API key to ``key_file`` (mode 0600)."""
+        key = new_api_key()
+        created = await self.store.bootstrap_admin(
+            user_id=str(uuid.uuid4()),
+            email=normalise_email(email),
+            password_hash=await self.passwords.hash(password) if password else None,
+            key_id=key.id,
+            key_prefix=key.prefix,
+            key_hash=key.hash,
+        )
+        if created:
+            write_secret_file(key_file, key.secret + "\n")
+            log.info("bootstrap admin created", extra={"admin_key_file": str(key_file), "api_key_id": key.id})
+        return created
