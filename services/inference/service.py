@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from services.common.chat import Message
-from services.common.chat import SamplingParams as RequestParams
+from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, new_completion_id
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.inference.embeddings import Embedder, EmbeddingResult
-from services.inference.engine import (
-    ChatEngine,
-    ChatMessage,
-    Completion,
-    EngineStats,
-    SamplingParams,
-    StreamEvent,
-)
+from services.inference.engine import ChatEngine, EngineStats
 
 PROVIDER = "local"
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
@@ -34,22 +26,20 @@ def model_id_from_path(path: Path) -> str:
 
 @dataclass(frozen=True)
 class LocalModel:
-    id: str  # without the provider prefix
+    """A model this service serves, described as model listings describe every model."""
+
+    name: str  # without the provider prefix
     capabilities: tuple[str, ...]
     context_length: int
     aliases: tuple[str, ...] = (PROVIDER,)
+    provider: str = PROVIDER
+    owned_by: str = "goblin"
+    input_price_per_mtok: float = 0.0
+    output_price_per_mtok: float = 0.0
 
-
-def engine_params(params: RequestParams) -> SamplingParams:
-    """The request's parameters, with the engine's defaults for those not given."""
-    defaults = SamplingParams()
-    return SamplingParams(
-        max_tokens=params.max_tokens,
-        temperature=params.temperature if params.temperature is not None else defaults.temperature,
-        top_p=params.top_p if params.top_p is not None else defaults.top_p,
-        stop=params.stop,
-        seed=params.seed,
-    )
+    @property
+    def id(self) -> str:
+        return f"{self.provider}/{self.name}"
 
 
 class InferenceService:
@@ -83,37 +73,32 @@ class InferenceService:
         return self.engine.stats()
 
     def _check_model(self, requested: str, model: LocalModel) -> None:
-        """Empty, the alias, ``<id>`` or ``local/<id>``: anything else is not ours."""
+        """Empty, the alias, ``<name>`` or ``local/<name>``: anything else is not ours."""
         name = requested.removeprefix(f"{PROVIDER}/")
-        if name and name != model.id and name not in model.aliases:
+        if name and name != model.name and name not in model.aliases:
             raise NotFound(f"model '{requested}' not found", code="model_not_found")
 
-    def model_name(self, model: LocalModel) -> str:
-        return f"{PROVIDER}/{model.id}"
-
     def stream_chat(
-        self, model: str, messages: list[Message], params: RequestParams
-    ) -> AsyncGenerator[StreamEvent, None]:
+        self, model: str, messages: list[Message], params: SamplingParams
+    ) -> AsyncGenerator[ChatDelta, None]:
         """The engine's stream; the caller must close it (``contextlib.aclosing``) so that a caller
         that goes away frees its place in the batch at once."""
         self._check_model(model, self.chat_model)
-        if not messages:
-            raise InvalidArgument("messages must not be empty")
-        turns = [ChatMessage(role=m.role, content=m.content) for m in messages]
-        return self.engine.stream_chat(turns, engine_params(params))
+        return self.engine.stream_chat(messages, params)
 
-    async def chat(self, model: str, messages: list[Message], params: RequestParams) -> Completion:
+    async def chat(self, model: str, messages: list[Message], params: SamplingParams) -> ChatResult:
+        """The whole answer, named as this service's chat model."""
         self._check_model(model, self.chat_model)
-        if not messages:
-            raise InvalidArgument("messages must not be empty")
-        turns = [ChatMessage(role=m.role, content=m.content) for m in messages]
-        return await self.engine.chat(turns, engine_params(params))
+        result = await self.engine.chat(messages, params)
+        return replace(result, model=self.chat_model.id, provider=PROVIDER)
 
-    async def complete(self, model: str, prompt: str, params: RequestParams) -> Completion:
+    async def complete(self, model: str, prompt: str, params: SamplingParams) -> ChatResult:
+        """The whole continuation of ``prompt`` (the legacy text completion), with a ``cmpl-`` id."""
         self._check_model(model, self.chat_model)
         if not prompt:
             raise InvalidArgument("prompt must not be empty")
-        return await self.engine.complete(prompt, engine_params(params))
+        result = await self.engine.complete(prompt, params)
+        return replace(result, model=self.chat_model.id, provider=PROVIDER, id=new_completion_id("cmpl"))
 
     async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         self._check_model(model, self.embedding_model)

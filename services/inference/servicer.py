@@ -1,25 +1,27 @@
-"""gRPC translation for the inference service."""
+"""gRPC translation for the inference service: each request is translated once on entry and each
+answer once on exit, with the shared translations of :mod:`services.common.chat`."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
 
 from goblin.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from services.common.chat import messages_from_proto, new_completion_id, params_from_proto
-from services.inference.engine import Usage
+from services.common.chat import (
+    ChunkHeader,
+    Usage,
+    completion_to_proto,
+    delta_to_proto,
+    messages_from_proto,
+    model_info_to_proto,
+    new_completion_id,
+    params_from_proto,
+    result_to_proto,
+    usage_to_proto,
+)
 from services.inference.service import PROVIDER, InferenceService
-
-
-def usage_proto(usage: Usage) -> common_pb2.Usage:
-    return common_pb2.Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -27,58 +29,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.service = service
 
     async def Chat(self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> common_pb2.ChatResponse:
-        answer = await self.service.chat(
-            request.model, messages_from_proto(list(request.messages)), params_from_proto(request.params)
+        result = await self.service.chat(
+            request.model, messages_from_proto(request.messages), params_from_proto(request.params)
         )
-        return common_pb2.ChatResponse(
-            id=new_completion_id(),
-            model=self.service.model_name(self.service.chat_model),
-            provider=PROVIDER,
-            message=common_pb2.ChatMessage(role="assistant", content=answer.text),
-            finish_reason=answer.finish_reason,
-            usage=usage_proto(answer.usage),
-            created=int(time.time()),
-        )
+        return result_to_proto(result)
 
     async def ChatStream(
         self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.ChatChunk]:
-        model = self.service.model_name(self.service.chat_model)
-        completion_id, created = new_completion_id(), int(time.time())
+        header = ChunkHeader(model=self.service.chat_model.id, provider=PROVIDER, id=new_completion_id())
         stream = self.service.stream_chat(
-            request.model, messages_from_proto(list(request.messages)), params_from_proto(request.params)
+            request.model, messages_from_proto(request.messages), params_from_proto(request.params)
         )
         first = True
         # aclosing: when the client goes away gRPC cancels this coroutine, and the engine must hear of it
         # now, not when the generator is garbage-collected.
-        async with aclosing(stream) as events:
-            async for event in events:
-                chunk = common_pb2.ChatChunk(
-                    id=completion_id,
-                    model=model,
-                    provider=PROVIDER,
-                    role="assistant" if first else "",
-                    delta=event.text,
-                    finish_reason=event.finish_reason or "",
-                    created=created,
-                )
-                if event.usage is not None:
-                    chunk.usage.CopyFrom(usage_proto(event.usage))
+        async with aclosing(stream) as deltas:
+            async for delta in deltas:
+                yield delta_to_proto(delta, header, first=first)
                 first = False
-                yield chunk
 
     async def Complete(
         self, request: common_pb2.CompletionRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.CompletionResponse:
-        answer = await self.service.complete(request.model, request.prompt, params_from_proto(request.params))
-        return common_pb2.CompletionResponse(
-            id=f"cmpl-{new_completion_id()[9:]}",
-            model=self.service.model_name(self.service.chat_model),
-            text=answer.text,
-            finish_reason=answer.finish_reason,
-            usage=usage_proto(answer.usage),
-            created=int(time.time()),
-        )
+        result = await self.service.complete(request.model, request.prompt, params_from_proto(request.params))
+        return completion_to_proto(result)
 
     async def Embed(
         self, request: common_pb2.EmbedRequest, context: grpc.aio.ServicerContext
@@ -86,28 +61,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         result = await self.service.embed(request.model, list(request.inputs))
         dimensions = len(result.vectors[0]) if result.vectors else 0
         return common_pb2.EmbedResponse(
-            model=self.service.model_name(self.service.embedding_model),
+            model=self.service.embedding_model.id,
             embeddings=[common_pb2.Embedding(values=v) for v in result.vectors],
-            usage=common_pb2.Usage(prompt_tokens=result.total_tokens, total_tokens=result.total_tokens),
+            usage=usage_to_proto(Usage(prompt_tokens=result.total_tokens)),
             dimensions=dimensions,
         )
 
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(
-            models=[
-                common_pb2.ModelInfo(
-                    id=self.service.model_name(m),
-                    provider=PROVIDER,
-                    owned_by="goblin",
-                    context_length=m.context_length,
-                    capabilities=list(m.capabilities),
-                    aliases=list(m.aliases),
-                )
-                for m in self.service.models
-            ]
-        )
+        return common_pb2.ListModelsResponse(models=[model_info_to_proto(m) for m in self.service.models])
 
     async def GetStatus(
         self, request: inference_pb2.InferenceStatusRequest, context: grpc.aio.ServicerContext

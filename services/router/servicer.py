@@ -1,4 +1,5 @@
-"""gRPC translation for the router."""
+"""gRPC translation for the router: a request is translated once on entry and its answer once on exit,
+with the shared chat translations of :mod:`services.common.chat`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from datetime import UTC, datetime
 import grpc
 
 from goblin.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services.common.chat import messages_from_proto, params_from_proto, result_to_proto, usage_to_proto
+from services.common.chat import (
+    ChunkHeader,
+    Usage,
+    delta_to_proto,
+    messages_from_proto,
+    model_info_to_proto,
+    params_from_proto,
+    result_to_proto,
+    usage_to_proto,
+)
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.router.budget import day_start
@@ -59,21 +69,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def ChatStream(
         self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.ChatChunk]:
-        first = True
         created = int(time.time())
+        header: ChunkHeader | None = None
+        # Every delta of one stream comes from the same model: the service moves a stream to another
+        # candidate only before its first delta.
         async for route, delta in self.service.stream(call_from_proto(request)):
-            chunk = common_pb2.ChatChunk(
-                model=route.model_id,
-                provider=route.provider,
-                delta=delta.text,
-                finish_reason=delta.finish_reason,
-                role="assistant" if first else "",
-                created=created,
-            )
-            if delta.usage is not None:
-                chunk.usage.CopyFrom(usage_to_proto(delta.usage))
-            first = False
-            yield chunk
+            first = header is None
+            if header is None:
+                header = ChunkHeader(model=route.model_id, provider=route.provider, created=created)
+            yield delta_to_proto(delta, header, first=first)
 
     async def Embed(
         self, request: common_pb2.EmbedRequest, context: grpc.aio.ServicerContext
@@ -82,7 +86,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return common_pb2.EmbedResponse(
             model=result.model,
             embeddings=[common_pb2.Embedding(values=v) for v in result.vectors],
-            usage=common_pb2.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+            usage=usage_to_proto(Usage(prompt_tokens=result.prompt_tokens)),
             dimensions=result.dimensions,
         )
 
@@ -90,21 +94,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.ListModelsResponse:
         models = await self.service.list_models()
-        return common_pb2.ListModelsResponse(
-            models=[
-                common_pb2.ModelInfo(
-                    id=m.id,
-                    provider=m.provider,
-                    owned_by=m.owned_by,
-                    context_length=m.context_length,
-                    capabilities=list(m.capabilities),
-                    input_price_per_mtok=m.input_price_per_mtok,
-                    output_price_per_mtok=m.output_price_per_mtok,
-                    aliases=list(m.aliases),
-                )
-                for m in models
-            ]
-        )
+        return common_pb2.ListModelsResponse(models=[model_info_to_proto(m) for m in models])
 
     async def GetUsage(
         self, request: router_pb2.UsageRequest, context: grpc.aio.ServicerContext

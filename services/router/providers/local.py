@@ -14,10 +14,11 @@ from services.common.chat import (
     ChatResult,
     Message,
     SamplingParams,
+    delta_from_proto,
     messages_to_proto,
+    model_info_from_proto,
     params_to_proto,
     result_from_proto,
-    usage_from_proto,
 )
 from services.common.errors import error_from_rpc
 from services.router.models import ModelInfo
@@ -47,17 +48,7 @@ class LocalProvider:
             if self._models:
                 return self._models  # stale beats nothing while the inference service restarts
             raise error_from_rpc(exc) from None
-        self._models = [
-            ModelInfo(
-                id=m.id,
-                provider=self.name,
-                owned_by=m.owned_by or "goblin",
-                context_length=m.context_length,
-                capabilities=tuple(m.capabilities),
-                aliases=tuple(m.aliases),
-            )
-            for m in reply.models
-        ]
+        self._models = [model_info_from_proto(m, ModelInfo) for m in reply.models]
         self._models_at = time.monotonic()
         return self._models
 
@@ -88,11 +79,7 @@ class LocalProvider:
         call = self.stub.ChatStream(request)
         try:
             async for chunk in call:
-                yield ChatDelta(
-                    text=chunk.delta,
-                    finish_reason=chunk.finish_reason,
-                    usage=usage_from_proto(chunk.usage) if chunk.HasField("usage") else None,
-                )
+                yield delta_from_proto(chunk)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         finally:

@@ -1,0 +1,260 @@
+"""The asyncio face of the engine: :class:`ChatEngine` loads the model on its worker thread, renders chat
+prompts with the model's own template, admits requests (or refuses them with ``QueueFull``) and turns
+the worker's events into async streams. Nothing here waits for the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, template_messages
+from services.common.errors import GoblinError, InvalidArgument, Unavailable
+from services.common.process import usable_cores
+from services.inference.engine.admission import Admission
+from services.inference.engine.commands import Call, Cancel, Command, LoadedModel, Request, Shutdown, Submit
+from services.inference.engine.observer import EngineObserver, EngineStats
+from services.inference.engine.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+class ChatEngine:
+    """The local chat model, serving many concurrent streams from one llama.cpp context.
+
+    ``n_ctx`` is the context window of each request (prompt + output); ``n_threads`` defaults to the
+    cores this process may use. ``max_sequences`` requests decode together and ``max_queue`` more may
+    wait. ``prefill_chunk`` bounds how many prompt tokens one step processes, so that a long new prompt
+    delays the streams already running by a bounded amount.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        max_queue: int = 16,
+        max_sequences: int = 4,
+        prefill_chunk: int = 256,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        if n_ctx < 16:
+            raise ValueError("n_ctx must be at least 16")
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        if not 1 <= max_sequences <= 64:
+            raise ValueError("max_sequences must be between 1 and 64")
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be at least 1")
+        self.model_path = Path(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or usable_cores()
+        # Prompt processing is a short burst that parallelises well: every usable core by default, as
+        # llama-cpp-python does, even when decoding leaves a core to the other services.
+        self.n_threads_batch = n_threads_batch or usable_cores()
+        self.max_sequences = max_sequences
+        self.prefill_chunk = prefill_chunk
+        self._observer = observer or EngineObserver()
+        self._admission = Admission(capacity=max_queue, max_sequences=max_sequences)
+        self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None
+        self._formatter: Jinja2ChatFormatter | None = None
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded and taking requests."""
+        return self._loaded
+
+    async def start(self) -> None:
+        """Load the model on the worker thread; returns once it can take requests."""
+        if self._thread is not None:
+            return
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"chat model {self.model_path} is not a file")
+        self._loop = asyncio.get_running_loop()
+        worker = Worker(self)
+        ready: Future[LoadedModel] = Future()
+        self._worker = worker
+        self._thread = threading.Thread(target=worker.run, args=(ready,), name="llama-worker", daemon=True)
+        self._thread.start()
+        try:
+            info = await asyncio.wrap_future(ready)
+        except BaseException:
+            if ready.cancelled() or (ready.done() and ready.exception() is not None):
+                # The worker exits without serving: forget it so that start() can be tried again. (Once
+                # it is loading, it cannot be cancelled; it then serves until close().)
+                self._thread, self._worker = None, None
+            raise
+        self._formatter = Jinja2ChatFormatter(
+            template=info.chat_template, eos_token=info.eos_text, bos_token=info.bos_text
+        )
+        self._loaded = True
+        logger.info(
+            "chat model loaded",
+            extra={"model_path": str(self.model_path), "n_ctx": self.n_ctx, "n_threads": self.n_threads},
+        )
+        self._observer.model_loaded(True)
+        self._report_queue()
+
+    async def close(self) -> None:
+        """Stop: running and waiting streams end with finish_reason "cancelled", then the model is freed."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._loaded = False
+        self._inbox.put(Shutdown())
+        await asyncio.to_thread(thread.join)
+        self._thread, self._worker, self._formatter = None, None, None
+        self._observer.model_loaded(False)
+        self._report_queue()
+
+    def stats(self) -> EngineStats:
+        """Queue length and capacity, and how many sequences are decoding now."""
+        waiting, active = self._admission.snapshot()
+        return EngineStats(
+            loaded=self._loaded,
+            queue_length=waiting,
+            queue_capacity=self._admission.capacity,
+            active_sequences=active,
+            max_sequences=self.max_sequences,
+        )
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        """The prompt for ``messages``, made with the model's own chat template (from the GGUF metadata),
+        ending with the opening of the assistant's turn."""
+        formatter = self._formatter
+        if formatter is None:
+            raise Unavailable("the local model is not loaded")
+        turns = template_messages(messages)
+        try:
+            return formatter(messages=turns).prompt
+        except (jinja2.TemplateError, ValueError, TypeError) as exc:
+            raise InvalidArgument(f"the model's chat template rejects these messages: {exc}") from exc
+
+    async def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        """The model's tokens for ``text`` (computed on the worker thread, between decoding steps)."""
+        worker = self._require_worker()
+        result: Future[list[int]] = Future()
+        self._inbox.put(Call(lambda: worker.tokenize(text, add_special, parse_special), result))
+        return await asyncio.wrap_future(result)
+
+    def stream_chat(
+        self, messages: Sequence[Message], params: SamplingParams | None = None
+    ) -> AsyncGenerator[ChatDelta, None]:
+        """Stream the answer to ``messages``: text deltas, then one event with finish reason and usage.
+
+        Errors surface on the first iteration: :class:`QueueFull` at once when the queue is full,
+        ``InvalidArgument`` for bad input or a prompt that does not fit the context. Closing the
+        iterator, or cancelling the task iterating it, drops the request.
+        """
+        return self._stream(messages=messages, prompt=None, params=params or SamplingParams())
+
+    def stream_complete(self, prompt: str, params: SamplingParams | None = None) -> AsyncGenerator[ChatDelta, None]:
+        """Stream a plain continuation of ``prompt`` (no chat template), like :meth:`stream_chat`."""
+        return self._stream(messages=None, prompt=prompt, params=params or SamplingParams())
+
+    async def chat(self, messages: Sequence[Message], params: SamplingParams | None = None) -> ChatResult:
+        """The whole answer to ``messages``."""
+        return await _collect(self.stream_chat(messages, params))
+
+    async def complete(self, prompt: str, params: SamplingParams | None = None) -> ChatResult:
+        """The whole continuation of ``prompt``."""
+        return await _collect(self.stream_complete(prompt, params))
+
+    async def _stream(
+        self,
+        *,
+        messages: Sequence[Message] | None,
+        prompt: str | None,
+        params: SamplingParams,
+    ) -> AsyncGenerator[ChatDelta, None]:
+        self._require_worker()
+        _check_max_tokens(params, self.n_ctx)
+        if messages is not None:
+            # The template writes any special tokens (BOS included) itself.
+            text, add_special = self.render_chat(messages), False
+        else:
+            if not isinstance(prompt, str):
+                raise InvalidArgument("prompt must be a string")
+            text, add_special = prompt, True
+        request = Request(
+            prompt=text,
+            add_special=add_special,
+            params=params,
+            loop=asyncio.get_running_loop(),
+            events=asyncio.Queue(),
+            submitted_at=time.perf_counter(),
+        )
+        self._admission.reserve()
+        self._report_queue()
+        self._inbox.put(Submit(request))
+        ended = False
+        try:
+            while True:
+                item = await request.events.get()
+                if isinstance(item, BaseException):
+                    ended = True
+                    raise item
+                ended = bool(item.finish_reason)
+                yield item
+                if ended:
+                    return
+        finally:
+            if not ended:
+                # The consumer left (closed the stream, or its task was cancelled): free the place.
+                request.cancelled = True
+                self._inbox.put(Cancel(request))
+
+    def _require_worker(self) -> Worker:
+        worker = self._worker
+        if worker is None or not self._loaded:
+            raise Unavailable("the local model is not loaded")
+        return worker
+
+    def _report_queue(self) -> None:
+        """Tell the observer the current queue length (on the event loop)."""
+        waiting, _ = self._admission.snapshot()
+        self._observer.queue_changed(waiting, self._admission.capacity)
+
+    def _call_in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback`` on the engine's event loop; callable from the worker thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            loop.call_soon_threadsafe(callback, *args)
+
+
+async def _collect(stream: AsyncGenerator[ChatDelta, None]) -> ChatResult:
+    """Join a stream's deltas into one :class:`ChatResult`."""
+    parts: list[str] = []
+    async with contextlib.aclosing(stream) as events:
+        async for event in events:
+            parts.append(event.text)
+            if event.finish_reason:
+                assert event.usage is not None
+                return ChatResult(text="".join(parts), finish_reason=event.finish_reason, usage=event.usage)
+    raise GoblinError("the stream ended without a finish event")
+
+
+def _check_max_tokens(params: SamplingParams, n_ctx: int) -> None:
+    """The one limit of the parameters that is this engine's own (the rest are checked when
+    SamplingParams is made): the output must fit the context window."""
+    if params.max_tokens is not None and params.max_tokens >= n_ctx:
+        raise InvalidArgument(f"max_tokens must be between 1 and {n_ctx - 1} (the context window is {n_ctx} tokens)")
