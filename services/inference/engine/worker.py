@@ -164,7 +164,13 @@ class Worker:
         llama.llama_log_set(_log_from_llama, ctypes.c_void_p(0))
         llama.llama_backend_init()
         engine = self._engine
-        model = llama.llama_model_load_from_file(str(engine.model_path).encode(), llama.llama_model_default_params())
+        params = llama.llama_model_default_params()
+        # No "extra" CPU buffer types: on CPUs with AMX (Xeon Sapphire Rapids and later) llama.cpp then
+        # repacks weights for its AMX kernels, and ggml_backend_amx_mul_mat segfaults under our batched
+        # multi-sequence decoding (seen with 0.3.36 and the default Q4_1 model, not with one sequence).
+        # The plain CPU kernels are what every other machine runs anyway.
+        params.use_extra_bufts = False
+        model = llama.llama_model_load_from_file(str(engine.model_path).encode(), params)
         if not model:
             raise RuntimeError(f"llama.cpp could not load {engine.model_path} (is it a GGUF model?)")
         self._model = model
