@@ -88,6 +88,9 @@ class Principal:
     session_id: str = ""
     expires_at: int = 0
     requests_per_day: int = 0
+    # The budgets the router enforces, forwarded with the principal (None: unlimited).
+    tenant_daily_budget_usd: float | None = None
+    key_tokens_per_day: int | None = None
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,8 @@ class AuthService:
             api_key_id=record.id,
             expires_at=int(record.expires_at.timestamp()) if record.expires_at else 0,
             requests_per_day=await self._requests_per_day(record.tenant_id),
+            tenant_daily_budget_usd=record.tenant_daily_budget_usd,
+            key_tokens_per_day=record.tokens_per_day,
         )
 
     async def _authenticate_access_token(self, token: str) -> Principal:
@@ -314,6 +319,7 @@ class AuthService:
             session_id=claims.session_id,
             expires_at=claims.expires_at,
             requests_per_day=await self._requests_per_day(claims.tenant_id),
+            tenant_daily_budget_usd=await self._daily_budget_usd(claims.tenant_id),
         )
 
     async def _touch(self, key_id: str) -> None:
@@ -332,6 +338,10 @@ class AuthService:
     async def _requests_per_day(self, tenant_id: str) -> int:
         tenant = await self._tenant(tenant_id)
         return (tenant.requests_per_day or 0) if tenant else 0
+
+    async def _daily_budget_usd(self, tenant_id: str) -> float | None:
+        tenant = await self._tenant(tenant_id)
+        return tenant.daily_budget_usd if tenant else None
 
     # -- who is asking ----------------------------------------------------------------------------
     async def _caller(self, ctx: Context) -> UserRecord:

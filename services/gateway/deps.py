@@ -80,13 +80,15 @@ class PrincipalCache:
     def evict(self, credential: str) -> None:
         self._entries.pop(self.key(credential), None)
 
-    def forget(self, *, api_key_id: str = "", session_id: str = "") -> None:
-        """Drop every cached principal of one API key or one session (revoked through this replica)."""
+    def forget(self, *, api_key_id: str = "", session_id: str = "", tenant_id: str = "") -> None:
+        """Drop every cached principal of one API key or one session (revoked through this replica), or
+        of one tenant (its quotas and budget, which principals carry, changed through this replica)."""
         stale = [
             key
             for key, principal in list(self._entries.items())
             if (api_key_id and principal.api_key_id == api_key_id)
             or (session_id and principal.session_id == session_id)
+            or (tenant_id and principal.tenant_id == tenant_id)
         ]
         for key in stale:
             self._entries.pop(key, None)
@@ -175,6 +177,11 @@ def principal_context(principal: auth_pb2.Principal | None, request: Request) ->
         context.tenant_id = principal.tenant_id
         context.api_key_id = principal.api_key_id
         context.scopes.extend(principal.scopes)
+        # The router enforces these budgets from the context: it never reads auth's tables.
+        if principal.HasField("tenant_daily_budget_usd"):
+            context.tenant_daily_budget_usd = principal.tenant_daily_budget_usd
+        if principal.HasField("key_tokens_per_day"):
+            context.key_tokens_per_day = principal.key_tokens_per_day
     return context
 
 

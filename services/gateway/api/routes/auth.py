@@ -491,11 +491,14 @@ async def create_tenant(
 async def update_tenant(
     tenant_id: TenantId, body: TenantUpdateBody, request: Request, principal: AdminDep, backends: BackendsDep
 ) -> TenantOut:
-    """Quota changes apply within 30 s on every replica (0 = unlimited)."""
+    """Quota and budget changes apply at once through this replica, within GOBLIN_AUTH_CACHE_TTL_S
+    (30 s) on the others, which cache verified principals (0 = unlimited)."""
     update = auth_pb2.UpdateTenantRequest(context=principal_context(principal, request), id=tenant_id)
     for name, value in body.model_dump(exclude_none=True).items():
         setattr(update, name, value)
-    return TenantOut.of(await call_auth(backends.auth.UpdateTenant, update))
+    tenant = await call_auth(backends.auth.UpdateTenant, update)
+    principal_cache(request).forget(tenant_id=tenant_id)
+    return TenantOut.of(tenant)
 
 
 @router.post("/signing-keys/rotate", response_model=SigningKeysOut, summary="Rotate the token-signing keys (admin)")
