@@ -1,6 +1,6 @@
 """Postgres access for the auth service: the only module here that writes SQL.
 
-Security events are written to ``audit_events`` in the same transaction as the change they record, so
+Security events are written to ``audit.audit_events`` in the same transaction as the change they record, so
 there is never a key without its ``api_key_created`` row, nor a row for a change that rolled back.
 """
 
@@ -15,6 +15,7 @@ from typing import Any, Literal
 import asyncpg
 
 from services.auth.keys import NewSigningKey, Rotation, SigningKeyRecord
+from services.common.audit import write_event
 from services.common.errors import AlreadyExists, NotFound
 from services.common.stores import PostgresStore
 
@@ -40,6 +41,9 @@ class ApiKeyRecord:
     revoked_at: datetime | None
     last_used_at: datetime | None
     user_active: bool
+    # The budgets the router enforces, forwarded in the principal (None: unlimited).
+    tokens_per_day: int | None = None
+    tenant_daily_budget_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -145,14 +149,14 @@ def _signing_key(row: asyncpg.Record) -> SigningKeyRecord:
 async def _audit(conn: asyncpg.Connection, event: AuditEvent | None) -> None:
     if event is None:
         return
-    await conn.execute(
-        """INSERT INTO audit_events (event_type, location, tenant_id, user_hash, correlation_id, details)
-           VALUES ($1, 'auth', $2, $3, $4, $5::jsonb)""",
+    await write_event(
+        conn,
         event.event_type,
-        event.tenant_id or None,
-        event.user_hash or None,
-        event.correlation_id or None,
-        json.dumps(event.details),
+        location="auth",
+        tenant_id=event.tenant_id,
+        user_hash=event.user_hash,
+        correlation_id=event.correlation_id,
+        details=event.details,
     )
 
 
@@ -306,12 +310,17 @@ class AuthRepository:
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = await self.pool.fetchrow(
             """SELECT k.id, k.user_id, k.tenant_id, u.email, u.role, k.scopes, k.expires_at,
-                      k.revoked_at, k.last_used_at, u.is_active AS user_active
-                 FROM api_keys k JOIN users u ON u.id = k.user_id
+                      k.revoked_at, k.last_used_at, u.is_active AS user_active, k.tokens_per_day,
+                      t.daily_budget_usd AS tenant_daily_budget_usd
+                 FROM api_keys k JOIN users u ON u.id = k.user_id JOIN tenants t ON t.id = k.tenant_id
                 WHERE k.key_hash = $1""",
             key_hash,
         )
-        return ApiKeyRecord(**dict(row)) if row else None
+        if row is None:
+            return None
+        values = dict(row)
+        budget = values.pop("tenant_daily_budget_usd")
+        return ApiKeyRecord(**values, tenant_daily_budget_usd=float(budget) if budget is not None else None)
 
     async def touch_api_key(self, key_id: str) -> None:
         await self.pool.execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", key_id)
