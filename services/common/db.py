@@ -193,7 +193,7 @@ async def _own_schema(conn: asyncpg.Connection, schema: str) -> str | None:
         await conn.execute(f"CREATE SCHEMA {_ident(schema)}")
         return await conn.fetchval("SELECT current_user")
     if not row["member"]:
-        log.info("schema %s belongs to %s, which migrates it; left alone", schema, row["owner"])
+        log.debug("schema %s belongs to %s, which migrates it; left alone", schema, row["owner"])
         return None
     return row["owner"]
 
