@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from goblin.v1 import auth_pb2
-from services.gateway.deps import AdminDep, ChatDep, ChatReadDep, PrincipalCache, PrincipalDep
+from services.gateway.deps import AdminDep, ChatDep, ChatReadDep, PrincipalCache, PrincipalDep, principal_context
 from services.gateway.errors import install_error_handlers
 
 
@@ -112,6 +112,23 @@ def test_entries_end_with_the_credential_and_keep_no_secret() -> None:
     cache.forget(api_key_id="key-c")
     cache.forget(session_id="s-d")
     assert cache.get("secret-c") is None and cache.get("secret-d") is None
+
+
+def test_a_tenants_principals_are_forgotten_when_its_limits_change() -> None:
+    cache = PrincipalCache(ttl_s=30)
+    cache.put("secret-a", principal(tenant_id="acme"))
+    cache.put("secret-b", principal(tenant_id="other"))
+    cache.forget(tenant_id="acme")
+    assert cache.get("secret-a") is None and cache.get("secret-b") is not None
+
+
+def test_the_forwarded_context_carries_the_budgets_auth_verified() -> None:
+    request: Any = SimpleNamespace(client=SimpleNamespace(host="10.0.0.1"))
+    limited = principal(api_key_id="k1", tenant_daily_budget_usd=2.5, key_tokens_per_day=1000)
+    context = principal_context(limited, request)
+    assert context.tenant_daily_budget_usd == 2.5 and context.key_tokens_per_day == 1000
+    unlimited = principal_context(principal(), request)
+    assert not unlimited.HasField("tenant_daily_budget_usd") and not unlimited.HasField("key_tokens_per_day")
 
 
 @pytest.mark.parametrize(
