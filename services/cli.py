@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import typer
 from rich.console import Console
@@ -81,24 +82,72 @@ def _embedded_database() -> tuple[EmbeddedPostgres, str]:
 def migrate(
     database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL", help="PostgreSQL URL")] = None,
 ) -> None:
-    """Apply pending database migrations (safe to run twice, and from two processes at once)."""
+    """Apply pending migrations to every service's schema (safe to run twice, and from two processes
+    at once). A database of the single-schema layout moves to the service schemas, every row kept."""
     from services.common import db
 
     embedded = None
     if not database_url:
         embedded, database_url = _embedded_database()
     try:
-        applied = asyncio.run(db.migrate(database_url))
-        version = asyncio.run(db.schema_version(database_url))
+        applied = asyncio.run(db.migrate_all(database_url))
+        versions = {schema: asyncio.run(db.schema_version(database_url, s)) for schema, s in db.SETS.items()}
     except (db.MigrationError, OSError) as exc:
         raise _fail(f"migration failed: {exc}", code=1) from None
     finally:
         if embedded is not None:
             embedded.stop()
-    if applied:
-        console.print(f"applied {', '.join(f'{v:04d}' for v in applied)}; schema at version {version:04d}")
-    else:
-        console.print(f"schema up to date at version {version:04d}")
+    for schema, done in applied.items():
+        if done:
+            listed = ", ".join(f"{v:04d}" for v in done)
+            console.print(f"{schema}: applied {listed}; schema at version {versions[schema]:04d}")
+        else:
+            console.print(f"{schema}: up to date at version {versions[schema]:04d}")
+
+
+db_app = typer.Typer(help="The database: roles and grants.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("roles")
+def db_roles(
+    database_url: Annotated[
+        str | None,
+        typer.Option(envvar="DATABASE_URL", help="an administrator's PostgreSQL URL (default: the embedded database)"),
+    ] = None,
+) -> None:
+    """Migrate, then create a login role per service (goblin_auth, goblin_router, goblin_executor,
+    goblin_rag, goblin_gateway), each owning only its schema and allowed to append audit rows.
+    Idempotent. A role's password is the one in GOBLIN_<SERVICE>_DATABASE_URL (or its _FILE) when that
+    URL names the role; otherwise it is left as it is."""
+    import asyncpg
+
+    from services.common import db
+    from services.supervisor import SuiteSettings
+
+    try:
+        settings = load_settings(SuiteSettings)
+    except ConfigError as exc:
+        raise _fail(f"configuration error: {exc}") from None
+    passwords = {}
+    for service, role in db.SERVICE_ROLES.items():
+        url = urlsplit(getattr(settings, f"{service}_database_url") or "")
+        if url.username == role and url.password:
+            passwords[service] = unquote(url.password)
+    embedded = None
+    if not database_url:
+        embedded, database_url = _embedded_database()
+    try:
+        asyncio.run(db.provision_roles(database_url, passwords))
+    except (db.MigrationError, OSError, asyncpg.PostgresError) as exc:
+        raise _fail(f"could not provision the roles: {exc}", code=1) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    for service, role in db.SERVICE_ROLES.items():
+        owns = f"owns schema {service}" if service in db.SETS else "owns no schema"
+        password = "password set" if service in passwords else "password unchanged"
+        console.print(f"{role}: {owns}, appends audit rows; {password}")
 
 
 @app.command()
@@ -150,7 +199,7 @@ def _with_auth(database_url: str | None, action: Callable[[Any, Any], Awaitable[
         embedded, database_url = _embedded_database()
 
     async def run() -> T:
-        store = PostgresStore(database_url, max_size=2)
+        store = PostgresStore(database_url, schema="auth", max_size=2)
         await store.start()
         try:
             return await action(AuthRepository(store), settings)

@@ -1,9 +1,10 @@
 """``goblin up``: the whole suite on one machine, supervised.
 
 Starts embedded PostgreSQL and Redis when no URL is configured, applies migrations, then runs the six
-services as child processes, restarting any that dies with exponential backoff. Ctrl-C or SIGTERM
-stops the children (SIGTERM, then SIGKILL after the grace period) and the embedded stores. A lock file
-under GOBLIN_HOME refuses a second copy.
+services as child processes, each with a DATABASE_URL of its own (see ``Supervisor._prepare_database``),
+restarting any that dies with exponential backoff. Ctrl-C or SIGTERM stops the children (SIGTERM, then
+SIGKILL after the grace period) and the embedded stores. A lock file under GOBLIN_HOME refuses a second
+copy.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class SuiteSettings(GoblinSettings):
     """What ``goblin up`` needs: the stores (optional: embedded when unset) and every port."""
 
     database_url: str | None = Field(None, alias="DATABASE_URL")
+    # With an external DATABASE_URL, a service may connect as a role of its own (`goblin db roles`).
+    auth_database_url: str | None = Field(None, alias="GOBLIN_AUTH_DATABASE_URL")
+    router_database_url: str | None = Field(None, alias="GOBLIN_ROUTER_DATABASE_URL")
+    executor_database_url: str | None = Field(None, alias="GOBLIN_EXECUTOR_DATABASE_URL")
+    rag_database_url: str | None = Field(None, alias="GOBLIN_RAG_DATABASE_URL")
+    gateway_database_url: str | None = Field(None, alias="GOBLIN_GATEWAY_DATABASE_URL")
     redis_url: str | None = Field(None, alias="REDIS_URL")
     gateway_port: int = Field(GATEWAY_PORT, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
     router_port: int = Field(GRPC_PORTS["router"], alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
@@ -70,6 +77,10 @@ class SuiteSettings(GoblinSettings):
         host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
         return {name: f"{host}:{getattr(self, f'{name}_port')}" for name in BACKEND_SERVICES}
 
+    def service_database_urls(self, database_url: str) -> dict[str, str]:
+        """Each database-using service's URL: ``GOBLIN_<SERVICE>_DATABASE_URL`` if set, else ``database_url``."""
+        return {name: getattr(self, f"{name}_database_url") or database_url for name in db.SERVICE_ROLES}
+
     def child_env(self, database_url: str, redis_url: str) -> dict[str, str]:
         """Environment for every child: the caller's, plus resolved stores and peer addresses."""
         env = dict(os.environ)
@@ -89,6 +100,17 @@ class SuiteSettings(GoblinSettings):
             env[f"GOBLIN_{name.upper()}_PORT"] = str(getattr(self, f"{name}_port"))
             env[f"GOBLIN_{name.upper()}_METRICS_PORT"] = str(getattr(self, f"{name}_metrics_port"))
         return env
+
+
+def child_database(env: dict[str, str], database_url: str | None) -> dict[str, str]:
+    """``env`` with this child's own DATABASE_URL; a child without a database (inference) gets none."""
+    env = dict(env)
+    if database_url is None:
+        env.pop("DATABASE_URL", None)
+        env.pop("DATABASE_URL_FILE", None)
+    else:
+        env["DATABASE_URL"] = database_url
+    return env
 
 
 @dataclass
@@ -113,6 +135,22 @@ class Supervisor:
         self._redis: EmbeddedRedis | None = None
 
     # -- stores ---------------------------------------------------------------------------------
+    async def _prepare_database(self, database_url: str) -> dict[str, str]:
+        """Migrate, and return each service's DATABASE_URL.
+
+        The embedded PostgreSQL is ours: every service gets a role of its own (``goblin_<service>``,
+        owning only its schema), so a local run exercises the same isolation as a deployment. An
+        external database is migrated with ``DATABASE_URL``; a service connects as
+        ``GOBLIN_<SERVICE>_DATABASE_URL`` when that is set (roles made by ``goblin db roles``).
+        """
+        if self._postgres is not None:
+            await db.provision_roles(database_url)
+            return {name: self._postgres.url("goblin", user=role) for name, role in db.SERVICE_ROLES.items()}
+        applied = {schema: versions for schema, versions in (await db.migrate_all(database_url)).items() if versions}
+        if applied:
+            log.info("migrations applied", extra={"versions": applied})
+        return self.settings.service_database_urls(database_url)
+
     def _start_stores(self) -> tuple[str, str]:
         database_url = self.settings.database_url
         if not database_url:
@@ -212,11 +250,12 @@ class Supervisor:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stopping.set)
             database_url, redis_url = await asyncio.to_thread(self._start_stores)
-            applied = await db.migrate(database_url)
-            if applied:
-                log.info("migrations applied", extra={"versions": applied})
+            database_urls = await self._prepare_database(database_url)
             env = self.settings.child_env(database_url, redis_url)
-            keepers = [asyncio.create_task(self._keep_alive(c, env)) for c in self.children.values()]
+            keepers = [
+                asyncio.create_task(self._keep_alive(c, child_database(env, database_urls.get(c.name))))
+                for c in self.children.values()
+            ]
             ready = await self._wait_ready()
             if self.on_ready is not None and not self.stopping.is_set():
                 self.on_ready(self, ready)

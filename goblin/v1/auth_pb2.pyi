@@ -14,7 +14,7 @@ class AuthenticateRequest(_message.Message):
     def __init__(self, credential: _Optional[str] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("user_id", "tenant_id", "email", "role", "scopes", "api_key_id", "session_id", "expires_at", "requests_per_day")
+    __slots__ = ("user_id", "tenant_id", "email", "role", "scopes", "api_key_id", "session_id", "expires_at", "requests_per_day", "tenant_daily_budget_usd", "key_tokens_per_day")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,8 @@ class Principal(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_DAILY_BUDGET_USD_FIELD_NUMBER: _ClassVar[int]
+    KEY_TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     tenant_id: str
     email: str
@@ -33,7 +35,9 @@ class Principal(_message.Message):
     session_id: str
     expires_at: int
     requests_per_day: int
-    def __init__(self, user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., email: _Optional[str] = ..., role: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., api_key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expires_at: _Optional[int] = ..., requests_per_day: _Optional[int] = ...) -> None: ...
+    tenant_daily_budget_usd: float
+    key_tokens_per_day: int
+    def __init__(self, user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., email: _Optional[str] = ..., role: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., api_key_id: _Optional[str] = ..., session_id: _Optional[str] = ..., expires_at: _Optional[int] = ..., requests_per_day: _Optional[int] = ..., tenant_daily_budget_usd: _Optional[float] = ..., key_tokens_per_day: _Optional[int] = ...) -> None: ...
 
 class User(_message.Message):
     __slots__ = ("id", "email", "role", "tenant_id", "created", "active")

@@ -35,6 +35,9 @@ class Principal:
     session_id: str = ""
     expires_at: int = 0
     requests_per_day: int = 0
+    # The budgets the router enforces, forwarded with the principal (None: unlimited).
+    tenant_daily_budget_usd: float | None = None
+    key_tokens_per_day: int | None = None
 
 
 class ApiKeyLookup(Protocol):
@@ -103,6 +106,8 @@ class Credentials:
             api_key_id=record.id,
             expires_at=int(record.expires_at.timestamp()) if record.expires_at else 0,
             requests_per_day=await self.tenants.requests_per_day(record.tenant_id),
+            tenant_daily_budget_usd=record.tenant_daily_budget_usd,
+            key_tokens_per_day=record.tokens_per_day,
         )
 
     async def _from_access_token(self, token: str) -> Principal:
@@ -118,6 +123,7 @@ class Credentials:
             session_id=claims.session_id,
             expires_at=claims.expires_at,
             requests_per_day=await self.tenants.requests_per_day(claims.tenant_id),
+            tenant_daily_budget_usd=await self.tenants.daily_budget_usd(claims.tenant_id),
         )
 
     async def _touch(self, key_id: str) -> None:

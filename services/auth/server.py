@@ -50,7 +50,7 @@ class AuthServer(StoreBackedService):
 
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
-        self.postgres = PostgresStore(settings.database_url.get_secret_value())
+        self.postgres = PostgresStore(settings.database_url.get_secret_value(), schema="auth")
         self.redis = RedisStore(settings.redis_url.get_secret_value())
         self.stores = [self.postgres, self.redis]
         repository = AuthRepository(self.postgres)

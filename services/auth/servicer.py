@@ -45,6 +45,8 @@ def principal_to_proto(principal: Principal) -> auth_pb2.Principal:
         session_id=principal.session_id,
         expires_at=principal.expires_at,
         requests_per_day=principal.requests_per_day,
+        tenant_daily_budget_usd=principal.tenant_daily_budget_usd,
+        key_tokens_per_day=principal.key_tokens_per_day,
     )
 
 

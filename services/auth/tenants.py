@@ -86,6 +86,11 @@ class TenantCache:
         tenant = await self.get(tenant_id)
         return (tenant.requests_per_day or 0) if tenant else 0
 
+    async def daily_budget_usd(self, tenant_id: str) -> float | None:
+        """The tenant's dollar budget per UTC day, which the router enforces; None is unlimited."""
+        tenant = await self.get(tenant_id)
+        return tenant.daily_budget_usd if tenant else None
+
     def forget(self, tenant_id: str) -> None:
         """Drop the cached copy, so a change made through this replica applies here at once."""
         self._tenants.pop(tenant_id, None)

@@ -46,12 +46,14 @@ class EmbeddedPostgres:
         self._server = pgserver.get_server(data_dir, cleanup_mode="stop")
         self.data_dir = data_dir
 
-    def url(self, database: str = "postgres") -> str:
+    def url(self, database: str = "postgres", user: str = "postgres") -> str:
+        """The URL of ``database`` as ``user`` (the superuser by default). No password: the server
+        trusts its Unix socket, which only this machine's user can reach."""
         # pgserver's own URI puts the socket directory in ?host= unencoded; encoded, any path works.
-        return f"postgresql://postgres:@/{database}?host={quote(str(self.data_dir), safe='/')}"
+        return f"postgresql://{quote(user, safe='')}:@/{database}?host={quote(str(self.data_dir), safe='/')}"
 
     def create_database(self, name: str) -> str:
-        """Create ``name`` if it does not exist; returns its URL."""
+        """Create ``name`` if it does not exist; returns its URL (as the superuser)."""
         if not name.replace("_", "").isalnum():
             raise ValueError(f"database name {name!r} must be letters, digits and underscores")
         exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")

@@ -17,12 +17,19 @@ log = logging.getLogger(__name__)
 
 
 class PostgresStore:
-    """An asyncpg pool, opened after the schema is migrated to the latest version."""
+    """An asyncpg pool on the service's own schema, opened after that schema is migrated.
 
-    def __init__(self, dsn: str, *, max_size: int = 10, run_migrations: bool = True) -> None:
+    ``schema`` names the service's :data:`~services.common.db.SETS` entry: the pool's ``search_path``
+    is that schema alone, and ``start`` applies its pending migrations and the audit trail's (which the
+    service may append to). Without a schema (the gateway) the pool migrates nothing and writes only
+    schema-qualified rows.
+    """
+
+    def __init__(self, dsn: str, *, schema: str | None = None, max_size: int = 10, run_migrations: bool = True) -> None:
         self.dsn = dsn
+        self.schema = schema
         self.max_size = max_size
-        self.run_migrations = run_migrations
+        self.run_migrations = run_migrations and schema is not None
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -33,8 +40,10 @@ class PostgresStore:
 
     async def start(self) -> None:
         if self.run_migrations:
-            await db.migrate(self.dsn)
-        self._pool = await db.create_pool(self.dsn, max_size=self.max_size)
+            assert self.schema is not None
+            await db.migrate(self.dsn, db.SETS[self.schema])
+            await db.migrate(self.dsn, db.AUDIT)
+        self._pool = await db.create_pool(self.dsn, schema=self.schema, max_size=self.max_size)
 
     async def healthy(self) -> bool:
         return self._pool is not None and await db.ping(self._pool)

@@ -16,7 +16,7 @@ class ExecutorServer(StoreBackedService):
 
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
-        self.postgres = PostgresStore(settings.database_url.get_secret_value())
+        self.postgres = PostgresStore(settings.database_url.get_secret_value(), schema="executor")
         self.stores = [self.postgres]
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -126,6 +126,11 @@ def principal_context(principal: auth_pb2.Principal | None, request: Request) ->
         context.tenant_id = principal.tenant_id
         context.api_key_id = principal.api_key_id
         context.scopes.extend(principal.scopes)
+        # The router enforces these budgets from the context: it never reads auth's tables.
+        if principal.HasField("tenant_daily_budget_usd"):
+            context.tenant_daily_budget_usd = principal.tenant_daily_budget_usd
+        if principal.HasField("key_tokens_per_day"):
+            context.key_tokens_per_day = principal.key_tokens_per_day
     return context
 
 

@@ -18,7 +18,7 @@ class RagServer(StoreBackedService):
     def __init__(self, settings: RagSettings) -> None:
         assert settings.chroma_path is not None
         self.settings = settings
-        self.postgres = PostgresStore(settings.database_url.get_secret_value())
+        self.postgres = PostgresStore(settings.database_url.get_secret_value(), schema="rag")
         self.chroma = ChromaStore(settings.chroma_url, settings.chroma_path)
         self.stores = [self.postgres, self.chroma]
 

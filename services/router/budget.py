@@ -7,6 +7,12 @@ increments, reading the others'). Only the first request of a tenant or key in a
 inline. Every ``reconcile_s`` the counters are raised to what ``routing_requests`` says was spent, so a
 flushed or restarted Redis does not forget the day's spending.
 
+The limits come with the request: the auth service reads the tenant's dollar budget and the API key's
+token budget when it verifies the credential, and the gateway forwards them in the RequestContext
+(:class:`~services.router.providers.base.CallContext`). The router never reads auth's tables; a changed
+budget applies once the gateway verifies the credential again (at once on the gateway that took the
+change, within ``GOBLIN_AUTH_CACHE_TTL_S`` on the others).
+
 Over budget means spent >= budget: a tenant or the whole installation over its dollar budget can still
 use free (local) models; an API key over its token budget can use nothing until midnight UTC.
 """
@@ -20,16 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from cachetools import TTLCache
-
 from services.common.background import BackgroundLoop
 from services.router.metrics import BUDGET_SYNC_ERRORS
+from services.router.providers.base import CallContext
 
 log = logging.getLogger(__name__)
 
 KEY_TTL_S = 2 * 86_400
 WATCH_S = 300.0  # a counter nobody asked about for this long is no longer refreshed
-LIMITS_TTL_S = 30.0
 
 # Raise a counter to a floor, never lower it (reconciliation with the database).
 RAISE_TO_FLOOR = """
@@ -140,12 +144,6 @@ class SpendCounters:
 
 
 @dataclass(frozen=True)
-class Limits:
-    tenant_budget_usd: float | None = None
-    key_tokens_per_day: int | None = None
-
-
-@dataclass(frozen=True)
 class Spent:
     """Today's totals as of the last reconciliation."""
 
@@ -155,7 +153,6 @@ class Spent:
 
 
 class BudgetStore(Protocol):
-    async def limits(self, tenant_id: str, api_key_id: str) -> Limits: ...
     async def spent_since(self, start: datetime) -> Spent: ...
 
 
@@ -183,7 +180,6 @@ class Budgets:
         global_budget_usd: float,
         sync_s: float = 0.5,
         reconcile_s: float = 60.0,
-        limits_ttl_s: float = LIMITS_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.counters = counters
@@ -192,7 +188,6 @@ class Budgets:
         self.sync_s = sync_s
         self.reconcile_s = reconcile_s
         self.clock = clock
-        self._limits: TTLCache[tuple[str, str], Limits] = TTLCache(maxsize=10_000, ttl=limits_ttl_s)
         self._day, self._day_ends = "", 0.0
         self._last_reconcile = 0.0
         # Stopping pushes this replica's last increments, so they are not lost with the process.
@@ -213,18 +208,13 @@ class Budgets:
             self._day_ends = (day_start(now) + timedelta(days=1)).timestamp()
         return self._day
 
-    async def limits(self, tenant_id: str, api_key_id: str) -> Limits:
-        key = (tenant_id, api_key_id)
-        limits = self._limits.get(key)
-        if limits is None:
-            limits = self._limits[key] = await self.store.limits(tenant_id, api_key_id)
-        return limits
-
-    async def status(self, tenant_id: str, api_key_id: str) -> BudgetStatus:
-        """May this caller spend now? Reads only memory once the day's counters are known."""
+    async def status(self, context: CallContext) -> BudgetStatus:
+        """May this caller spend now, under the limits its context carries? Reads only memory once the
+        day's counters are known."""
+        tenant_id, api_key_id = context.tenant_id, context.api_key_id
+        tenant_budget_usd, key_tokens_per_day = context.tenant_daily_budget_usd, context.key_tokens_per_day
         now = self.clock()
         day = self._today(now)
-        limits = await self.limits(tenant_id, api_key_id)
         keys = [global_spend_key(day)]
         if tenant_id:
             keys.append(tenant_spend_key(day, tenant_id))
@@ -235,20 +225,20 @@ class Budgets:
         spent_tenant = values[1] if tenant_id else 0.0
         tokens = values[-1] if api_key_id else 0.0
         retry_after = self._day_ends - now
-        if api_key_id and limits.key_tokens_per_day is not None and tokens >= limits.key_tokens_per_day:
+        if api_key_id and key_tokens_per_day is not None and tokens >= key_tokens_per_day:
             return BudgetStatus(
                 money=False,
                 tokens=False,
                 scope="api_key",
-                reason=f"this API key's daily token budget ({limits.key_tokens_per_day:,} tokens) is used up",
+                reason=f"this API key's daily token budget ({key_tokens_per_day:,} tokens) is used up",
                 retry_after=retry_after,
             )
-        if tenant_id and limits.tenant_budget_usd is not None and spent_tenant >= limits.tenant_budget_usd:
+        if tenant_id and tenant_budget_usd is not None and spent_tenant >= tenant_budget_usd:
             return BudgetStatus(
                 money=False,
                 scope="tenant",
                 reason=f"tenant '{tenant_id}' has spent its daily budget "
-                f"(${spent_tenant:.4f} of ${limits.tenant_budget_usd:.2f})",
+                f"(${spent_tenant:.4f} of ${tenant_budget_usd:.2f})",
                 retry_after=retry_after,
             )
         if spent_global >= self.global_budget_usd:

@@ -79,8 +79,6 @@ class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings, SecretSca
     daily_budget_usd: float = Field(50.0, alias="GOBLIN_DAILY_BUDGET_USD", ge=0)
     budget_sync_s: float = Field(0.5, alias="GOBLIN_BUDGET_SYNC_S", gt=0)
     budget_reconcile_s: float = Field(60.0, alias="GOBLIN_BUDGET_RECONCILE_S", gt=0)
-    # How long a tenant's budget and a key's token limit are remembered before the tables are read again.
-    budget_limits_ttl_s: float = Field(30.0, alias="GOBLIN_BUDGET_LIMITS_TTL_S", gt=0)
     llm_cache_ttl: int = Field(0, alias="LLM_CACHE_TTL", ge=0)
 
     def provider_key(self, provider: str, api_key_env: str | None = None) -> str | None:

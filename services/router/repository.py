@@ -1,4 +1,8 @@
-"""Postgres access for the router, apart from the ledger's inserts: the only module here with SQL."""
+"""Postgres access for the router, apart from the ledger's inserts: the only module here with SQL.
+
+Only the router's own schema (the pool's search_path): tenants and API keys belong to the auth service,
+whose limits reach the router in each request's context.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.common.stores import PostgresStore
-from services.router.budget import Limits, Spent
+from services.router.budget import Spent
 from services.router.provider_state import ProviderSnapshot
 
 UPSERT_PROVIDER_METRICS = """
@@ -58,20 +62,6 @@ class RouterRepository:
                      FROM provider_policies ORDER BY name"""
             )
         return [dict(r) for r in providers], [dict(r) for r in models], [dict(r) for r in policies]
-
-    async def limits(self, tenant_id: str, api_key_id: str) -> Limits:
-        row = await self.store.pool.fetchrow(
-            """SELECT (SELECT daily_budget_usd FROM tenants WHERE id = $1) AS tenant_budget,
-                      (SELECT tokens_per_day FROM api_keys WHERE id = $2) AS key_tokens""",
-            tenant_id,
-            api_key_id,
-        )
-        tenant_budget = row["tenant_budget"] if row else None
-        key_tokens = row["key_tokens"] if row else None
-        return Limits(
-            tenant_budget_usd=float(tenant_budget) if tenant_budget is not None else None,
-            key_tokens_per_day=int(key_tokens) if key_tokens is not None else None,
-        )
 
     async def spent_since(self, start: datetime) -> Spent:
         """Spend per tenant and in total, and tokens per API key (cache hits excluded), since ``start``."""
@@ -142,7 +132,3 @@ class RouterRepository:
             fallbacks=int(row["fallbacks"]),
             errors=int(row["errors"]),
         )
-
-    async def tenant_budget(self, tenant_id: str) -> float | None:
-        value = await self.store.pool.fetchval("SELECT daily_budget_usd FROM tenants WHERE id = $1", tenant_id)
-        return float(value) if value is not None else None

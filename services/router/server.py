@@ -37,7 +37,7 @@ class RouterServer(StoreBackedService):
             file_layers = load_file_layers(settings.catalog_file)
         except ConfigError as exc:
             raise StartupRefused(f"router catalog: {exc}") from None
-        self.postgres = PostgresStore(settings.database_url.get_secret_value())
+        self.postgres = PostgresStore(settings.database_url.get_secret_value(), schema="router")
         self.redis = RedisStore(settings.redis_url.get_secret_value())
         self.repository = RouterRepository(self.postgres)
         self.ledger = RoutingLedger(self.postgres)
@@ -66,7 +66,6 @@ class RouterServer(StoreBackedService):
             global_budget_usd=settings.daily_budget_usd,
             sync_s=settings.budget_sync_s,
             reconcile_s=settings.budget_reconcile_s,
-            limits_ttl_s=settings.budget_limits_ttl_s,
         )
         cache = ResponseCache(lambda: self.redis.client, settings.llm_cache_ttl) if settings.llm_cache_ttl else None
         self.catalog = CatalogManager(

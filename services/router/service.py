@@ -214,7 +214,7 @@ class RouterService:
         if self.budgets is None:
             return BUDGET_OK
         try:
-            status = await self.budgets.status(context.tenant_id, context.api_key_id)
+            status = await self.budgets.status(context)
         except Exception:
             # Redis or Postgres is down: answering beats refusing; the books still get the row.
             log.warning("budget check failed; request allowed", exc_info=True)

@@ -38,6 +38,8 @@ def context_from_proto(ctx: common_pb2.RequestContext) -> CallContext:
         user_hash=hash_user_id(ctx.user_id),
         api_key_id=ctx.api_key_id,
         scopes=tuple(ctx.scopes),
+        tenant_daily_budget_usd=ctx.tenant_daily_budget_usd if ctx.HasField("tenant_daily_budget_usd") else None,
+        key_tokens_per_day=ctx.key_tokens_per_day if ctx.HasField("key_tokens_per_day") else None,
     )
 
 
@@ -110,7 +112,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 raise InvalidArgument("day must be YYYY-MM-DD") from None
         else:
             start = day_start(time.time())
-        report = await self.books.usage(None if tenant == "*" else tenant, start)
+        report = await self.books.usage(None if tenant == "*" else tenant, start, caller)
         return router_pb2.UsageReport(
             day=start.strftime("%Y-%m-%d"),
             cost_usd=report.cost_usd,

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from services.router.providers.base import CallContext
 from services.router.repository import UsageTotals
 
 
 @dataclass(frozen=True)
 class UsageReport:
     cost_usd: float
-    budget_usd: float  # the tenant's own daily budget, else the global one
+    budget_usd: float  # see UsageBooks.budget_usd
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -22,7 +23,6 @@ class UsageReport:
 
 class UsageStore(Protocol):
     async def usage(self, tenant_id: str | None, start: datetime) -> UsageTotals: ...
-    async def tenant_budget(self, tenant_id: str) -> float | None: ...
 
 
 class UsageBooks:
@@ -30,16 +30,24 @@ class UsageBooks:
         self.store = store
         self.global_budget_usd = global_budget_usd
 
-    async def usage(self, tenant_id: str | None, start: datetime) -> UsageReport:
-        """The UTC day beginning at ``start``, for ``tenant_id`` or (None) every tenant."""
+    async def usage(self, tenant_id: str | None, start: datetime, caller: CallContext) -> UsageReport:
+        """The UTC day beginning at ``start``, for ``tenant_id`` or (None) every tenant, as ``caller`` asks."""
         totals = await self.store.usage(tenant_id, start)
-        budget = await self.store.tenant_budget(tenant_id) if tenant_id is not None else None
         return UsageReport(
             cost_usd=totals.cost_usd,
-            budget_usd=budget if budget is not None else self.global_budget_usd,
+            budget_usd=self.budget_usd(tenant_id, caller),
             requests=totals.requests,
             prompt_tokens=totals.prompt_tokens,
             completion_tokens=totals.completion_tokens,
             fallbacks=totals.fallbacks,
             errors=totals.errors,
         )
+
+    def budget_usd(self, tenant_id: str | None, caller: CallContext) -> float:
+        """The caller's own tenant: its daily budget from the context, else the global one. Another
+        tenant, or everyone: 0, since budgets live with auth's tenants, which the router does not read."""
+        if tenant_id is None or tenant_id != caller.tenant_id:
+            return 0.0
+        if caller.tenant_daily_budget_usd is not None:
+            return caller.tenant_daily_budget_usd
+        return self.global_budget_usd

@@ -127,7 +127,7 @@ def query(suite: Suite, sql: str, *args: Any) -> list[asyncpg.Record]:
 def signing_key(suite: Suite, state: str = "current") -> tuple[str, Any]:
     """The kid and private key of the key in ``state``, opened as the service opens it (the tests
     hold the key-encryption key), to sign tokens that are wrong only in their claims."""
-    [row] = query(suite, "SELECT kid, private_key FROM signing_keys WHERE state = $1", state)
+    [row] = query(suite, "SELECT kid, private_key FROM auth.signing_keys WHERE state = $1", state)
     der = KeyCipher(base64.urlsafe_b64decode(KEK_TEXT)).open(row["kid"], row["private_key"])
     return row["kid"], serialization.load_der_private_key(der, password=None)
 

@@ -183,9 +183,9 @@ def test_refresh_reuse_revokes_the_whole_session(client: httpx.Client, auth_suit
     time.sleep(CACHE_TTL_S + 0.2)
     assert_error(me(client, second["access_token"]), 401, "session_revoked")
     session_id = jwt.decode(second["access_token"], options={"verify_signature": False})["sid"]
-    rows = query(auth_suite, "SELECT revoked_at FROM sessions WHERE refresh_family = $1", session_id)
+    rows = query(auth_suite, "SELECT revoked_at FROM auth.sessions WHERE refresh_family = $1", session_id)
     assert len(rows) == 2 and all(r["revoked_at"] is not None for r in rows)
-    events = query(auth_suite, "SELECT details FROM audit_events WHERE event_type = 'refresh_token_reused'")
+    events = query(auth_suite, "SELECT details FROM audit.audit_events WHERE event_type = 'refresh_token_reused'")
     assert any(json.loads(e["details"])["session_id"] == session_id for e in events)
 
 
@@ -265,7 +265,7 @@ ATTACKS = {
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_forged_tokens_are_refused(client: httpx.Client, auth_suite: Suite, attack: str) -> None:
     kid, key = signing_key(auth_suite)
-    admin_id = query(auth_suite, "SELECT id FROM users WHERE email = $1", ADMIN_EMAIL)[0]["id"]
+    admin_id = query(auth_suite, "SELECT id FROM auth.users WHERE email = $1", ADMIN_EMAIL)[0]["id"]
     control = jwt.encode(good_claims(admin_id), key, "ES256", headers={"kid": kid, "typ": "at+jwt"})
     assert me(client, control).status_code == 200, "the same construction with nothing wrong passes"
     reply = me(client, forge(attack, kid, key, admin_id))
@@ -366,7 +366,7 @@ def test_key_rotation_without_downtime(client: httpx.Client, auth_suite: Suite) 
         # A key whose tokens have all expired is dropped: its tokens, and it, are gone from then on.
         query(
             auth_suite,
-            "UPDATE signing_keys SET verify_until = now() - interval '1 second' WHERE kid = $1",
+            "UPDATE auth.signing_keys SET verify_until = now() - interval '1 second' WHERE kid = $1",
             first,
         )
 
@@ -379,7 +379,7 @@ def test_key_rotation_without_downtime(client: httpx.Client, auth_suite: Suite) 
 
         assert wait_for(refused)
     assert wait_for(lambda: first not in jwks_kids(client))
-    events = query(auth_suite, "SELECT details FROM audit_events WHERE event_type = 'signing_keys_rotated'")
+    events = query(auth_suite, "SELECT details FROM audit.audit_events WHERE event_type = 'signing_keys_rotated'")
     assert {json.loads(e["details"]).get("by") for e in events} >= {"api", "cli"}
 
     wrong_kek = goblin(auth_suite, "keys", "rotate", GOBLIN_AUTH_KEY_ENCRYPTION_KEY="A" * 43 + "=")
@@ -395,7 +395,7 @@ def test_api_key_lifecycle(client: httpx.Client, auth_suite: Suite) -> None:
     key = created.json()
     secret = key["key"]
     assert secret.startswith(key["prefix"] + "_") and key["scopes"] == ["chat"] and key["last_used"] is None
-    [row] = query(auth_suite, "SELECT * FROM api_keys WHERE id = $1", key["id"])
+    [row] = query(auth_suite, "SELECT * FROM auth.api_keys WHERE id = $1", key["id"])
     assert row["key_hash"] == hashlib.sha256(secret.encode()).hexdigest()
     assert secret not in json.dumps({k: str(v) for k, v in dict(row).items()}), "stored hashed only"
 
@@ -431,7 +431,7 @@ def test_api_key_expiry(client: httpx.Client) -> None:
 def test_admins_create_keys_for_others_users_do_not(client: httpx.Client, auth_suite: Suite) -> None:
     _, pair = create_user(client)
     user_id = pair["user"]["id"]
-    admin_id = query(auth_suite, "SELECT id FROM users WHERE email = $1", ADMIN_EMAIL)[0]["id"]
+    admin_id = query(auth_suite, "SELECT id FROM auth.users WHERE email = $1", ADMIN_EMAIL)[0]["id"]
     by_user = client.post(
         "/auth/api-keys", json={"name": "x", "user_id": admin_id}, headers=bearer(pair["access_token"])
     )
@@ -509,7 +509,7 @@ def test_tenant_request_quota(client: httpx.Client, auth_suite: Suite) -> None:
     assert raised.status_code == 200 and raised.json()["requests_per_day"] is None
     time.sleep(CACHE_TTL_S + 0.2)
     assert client.post("/v1/chat/completions", json=chat, headers=bearer(key["key"])).status_code != 429
-    events = query(auth_suite, "SELECT tenant_id FROM audit_events WHERE event_type = 'quota_exhausted'")
+    events = query(auth_suite, "SELECT tenant_id FROM audit.audit_events WHERE event_type = 'quota_exhausted'")
     assert [e["tenant_id"] for e in events].count(tenant_id) == 1
 
 
@@ -540,7 +540,7 @@ def test_audit_trail_has_the_events_and_never_the_secrets(client: httpx.Client, 
     client.post("/auth/logout", json={"refresh_token": pair["refresh_token"]})
     rows = query(
         auth_suite,
-        "SELECT event_type, user_hash, details::text AS details FROM audit_events WHERE location = 'auth'",
+        "SELECT event_type, user_hash, details::text AS details FROM audit.audit_events WHERE location = 'auth'",
     )
     types = {r["event_type"] for r in rows}
     assert {

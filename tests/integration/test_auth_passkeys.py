@@ -83,11 +83,11 @@ def test_register_and_sign_in_with_a_passkey(client: httpx.Client, auth_suite: S
     assert [(p["id"], p["sign_count"]) for p in listed] == [(passkey["id"], 2)] and listed[0]["last_used"]
     methods = query(
         auth_suite,
-        "SELECT details->>'method' AS method FROM audit_events WHERE event_type = 'login_succeeded' "
+        "SELECT details->>'method' AS method FROM audit.audit_events WHERE event_type = 'login_succeeded' "
         "AND details->>'method' = 'passkey'",
     )
     assert len(methods) >= 2
-    assert query(auth_suite, "SELECT 1 FROM audit_events WHERE event_type = 'passkey_registered'")
+    assert query(auth_suite, "SELECT 1 FROM audit.audit_events WHERE event_type = 'passkey_registered'")
 
 
 def test_a_challenge_cannot_be_replayed(client: httpx.Client, origin: str) -> None:
@@ -145,7 +145,8 @@ def test_a_cloned_credential_is_refused(client: httpx.Client, auth_suite: Suite,
     assert cloned.status_code == 401 and cloned.json()["error"] == "passkey_cloned"
     events = query(
         auth_suite,
-        "SELECT details FROM audit_events WHERE event_type = 'passkey_clone_suspected' AND details->>'passkey_id' = $1",
+        "SELECT details FROM audit.audit_events "
+        "WHERE event_type = 'passkey_clone_suspected' AND details->>'passkey_id' = $1",
         passkey["id"],
     )
     assert [json.loads(e["details"])["presented"] for e in events] == [1]

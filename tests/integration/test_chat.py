@@ -211,7 +211,7 @@ def test_every_chat_is_in_the_books(suite: Suite, client: openai.OpenAI) -> None
         conn = await asyncpg.connect(suite.database_url)
         try:
             for _ in range(50):
-                found = await conn.fetch("SELECT * FROM routing_requests WHERE correlation_id = 'books-check-1'")
+                found = await conn.fetch("SELECT * FROM router.routing_requests WHERE correlation_id = 'books-check-1'")
                 if found:
                     return found
                 await asyncio.sleep(0.1)

@@ -99,7 +99,7 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "con
 
 def booked(suite: Suite, correlation_id: str) -> asyncpg.Record:
     rows = wait_for(
-        lambda: query(suite, "SELECT * FROM routing_requests WHERE correlation_id = $1", correlation_id),
+        lambda: query(suite, "SELECT * FROM router.routing_requests WHERE correlation_id = $1", correlation_id),
         what=f"the routing_requests row of {correlation_id}",
     )
     assert len(rows) == 1
@@ -377,7 +377,7 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'open'",
+            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'open'",
         ),
         what="the open circuit in provider_metrics",
     )
@@ -404,7 +404,7 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'closed' "
+            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'closed' "
             "AND failure_count >= 3 AND success_count >= 1",
         ),
         what="the closed circuit in provider_metrics",
@@ -550,7 +550,7 @@ def test_usage_report_and_metrics(router_suite: Suite, client: openai.OpenAI, fa
 
         def settled() -> router_pb2.UsageReport | None:
             r = report()
-            rows = query(router_suite, "SELECT count(*) AS n FROM routing_requests WHERE tenant_id = 'default'")
+            rows = query(router_suite, "SELECT count(*) AS n FROM router.routing_requests WHERE tenant_id = 'default'")
             return r if r.fallbacks >= 1 and r.requests >= 2 and r.requests == rows[0]["n"] else None
 
         usage = wait_for(settled, what="the day's usage")
@@ -564,7 +564,7 @@ def test_usage_report_and_metrics(router_suite: Suite, client: openai.OpenAI, fa
                 timeout=5,
             )
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    total = query(router_suite, "SELECT sum(cost_usd) AS usd FROM routing_requests WHERE tenant_id = 'default'")
+    total = query(router_suite, "SELECT sum(cost_usd) AS usd FROM router.routing_requests WHERE tenant_id = 'default'")
     total = total[0]["usd"]
     assert float(total) == pytest.approx(usage.cost_usd, rel=1e-6)
     assert router_metric(router_suite, "goblin_router_cost_usd_total", provider="openai", model="gpt-4o-mini") > 0

@@ -1,6 +1,10 @@
 """Daily budgets end to end, on a suite of their own with a tiny global budget: a tenant's dollar
 budget, the global one (GOBLIN_DAILY_BUDGET_USD), an API key's token budget, the 429 the client gets,
-and the counters surviving a Redis that lost them."""
+and the counters surviving a Redis that lost them.
+
+The limits reach the router with each request, from the principal auth verified: a tenant's budget
+changed through the gateway applies at once (the gateway drops that tenant's cached principals), a
+key's limit changed elsewhere once the gateway's GOBLIN_AUTH_CACHE_TTL_S has passed."""
 
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def budget_suite(
         DATABASE_URL=new_database(),
         REDIS_URL=url,
         GOBLIN_DAILY_BUDGET_USD=str(GLOBAL_BUDGET),
-        GOBLIN_BUDGET_LIMITS_TTL_S="0.2",
+        GOBLIN_AUTH_CACHE_TTL_S="0.2",
         GOBLIN_BUDGET_RECONCILE_S="1",
         **SUITE_ENV,
         **fake.env(),
@@ -80,6 +84,11 @@ def ask(http: httpx.Client, model: str = OPUS, correlation: str | None = None) -
     )
 
 
+def set_tenant_budget(http: httpx.Client, usd: float) -> None:
+    reply = http.patch("/auth/tenants/default", json={"daily_budget_usd": usd})
+    assert reply.status_code == 200, reply.text
+
+
 def seconds_to_utc_midnight() -> float:
     now = datetime.now(UTC)
     return (now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1) - now).total_seconds()
@@ -98,7 +107,7 @@ def assert_budget_refusal(reply: httpx.Response, says: str) -> None:
 def test_a_tenant_over_its_daily_budget_is_refused_before_any_provider_call(
     budget_suite: Suite, http: httpx.Client, fake: FakeProviders
 ) -> None:
-    query(budget_suite, "UPDATE tenants SET daily_budget_usd = $1 WHERE id = 'default'", 2.5 * OPUS_COST)
+    set_tenant_budget(http, 2.5 * OPUS_COST)
     spent, answered = 0.0, 0
     while True:
         reply = ask(http, correlation=f"tenant-{answered}")
@@ -117,8 +126,7 @@ def test_a_tenant_over_its_daily_budget_is_refused_before_any_provider_call(
 
 
 def test_the_global_daily_budget_stops_every_tenant(budget_suite: Suite, http: httpx.Client) -> None:
-    query(budget_suite, "UPDATE tenants SET daily_budget_usd = NULL WHERE id = 'default'")
-    time.sleep(0.3)  # the router remembers limits for GOBLIN_BUDGET_LIMITS_TTL_S
+    set_tenant_budget(http, 0)  # 0: no tenant budget, and it applies to the very next request
     spent = 3 * OPUS_COST
     for _ in range(20):
         reply = ask(http)
@@ -134,21 +142,21 @@ def test_the_global_daily_budget_stops_every_tenant(budget_suite: Suite, http: h
 def test_an_api_key_over_its_daily_token_budget_is_refused_even_for_free_models(
     budget_suite: Suite, http: httpx.Client
 ) -> None:
-    key_id = query(budget_suite, "SELECT api_key_id FROM routing_requests WHERE api_key_id IS NOT NULL LIMIT 1")[0][
-        "api_key_id"
-    ]
+    key_id = query(budget_suite, "SELECT api_key_id FROM router.routing_requests WHERE api_key_id IS NOT NULL LIMIT 1")[
+        0
+    ]["api_key_id"]
     used = query(
         budget_suite,
-        "SELECT sum(prompt_tokens + completion_tokens) AS n FROM routing_requests WHERE api_key_id = $1",
+        "SELECT sum(prompt_tokens + completion_tokens) AS n FROM router.routing_requests WHERE api_key_id = $1",
         key_id,
     )[0]["n"]
-    query(budget_suite, "UPDATE api_keys SET tokens_per_day = $1 WHERE id = $2", int(used), key_id)
+    query(budget_suite, "UPDATE auth.api_keys SET tokens_per_day = $1 WHERE id = $2", int(used), key_id)
     try:
-        time.sleep(0.3)
+        time.sleep(0.3)  # past GOBLIN_AUTH_CACHE_TTL_S: the gateway verifies the key again
         assert_budget_refusal(ask(http, model="local"), "token budget")
     finally:
-        query(budget_suite, "UPDATE api_keys SET tokens_per_day = NULL WHERE id = $1", key_id)
-        time.sleep(0.3)  # past GOBLIN_BUDGET_LIMITS_TTL_S, so the next test does not meet the old limit
+        query(budget_suite, "UPDATE auth.api_keys SET tokens_per_day = NULL WHERE id = $1", key_id)
+        time.sleep(0.3)  # past GOBLIN_AUTH_CACHE_TTL_S, so the next test does not meet the old limit
 
 
 def test_spend_survives_a_redis_that_lost_it(budget_suite: Suite, http: httpx.Client) -> None:

@@ -63,7 +63,7 @@ def audit_rows(suite: Suite, correlation_id: str) -> list[asyncpg.Record]:
         try:
             for _ in range(50):
                 rows = await conn.fetch(
-                    "SELECT * FROM audit_events WHERE event_type = 'secret_detected' AND correlation_id = $1",
+                    "SELECT * FROM audit.audit_events WHERE event_type = 'secret_detected' AND correlation_id = $1",
                     correlation_id,
                 )
                 if rows:

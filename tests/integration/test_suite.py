@@ -69,7 +69,7 @@ def test_admin_key_is_stored_hashed(suite: Suite) -> None:
     async def stored() -> list[str]:
         conn = await asyncpg.connect(suite.database_url)
         try:
-            return [r["key_hash"] for r in await conn.fetch("SELECT key_hash FROM api_keys")]
+            return [r["key_hash"] for r in await conn.fetch("SELECT key_hash FROM auth.api_keys")]
         finally:
             await conn.close()
 

@@ -22,6 +22,9 @@ class ApiKeyRecord:
     revoked_at: datetime | None
     last_used_at: datetime | None
     user_active: bool
+    # The budgets the router enforces, forwarded in the principal (None: unlimited).
+    tokens_per_day: int | None = None
+    tenant_daily_budget_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,17 @@ class ApiKeyRepository(PostgresRepository):
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = await self.pool.fetchrow(
             """SELECT k.id, k.user_id, k.tenant_id, u.email, u.role, k.scopes, k.expires_at,
-                      k.revoked_at, k.last_used_at, u.is_active AS user_active
-                 FROM api_keys k JOIN users u ON u.id = k.user_id
+                      k.revoked_at, k.last_used_at, u.is_active AS user_active, k.tokens_per_day,
+                      t.daily_budget_usd AS tenant_daily_budget_usd
+                 FROM api_keys k JOIN users u ON u.id = k.user_id JOIN tenants t ON t.id = k.tenant_id
                 WHERE k.key_hash = $1""",
             key_hash,
         )
-        return ApiKeyRecord(**dict(row)) if row else None
+        if row is None:
+            return None
+        values = dict(row)
+        budget = values.pop("tenant_daily_budget_usd")
+        return ApiKeyRecord(**values, tenant_daily_budget_usd=float(budget) if budget is not None else None)
 
     async def touch_api_key(self, key_id: str) -> None:
         await self.pool.execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", key_id)

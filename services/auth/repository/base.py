@@ -6,12 +6,12 @@ there is never a key without its ``api_key_created`` row, nor a row for a change
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from services.common.audit import write_event
 from services.common.stores import PostgresStore
 
 
@@ -29,14 +29,14 @@ async def insert_audit_event(conn: asyncpg.Connection, event: AuditEvent | None)
     row goes through here."""
     if event is None:
         return
-    await conn.execute(
-        """INSERT INTO audit_events (event_type, location, tenant_id, user_hash, correlation_id, details)
-           VALUES ($1, 'auth', $2, $3, $4, $5::jsonb)""",
+    await write_event(
+        conn,
         event.event_type,
-        event.tenant_id or None,
-        event.user_hash or None,
-        event.correlation_id or None,
-        json.dumps(event.details),
+        location="auth",
+        tenant_id=event.tenant_id,
+        user_hash=event.user_hash,
+        correlation_id=event.correlation_id,
+        details=event.details,
     )
 
 

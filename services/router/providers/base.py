@@ -28,6 +28,9 @@ class CallContext:
     api_key_id: str = ""
     scopes: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    # The caller's budgets as auth verified them (forwarded by the gateway); None: unlimited.
+    tenant_daily_budget_usd: float | None = None
+    key_tokens_per_day: int | None = None
 
 
 def estimate_tokens(text: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from goblin.v1 import auth_pb2, auth_pb2_grpc
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY
 from services.gateway.config import GatewaySettings
-from services.gateway.deps import AdminDep, ChatDep, ChatReadDep, PrincipalCache, PrincipalDep
+from services.gateway.deps import AdminDep, ChatDep, ChatReadDep, PrincipalCache, PrincipalDep, principal_context
 from services.gateway.errors import install_error_handlers
 from services.gateway.state import GatewayState
 from tests.unit.gateway.backends import abort, grpc_server
@@ -174,3 +175,20 @@ async def test_metered_routes_charge_quota_limited_tenants_only() -> None:
         assert refused.status_code == 429 and refused.json()["error"] == "quota_exceeded"
         assert refused.headers["Retry-After"] == "3600"
         assert (await get(client, "/models", "k")).status_code == 200 and limited.charged == 3, "listing is not metered"
+
+
+def test_a_tenants_principals_are_forgotten_when_its_limits_change() -> None:
+    cache = PrincipalCache(ttl_s=30)
+    cache.put("secret-a", principal(tenant_id="acme"))
+    cache.put("secret-b", principal(tenant_id="other"))
+    cache.forget(tenant_id="acme")
+    assert cache.get("secret-a") is None and cache.get("secret-b") is not None
+
+
+def test_the_forwarded_context_carries_the_budgets_auth_verified() -> None:
+    request: Any = SimpleNamespace(client=SimpleNamespace(host="10.0.0.1"))
+    limited = principal(api_key_id="k1", tenant_daily_budget_usd=2.5, key_tokens_per_day=1000)
+    context = principal_context(limited, request)
+    assert context.tenant_daily_budget_usd == 2.5 and context.key_tokens_per_day == 1000
+    unlimited = principal_context(principal(), request)
+    assert not unlimited.HasField("tenant_daily_budget_usd") and not unlimited.HasField("key_tokens_per_day")

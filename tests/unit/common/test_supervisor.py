@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.common.process import AlreadyRunning, InstanceLock
-from services.supervisor import SuiteSettings, suite_decode_threads
+from services.supervisor import SuiteSettings, child_database, suite_decode_threads
 
 
 def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
@@ -79,3 +79,17 @@ def test_the_startup_heap_is_frozen_out_of_full_collections() -> None:
     assert before > 50_000
     assert frozen >= 50_000
     assert tracked < 1_000  # a full collection now walks what came after start-up only
+
+
+def test_each_child_gets_its_own_database_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GOBLIN_HOME", str(tmp_path))
+    monkeypatch.setenv("GOBLIN_AUTH_DATABASE_URL", "postgresql://goblin_auth:pw@db/goblin")
+    urls = SuiteSettings().service_database_urls("postgresql://admin@db/goblin")
+    assert urls["auth"] == "postgresql://goblin_auth:pw@db/goblin"
+    assert urls["router"] == urls["gateway"] == "postgresql://admin@db/goblin", "unset: DATABASE_URL"
+    assert "inference" not in urls
+    env = {"DATABASE_URL": "postgresql://admin@db/goblin", "DATABASE_URL_FILE": "/run/db", "REDIS_URL": "unix:///r"}
+    assert child_database(env, urls["auth"])["DATABASE_URL"] == "postgresql://goblin_auth:pw@db/goblin"
+    inference = child_database(env, None)
+    assert "DATABASE_URL" not in inference and "DATABASE_URL_FILE" not in inference, "no database, no credentials"
+    assert inference["REDIS_URL"] == "unix:///r"

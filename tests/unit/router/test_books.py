@@ -10,9 +10,9 @@ import pytest
 from services.common.chat import Message, SamplingParams, Usage
 from services.router.budget import (
     Budgets,
-    Limits,
     SpendCounters,
     Spent,
+    day_start,
     global_spend_key,
     key_tokens_key,
     seconds_to_midnight,
@@ -21,10 +21,14 @@ from services.router.budget import (
 )
 from services.router.cache import cache_key, cacheable
 from services.router.catalog import build_catalog, load_file_layers
+from services.router.providers.base import CallContext
 from services.router.providers.http import retry_after_seconds, sse_events
+from services.router.repository import UsageTotals
+from services.router.usage import UsageBooks
 from tests.unit.router.conftest import FakeRedis
 
 NOON = 1_767_268_800.0  # 2026-01-01T12:00:00Z
+NOON_START = day_start(NOON)
 
 
 @pytest.mark.parametrize(
@@ -75,38 +79,44 @@ async def test_spend_counters_mirror_redis_and_push_increments_in_batches() -> N
 
 
 class Store:
-    def __init__(self, limits: dict[str, Limits]) -> None:
-        self.by_tenant = limits
-        self.asked = 0
-
-    async def limits(self, tenant_id: str, api_key_id: str) -> Limits:
-        self.asked += 1
-        return self.by_tenant.get(tenant_id, Limits())
-
     async def spent_since(self, start):  # noqa: ANN001, ANN201
         return Spent(0.0, {}, {})
 
+    async def usage(self, tenant_id, start):  # noqa: ANN001, ANN201
+        return UsageTotals(cost_usd=0.5, requests=3)
 
-async def test_budget_status_per_scope() -> None:
+
+async def test_budget_status_per_scope_from_the_limits_the_context_carries() -> None:
     redis = FakeRedis()
-    store = Store({"acme": Limits(tenant_budget_usd=1.0, key_tokens_per_day=1000)})
-    budgets = Budgets(SpendCounters(lambda: redis), store, global_budget_usd=50, clock=lambda: NOON)
-    assert (await budgets.status("acme", "k1")).money
+    budgets = Budgets(SpendCounters(lambda: redis), Store(), global_budget_usd=50, clock=lambda: NOON)
+    acme = CallContext(tenant_id="acme", api_key_id="k1", tenant_daily_budget_usd=1.0, key_tokens_per_day=1000)
+    other = CallContext(tenant_id="other", api_key_id="k2")
+    assert (await budgets.status(acme)).money
     budgets.charge("acme", "k1", cost_usd=0.99, tokens=999)
-    status = await budgets.status("acme", "k1")
+    status = await budgets.status(acme)
     assert status.money and status.tokens
     budgets.charge("acme", "k1", cost_usd=0.01, tokens=0)
-    status = await budgets.status("acme", "k1")
+    status = await budgets.status(acme)
     assert not status.money and status.tokens and status.scope == "tenant"
     assert status.retry_after == 12 * 3600
-    assert (await budgets.status("other", "k2")).money, "other tenants are not affected"
+    assert (await budgets.status(CallContext(tenant_id="acme", api_key_id="k1"))).money, "no limit: unlimited"
+    assert (await budgets.status(other)).money, "other tenants are not affected"
     budgets.charge("acme", "k1", cost_usd=0, tokens=1)
-    status = await budgets.status("acme", "k1")
+    status = await budgets.status(acme)
     assert not status.tokens and status.scope == "api_key"
     budgets.charge("other", "k2", cost_usd=49.0, tokens=0)
-    status = await budgets.status("other", "k2")
+    status = await budgets.status(other)
     assert not status.money and status.scope == "global" and "GOBLIN_DAILY_BUDGET_USD" in status.reason
-    assert store.asked == 2, "limits are cached per tenant and key"
+
+
+async def test_usage_reports_the_callers_own_budget_only() -> None:
+    books = UsageBooks(Store(), global_budget_usd=50)
+    capped = CallContext(tenant_id="acme", tenant_daily_budget_usd=2.5)
+    assert (await books.usage("acme", NOON_START, capped)).budget_usd == 2.5
+    assert (await books.usage("acme", NOON_START, CallContext(tenant_id="acme"))).budget_usd == 50
+    assert (await books.usage("other", NOON_START, capped)).budget_usd == 0, "another tenant's budget is auth's"
+    report = await books.usage(None, NOON_START, capped)
+    assert report.budget_usd == 0 and report.requests == 3 and report.cost_usd == 0.5
 
 
 def test_only_temperature_zero_non_bypassed_requests_are_cacheable() -> None:
@@ -161,7 +171,7 @@ def test_retry_after_forms() -> None:
 
 async def test_budgets_push_charges_in_the_background() -> None:
     redis = FakeRedis()
-    budgets = Budgets(SpendCounters(lambda: redis), Store({}), global_budget_usd=50, sync_s=0.01, clock=lambda: NOON)
+    budgets = Budgets(SpendCounters(lambda: redis), Store(), global_budget_usd=50, sync_s=0.01, clock=lambda: NOON)
     key = global_spend_key(utc_day(NOON))
     await budgets.start()
     assert await budgets.healthy()
@@ -177,7 +187,7 @@ async def test_budgets_push_charges_in_the_background() -> None:
 
 async def test_stopping_budgets_pushes_the_charges_not_synced_yet() -> None:
     redis = FakeRedis()
-    budgets = Budgets(SpendCounters(lambda: redis), Store({}), global_budget_usd=50, sync_s=3600, clock=lambda: NOON)
+    budgets = Budgets(SpendCounters(lambda: redis), Store(), global_budget_usd=50, sync_s=3600, clock=lambda: NOON)
     await budgets.start()
     budgets.charge("acme", "k1", cost_usd=0.25, tokens=0)
     await asyncio.sleep(0.02)

@@ -37,7 +37,7 @@ class StaticBudgets:
         self.current = status or BudgetStatus()
         self.charges: list[tuple[str, str, float, int]] = []
 
-    async def status(self, tenant_id: str, api_key_id: str) -> BudgetStatus:
+    async def status(self, context: CallContext) -> BudgetStatus:
         return self.current
 
     def charge(self, tenant_id: str, api_key_id: str, cost_usd: float, tokens: int) -> None:

@@ -210,10 +210,12 @@ async def create_tenant(body: TenantCreateBody, request: Request, principal: Adm
 async def update_tenant(
     tenant_id: TenantId, body: TenantUpdateBody, request: Request, principal: AdminDep, state: StateDep
 ) -> TenantOut:
-    """Quota changes apply within 30 s on every replica (0 = unlimited)."""
+    """Quota and budget changes apply at once through this replica, within GOBLIN_AUTH_CACHE_TTL_S
+    (30 s) on the others, which cache verified principals (0 = unlimited)."""
     tenant = await state.clients.auth.update_tenant(
         principal_context(principal, request), tenant_id, body.model_dump(exclude_none=True)
     )
+    state.principal_cache.forget(tenant_id=tenant_id)
     return TenantOut.of(tenant)
 
 
