@@ -215,7 +215,7 @@ async def update_tenant(
     tenant = await state.clients.auth.update_tenant(
         principal_context(principal, request), tenant_id, body.model_dump(exclude_none=True)
     )
-    state.principal_cache.forget(tenant_id=tenant_id)
+    state.principals.forget(tenant_id=tenant_id)
     return TenantOut.of(tenant)
 
 
