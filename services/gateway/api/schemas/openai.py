@@ -10,7 +10,19 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_TOKENS_LIMIT = 32_768
+# The bounds every hop checks, from the one place they are defined (services.common.chat): the
+# gateway refuses out-of-range values with a 400 before anything is forwarded.
+from services.common.chat import (
+    MAX_STOP_SEQUENCES,
+    MAX_TOKENS_LIMIT,
+    MAX_TOKENS_MIN,
+    SEED_MAX,
+    SEED_MIN,
+    TEMPERATURE_MAX,
+    TEMPERATURE_MIN,
+    TOP_P_MAX,
+    TOP_P_MIN,
+)
 
 
 class ContentPart(BaseModel):
@@ -60,12 +72,12 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=1024)
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_LIMIT)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_LIMIT)] | None = None
+    temperature: Annotated[float, Field(ge=TEMPERATURE_MIN, le=TEMPERATURE_MAX)] | None = None
+    top_p: Annotated[float, Field(gt=TOP_P_MIN, le=TOP_P_MAX)] | None = None
     stop: str | list[Annotated[str, Field(min_length=1)]] | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -78,8 +90,8 @@ class ChatCompletionRequest(BaseModel):
         if value is None:
             return None
         stops = [value] if isinstance(value, str) else value
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         return stops
 
     @property
@@ -113,5 +125,5 @@ class InvokeRequest(BaseModel):
     prompt: str = Field(min_length=1)
     provider: str = Field("local", min_length=1, max_length=64)
     model: str | None = Field(None, max_length=256)
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_LIMIT)] | None = None
+    temperature: Annotated[float, Field(ge=TEMPERATURE_MIN, le=TEMPERATURE_MAX)] | None = None
