@@ -41,11 +41,11 @@ test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 proto: $(STAMP)
-	$(BIN)/python -m services.common.protogen
+	$(BIN)/python -m goblin_tools.protogen
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services goblin_tools tests bench
+	$(BIN)/ruff format --check services goblin_tools tests bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -24,7 +24,7 @@ import httpx
 from bench.load import LoadResult, run_load
 from bench.results import median, percentile, write_section
 from goblin.v1 import auth_pb2, auth_pb2_grpc
-from tests.suite import Suite, start_suite
+from goblin_tools.suite import Suite, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
 ADMIN_EMAIL = "admin@goblin.local"

@@ -19,7 +19,7 @@ import httpx
 
 from bench.load import LoadResult, run_load
 from bench.results import write_section
-from tests.suite import Suite, start_suite
+from goblin_tools.suite import Suite, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
 HEALTH_RATE = 500

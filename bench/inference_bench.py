@@ -26,10 +26,10 @@ import httpx
 import openai
 
 from bench.results import median, write_section
+from goblin_tools.suite import start_suite
+from goblin_tools.supervisor import suite_decode_threads
 from services.common.process import usable_cores
 from services.inference.models import chat_model_path
-from services.supervisor import suite_decode_threads
-from tests.suite import start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a goblin who builds a clockwork machine."}]

@@ -1,6 +1,6 @@
 """Router: the latency Goblin adds in front of a provider.
 
-A fake OpenAI provider (tests/fakes/providers.py, in its own process) answers instantly. Four ways to
+A fake OpenAI provider (goblin_tools/fakes/providers.py, in its own process) answers instantly. Four ways to
 ask it the same chat completion, interleaved request by request in one open loop at a fixed rate so
 that background load on this shared machine hits them alike, latency measured from each request's
 scheduled send time:
@@ -45,9 +45,9 @@ import uvloop
 
 from bench.results import median, percentile, write_section
 from goblin.v1 import common_pb2, router_pb2_grpc
+from goblin_tools.suite import ROOT, Suite, free_ports, start_suite
 from services.common.context import CORRELATION_METADATA_KEY
 from services.gateway.tls import CERT_FILE, KEY_FILE
-from tests.suite import ROOT, Suite, free_ports, start_suite
 
 WORK = Path(__file__).resolve().parent / ".work"
 RATE = int(os.environ.get("BENCH_RATE", "100"))  # requests/s in total, a fifth each
@@ -86,7 +86,7 @@ def start_process(module: str, *args: str) -> subprocess.Popen[bytes]:
 
 
 def start_fake(port: int) -> subprocess.Popen[bytes]:
-    return wait_listening(start_process("tests.fakes.providers", "--port", str(port)), port, "the fake provider")
+    return wait_listening(start_process("goblin_tools.fakes.providers", "--port", str(port)), port, "the fake provider")
 
 
 def fake_base_url(port: int) -> str:

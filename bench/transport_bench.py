@@ -6,9 +6,9 @@ router benchmark's fake provider is plain HTTP; real providers are HTTPS and off
 measures the difference the router benchmark cannot see: the router's own provider call
 (``OpenAICompatibleProvider.post_json``, one request at a time, a warm connection) over
 
-- HTTP/1.1, plain: the fake provider (tests/fakes/providers.py), as in the router benchmark;
+- HTTP/1.1, plain: the fake provider (goblin_tools/fakes/providers.py), as in the router benchmark;
 - HTTP/1.1 over TLS: the same fake provider over HTTPS, for a provider with ``http2: false``;
-- HTTP/2 over TLS: an HTTP/2-only TLS provider (tests/fakes/h2.py), the default for HTTPS providers.
+- HTTP/2 over TLS: an HTTP/2-only TLS provider (goblin_tools/fakes/h2.py), the default for HTTPS providers.
 
 Each provider runs in its own process. Reported: the router's CPU per request (this process's CPU time)
 and the round-trip p50, medians over rounds that interleave the transports.
@@ -27,10 +27,10 @@ import uvloop
 
 from bench.results import median, write_section
 from bench.router_bench import FAKE_KEY, MESSAGES, MODEL, start_process, wait_listening
+from goblin_tools.suite import free_ports
 from services.gateway.tls import ensure_dev_certificates
 from services.router.providers.http import HttpOptions
 from services.router.providers.openai import OpenAICompatibleProvider
-from tests.suite import free_ports
 
 WORK = Path(__file__).resolve().parent / ".work" / "transport"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
@@ -75,12 +75,18 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         processes.append(
-            wait_listening(start_process("tests.fakes.providers", "--port", str(plain_port)), plain_port, "plain")
+            wait_listening(
+                start_process("goblin_tools.fakes.providers", "--port", str(plain_port)), plain_port, "plain"
+            )
         )
         processes.append(
-            wait_listening(start_process("tests.fakes.providers", "--port", str(tls_port), *tls), tls_port, "https")
+            wait_listening(
+                start_process("goblin_tools.fakes.providers", "--port", str(tls_port), *tls), tls_port, "https"
+            )
         )
-        processes.append(wait_listening(start_process("tests.fakes.h2", "--port", str(h2_port), *tls), h2_port, "h2"))
+        processes.append(
+            wait_listening(start_process("goblin_tools.fakes.h2", "--port", str(h2_port), *tls), h2_port, "h2")
+        )
         # How a deployment trusts a private CA, too: both transports read it through OpenSSL's defaults.
         os.environ["SSL_CERT_FILE"] = str(ca)
         results = uvloop.run(

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from services.common.embedded import EmbeddedPostgres, EmbeddedRedis, docker_answers
+from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis, docker_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 

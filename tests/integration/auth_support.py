@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from goblin.v1 import auth_pb2_grpc
+from goblin_tools.suite import Suite, start_suite
 from services.auth.keyring import KeyCipher
-from tests.suite import Suite, start_suite
 
 ADMIN_EMAIL = "admin@goblin.local"
 ADMIN_PASSWORD = "admin password for the auth tests"

@@ -25,6 +25,7 @@ import jwt
 import pytest
 
 from goblin.v1 import auth_pb2, common_pb2
+from goblin_tools.suite import GOBLIN, ROOT, Suite
 from tests.integration.auth_support import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -43,7 +44,6 @@ from tests.integration.auth_support import (
     signing_key,
     unique_email,
 )
-from tests.suite import GOBLIN, ROOT, Suite
 
 auth_suite = auth_suite_fixture()
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 import redis
 
+from goblin_tools.suite import Suite
 from tests.integration.auth_support import auth_suite_fixture, bearer, create_user, query
 from tests.integration.webauthn_authenticator import SoftAuthenticator
-from tests.suite import Suite
 
 auth_suite = auth_suite_fixture()
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from goblin.v1 import inference_pb2, inference_pb2_grpc
-from tests.suite import Suite, start_suite
+from goblin_tools.suite import Suite, start_suite
 
 LONG = [{"role": "user", "content": "Write a very long story about a goblin who builds a machine."}]
 

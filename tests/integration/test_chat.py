@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.suite import Suite
+from goblin_tools.suite import Suite
 
 MODEL_ID = "local/smollm2-135m-instruct"
 HELLO = [{"role": "user", "content": "Say hello in three words."}]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.suite import Suite, start_suite
+from goblin_tools.suite import Suite, start_suite
 
 
 @pytest.fixture(scope="module")

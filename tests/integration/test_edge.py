@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from services.common.embedded import EmbeddedRedis
-from tests.suite import Suite, start_suite
+from goblin_tools.embedded import EmbeddedRedis
+from goblin_tools.suite import Suite, start_suite
 
 SECURITY_HEADERS = {
     "strict-transport-security": "max-age=63072000; includeSubDomains",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.suite import GOBLIN, ROOT, SERVICES, start_suite
+from goblin_tools.suite import GOBLIN, ROOT, SERVICES, start_suite
 
 
 def test_embedded_suite_starts_refuses_a_second_copy_and_stops_clean(tmp_path: Path) -> None:

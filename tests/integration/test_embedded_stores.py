@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 import redis
 
-from services.common.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedStoreError
+from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedStoreError
 
 
 @pytest.mark.parametrize("name", ["my home", "we?ird#home", "a&b", "it's", "a,b", "50%", "user@host", "x:y"])

@@ -13,7 +13,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.suite import Suite, start_suite
+from goblin_tools.suite import Suite, start_suite
 
 EXAMPLES_PER_OPERATION = 8
 

@@ -1,5 +1,5 @@
 """The router end to end: the openai SDK -> gateway (HTTPS) -> router -> a fake of every provider's real
-HTTP API (tests/fakes/providers.py), checking both what the client gets and what each provider received.
+HTTP API (goblin_tools/fakes/providers.py), checking both what the client gets and what each provider received.
 
 Covers each provider unary and streaming, a catalog-declared OpenAI-compatible provider, an unconfigured
 one, fallbacks and their metric, retries with Retry-After, the circuit breaker opening and closing,
@@ -25,9 +25,9 @@ import pytest
 import redis
 
 from goblin.v1 import common_pb2, router_pb2, router_pb2_grpc
+from goblin_tools.fakes.providers import FakeProviders
+from goblin_tools.suite import Suite, start_suite
 from services.router.catalog import build_catalog, load_file_layers
-from tests.fakes.providers import FakeProviders
-from tests.suite import Suite, start_suite
 
 SYSTEM = "You are terse."
 PROMPT_WORDS = 8  # the fake counts words: "You are terse." + "Say hello to the tests."

@@ -16,8 +16,9 @@ import httpx
 import pytest
 import redis
 
+from goblin_tools.fakes.providers import FakeProviders
+from goblin_tools.suite import Suite, start_suite
 from services.router.budget import global_spend_key, utc_day
-from tests.fakes.providers import FakeProviders
 from tests.integration.test_router import (
     CATALOG,
     PROMPT_WORDS,
@@ -29,7 +30,6 @@ from tests.integration.test_router import (
     redis_db,
     wait_for,
 )
-from tests.suite import Suite, start_suite
 
 GLOBAL_BUDGET = 0.002
 OPUS = "anthropic/claude-opus-4-5"

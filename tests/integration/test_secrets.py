@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from goblin.v1 import common_pb2, router_pb2_grpc
+from goblin_tools.fakes.providers import FakeProviders
+from goblin_tools.suite import Suite, start_suite
 from services.common.context import CORRELATION_METADATA_KEY
-from tests.fakes.providers import FakeProviders
-from tests.suite import Suite, start_suite
 from tests.unit.common.test_secrets import SAMPLES
 
 MODEL = "openai/gpt-4o-mini"

@@ -10,8 +10,8 @@ from collections import Counter
 import httpx
 import psutil
 
-from tests.otlp import OtlpCollector
-from tests.suite import SERVICES, Suite
+from goblin_tools.otlp import OtlpCollector
+from goblin_tools.suite import SERVICES, Suite
 
 
 def test_health_ready_reports_every_service_serving(suite: Suite) -> None:

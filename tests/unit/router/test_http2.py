@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from goblin_tools.fakes.h2 import H2OnlyProvider, h2_only_context
 from services.gateway.tls import ensure_dev_certificates
 from services.router.providers.http import HttpOptions
 from services.router.providers.openai import OpenAICompatibleProvider
-from tests.fakes.h2 import H2OnlyProvider, h2_only_context
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

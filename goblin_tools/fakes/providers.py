@@ -11,7 +11,7 @@ the body) and answers bad requests the way they do, records every request for as
 told to fail (any status, with Retry-After), slow down, answer garbage or break a stream midway.
 
 In tests: ``with FakeProviders() as fake: ...`` runs it in a thread. For benchmarks:
-``python -m tests.fakes.providers --port 8999`` runs it in its own process (``--certfile``/``--keyfile``:
+``python -m goblin_tools.fakes.providers --port 8999`` runs it in its own process (``--certfile``/``--keyfile``:
 over HTTPS).
 """
 

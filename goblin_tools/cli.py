@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from services.common.embedded import EmbeddedPostgres, EmbeddedStoreError
+from goblin_tools.embedded import EmbeddedPostgres, EmbeddedStoreError
 from services.common.logs import configure_logging
 from services.common.settings import ConfigError, load_settings
 from services.common.topology import BACKEND_SERVICES
@@ -31,8 +31,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @app.command()
 def up() -> None:
     """Start the whole suite (embedded PostgreSQL/Redis/Chroma unless URLs are set) until Ctrl-C."""
+    from goblin_tools.supervisor import SuiteSettings, Supervisor
     from services.common.process import AlreadyRunning
-    from services.supervisor import SuiteSettings, Supervisor
 
     try:
         settings = load_settings(SuiteSettings)
@@ -122,8 +122,8 @@ def db_roles(
     URL names the role; otherwise it is left as it is."""
     import asyncpg
 
+    from goblin_tools.supervisor import SuiteSettings
     from services.common import db
-    from services.supervisor import SuiteSettings
 
     try:
         settings = load_settings(SuiteSettings)
@@ -153,7 +153,7 @@ def db_roles(
 @app.command()
 def doctor() -> None:
     """Check every dependency and print what is reachable."""
-    from services.doctor import run_checks
+    from goblin_tools.doctor import run_checks
 
     results = asyncio.run(run_checks())
     table = Table(title="goblin doctor")

@@ -133,7 +133,7 @@ def _files(home: Path) -> list[Check]:
 
 
 async def run_checks() -> list[Check]:
-    from services.supervisor import SuiteSettings
+    from goblin_tools.supervisor import SuiteSettings
 
     try:
         settings = load_settings(SuiteSettings)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import Field
 
+from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common import db
-from services.common.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common.process import InstanceLock, die_with_parent, usable_cores
 from services.common.settings import GoblinSettings
 from services.common.topology import BACKEND_SERVICES, GATEWAY_PORT, GRPC_PORTS, METRICS_PORTS

@@ -4,7 +4,7 @@ Every POST gets ``{"echo": <request body>}``, or two SSE events when it asks for
 it records the ALPN protocol of each connection and the headers of each request.
 
 In tests: ``asyncio.start_server(H2OnlyProvider().handle, ..., ssl=h2_only_context(cert, key))``. For
-benchmarks, in its own process: ``python -m tests.fakes.h2 --port 8998 --certfile C --keyfile K``.
+benchmarks, in its own process: ``python -m goblin_tools.fakes.h2 --port 8998 --certfile C --keyfile K``.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from goblin_tools.supervisor import SuiteSettings, child_database, suite_decode_threads
 from services.common.process import AlreadyRunning, InstanceLock
-from services.supervisor import SuiteSettings, child_database, suite_decode_threads
 
 
 def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common import protogen
+from goblin_tools import protogen
 
 
 def test_committed_stubs_are_current(tmp_path: Path) -> None:
