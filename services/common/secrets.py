@@ -56,12 +56,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Matches examined per request before the scan gives up (fail closed). About 5 us each: 20 000 bound
-# the Python side of a scan to about 100 ms, 30 times what a 1 MiB log full of keys would need.
-MAX_CANDIDATES = 20_000
-# Texts (total characters per request) up to this size are scanned on the event loop; larger ones in
-# a worker thread. Measured (bench/RESULTS.md): 32 KiB of prose scans in about 0.3 ms, about the cost of
-# the thread hop itself, so below it a thread would only add latency.
+# Matches examined per request before the scan gives up (fail closed). Each costs 4 to 15 us here (the
+# search, a boundary check, a confirmation): 10 000 keep the Python side of the worst request near 100
+# ms on this shared machine, and a prompt with that many secret-shaped strings is a data dump.
+MAX_CANDIDATES = 10_000
+# Texts (total characters per request) up to this size are scanned on the event loop, larger ones in a
+# worker thread. Measured (bench/RESULTS.md): 32 KiB of prose scans in about 0.2 ms; the hop to a thread
+# costs about 0.04 ms. Below it the loop is held for under a quarter of the 2 KB prompt's 1 ms budget;
+# above it the hop is the cheap part.
 INLINE_SCAN_CHARS = 32 * 1024
 
 
