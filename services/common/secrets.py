@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 MAX_CANDIDATES = 10_000
 # Texts (total characters per request) up to this size are scanned on the event loop, larger ones in a
 # worker thread. Measured (bench/RESULTS.md): 32 KiB of prose scans in about 0.2 ms; the hop to a thread
-# costs about 0.04 ms. Below it the loop is held for under a quarter of the 2 KB prompt's 1 ms budget;
+# costs about 0.05 ms. Below it the loop is held for under a quarter of the 2 KB prompt's 1 ms budget;
 # above it the hop is the cheap part.
 INLINE_SCAN_CHARS = 32 * 1024
 
