@@ -124,9 +124,13 @@ def _valid_ssn(candidate: str) -> bool:
 _JWT_HEADER_CHARS = 16 * 1024
 
 
+# The shortest header with an "alg" or "typ" key, {"alg":0}, is 12 characters of base64.
+_JWT_HEADER_MIN_CHARS = 12
+
+
 def _is_jwt(candidate: str) -> bool:
     header = candidate.split(".", 1)[0]
-    if "." not in candidate:
+    if "." not in candidate or len(header) < _JWT_HEADER_MIN_CHARS:
         return False
     if len(header) > _JWT_HEADER_CHARS:
         start = base64.urlsafe_b64decode(header[:_JWT_HEADER_CHARS])  # a multiple of 4: always decodes
