@@ -12,7 +12,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import re2
 from detect_secrets.plugins.aws import AWSKeyDetector
@@ -22,6 +22,7 @@ from detect_secrets.plugins.slack import SlackDetector
 
 # google-re2's ``finditer`` builds a Python match object per match (about 7 us); the program's own
 # ``Match`` returns the spans (about 2.5 us), which matters when a text holds thousands of candidates.
+# ``_regexp`` and ``_re2`` are the package's internals: the version is pinned, and every scan uses them.
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
 _ANCHOR_START = re2._re2.RE2.Anchor.ANCHOR_START
 
@@ -53,6 +54,8 @@ class LinearPattern:
 
 @dataclass(frozen=True)
 class Detector:
+    """One secret type's pattern and the checks its matches must pass."""
+
     type: str
     pattern: LinearPattern
     group: int = 0  # which group is the secret (0: the whole match)
@@ -81,11 +84,12 @@ class BlockDetector(Detector):
     settles the rest: each byte is read by at most one opening search and one footer search.
     """
 
-    closing: LinearPattern | None = None
-    tail: LinearPattern | None = None
+    closing: LinearPattern = field(kw_only=True)
+    tail: LinearPattern = field(kw_only=True)
 
     def candidates(self, data: bytes) -> Iterator[tuple[int, int, int, int]]:
-        assert self.closing is not None and self.tail is not None
+        """Each block, left to right; the next opening is searched for after the block's end."""
+        # footer: the first closing at or after the last search's start; exhausted: none was left.
         pos, footer, exhausted = 0, None, False
         while (opening := self.pattern.search(data, pos)) is not None:
             start, body = opening[0]
