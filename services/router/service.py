@@ -130,18 +130,18 @@ class RouterService:
         self._background: set[asyncio.Task[None]] = set()
 
     # -- worker_processing: the last look before text leaves for a third party ----------------------
-    def _scan_outbound(self, texts: list[str], plan: Plan, context: CallContext) -> list[str]:
+    async def _scan_outbound(self, texts: list[str], plan: Plan, context: CallContext) -> list[str]:
         """The texts an external provider may see. Scanned once, before any attempt, when the plan has an
         external candidate (so a block is never mistaken for a provider failure); the local model, inside
-        our own walls, gets the texts as they came."""
+        our own walls, gets the texts as they came. A large body is scanned in a worker thread."""
         if self.guard is None or all(c.model.provider == LOCAL for c in plan.candidates):
             return texts
-        return self.guard.check(
+        return await self.guard.check_async(
             texts, tenant_id=context.tenant_id, user_hash=context.user_hash, correlation_id=context.correlation_id
         )
 
-    def _outbound_messages(self, call: ChatCall, plan: Plan) -> list[Message]:
-        texts = self._scan_outbound([m.content for m in call.messages], plan, call.context)
+    async def _outbound_messages(self, call: ChatCall, plan: Plan) -> list[Message]:
+        texts = await self._scan_outbound([m.content for m in call.messages], plan, call.context)
         return [replace(m, content=t) if t is not m.content else m for m, t in zip(call.messages, texts, strict=True)]
 
     # -- catalog ----------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ class RouterService:
                     self._book(call, plan, tally, outcome="cache_hit", model=model, usage=hit.usage, charge=False)
                     return Routed(replace(hit, id=new_completion_id(), created=int(time.time())), cached=True)
             budget = await self._budget(call.context)
-            outbound = self._outbound_messages(call, plan)
+            outbound = await self._outbound_messages(call, plan)
 
             async def ask(candidate: Candidate, provider: Provider) -> ChatResult:
                 params = with_defaults(call.params, candidate.model)
@@ -285,7 +285,7 @@ class RouterService:
         try:
             plan = await self.planner.plan(call)
             budget = await self._budget(call.context)
-            outbound = self._outbound_messages(call, plan)
+            outbound = await self._outbound_messages(call, plan)
 
             async def open_stream(cand: Candidate, provider: Provider) -> tuple[AsyncIterator[ChatDelta], ChatDelta]:
                 # The attempt is the stream up to its first delta: that much may be retried or moved.
@@ -352,7 +352,7 @@ class RouterService:
             models = await self.planner.resolve(call.model, "embeddings")
             plan = Plan(strategy="explicit", policy="explicit", candidates=[self.planner.candidate(models[0], None)])
             budget = await self._budget(context)
-            outbound = self._scan_outbound(inputs, plan, context)
+            outbound = await self._scan_outbound(inputs, plan, context)
 
             async def embed(candidate: Candidate, provider: Provider) -> Embeddings:
                 return await provider.embed(candidate.model, inputs if provider.name == LOCAL else outbound, context)

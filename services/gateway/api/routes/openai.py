@@ -33,9 +33,10 @@ def provider_label(model: str) -> str:
     return prefix if prefix in KNOWN_PROVIDERS or prefix == "alias" else "other"
 
 
-def scan(guard: SecretGuard, texts: list[str], principal: auth_pb2.Principal) -> list[str]:
-    """request_creation: secrets are redacted (or the request refused) before anything leaves the gateway."""
-    return guard.check(
+async def scan(guard: SecretGuard, texts: list[str], principal: auth_pb2.Principal) -> list[str]:
+    """request_creation: secrets are redacted (or the request refused) before anything leaves the gateway;
+    a large body is scanned in a worker thread so it never holds the event loop."""
+    return await guard.check_async(
         texts,
         tenant_id=principal.tenant_id,
         user_hash=hash_user_id(principal.user_id),
@@ -102,7 +103,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
     # Cache-Control: no-cache (or no-store) asks for a fresh answer: the router's response cache is skipped.
     directives = {d.strip().lower() for d in http.headers.get("cache-control", "").split(",")}
     request.routing.bypass_cache = bool(directives & {"no-cache", "no-store"})
-    cleaned = scan(state.secret_guard, [m.content for m in request.messages], principal)
+    cleaned = await scan(state.secret_guard, [m.content for m in request.messages], principal)
     for message, text in zip(request.messages, cleaned, strict=True):
         message.content = text
     if body.stream:
@@ -241,7 +242,7 @@ async def embeddings(body: EmbeddingRequest, principal: ChatDep, state: StateDep
         raise ApiError(400, "invalid_request", "dimensions is not supported by the local embedding model")
     reply = await state.clients.router.embed(
         body.model,
-        scan(state.secret_guard, list(body.input), principal),
+        await scan(state.secret_guard, list(body.input), principal),
         principal_context(principal, http),
         deadline_s=EMBED_TIMEOUT_S,
     )
@@ -272,7 +273,9 @@ async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http:
         params.temperature = body.temperature
     request = common_pb2.ChatRequest(
         model=model,
-        messages=[common_pb2.ChatMessage(role="user", content=scan(state.secret_guard, [body.prompt], principal)[0])],
+        messages=[
+            common_pb2.ChatMessage(role="user", content=(await scan(state.secret_guard, [body.prompt], principal))[0])
+        ],
         params=params,
         context=principal_context(principal, http),
     )
