@@ -100,6 +100,45 @@ def test_lone_surrogates_in_json_are_a_client_error(client: httpx.Client, case: 
     assert 400 <= reply.status_code < 500, (case, reply.status_code, body)
 
 
+# Python's JSON parser accepts NaN and Infinity (not JSON, but a client can send them) and 1e400 is inf.
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400"]
+NUMBER_FIELDS = ["temperature", "top_p", "max_tokens", "frequency_penalty", "seed", "n"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+@pytest.mark.parametrize("field", NUMBER_FIELDS)
+def test_non_finite_numbers_are_a_client_error(client: httpx.Client, field: str, number: str) -> None:
+    raw = f'{{"model": "{CHAT}", "messages": [{{"role": "user", "content": "hi"}}], "{field}": {number}}}'
+    reply = post_json(client, "/v1/chat/completions", raw)
+    if reply.status_code < 400:
+        return  # a field the API ignores: harmless
+    body = assert_error_envelope(reply)
+    assert 400 <= reply.status_code < 500, (field, number, body)
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+def test_non_finite_numbers_elsewhere(client: httpx.Client, number: str) -> None:
+    bodies = [
+        (
+            "/v1/chat/completions",
+            f'{{"model": "{CHAT}", "messages": [{{"role": "user", "content": "hi", "x": {number}}}]}}',
+        ),
+        (
+            "/v1/chat/completions",
+            f'{{"model": "{CHAT}", "messages": [{{"role": "user", "content": "hi"}}],'
+            f' "goblin": {{"rag": {{"collection": "c", "top_k": {number}}}}}}}',
+        ),
+        ("/v1/embeddings", f'{{"model": "local", "input": [{number}]}}'),
+        ("/auth/api-keys", f'{{"name": "n", "tokens_per_day": {number}, "expires_at": {number}}}'),
+    ]
+    for path, raw in bodies:
+        reply = post_json(client, path, raw)
+        if reply.status_code < 400:
+            continue
+        body = assert_error_envelope(reply)
+        assert 400 <= reply.status_code < 500, (path, number, body)
+
+
 def test_odd_bytes_in_headers_and_query_strings(client: httpx.Client) -> None:
     # The server decodes both as latin-1 or with replacement: what must hold is the envelope.
     replies = [
