@@ -131,6 +131,12 @@ def api_error_from_grpc(error: grpc.aio.AioRpcError, *, service: str = "") -> Ap
     message = error.details() or error.code().name.lower()
     if status >= 500 and error.code() == grpc.StatusCode.UNAVAILABLE:
         message = f"{service or 'a backend service'} is unavailable"
+    elif error.code() not in GRPC_TO_HTTP and _trailer(error, ERROR_CODE_KEY) is None:
+        # UNKNOWN, INTERNAL, DATA_LOSS without the service's own error code: not a GoblinError it
+        # raised for the client, but a failure, whose details gRPC fills with the exception's text
+        # (class, message, perhaps a host or a path). The log keeps them; the client gets none.
+        log.warning("%s failed: %s %s", service or "a backend service", error.code().name, error.details())
+        message = f"{service or 'a backend service'} failed; quote the correlation id to report it"
     return ApiError(status, code, message, headers=headers, extra=extra)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.suite import Suite, start_suite
 from services.gateway.config import GatewaySettings
+from services.gateway.errors import api_error_from_grpc
 from services.gateway.main import create_app
 from tests.security.envelope import assert_error_envelope
 
@@ -199,3 +201,18 @@ def test_an_internal_error_keeps_the_envelope(app_with_a_broken_route: TestClien
     assert body["error"] == "internal_error"
     assert body["correlation_id"] == "trace-me-123"
     assert "db.internal" not in reply.text and "secret" not in reply.text
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS])
+def test_a_backends_exception_text_stays_in_the_log(code: grpc.StatusCode) -> None:
+    # What grpc.aio sends for an exception a servicer did not handle: its class and text.
+    failure = grpc.aio.AioRpcError(
+        code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Unexpected <class 'OSError'>: could not open /var/lib/goblin/x.db on 10.0.3.7:5432",
+    )
+    error = api_error_from_grpc(failure, service="router")
+    assert error.status_code == 502
+    assert "OSError" not in error.message and "/var/lib" not in error.message and "10.0.3.7" not in error.message
+    assert error.message.startswith("router failed")
