@@ -54,8 +54,9 @@ HTTP_CODES: dict[int, str] = {
 }
 
 
-# The longest wait the gateway will tell a client: a backend (or a provider behind it) may say "inf".
-MAX_RETRY_AFTER_S = 3600
+# The longest wait the gateway will tell a client, whatever a backend (or a provider behind it) says,
+# "inf" included: a day, as daily quotas and budgets reset at the next midnight UTC.
+MAX_RETRY_AFTER_S = 86_400
 
 
 def retry_after_header(seconds: float | str) -> int | None:
@@ -67,7 +68,7 @@ def retry_after_header(seconds: float | str) -> int | None:
         return None
     if math.isnan(value):
         return None
-    return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(value))) if math.isfinite(value) else MAX_RETRY_AFTER_S)
+    return math.ceil(min(MAX_RETRY_AFTER_S, max(1.0, value)))  # clamped first: ceil(inf) raises
 
 
 class ApiError(Exception):

@@ -20,8 +20,10 @@ from fastapi.testclient import TestClient
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.suite import Suite, start_suite
 from services.gateway.config import GatewaySettings
-from services.gateway.errors import api_error_from_grpc
+from services.gateway.errors import api_error_from_grpc, retry_after_header
 from services.gateway.main import create_app
+from services.router.providers.http import MAX_RETRY_AFTER_S as PROVIDER_MAX_RETRY_AFTER_S
+from services.router.providers.http import retry_after_seconds
 from tests.security.envelope import assert_error_envelope
 
 CHAT = "openai/gpt-4o-mini"
@@ -216,3 +218,20 @@ def test_a_backends_exception_text_stays_in_the_log(code: grpc.StatusCode) -> No
     assert error.status_code == 502
     assert "OSError" not in error.message and "/var/lib" not in error.message and "10.0.3.7" not in error.message
     assert error.message.startswith("router failed")
+
+
+def test_retry_after_values_are_bounded_where_they_are_parsed() -> None:
+    assert [retry_after_header(v) for v in ("inf", "1e308", "-inf", "0.2", "59.5", 90_000.0)] == [
+        86_400,
+        86_400,
+        1,
+        1,
+        60,
+        86_400,
+    ]
+    assert retry_after_header("nan") is None and retry_after_header("soon") is None
+    for header in ("inf", "1e308", "99999999999999999999"):
+        assert retry_after_seconds({"retry-after": header}) == PROVIDER_MAX_RETRY_AFTER_S
+    assert retry_after_seconds({"retry-after": "nan"}) is None
+    assert retry_after_seconds({"retry-after-ms": "nan", "retry-after": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "inf"}) == PROVIDER_MAX_RETRY_AFTER_S
