@@ -40,7 +40,7 @@ def suite_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOBLIN_", "DATABASE_URL", "REDIS_URL"))}
     env.update({"GOBLIN_HOME": str(home), "GOBLIN_GATEWAY_PORT": str(ports[0]), "LOG_LEVEL": "INFO"})
     # Tests poll and hammer the gateway; the rate-limit tests start their own suite with real limits.
-    for route_class in ("AUTH", "CHAT", "HEALTH", "DEFAULT"):
+    for route_class in ("AUTH", "CHAT", "HEALTH", "DEFAULT", "JWKS", "USER"):
         env[f"GOBLIN_RATE_LIMIT_{route_class}"] = "100000/minute"
     for i, name in enumerate(SERVICES):
         env[f"GOBLIN_{name.upper()}_PORT"] = str(ports[1 + i])

@@ -8,6 +8,7 @@ import ssl
 import uvicorn
 
 from services.common.logs import configure_logging
+from services.common.metrics import start_metrics_server
 from services.common.settings import load_or_exit
 from services.common.telemetry import setup_telemetry
 from services.gateway.config import GatewaySettings
@@ -24,6 +25,8 @@ def main() -> None:
         settings.tls_cert_file, settings.tls_key_file = cert, key
         logging.getLogger(__name__).info("using the development certificate", extra={"ca_file": str(ca)})
     cert_file, key_file = settings.require_tls_files()
+    if settings.metrics_port:
+        start_metrics_server(settings.bind_host, settings.metrics_port)
     config = uvicorn.Config(
         create_app(settings),
         host=settings.bind_host,

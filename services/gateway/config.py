@@ -14,6 +14,9 @@ from services.gateway.ratelimit import RouteClass, parse_limits
 
 class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretScanningSettings):
     port: int = Field(8443, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
+    # Prometheus's own listener (plain HTTP, /metrics only; 0: none). In production the public
+    # /metrics needs an admin credential, so the chart scrapes this port, which it does not publish.
+    metrics_port: int = Field(0, alias="GOBLIN_GATEWAY_METRICS_PORT", ge=0, le=65535)
     tls_cert_file: Path | None = Field(None, alias="GOBLIN_TLS_CERT_FILE")
     tls_key_file: Path | None = Field(None, alias="GOBLIN_TLS_KEY_FILE")
     cors_origins: str = Field("", alias="CORS_ORIGINS")
@@ -25,6 +28,10 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
     rate_limit_chat: str = Field("30/minute", alias="GOBLIN_RATE_LIMIT_CHAT")
     rate_limit_health: str = Field("60/minute", alias="GOBLIN_RATE_LIMIT_HEALTH")
     rate_limit_default: str = Field("100/minute", alias="GOBLIN_RATE_LIMIT_DEFAULT")
+    # Public keys: fetched by every verifier's replicas, so generous; a class of its own.
+    rate_limit_jwks: str = Field("600/minute", alias="GOBLIN_RATE_LIMIT_JWKS")
+    # One user's ceiling across all their credentials and every class: more keys, no more capacity.
+    rate_limit_user: str = Field("200/minute", alias="GOBLIN_RATE_LIMIT_USER")
     # An extra limit every class also obeys, for short bursts: e.g. "20/second".
     rate_limit_burst: str = Field("", alias="GOBLIN_RATE_LIMIT_BURST")
     rate_limit_fail_open: bool = Field(True, alias="GOBLIN_RATE_LIMIT_FAIL_OPEN")
@@ -33,7 +40,14 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
     request_timeout_s: float = Field(30.0, alias="GOBLIN_REQUEST_TIMEOUT_S", gt=0)
     chat_timeout_s: float = Field(600.0, alias="GOBLIN_CHAT_TIMEOUT_S", gt=0)
 
-    @field_validator("rate_limit_auth", "rate_limit_chat", "rate_limit_health", "rate_limit_default")
+    @field_validator(
+        "rate_limit_auth",
+        "rate_limit_chat",
+        "rate_limit_health",
+        "rate_limit_default",
+        "rate_limit_jwks",
+        "rate_limit_user",
+    )
     @classmethod
     def _limits(cls, value: str) -> str:
         parse_limits(value)
@@ -59,6 +73,7 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
     def rate_limits(self) -> dict[RouteClass, list]:
         return {
             RouteClass.auth: parse_limits(self.rate_limit_auth),
+            RouteClass.jwks: parse_limits(self.rate_limit_jwks),
             RouteClass.chat: parse_limits(self.rate_limit_chat),
             RouteClass.health: parse_limits(self.rate_limit_health),
             RouteClass.default: parse_limits(self.rate_limit_default),

@@ -12,7 +12,8 @@ replica that cached it for at most that TTL. Sign-out and key revocation through
 evict at once.
 
 Authorization: :func:`require_scopes` (403 without the scope; API key scope ``"*"`` is every scope)
-and :data:`AdminDep` (role admin and scope ``admin``). Routes that spend model capacity use
+and :data:`AdminDep` (role admin and scope ``admin``); :data:`OperatorDep` is AdminDep in
+production and open in development. Routes that spend model capacity use
 :data:`ChatDep`, which also charges one request to the tenant's requests/day quota (429
 ``quota_exceeded`` with Retry-After until midnight UTC once it is spent).
 """
@@ -34,6 +35,7 @@ __all__ = [
     "ChatDep",
     "ChatReadDep",
     "KeysDep",
+    "OperatorDep",
     "OptionalPrincipalDep",
     "PrincipalCache",
     "PrincipalDep",
@@ -178,3 +180,14 @@ ChatReadDep = Annotated[auth_pb2.Principal, Depends(require_scopes("chat"))]
 # Managing the account's own credentials: API keys, passkeys.
 KeysDep = Annotated[auth_pb2.Principal, Depends(require_scopes("keys"))]
 AdminDep = Annotated[auth_pb2.Principal, Depends(require_admin)]
+
+
+async def require_operator(request: Request) -> auth_pb2.Principal | None:
+    """What only operators should read (per-service health detail, the API schema, metrics): open in
+    development, as it always was; admins only when ``GOBLIN_ENV=production`` (401/403 otherwise)."""
+    if not gateway_state(request).settings.production:
+        return None
+    return await require_admin(await current_principal(request))
+
+
+OperatorDep = Annotated[auth_pb2.Principal | None, Depends(require_operator)]

@@ -6,6 +6,7 @@ gRPC status codes and domain errors are mapped to HTTP here and nowhere else.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -51,6 +52,23 @@ HTTP_CODES: dict[int, str] = {
     503: "service_unavailable",
     504: "timeout",
 }
+
+
+# The longest wait the gateway will tell a client, whatever a backend (or a provider behind it) says,
+# "inf" included: a day, as daily quotas and budgets reset at the next midnight UTC.
+MAX_RETRY_AFTER_S = 86_400
+
+
+def retry_after_header(seconds: float | str) -> int | None:
+    """Whole seconds for a ``Retry-After`` header (rounded up, 1 to :data:`MAX_RETRY_AFTER_S`), or None
+    when the value is not a number at all (``nan``, garbage): then the header is left out."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(value):
+        return None
+    return math.ceil(min(MAX_RETRY_AFTER_S, max(1.0, value)))  # clamped first: ceil(inf) raises
 
 
 class ApiError(Exception):
@@ -107,13 +125,19 @@ def api_error_from_grpc(error: grpc.aio.AioRpcError, *, service: str = "") -> Ap
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
     retry_after = _trailer(error, RETRY_AFTER_KEY)
-    if retry_after is not None:
-        seconds = max(1, round(float(retry_after) + 0.499))
+    seconds = retry_after_header(retry_after) if retry_after is not None else None
+    if seconds is not None:
         headers["Retry-After"] = str(seconds)
         extra["retry_after"] = seconds
     message = error.details() or error.code().name.lower()
     if status >= 500 and error.code() == grpc.StatusCode.UNAVAILABLE:
         message = f"{service or 'a backend service'} is unavailable"
+    elif error.code() not in GRPC_TO_HTTP and _trailer(error, ERROR_CODE_KEY) is None:
+        # UNKNOWN, INTERNAL, DATA_LOSS without the service's own error code: not a GoblinError it
+        # raised for the client, but a failure, whose details gRPC fills with the exception's text
+        # (class, message, perhaps a host or a path). The log keeps them; the client gets none.
+        log.warning("%s failed: %s %s", service or "a backend service", error.code().name, error.details())
+        message = f"{service or 'a backend service'} failed; quote the correlation id to report it"
     return ApiError(status, code, message, headers=headers, extra=extra)
 
 
@@ -132,7 +156,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GoblinError)
     async def _domain_error(_: Request, exc: GoblinError) -> JSONResponse:
         status, _code = GRPC_TO_HTTP.get(exc.status, (500, "internal_error"))
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        seconds = retry_after_header(exc.retry_after) if exc.retry_after else None
+        headers = {"Retry-After": str(seconds)} if seconds is not None else None
         return error_response(status, exc.code, exc.message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -157,7 +182,15 @@ def install_error_handlers(app: FastAPI) -> None:
         code = HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error")
+    # Text reaches the gateway as JSON, where "\ud800" is a valid escape for a lone surrogate: Python
+    # keeps it in a str, and the first UTF-8 encoding of it (protobuf, a log line) fails. Server-made
+    # text is always valid Unicode, so this is the client's input: a 400 it can fix, not a 500.
+    # (Any other unhandled exception is answered by middleware.InternalErrorMiddleware.)
+    @app.exception_handler(UnicodeEncodeError)
+    async def _invalid_text(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        log.info("request text is not valid Unicode: %s", exc.reason)
+        return error_response(
+            400,
+            "invalid_request",
+            "the request contains text that is not valid Unicode (a lone surrogate such as \\ud800)",
+        )

@@ -8,16 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.responses import Response
 
 from services.common.process import freeze_startup_heap
 from services.common.telemetry import exporting
-from services.gateway.api.routes import auth, health, jwks, openai
+from services.gateway.api.routes import auth, health, jwks, openai, operator
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import (
     BodyLimitMiddleware,
+    InternalErrorMiddleware,
     RateLimitMiddleware,
     RequestEnvelopeMiddleware,
     RouteTemplates,
@@ -61,29 +60,42 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await state.close()
 
-    app = FastAPI(title="Goblin", version="0.1.0", lifespan=lifespan, telemetry=telemetry_config())
+    # The schema and its pages are served by api/routes/operator.py, behind OperatorDep.
+    app = FastAPI(
+        title="Goblin",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry=telemetry_config(),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_error_handlers(app)
     # Routes are matched in order: the OpenAI API, the hot path, first.
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(jwks.router)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    app.include_router(operator.router)
 
     # Starlette wraps each added middleware around the ones before it: the first added is innermost.
-    # Request order: envelope -> security headers -> CORS -> body limit -> timeout -> rate limit -> routes.
+    # Request order: envelope -> security headers -> internal errors -> CORS -> body limit -> timeout
+    # -> rate limit -> routes.
     if settings.rate_limit_enabled:
         burst = parse_limits(settings.rate_limit_burst) if settings.rate_limit_burst.strip() else None
         limiter = RateLimiter(
             settings.redis_url.get_secret_value(),
             settings.rate_limits(),
             burst=burst,
+            user=parse_limits(settings.rate_limit_user),
             fail_open=settings.rate_limit_fail_open,
         )
-        app.add_middleware(RateLimitMiddleware, limiter=limiter, proxies=TrustedProxies(settings.trusted_proxy_list))
+        app.add_middleware(
+            RateLimitMiddleware,
+            limiter=limiter,
+            proxies=TrustedProxies(settings.trusted_proxy_list),
+            verified=lambda credential: app.state.gateway.principals.get(credential),
+        )
     app.add_middleware(TimeoutMiddleware, default_s=settings.request_timeout_s, chat_s=settings.chat_timeout_s)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
@@ -94,6 +106,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
             expose_headers=["X-Correlation-ID", "Retry-After"],
         )
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     # Outermost: the envelope sees every response, including CORS preflights and refusals.
     templates = RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"])

@@ -3,6 +3,8 @@
 - RequestEnvelopeMiddleware: correlation id in and out, in-flight gauge, metrics by route template,
   the access log line;
 - SecurityHeadersMiddleware: HSTS, nosniff, frame and referrer policies, a strict default CSP;
+- InternalErrorMiddleware: an exception no handler mapped becomes the 500 error envelope here, inside
+  the two above, so it still carries the correlation id and the security headers;
 - RateLimitMiddleware: per client and route class, in Redis;
 - BodyLimitMiddleware: 413 beyond the body limit;
 - TimeoutMiddleware: 504 when a route does not start answering in time.
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from goblin.v1 import auth_pb2
 from services.common.context import CORRELATION_HEADER, correlation_id_var, hash_user_id, new_correlation_id
 from services.gateway.errors import HTTP_CODES, error_body
 from services.gateway.metrics import HTTP_429, HTTP_DURATION, HTTP_ERRORS, HTTP_IN_PROGRESS, HTTP_REQUESTS
@@ -29,11 +32,13 @@ from services.gateway.ratelimit import (
     RateLimiterUnavailable,
     RouteClass,
     TrustedProxies,
+    bearer_token,
     classify,
-    client_key,
+    client_for,
 )
 
 access_log = logging.getLogger("goblin.access")
+error_log = logging.getLogger(__name__)
 _HEADER_NAME = CORRELATION_HEADER.lower().encode()
 # A client's id is echoed only if it is short and plain; anything else is replaced, never reflected.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -166,6 +171,38 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class InternalErrorMiddleware:
+    """The last net: an exception that escaped every route handler answers 500 with the error envelope.
+
+    Starlette's own net (ServerErrorMiddleware) sits outside every middleware, where the correlation
+    id is already gone and no security header is added; this one sits inside both. The body says only
+    what the client can use (the correlation id to quote); the exception goes to the log.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_marking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_marking)
+        except Exception:
+            error_log.exception("unhandled error", extra={"path": scope.get("path", "")})
+            if started:
+                raise  # the answer is under way: the server can only cut the connection
+            await _send_error(send, 500, "internal_error", "internal error; quote the correlation id to report it")
+
+
 class BodyLimitMiddleware:
     """413 for bodies over the limit: at once from Content-Length; a body without one (chunked) is read
     here up to the limit and handed on whole, since FastAPI reads whole bodies anyway."""
@@ -257,12 +294,25 @@ class TimeoutMiddleware:
 
 
 class RateLimitMiddleware:
-    """Charges every request to its client and route class; 429 with Retry-After when over."""
+    """Charges every request to its client and route class; 429 with Retry-After when over.
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, proxies: TrustedProxies) -> None:
+    It runs before authentication, so it asks ``verified`` (the gateway's principal cache: a local
+    lookup) whether the bearer credential has been verified; only then is the request charged to the
+    credential and its user (see :func:`services.gateway.ratelimit.client_for`). The first request of a
+    credential in each cache period is charged to the IP: the price of adding no round trip here.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        proxies: TrustedProxies,
+        verified: Callable[[str], auth_pb2.Principal | None],
+    ) -> None:
         self.app = app
         self.limiter = limiter
         self.proxies = proxies
+        self.verified = verified
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") == "OPTIONS":
@@ -274,9 +324,11 @@ class RateLimitMiddleware:
         ip = self.proxies.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
         route_class = classify(scope.get("path", ""))
         authorization = headers.get(b"authorization")
-        key = client_key(route_class, authorization.decode("latin-1") if authorization else None, ip)
+        credential = bearer_token(authorization.decode("latin-1") if authorization else None)
+        principal = self.verified(credential) if credential else None
+        client = client_for(route_class, principal, credential, ip)
         try:
-            outcome = await self.limiter.hit(route_class, key)
+            outcome = await self.limiter.hit(route_class, client)
         except RateLimiterUnavailable:
             await _send_error(send, 503, "rate_limiter_unavailable", "rate limiting is unavailable; try again")
             return

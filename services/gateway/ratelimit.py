@@ -1,9 +1,14 @@
 """Rate limits shared by every gateway replica: moving windows in Redis, via the ``limits`` library.
 
-Each request is charged to its client (the API key or token it presents, hashed; else its IP) in one
-of four route classes, each with its own limits in the ``limits`` notation (``10/minute``,
-``5/second;100/minute``) plus an optional burst limit for all. If Redis fails, the configured
-behaviour applies (fail open: allow and count; fail closed: 503), never a 500.
+Each request is charged to its client in one of five route classes, each with its own limits in the
+``limits`` notation (``10/minute``, ``5/second;100/minute``) plus an optional burst limit for all.
+The client is a *verified* identity or nothing: a credential counts only once this gateway has
+verified it (its principal is in the gateway's principal cache, a local lookup, no round trip);
+then the request is charged to the credential and, across all of the user's credentials and every
+class, to the user's ceiling (``GOBLIN_RATE_LIMIT_USER``). Anything else (no credential, a made-up
+one, one not verified yet) is charged to the client's IP, so random bearer strings share one window.
+If Redis fails, the configured behaviour applies (fail open: allow and count; fail closed: 503),
+never a 500.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
+from goblin.v1 import auth_pb2
+
 log = logging.getLogger(__name__)
 
 STORAGE_ERRORS = Counter(
@@ -31,16 +38,22 @@ STORAGE_ERRORS = Counter(
 
 class RouteClass(StrEnum):
     auth = "auth"
+    # Verifiers fetch the public keys often and at once (every replica of a relying service): a
+    # class of its own, so they neither starve login nor are starved by it.
+    jwks = "jwks"
     chat = "chat"
     health = "health"
     default = "default"
 
 
+USER_NAMESPACE = "user"
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/invoke", "/v1/embeddings", "/api/query")
 
 
 def classify(path: str) -> RouteClass:
-    if path.startswith(("/auth/", "/.well-known/")):
+    if path.startswith("/.well-known/"):
+        return RouteClass.jwks
+    if path.startswith("/auth/"):
         return RouteClass.auth
     if path in CHAT_PATHS or path.startswith("/v1/collections/") and path.endswith("/query"):
         return RouteClass.chat
@@ -98,17 +111,37 @@ class TrustedProxies:
         return peer
 
 
-def client_key(route_class: RouteClass, authorization: str | None, ip: str) -> str:
-    """Whom to charge: the credential (hashed: the key itself is never stored in Redis), else the IP.
+@dataclass(frozen=True)
+class Client:
+    """Whom a request is charged to: ``key`` in its route class and, for a verified user, ``user``
+    against the per-user ceiling as well."""
+
+    key: str
+    user: str | None = None
+
+
+def client_for(
+    route_class: RouteClass, principal: auth_pb2.Principal | None, credential: str | None, ip: str
+) -> Client:
+    """The verified credential (by its API key id, else its hash: the credential itself is never
+    stored in Redis) and its user, if ``principal`` verified it; else the IP.
 
     Auth routes are always charged to the IP: a password-guessing client must not get a fresh window
-    by sending a made-up bearer token with each attempt.
+    by sending a credential, real or made up, with each attempt.
     """
-    if authorization and route_class is not RouteClass.auth:
-        scheme, _, credential = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credential.strip():
-            return "key:" + hashlib.sha256(credential.strip().encode()).hexdigest()[:32]
-    return f"ip:{ip}"
+    if principal is None or not credential or route_class is RouteClass.auth:
+        return Client(f"ip:{ip}")
+    key = principal.api_key_id or hashlib.sha256(credential.encode()).hexdigest()[:32]
+    return Client(f"key:{key}", user=f"user:{principal.user_id}" if principal.user_id else None)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer ...`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    return credential if scheme.lower() == "bearer" and credential else None
 
 
 class Charged:
@@ -133,6 +166,7 @@ class RateLimiter:
         limits: dict[RouteClass, list[RateLimitItem]],
         *,
         burst: list[RateLimitItem] | None = None,
+        user: list[RateLimitItem] | None = None,
         fail_open: bool = True,
     ) -> None:
         uri = redis_url.replace("unix://", "redis+unix://", 1) if redis_url.startswith("unix://") else redis_url
@@ -142,22 +176,26 @@ class RateLimiter:
         )  # fmt: skip
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.limits = {cls: [*items, *(burst or [])] for cls, items in limits.items()}
+        self.user_limits = user or []
         self.fail_open = fail_open
 
-    async def hit(self, route_class: RouteClass, key: str) -> Decision | Charged | None:
+    async def hit(self, route_class: RouteClass, client: Client) -> Decision | Charged | None:
         """Charge one request: a refused :class:`Decision`, or :class:`Charged` if allowed. None means
         Redis failed and we fail open (allowed, no headers); failing closed raises RateLimiterUnavailable."""
-        items = self.limits[route_class]
+        windows = [(item, route_class.value, client.key) for item in self.limits[route_class]]
+        if client.user is not None:
+            # One namespace for the user's ceiling: it spans every class and every credential.
+            windows += [(item, USER_NAMESPACE, client.user) for item in self.user_limits]
         try:
-            for item in items:
-                if not await self.strategy.hit(item, route_class.value, key):
-                    return await self._decision(item, route_class, key, allowed=False)
+            for item, namespace, key in windows:
+                if not await self.strategy.hit(item, namespace, key):
+                    return await self._decision(item, namespace, key, allowed=False)
         except Exception as exc:  # limits wraps every storage failure; anything else is one too
             return self._storage_failed(exc)
-        return Charged(asyncio.ensure_future(self._tightest(items, route_class, key)))
+        return Charged(asyncio.ensure_future(self._tightest(windows)))
 
-    async def _decision(self, item: RateLimitItem, route_class: RouteClass, key: str, *, allowed: bool) -> Decision:
-        stats = await self.strategy.get_window_stats(item, route_class.value, key)
+    async def _decision(self, item: RateLimitItem, namespace: str, key: str, *, allowed: bool) -> Decision:
+        stats = await self.strategy.get_window_stats(item, namespace, key)
         reset_at = math.ceil(stats.reset_time)
         return Decision(
             limit=item.amount,
@@ -167,9 +205,9 @@ class RateLimiter:
             description=str(item),
         )
 
-    async def _tightest(self, items: list[RateLimitItem], route_class: RouteClass, key: str) -> Decision | None:
+    async def _tightest(self, windows: list[tuple[RateLimitItem, str, str]]) -> Decision | None:
         try:
-            decisions = [await self._decision(item, route_class, key, allowed=True) for item in items]
+            decisions = [await self._decision(item, namespace, key, allowed=True) for item, namespace, key in windows]
         except Exception as exc:
             STORAGE_ERRORS.labels("open").inc()
             log.warning("rate limit headers could not be read: %s", exc)

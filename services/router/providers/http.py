@@ -18,6 +18,7 @@ import email.utils
 import importlib.metadata
 import json
 import logging
+import math
 import time
 import urllib.request
 from abc import ABC, abstractmethod
@@ -91,26 +92,42 @@ def make_transport(base_url: str, options: HttpOptions, *, http2: bool = True) -
     return AiohttpTransport(limits=limits, proxy=proxy)
 
 
+# The longest a provider's Retry-After may make us wait before trying it again.
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def _finite_seconds(text: str, *, scale: float = 1) -> float | None:
+    """``text`` as a number of seconds in [0, MAX_RETRY_AFTER_S]; None if it is not a number or NaN."""
+    try:
+        value = float(text) / scale
+    except ValueError:
+        return None
+    if math.isnan(value):
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, value))
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """``Retry-After`` (seconds or an HTTP date) or OpenAI's ``retry-after-ms``, in seconds."""
+    """``Retry-After`` (seconds or an HTTP date) or OpenAI's ``retry-after-ms``, in seconds.
+
+    A provider's number is input like any other: ``nan`` counts as absent, and anything beyond
+    :data:`MAX_RETRY_AFTER_S` (``inf``, ``1e308``) as that ceiling, so no wait is unbounded."""
     millis = headers.get("retry-after-ms")
     if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
+        seconds = _finite_seconds(millis, scale=1000)
+        if seconds is not None:
+            return seconds
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _finite_seconds(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - (time.time() if now is None else now)))
 
 
 def error_message(body: bytes) -> str:

@@ -2,14 +2,23 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway.ratelimit import RouteClass, TrustedProxies, classify, client_key, parse_limits
+from goblin.v1 import auth_pb2
+from services.gateway.ratelimit import (
+    Client,
+    RouteClass,
+    TrustedProxies,
+    bearer_token,
+    classify,
+    client_for,
+    parse_limits,
+)
 
 
 @pytest.mark.parametrize(
     ("path", "route_class"),
     [
         ("/auth/login", RouteClass.auth),
-        ("/.well-known/jwks.json", RouteClass.auth),
+        ("/.well-known/jwks.json", RouteClass.jwks),
         ("/v1/chat/completions", RouteClass.chat),
         ("/chat/completions", RouteClass.chat),
         ("/invoke", RouteClass.chat),
@@ -31,14 +40,26 @@ def test_limits_notation() -> None:
         parse_limits("ten per minute")
 
 
-def test_clients_are_keyed_by_hashed_credential_else_ip() -> None:
-    by_key = client_key(RouteClass.chat, "Bearer gk_abc_secret", "10.0.0.1")
-    assert by_key.startswith("key:") and "gk_abc_secret" not in by_key
-    assert by_key == client_key(RouteClass.chat, "Bearer gk_abc_secret", "10.0.0.2")
-    assert client_key(RouteClass.chat, None, "10.0.0.1") == "ip:10.0.0.1"
-    assert client_key(RouteClass.chat, "Basic dXNlcg==", "10.0.0.1") == "ip:10.0.0.1"
-    # Made-up bearer tokens must not buy a password guesser fresh windows.
-    assert client_key(RouteClass.auth, "Bearer anything", "10.0.0.1") == "ip:10.0.0.1"
+def test_only_a_verified_credential_is_a_client_of_its_own() -> None:
+    verified = auth_pb2.Principal(user_id="u1", api_key_id="k1")
+    assert client_for(RouteClass.chat, verified, "gk_abc_secret", "10.0.0.1") == Client("key:k1", user="user:u1")
+    assert client_for(RouteClass.chat, verified, "gk_abc_secret", "10.0.0.2") == Client("key:k1", user="user:u1")
+    # An access token has no key id: its hash stands in, never the token itself.
+    by_token = client_for(RouteClass.chat, auth_pb2.Principal(user_id="u1"), "eyJ.secret", "10.0.0.1")
+    assert by_token.key.startswith("key:") and "secret" not in by_token.key and by_token.user == "user:u1"
+    # Not verified (made up, or not seen yet): the IP, whatever was sent.
+    assert client_for(RouteClass.chat, None, "made-up", "10.0.0.1") == Client("ip:10.0.0.1")
+    assert client_for(RouteClass.chat, None, None, "10.0.0.1") == Client("ip:10.0.0.1")
+    # Auth routes: the IP even for a verified credential, so guessing buys no fresh window.
+    assert client_for(RouteClass.auth, verified, "gk_abc_secret", "10.0.0.1") == Client("ip:10.0.0.1")
+
+
+def test_bearer_token() -> None:
+    assert bearer_token("Bearer  abc ") == "abc"
+    assert bearer_token("bearer abc") == "abc"
+    assert bearer_token("Basic dXNlcg==") is None
+    assert bearer_token("Bearer ") is None
+    assert bearer_token(None) is None
 
 
 def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from services.gateway.clients import ServiceHealth
-from services.gateway.deps import StateDep
+from services.gateway.deps import OperatorDep, StateDep
 from services.gateway.errors import error_response
 from services.gateway.state import GatewayState
 
@@ -45,7 +45,9 @@ async def ready(state: StateDep) -> JSONResponse:
 
 @router.get("/health/all", summary="Per-service health detail")
 @router.get("/api/health", summary="Per-service health detail (alias of /health/all)")
-async def health_all(state: StateDep) -> JSONResponse:
+async def health_all(state: StateDep, _operator: OperatorDep) -> JSONResponse:
+    """Each service's status and detail (versions, addresses): for operators, so admins only in
+    production; liveness and readiness above stay open for probes."""
     results = await check_everything(state)
     overall = "ok" if all(r.serving for r in results) else "degraded"
     body = {
