@@ -231,6 +231,14 @@ class FakeStore:
     async def find_session(self, refresh_hash: str) -> SessionRecord | None:
         return self.sessions.get(self.refresh_hashes.get(refresh_hash, ""))
 
+    async def session_ended(self, family: str, user_id: str) -> bool:
+        user = self.users.get(user_id)
+        return (
+            user is None
+            or not user.is_active
+            or any(s.refresh_family == family and s.revoked_at is not None for s in self.sessions.values())
+        )
+
     async def revoke_session_family(self, family: str, user_id: str, audit=None) -> datetime | None:
         live = [
             s
