@@ -138,3 +138,20 @@ def test_no_narrow_credential_creates_accounts_or_sessions(client: httpx.Client,
         assert refreshed.status_code in (400, 401), f"{label} refreshed into a session"
         for route in ("/auth/tenants", "/auth/signing-keys/rotate"):
             assert client.post(route, json={"name": "t"}, headers=bearer(credential)).status_code in (401, 403, 422)
+
+
+def test_an_admins_key_creates_no_account(client: httpx.Client) -> None:
+    """A new account signs in to a full session: an admin's key (even ``admin`` or ``*``) making one,
+    with a password its holder chose, would buy that holder every scope the key lacks."""
+    token = admin_token(client)
+    for scopes in (["admin"], ["keys", "admin"], ["*"]):
+        key = new_key(client, token, scopes)["key"]
+        for role in ("user", "admin"):
+            reply = client.post(
+                "/auth/register",
+                json={"email": unique_email("ladder"), "password": PASSWORD, "role": role},
+                headers=bearer(key),
+            )
+            assert reply.status_code == 403, f"an admin's {scopes} key registered a {role}: {reply.text}"
+    made = client.post("/auth/register", json={"email": unique_email(), "password": PASSWORD}, headers=bearer(token))
+    assert made.status_code == 201, "an admin's session still creates accounts"
