@@ -1,8 +1,9 @@
 """Credential verification: a bearer credential (API key or access token) in, a :class:`Principal` out.
 
 This is the one path every authenticated request takes (the gateway caches its answers briefly), so
-it stays cheap: one indexed read for an API key, none for an access token beyond the revocation check
-in Redis, and the tenant's quota from :class:`~services.auth.tenants.TenantCache`.
+it stays cheap: one indexed read for an API key, one for an access token (has its session ended, is its
+account still active: :mod:`services.auth.revocations`), and the tenant's quota from
+:class:`~services.auth.tenants.TenantCache`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class ApiKeyLookup(Protocol):
 
 
 class RevokedSessions(Protocol):
-    async def session_revoked(self, session_id: str) -> bool: ...
+    async def session_ended(self, session_id: str, user_id: str) -> bool: ...
 
 
 class AccessTokenVerifier(Protocol):
@@ -112,7 +113,7 @@ class Credentials:
 
     async def _from_access_token(self, token: str) -> Principal:
         claims = await self.tokens.verify(token)
-        if await self.revoked.session_revoked(claims.session_id):
+        if await self.revoked.session_ended(claims.session_id, claims.user_id):
             raise Unauthenticated("this session has ended; sign in again", code="session_revoked")
         return Principal(
             user_id=claims.user_id,

@@ -1,5 +1,6 @@
-"""Short-lived auth state in Redis: passkey challenges, revoked sessions, request quotas, and failure
-counts of emails that belong to no account (so those lock exactly like real ones)."""
+"""Short-lived auth state in Redis: passkey challenges, revoked sessions (a cache: Postgres decides),
+request quotas, and sign-in failure counts per (email, client address), and of emails that belong to
+no account (so those lock exactly like real ones)."""
 
 from __future__ import annotations
 
@@ -45,18 +46,22 @@ class RedisEphemeral:
             used, _ = await pipe.execute()
         return int(used)
 
-    async def unknown_email_failures(self, email_hash: str) -> tuple[int, float]:
-        """(failures, locked until as unix seconds) for an email with no account."""
-        values = await self.redis.hmget(f"{PREFIX}login-failures:{email_hash}", "failures", "locked_until")
+    async def failures_of(self, subject: str) -> tuple[int, float]:
+        """(failures, locked until as unix seconds) of a sign-in subject: an email with no account, or
+        an (email, client address) pair."""
+        values = await self.redis.hmget(f"{PREFIX}login-failures:{subject}", "failures", "locked_until")
         return int(values[0] or 0), float(values[1] or 0)
 
-    async def record_unknown_email_failure(self, email_hash: str, window_s: float) -> int:
-        key = f"{PREFIX}login-failures:{email_hash}"
+    async def record_failure(self, subject: str, window_s: float) -> int:
+        key = f"{PREFIX}login-failures:{subject}"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(key, "failures", 1)
             pipe.expire(key, max(1, int(window_s)))
             failures, _ = await pipe.execute()
         return int(failures)
 
-    async def lock_unknown_email(self, email_hash: str, until: float) -> None:
-        await self.redis.hset(f"{PREFIX}login-failures:{email_hash}", "locked_until", str(until))
+    async def lock_subject(self, subject: str, until: float) -> None:
+        await self.redis.hset(f"{PREFIX}login-failures:{subject}", "locked_until", str(until))
+
+    async def forget_failures(self, subject: str) -> None:
+        await self.redis.delete(f"{PREFIX}login-failures:{subject}")

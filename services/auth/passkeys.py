@@ -90,8 +90,9 @@ class Passkeys:
 
     # -- enrolment --------------------------------------------------------------------------------
     async def registration_options(self, ctx: Context) -> PasskeyChallenge:
-        """Options for enrolling a passkey for the caller; the browser is told which it has already."""
-        user = await self.permissions.caller_with_scope(ctx, "keys")
+        """Options for enrolling a passkey for the caller, who must be signed in with a session: a passkey
+        signs in to one, so anything narrower enrolling it would climb; the browser is told which it has."""
+        user = await self.permissions.full_session(ctx, "adding a passkey")
         existing = await self.store.list_passkeys(user.id)
         options_json, challenge = ceremonies.registration_options(
             self.webauthn,
@@ -105,7 +106,7 @@ class Passkeys:
         self, ctx: Context, *, challenge_id: str, credential_json: str, name: str
     ) -> PasskeyRecord:
         """Store the passkey the browser made for a challenge this caller was given."""
-        user = await self.permissions.caller_with_scope(ctx, "keys")
+        user = await self.permissions.full_session(ctx, "adding a passkey")
         taken = await self._take_challenge("register", challenge_id)
         if taken is None or taken[1] != user.id:
             raise InvalidArgument("unknown, expired or already used challenge", code="challenge_invalid")
@@ -131,19 +132,17 @@ class Passkeys:
 
     # -- sign-in ----------------------------------------------------------------------------------
     async def login_options(self, ctx: Context, *, email: str) -> PasskeyChallenge:
-        """Options for signing in. With an email, the account's passkeys are offered; without (or for
-        an unknown email), the browser offers any discoverable passkey it holds for this site."""
-        allowed: list[ceremonies.KnownCredential] = []
+        """Options for signing in. They never list the account's passkeys (``allowCredentials``): that
+        would tell anyone whether an email has an account, and whether it has passkeys. The browser offers
+        the discoverable passkeys it holds for this site; an email of an active account only binds the
+        challenge to that account, which the answer does not show. Known and unknown emails cost the
+        same one lookup."""
         user_id = ""
         if email.strip() and not has_control_characters(email):
             user = await self.store.find_user_by_email(normalise_email(email))
             if user is not None and user.is_active:
                 user_id = user.id
-                allowed = [
-                    ceremonies.KnownCredential(p.credential_id, list(p.transports))
-                    for p in await self.store.list_passkeys(user.id)
-                ]
-        options_json, challenge = ceremonies.authentication_options(self.webauthn, allowed=allowed)
+        options_json, challenge = ceremonies.authentication_options(self.webauthn, allowed=[])
         return PasskeyChallenge(options_json, await self._put_challenge("login", challenge, user_id))
 
     async def login_verify(self, ctx: Context, *, challenge_id: str, credential_json: str) -> TokenPair:

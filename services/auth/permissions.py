@@ -47,6 +47,19 @@ def require_grantable(ctx: Context, scopes: list[str]) -> None:
         raise PermissionDenied(f"a key cannot have scopes its creator lacks: {', '.join(beyond)}")
 
 
+def is_full_session(ctx: Context) -> bool:
+    """A signed-in session (``*``, no API key): the only credential as wide as the account itself."""
+    return not ctx.api_key_id and "*" in ctx.scopes
+
+
+def require_full_session(ctx: Context, what: str) -> None:
+    """Scopes only narrow: whatever signs in to a full session (a passkey) is enrolled by a full session,
+    never by an API key, whatever its scopes, or a ``keys`` key would buy its holder every power of the
+    account (an admin's included)."""
+    if not is_full_session(ctx):
+        raise PermissionDenied(f"{what} needs a signed-in session, not an API key", code="insufficient_scope")
+
+
 class Permissions:
     """The requester checks, each returning the requester's account as the database has it now."""
 
@@ -68,6 +81,12 @@ class Permissions:
         user = await self.caller(ctx)
         if not has_scope(ctx.scopes, scope):
             raise PermissionDenied(f"this credential lacks the {scope!r} scope", code="insufficient_scope")
+        return user
+
+    async def full_session(self, ctx: Context, what: str) -> UserRecord:
+        """The caller, who must be signed in with a session (see :func:`require_full_session`)."""
+        user = await self.caller(ctx)
+        require_full_session(ctx, what)
         return user
 
     async def admin(self, ctx: Context) -> UserRecord:

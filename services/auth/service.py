@@ -15,12 +15,13 @@ from typing import Protocol
 
 from services.auth.accounts import Accounts
 from services.auth.api_keys import ApiKeys, ApiKeyStore
-from services.auth.credentials import ApiKeyLookup, Credentials, RevokedSessions
+from services.auth.credentials import ApiKeyLookup, Credentials
 from services.auth.keyring import KeyRing
 from services.auth.passkeys import ChallengeStore, Passkeys, PasskeyStore
 from services.auth.passwords import Passwords
 from services.auth.permissions import Permissions
 from services.auth.policy import AuthPolicy
+from services.auth.revocations import EndedSessionCache, SessionLiveness, SessionRevocations
 from services.auth.sessions import Sessions, SessionState, SessionStore
 from services.auth.signing import SigningKeys
 from services.auth.tenants import RequestCounter, TenantCache, Tenants, TenantStore
@@ -28,11 +29,13 @@ from services.auth.tokens import TokenCodec
 from services.auth.users import Users, UserStore
 
 
-class AuthStore(UserStore, SessionStore, ApiKeyLookup, ApiKeyStore, PasskeyStore, TenantStore, Protocol):
+class AuthStore(
+    UserStore, SessionStore, SessionLiveness, ApiKeyLookup, ApiKeyStore, PasskeyStore, TenantStore, Protocol
+):
     """Every area's needs from Postgres (:class:`~services.auth.repository.AuthRepository`)."""
 
 
-class Ephemeral(RevokedSessions, SessionState, ChallengeStore, RequestCounter, Protocol):
+class Ephemeral(EndedSessionCache, SessionState, ChallengeStore, RequestCounter, Protocol):
     """Every area's short-lived state shared by the replicas (:class:`~services.auth.ephemeral.RedisEphemeral`)."""
 
 
@@ -55,7 +58,8 @@ class AuthService:
         self.accounts = accounts
         permissions = Permissions(store)
         tenant_cache = TenantCache(store)
-        self.credentials = Credentials(store, ephemeral, tokens, tenant_cache)
+        revocations = SessionRevocations(store, ephemeral, remember_s=policy.access_token_lifetime_s)
+        self.credentials = Credentials(store, revocations, tokens, tenant_cache)
         self.users = Users(store, accounts=accounts, passwords=passwords, permissions=permissions, policy=policy)
         self.sessions = Sessions(store, ephemeral, tokens=tokens, passwords=passwords, policy=policy)
         self.api_keys = ApiKeys(store, accounts=accounts, permissions=permissions)

@@ -1,4 +1,5 @@
-"""Sessions: password sign-in with its lockout, and the refresh-token families a sign-in opens.
+"""Sessions: password sign-in with its lockout (per email and client address, with a higher ceiling per
+email), and the refresh-token families a sign-in opens.
 
 A session is one sign-in. Its refresh tokens rotate on every use and never outlive it; its access
 tokens carry its id (``sid``), so ending the session (sign-out, a reused refresh token) refuses them
@@ -11,7 +12,7 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -27,6 +28,10 @@ from services.common.errors import InvalidArgument, ResourceExhausted, Unauthent
 log = logging.getLogger(__name__)
 
 SESSION_SCOPES = ["*"]  # a signed-in person may do whatever their role allows
+# Failures lock the (email, client address) they come from after GOBLIN_LOGIN_MAX_FAILURES; the email
+# itself, for every address, only after this many times as many. So a stranger cannot keep a known user
+# out from elsewhere with a few wrong passwords, and a guesser spreading over many addresses still stops.
+GLOBAL_LOCKOUT_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,14 @@ class SessionStore(Protocol):
 
 
 class SessionState(Protocol):
-    """What sessions keep in Redis: revoked sessions, and failures of emails that have no account."""
+    """What sessions keep in Redis: revoked sessions, and sign-in failures per subject (an (email,
+    client address) pair, or an email that has no account)."""
 
     async def revoke_session(self, session_id: str, ttl_s: int) -> None: ...
-    async def unknown_email_failures(self, email_hash: str) -> tuple[int, float]: ...
-    async def record_unknown_email_failure(self, email_hash: str, window_s: float) -> int: ...
-    async def lock_unknown_email(self, email_hash: str, until: float) -> None: ...
+    async def failures_of(self, subject: str) -> tuple[int, float]: ...
+    async def record_failure(self, subject: str, window_s: float) -> int: ...
+    async def lock_subject(self, subject: str, until: float) -> None: ...
+    async def forget_failures(self, subject: str) -> None: ...
 
 
 class AccessTokenIssuer(Protocol):
@@ -103,6 +110,7 @@ class Sessions:
         self.tokens = tokens
         self.passwords = passwords
         self.policy = policy
+        self.global_lockout = replace(policy.lockout, max_failures=policy.lockout.max_failures * GLOBAL_LOCKOUT_FACTOR)
 
     # -- password sign-in -------------------------------------------------------------------------
     async def login(self, ctx: Context, *, email: str, password: str) -> TokenPair:
@@ -122,14 +130,18 @@ class Sessions:
     async def _password_login(self, ctx: Context, email: str, password: str) -> TokenPair:
         email = normalise_email(email)
         email_hash = audit_digest("email", email)
+        client = f"{email_hash}:{audit_digest('ip', ctx.client_ip or 'unknown')}"
         plausible = email and not has_control_characters(email)
         user = await self.store.find_user_by_email(email) if plausible else None
         now = datetime.now(UTC)
         if user is not None:
             locked_until = user.locked_until
         else:
-            _, until = await self.state.unknown_email_failures(email_hash)
+            _, until = await self.state.failures_of(email_hash)
             locked_until = datetime.fromtimestamp(until, UTC) if until else None
+        _, client_until = await self.state.failures_of(client)
+        if client_until and (locked_until is None or client_until > locked_until.timestamp()):
+            locked_until = datetime.fromtimestamp(client_until, UTC)
         if locked_until is not None and locked_until > now:
             # Refused before any hashing: hammering a locked account neither extends the lock nor burns CPU.
             raise ResourceExhausted(
@@ -140,32 +152,47 @@ class Sessions:
         matches = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not matches or not user.is_active:
             reason = "unknown_email" if user is None else "wrong_password" if not matches else "inactive"
-            await self._login_failed(ctx, user, email_hash, reason, now)
+            await self._login_failed(ctx, user, email_hash, client, reason, now)
             raise Unauthenticated("wrong email or password", code="invalid_credentials")
         if user.failed_logins or user.locked_until:
             await self.store.clear_login_failures(user.id)
+        await self.state.forget_failures(client)
         if user.password_hash and self.passwords.needs_rehash(user.password_hash):
             await self.store.set_password_hash(user.id, await self.passwords.hash(password))
         return await self.open(ctx, user, method="password")
 
     async def _login_failed(
-        self, ctx: Context, user: UserRecord | None, email_hash: str, reason: str, now: datetime
+        self, ctx: Context, user: UserRecord | None, email_hash: str, client: str, reason: str, now: datetime
     ) -> None:
+        """Count a failure twice: for the (email, client address), which locks after the policy's
+        failures, and for the email from anywhere, which locks only at the global ceiling."""
         lockout = self.policy.lockout
+        client_failures = await self.state.record_failure(client, lockout.window_s)
+        client_locked = lockout.locked_until(client_failures, now)
+        if client_locked is not None:
+            await self.state.lock_subject(client, client_locked.timestamp())
         if user is not None:
             failures = await self.store.record_login_failure(user.id, lockout.window_s)
         else:
-            failures = await self.state.record_unknown_email_failure(email_hash, lockout.window_s)
-        locked_until = lockout.locked_until(failures, now)
+            failures = await self.state.record_failure(email_hash, lockout.window_s)
+        locked_until = self.global_lockout.locked_until(failures, now)
         if locked_until is not None:
-            SECURITY_EVENTS.labels("account_locked").inc()
             if user is not None:
                 await self.store.lock_user(user.id, locked_until)
             else:
-                await self.state.lock_unknown_email(email_hash, locked_until.timestamp())
-        details: dict[str, Any] = {"method": "password", "reason": reason, "failures": failures}
+                await self.state.lock_subject(email_hash, locked_until.timestamp())
+        if client_locked is not None or locked_until is not None:
+            SECURITY_EVENTS.labels("account_locked").inc()
+        details: dict[str, Any] = {
+            "method": "password",
+            "reason": reason,
+            "failures": failures,
+            "client_failures": client_failures,
+        }
+        if client_locked is not None:
+            details["client_locked_for_s"] = lockout.lock_for(client_failures)
         if locked_until is not None:
-            details["locked_for_s"] = lockout.lock_for(failures)
+            details["locked_for_s"] = self.global_lockout.lock_for(failures)
         if user is None:
             details["email_hash"] = email_hash
         await self.store.audit(

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from services.auth.accounts import TENANT_ID_PATTERN, new_api_key, normalise_email, valid_id, write_secret_file
 from services.auth.context import Context
-from services.auth.permissions import Permissions, is_admin, require_admin
+from services.auth.permissions import Permissions, is_admin, require_admin, require_full_session
 from services.auth.policy import AuthPolicy
 from services.auth.repository import UserRecord
 from services.common.context import hash_user_id
@@ -73,6 +73,8 @@ class Users:
         if ctx.user_id:
             caller = await self.permissions.caller(ctx)
             require_admin(caller, ctx, "only an admin creates accounts for others")
+            # An account signs in to a full session: made by a key, it would widen the key.
+            require_full_session(ctx, "creating an account")
             if tenant_id and not TENANT_ID_PATTERN.match(tenant_id):
                 raise NotFound(f"no tenant {tenant_id[:70]!r}", code="tenant_not_found")
             tenant, by = tenant_id or caller.tenant_id, hash_user_id(caller.id)

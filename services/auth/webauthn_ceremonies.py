@@ -87,7 +87,8 @@ def _descriptors(credentials: list[KnownCredential]) -> list[PublicKeyCredential
 def registration_options(
     config: WebAuthnConfig, *, user_handle: bytes, user_name: str, existing: list[KnownCredential]
 ) -> tuple[str, bytes]:
-    """PublicKeyCredentialCreationOptions as JSON, and the challenge in them."""
+    """PublicKeyCredentialCreationOptions as JSON, and the challenge in them. The passkey must be
+    discoverable: sign-in never names an account's credentials (that would reveal the account)."""
     options = webauthn.generate_registration_options(
         rp_id=config.rp_id,
         rp_name=config.rp_name,
@@ -95,7 +96,7 @@ def registration_options(
         user_name=user_name,
         timeout=CEREMONY_TIMEOUT_MS,
         authenticator_selection=AuthenticatorSelectionCriteria(
-            resident_key=ResidentKeyRequirement.PREFERRED, user_verification=config.user_verification
+            resident_key=ResidentKeyRequirement.REQUIRED, user_verification=config.user_verification
         ),
         exclude_credentials=_descriptors(existing),
         supported_pub_key_algs=SUPPORTED_ALGORITHMS,

@@ -117,6 +117,19 @@ class SessionRepository(PostgresRepository):
         row = await self.pool.fetchrow(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE refresh_hash = $1", refresh_hash)
         return SessionRecord(**dict(row)) if row else None
 
+    async def session_ended(self, family: str, user_id: str) -> bool:
+        """Whether the sign-in ``family`` of ``user_id`` has ended: revoked, or its account disabled or gone.
+        Any revoked row ends the family, since sign-out, reuse and deactivation revoke every row of it."""
+        ended = await self.pool.fetchval(
+            """SELECT NOT u.is_active
+                      OR EXISTS (SELECT 1 FROM sessions s
+                                  WHERE s.refresh_family = $1 AND s.revoked_at IS NOT NULL)
+                 FROM users u WHERE u.id = $2""",
+            family,
+            user_id,
+        )
+        return ended is not False
+
     async def revoke_session_family(
         self, family: str, user_id: str, audit: AuditEvent | None = None
     ) -> datetime | None:

@@ -231,6 +231,14 @@ class FakeStore:
     async def find_session(self, refresh_hash: str) -> SessionRecord | None:
         return self.sessions.get(self.refresh_hashes.get(refresh_hash, ""))
 
+    async def session_ended(self, family: str, user_id: str) -> bool:
+        user = self.users.get(user_id)
+        return (
+            user is None
+            or not user.is_active
+            or any(s.refresh_family == family and s.revoked_at is not None for s in self.sessions.values())
+        )
+
     async def revoke_session_family(self, family: str, user_id: str, audit=None) -> datetime | None:
         live = [
             s
@@ -368,7 +376,7 @@ class FakeEphemeral:
         self.challenge_ttls: dict[str, int] = {}
         self.revoked: set[str] = set()
         self.counters: dict[tuple[str, str], int] = {}
-        self.unknown: dict[str, tuple[int, float]] = {}
+        self.failures: dict[str, tuple[int, float]] = {}
 
     async def put_challenge(self, challenge_id: str, value: dict[str, str], ttl_s: int) -> None:
         self.challenges[challenge_id] = value
@@ -387,17 +395,20 @@ class FakeEphemeral:
         self.counters[(tenant_id, day)] = self.counters.get((tenant_id, day), 0) + 1
         return self.counters[(tenant_id, day)]
 
-    async def unknown_email_failures(self, email_hash: str) -> tuple[int, float]:
-        return self.unknown.get(email_hash, (0, 0.0))
+    async def failures_of(self, subject: str) -> tuple[int, float]:
+        return self.failures.get(subject, (0, 0.0))
 
-    async def record_unknown_email_failure(self, email_hash: str, window_s: float) -> int:
-        failures, until = self.unknown.get(email_hash, (0, 0.0))
-        self.unknown[email_hash] = (failures + 1, until)
+    async def record_failure(self, subject: str, window_s: float) -> int:
+        failures, until = self.failures.get(subject, (0, 0.0))
+        self.failures[subject] = (failures + 1, until)
         return failures + 1
 
-    async def lock_unknown_email(self, email_hash: str, until: float) -> None:
-        failures, _ = self.unknown[email_hash]
-        self.unknown[email_hash] = (failures, until)
+    async def lock_subject(self, subject: str, until: float) -> None:
+        failures, _ = self.failures[subject]
+        self.failures[subject] = (failures, until)
+
+    async def forget_failures(self, subject: str) -> None:
+        self.failures.pop(subject, None)
 
 
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.auth.accounts import hash_api_key
+from services.auth.context import Context
 from services.auth.service import AuthService
 from services.common.errors import Unauthenticated
-from tests.unit.auth.fakes import FakeStore, signed_in
+from tests.unit.auth.fakes import PASSWORD, FakeEphemeral, FakeStore, signed_in
 
 
 async def test_created_key_authenticates_and_touches_last_used_once_a_minute(
@@ -57,3 +58,25 @@ async def test_keys_of_a_disabled_user_are_refused(service: AuthService, store: 
 async def test_unknown_credentials_are_refused(service: AuthService, credential: str) -> None:
     with pytest.raises(Unauthenticated):
         await service.credentials.authenticate(credential)
+
+
+async def test_access_tokens_of_a_disabled_user_are_refused_at_once(service: AuthService, store: FakeStore) -> None:
+    await signed_in(service, "dora@example.com", password=PASSWORD)
+    pair = await service.sessions.login(Context(), email="dora@example.com", password=PASSWORD)
+    assert (await service.credentials.authenticate(pair.access_token)).user_id == pair.user.id
+    store.users[pair.user.id] = replace(store.users[pair.user.id], is_active=False)
+    with pytest.raises(Unauthenticated) as refused:
+        await service.credentials.authenticate(pair.access_token)
+    assert refused.value.code == "session_revoked"
+
+
+async def test_a_revocation_outlives_the_loss_of_redis(
+    service: AuthService, store: FakeStore, ephemeral: FakeEphemeral
+) -> None:
+    await signed_in(service, "erin@example.com", password=PASSWORD)
+    pair = await service.sessions.login(Context(), email="erin@example.com", password=PASSWORD)
+    assert await service.sessions.logout(Context(), refresh_token=pair.refresh_token, session_id="")
+    ephemeral.revoked.clear()  # Redis lost its data; Postgres still has the revocation
+    with pytest.raises(Unauthenticated):
+        await service.credentials.authenticate(pair.access_token)
+    assert ephemeral.revoked, "the miss refilled the cache"

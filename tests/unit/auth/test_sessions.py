@@ -10,6 +10,7 @@ import pytest
 from services.auth.context import Context
 from services.auth.passwords import LockoutPolicy
 from services.auth.service import AuthService
+from services.auth.sessions import GLOBAL_LOCKOUT_FACTOR
 from services.common.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from tests.unit.auth.fakes import PASSWORD, FakeEphemeral, FakeStore, admin_context
 
@@ -60,10 +61,12 @@ async def test_repeated_failures_lock_known_and_unknown_emails_alike(
     with pytest.raises(ResourceExhausted) as locked:
         await service.sessions.login(Context(), email=email, password=PASSWORD)
     assert locked.value.code == "login_locked" and 29 <= (locked.value.retry_after or 0) <= 30
-    assert store.events("login_failed")[-1].details["locked_for_s"] == 30
+    assert store.events("login_failed")[-1].details["client_locked_for_s"] == 30
 
 
-async def test_a_lock_is_bounded_and_does_not_grow_while_locked(service: AuthService, store: FakeStore) -> None:
+async def test_a_lock_is_bounded_and_does_not_grow_while_locked(
+    service: AuthService, store: FakeStore, ephemeral: FakeEphemeral
+) -> None:
     admin = await admin_context(service)
     for _ in range(3):
         with pytest.raises(Unauthenticated):
@@ -73,14 +76,34 @@ async def test_a_lock_is_bounded_and_does_not_grow_while_locked(service: AuthSer
             await service.sessions.login(Context(), email="root@example.com", password="wrong")
     assert store.users[admin.user_id].failed_logins == 3
     # The lock ends; each further failure doubles it, never beyond the maximum.
-    store.users[admin.user_id] = replace(store.users[admin.user_id], locked_until=datetime.now(UTC))
     for _ in range(6):
+        ephemeral.failures = {subject: (n, 0.0) for subject, (n, _) in ephemeral.failures.items()}
         with pytest.raises(Unauthenticated):
             await service.sessions.login(Context(), email="root@example.com", password="wrong")
-        store.users[admin.user_id] = replace(store.users[admin.user_id], locked_until=None)
-    assert [e.details["locked_for_s"] for e in store.events("login_failed")[-4:]] == [120, 120, 120, 120]
+    assert [e.details["client_locked_for_s"] for e in store.events("login_failed")[-4:]] == [120, 120, 120, 120]
+    ephemeral.failures = {subject: (n, 0.0) for subject, (n, _) in ephemeral.failures.items()}
     pair = await service.sessions.login(Context(), email="root@example.com", password=PASSWORD)
     assert pair.access_token and store.users[admin.user_id].failed_logins == 0
+    assert not ephemeral.failures, "a sign-in forgets its address's failures"
+
+
+async def test_a_lock_holds_one_address_only_until_the_global_ceiling(service: AuthService, store: FakeStore) -> None:
+    await admin_context(service)
+    attacker, owner = Context(client_ip="203.0.113.7"), Context(client_ip="198.51.100.9")
+    for _ in range(3):
+        with pytest.raises(Unauthenticated):
+            await service.sessions.login(attacker, email="root@example.com", password="wrong")
+    with pytest.raises(ResourceExhausted):
+        await service.sessions.login(attacker, email="root@example.com", password=PASSWORD)
+    assert (await service.sessions.login(owner, email="root@example.com", password=PASSWORD)).access_token
+    # Spread over many addresses, GLOBAL_LOCKOUT_FACTOR times the failures lock the email everywhere.
+    for i in range(3 * GLOBAL_LOCKOUT_FACTOR):
+        with pytest.raises(Unauthenticated):
+            await service.sessions.login(
+                Context(client_ip=f"192.0.2.{i // 2 + 1}"), email="root@example.com", password="wrong"
+            )
+    with pytest.raises(ResourceExhausted):
+        await service.sessions.login(owner, email="root@example.com", password=PASSWORD)
 
 
 def test_lockout_policy_is_exponential_and_capped() -> None:

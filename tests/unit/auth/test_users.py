@@ -33,6 +33,14 @@ async def test_registration_is_for_admins_unless_self_registration_is_on(store: 
         await open_.users.register(Context(), email="d@example.com", password=PASSWORD, tenant_id="", role="admin")
 
 
+@pytest.mark.parametrize("scopes", [("admin",), ("keys", "admin"), ("*",)])
+async def test_an_admins_api_key_creates_no_account(service: AuthService, scopes: tuple[str, ...]) -> None:
+    admin = await admin_context(service)
+    as_key = Context(user_id=admin.user_id, tenant_id=admin.tenant_id, api_key_id="k1", scopes=scopes)
+    with pytest.raises(PermissionDenied):
+        await service.users.register(as_key, email="k@example.com", password=PASSWORD, tenant_id="", role="admin")
+
+
 @pytest.mark.parametrize(
     ("email", "password"),
     [("not-an-email", PASSWORD), ("a@example.com", "short"), ("a@example.com", " " * 12)],
