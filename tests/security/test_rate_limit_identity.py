@@ -41,6 +41,9 @@ def limited(
         GOBLIN_RATE_LIMIT_AUTH=f"{AUTH_LIMIT}/minute",
         GOBLIN_RATE_LIMIT_HEALTH=f"{HEALTH_LIMIT}/second",
         GOBLIN_TRUSTED_PROXIES="127.0.0.1/32",
+        # Accounts are opened by their owners here: only an admin's signed-in session may open one for
+        # someone else, and this suite's admin has no password.
+        GOBLIN_SELF_REGISTRATION="true",
     )
     try:
         suite.wait_ready()
@@ -60,10 +63,10 @@ def bearer(credential: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"}
 
 
-def new_user(client: httpx.Client, admin_key: str) -> str:
-    """A fresh user's id (registered by the admin): each test's user ceiling starts empty."""
+def new_user(client: httpx.Client) -> str:
+    """A fresh user's id (self-registered): each test's user ceiling starts empty."""
     email = f"limits-{uuid.uuid4().hex[:12]}@example.com"
-    registered = client.post("/auth/register", json={"email": email, "password": PASSWORD}, headers=bearer(admin_key))
+    registered = client.post("/auth/register", json={"email": email, "password": PASSWORD})
     assert registered.status_code == 201, registered.text
     return registered.json()["id"]
 
@@ -104,7 +107,7 @@ def test_unauthenticated_login_is_limited(client: httpx.Client) -> None:
 
 
 def test_a_second_key_does_not_raise_the_users_ceiling(client: httpx.Client, limited: Suite) -> None:
-    user = new_user(client, limited.admin_key)
+    user = new_user(client)
     first, second = (new_key(client, limited.admin_key, user) for _ in range(2))
     with limited.client(headers={"X-Forwarded-For": next(_addresses)}, timeout=30) as elsewhere:
         replies = [elsewhere.get("/v1/unknown", headers=bearer(first)) for _ in range(DEFAULT_LIMIT)]
@@ -116,7 +119,7 @@ def test_a_second_key_does_not_raise_the_users_ceiling(client: httpx.Client, lim
 
 
 def test_a_verified_key_is_not_charged_to_its_ip(client: httpx.Client, limited: Suite) -> None:
-    key = new_key(client, limited.admin_key, new_user(client, limited.admin_key))
+    key = new_key(client, limited.admin_key, new_user(client))
     with limited.client(headers={"X-Forwarded-For": next(_addresses)}, timeout=30) as elsewhere:
         with_key = [elsewhere.get("/v1/unknown", headers=bearer(key)) for _ in range(DEFAULT_LIMIT)]
         anonymous = [elsewhere.get("/v1/unknown") for _ in range(DEFAULT_LIMIT)]
