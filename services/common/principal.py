@@ -109,6 +109,14 @@ class PrincipalSigner:
         self._key = key
         self.ttl_s = ttl_s
 
+    @classmethod
+    def from_pem(cls, pem: bytes, ttl_s: float = 60.0) -> PrincipalSigner:
+        """A signer for an Ed25519 private key in PEM (what the gateway holds)."""
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("not an Ed25519 private key")
+        return cls(key, ttl_s)
+
     def verifier(self) -> PrincipalVerifier:
         """A verifier for what this signer signs (tests, benchmarks, a gateway checking itself)."""
         return PrincipalVerifier(self._key.public_key())
@@ -261,10 +269,10 @@ def load_signer() -> PrincipalSigner:
     if pem is None:
         signing_path, _ = ensure_principal_keys(tls_dir)
         pem = signing_path.read_bytes()
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SystemExit(f"goblin: {name} is not an Ed25519 private key")
-    return PrincipalSigner(key, settings.principal_ttl_s)
+    try:
+        return PrincipalSigner.from_pem(pem, settings.principal_ttl_s)
+    except ValueError:
+        raise SystemExit(f"goblin: {name} is not an Ed25519 private key") from None
 
 
 def replay_capacity() -> int:

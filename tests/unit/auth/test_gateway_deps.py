@@ -16,8 +16,8 @@ from fastapi import FastAPI
 
 from goblin.v1 import auth_pb2, auth_pb2_grpc
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY
-from services.gateway.config import GatewaySettings
 from services.common.principal import load_signer
+from services.gateway.config import GatewaySettings
 from services.gateway.deps import (
     AdminDep,
     ChatDep,
