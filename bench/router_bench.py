@@ -47,6 +47,7 @@ from bench.results import median, percentile, write_section
 from goblin.v1 import common_pb2, router_pb2_grpc
 from goblin_tools.suite import ROOT, Suite, free_ports, start_suite
 from services.common.context import CORRELATION_METADATA_KEY
+from services.common.principal import PRINCIPAL_METADATA_KEY, SIGNING_KEY_NAME, Principal, PrincipalSigner
 from services.gateway.tls import CERT_FILE, KEY_FILE
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -178,8 +179,10 @@ async def measure(
         model=f"openai/{MODEL}",
         messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES],
         params=common_pb2.SamplingParams(max_tokens=16),
-        context=common_pb2.RequestContext(tenant_id="default", user_id="bench"),
     )
+    # Who asks travels signed, as the gateway signs it; a fresh assertion per call (one is never reused).
+    signer = PrincipalSigner.from_pem((suite.home / "tls" / SIGNING_KEY_NAME).read_bytes())
+    bench_caller = Principal(user_id="bench", tenant_id="default")
     direct_url = f"{fake_base_url(fake_port)}/chat/completions"
     direct_headers = {"Authorization": f"Bearer {FAKE_KEY}"}
     gateway_url = f"{suite.gateway_url}/v1/chat/completions"
@@ -203,7 +206,8 @@ async def measure(
             await post(direct_url, direct_body, direct_headers)
 
         async def via_router() -> None:
-            await router.Chat(request, metadata=((CORRELATION_METADATA_KEY, "bench"),), timeout=10)
+            metadata = ((CORRELATION_METADATA_KEY, "bench"), (PRINCIPAL_METADATA_KEY, signer.sign(bench_caller)))
+            await router.Chat(request, metadata=metadata, timeout=10)
 
         async def via_gateway() -> None:
             await post(gateway_url, gateway_body, gateway_headers)

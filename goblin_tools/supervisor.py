@@ -22,6 +22,7 @@ from pydantic import Field
 
 from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common import db
+from services.common.principal import suite_principal_env
 from services.common.process import InstanceLock, die_with_parent, usable_cores
 from services.common.settings import GoblinSettings
 from services.common.topology import BACKEND_SERVICES, GATEWAY_PORT, GRPC_PORTS, METRICS_PORTS
@@ -252,6 +253,8 @@ class Supervisor:
             database_url, redis_url = await asyncio.to_thread(self._start_stores)
             database_urls = await self._prepare_database(database_url)
             env = self.settings.child_env(database_url, redis_url)
+            # The signed principal's key pair (services.common.principal): every child gets the verify key.
+            env = suite_principal_env(env, self.home / "tls")
             keepers = [
                 asyncio.create_task(self._keep_alive(c, child_database(env, database_urls.get(c.name))))
                 for c in self.children.values()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16goblin/v1/common.proto\x12\tgoblin.v1\"\xfb\x01\n\x0eRequestContext\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x12\n\napi_key_id\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x11\n\tclient_ip\x18\x06 \x01(\t\x12$\n\x17tenant_daily_budget_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12key_tokens_per_day\x18\x08 \x01(\x03H\x01\x88\x01\x01\x42\x1a\n\x18_tenant_daily_budget_usdB\x15\n\x13_key_tokens_per_dayJ\x04\x08\x01\x10\x02R\x0e\x63orrelation_id\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xaa\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"I\n\x0eRoutingOptions\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x11\n\tfallbacks\x18\x02 \x03(\t\x12\x14\n\x0c\x62ypass_cache\x18\x03 \x01(\x08\"/\n\nRagOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"\xed\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.goblin.v1.ChatMessage\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.goblin.v1.SamplingParams\x12*\n\x07routing\x18\x04 \x01(\x0b\x32\x19.goblin.v1.RoutingOptions\x12\"\n\x03rag\x18\x05 \x01(\x0b\x32\x15.goblin.v1.RagOptions\x12*\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"d\n\x08\x43itation\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\"\xff\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\'\n\x07message\x18\x04 \x01(\x0b\x32\x16.goblin.v1.ChatMessage\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x1f\n\x05usage\x18\x06 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x03\x12&\n\tcitations\x18\x08 \x03(\x0b\x32\x13.goblin.v1.Citation\x12\x16\n\x0e\x66\x61llback_chain\x18\t \x03(\t\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\"\xc6\x01\n\tChatChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\t\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\x12\x1f\n\x05usage\x18\x07 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x03\x12&\n\tcitations\x18\t \x03(\x0b\x32\x13.goblin.v1.Citation\"\x89\x01\n\x11\x43ompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.goblin.v1.SamplingParams\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"\x86\x01\n\x12\x43ompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\"Y\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"}\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.goblin.v1.Embedding\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x12\n\ndimensions\x18\x04 \x01(\x05\"\xb7\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x1c\n\x14input_price_per_mtok\x18\x06 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x07 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\"?\n\x11ListModelsRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.goblin.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16goblin/v1/common.proto\x12\tgoblin.v1\"\xb2\x01\n\x0eRequestContext\x12\x11\n\tclient_ip\x18\x06 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05J\x04\x08\x05\x10\x06J\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tR\x0e\x63orrelation_idR\x07user_idR\ttenant_idR\napi_key_idR\x06scopesR\x17tenant_daily_budget_usdR\x12key_tokens_per_day\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\xaa\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"I\n\x0eRoutingOptions\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x11\n\tfallbacks\x18\x02 \x03(\t\x12\x14\n\x0c\x62ypass_cache\x18\x03 \x01(\x08\"/\n\nRagOptions\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"\xed\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.goblin.v1.ChatMessage\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.goblin.v1.SamplingParams\x12*\n\x07routing\x18\x04 \x01(\x0b\x32\x19.goblin.v1.RoutingOptions\x12\"\n\x03rag\x18\x05 \x01(\x0b\x32\x15.goblin.v1.RagOptions\x12*\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"d\n\x08\x43itation\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x10\n\x08\x63hunk_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\"\xff\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\'\n\x07message\x18\x04 \x01(\x0b\x32\x16.goblin.v1.ChatMessage\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x1f\n\x05usage\x18\x06 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x03\x12&\n\tcitations\x18\x08 \x03(\x0b\x32\x13.goblin.v1.Citation\x12\x16\n\x0e\x66\x61llback_chain\x18\t \x03(\t\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\"\xc6\x01\n\tChatChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\t\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\x12\x1f\n\x05usage\x18\x07 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x03\x12&\n\tcitations\x18\t \x03(\x0b\x32\x13.goblin.v1.Citation\"\x89\x01\n\x11\x43ompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.goblin.v1.SamplingParams\x12*\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"\x86\x01\n\x12\x43ompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\"Y\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"}\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\nembeddings\x18\x02 \x03(\x0b\x32\x14.goblin.v1.Embedding\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.goblin.v1.Usage\x12\x12\n\ndimensions\x18\x04 \x01(\x05\"\xb7\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x1c\n\x14input_price_per_mtok\x18\x06 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x07 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\"?\n\x11ListModelsRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.goblin.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,39 +32,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'goblin.v1.common_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REQUESTCONTEXT']._serialized_start=38
-  _globals['_REQUESTCONTEXT']._serialized_end=289
-  _globals['_CHATMESSAGE']._serialized_start=291
-  _globals['_CHATMESSAGE']._serialized_end=349
-  _globals['_USAGE']._serialized_start=351
-  _globals['_USAGE']._serialized_end=430
-  _globals['_SAMPLINGPARAMS']._serialized_start=433
-  _globals['_SAMPLINGPARAMS']._serialized_end=603
-  _globals['_ROUTINGOPTIONS']._serialized_start=605
-  _globals['_ROUTINGOPTIONS']._serialized_end=678
-  _globals['_RAGOPTIONS']._serialized_start=680
-  _globals['_RAGOPTIONS']._serialized_end=727
-  _globals['_CHATREQUEST']._serialized_start=730
-  _globals['_CHATREQUEST']._serialized_end=967
-  _globals['_CITATION']._serialized_start=969
-  _globals['_CITATION']._serialized_end=1069
-  _globals['_CHATRESPONSE']._serialized_start=1072
-  _globals['_CHATRESPONSE']._serialized_end=1327
-  _globals['_CHATCHUNK']._serialized_start=1330
-  _globals['_CHATCHUNK']._serialized_end=1528
-  _globals['_COMPLETIONREQUEST']._serialized_start=1531
-  _globals['_COMPLETIONREQUEST']._serialized_end=1668
-  _globals['_COMPLETIONRESPONSE']._serialized_start=1671
-  _globals['_COMPLETIONRESPONSE']._serialized_end=1805
-  _globals['_EMBEDREQUEST']._serialized_start=1807
-  _globals['_EMBEDREQUEST']._serialized_end=1896
-  _globals['_EMBEDDING']._serialized_start=1898
-  _globals['_EMBEDDING']._serialized_end=1925
-  _globals['_EMBEDRESPONSE']._serialized_start=1927
-  _globals['_EMBEDRESPONSE']._serialized_end=2052
-  _globals['_MODELINFO']._serialized_start=2055
-  _globals['_MODELINFO']._serialized_end=2238
-  _globals['_LISTMODELSREQUEST']._serialized_start=2240
-  _globals['_LISTMODELSREQUEST']._serialized_end=2303
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2305
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2363
+  _globals['_REQUESTCONTEXT']._serialized_end=216
+  _globals['_CHATMESSAGE']._serialized_start=218
+  _globals['_CHATMESSAGE']._serialized_end=276
+  _globals['_USAGE']._serialized_start=278
+  _globals['_USAGE']._serialized_end=357
+  _globals['_SAMPLINGPARAMS']._serialized_start=360
+  _globals['_SAMPLINGPARAMS']._serialized_end=530
+  _globals['_ROUTINGOPTIONS']._serialized_start=532
+  _globals['_ROUTINGOPTIONS']._serialized_end=605
+  _globals['_RAGOPTIONS']._serialized_start=607
+  _globals['_RAGOPTIONS']._serialized_end=654
+  _globals['_CHATREQUEST']._serialized_start=657
+  _globals['_CHATREQUEST']._serialized_end=894
+  _globals['_CITATION']._serialized_start=896
+  _globals['_CITATION']._serialized_end=996
+  _globals['_CHATRESPONSE']._serialized_start=999
+  _globals['_CHATRESPONSE']._serialized_end=1254
+  _globals['_CHATCHUNK']._serialized_start=1257
+  _globals['_CHATCHUNK']._serialized_end=1455
+  _globals['_COMPLETIONREQUEST']._serialized_start=1458
+  _globals['_COMPLETIONREQUEST']._serialized_end=1595
+  _globals['_COMPLETIONRESPONSE']._serialized_start=1598
+  _globals['_COMPLETIONRESPONSE']._serialized_end=1732
+  _globals['_EMBEDREQUEST']._serialized_start=1734
+  _globals['_EMBEDREQUEST']._serialized_end=1823
+  _globals['_EMBEDDING']._serialized_start=1825
+  _globals['_EMBEDDING']._serialized_end=1852
+  _globals['_EMBEDRESPONSE']._serialized_start=1854
+  _globals['_EMBEDRESPONSE']._serialized_end=1979
+  _globals['_MODELINFO']._serialized_start=1982
+  _globals['_MODELINFO']._serialized_end=2165
+  _globals['_LISTMODELSREQUEST']._serialized_start=2167
+  _globals['_LISTMODELSREQUEST']._serialized_end=2230
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2232
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2290
 # @@protoc_insertion_point(module_scope)

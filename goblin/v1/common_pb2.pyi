@@ -7,22 +7,10 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RequestContext(_message.Message):
-    __slots__ = ("user_id", "tenant_id", "api_key_id", "scopes", "client_ip", "tenant_daily_budget_usd", "key_tokens_per_day")
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
-    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("client_ip",)
     CLIENT_IP_FIELD_NUMBER: _ClassVar[int]
-    TENANT_DAILY_BUDGET_USD_FIELD_NUMBER: _ClassVar[int]
-    KEY_TOKENS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
-    user_id: str
-    tenant_id: str
-    api_key_id: str
-    scopes: _containers.RepeatedScalarFieldContainer[str]
     client_ip: str
-    tenant_daily_budget_usd: float
-    key_tokens_per_day: int
-    def __init__(self, user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., client_ip: _Optional[str] = ..., tenant_daily_budget_usd: _Optional[float] = ..., key_tokens_per_day: _Optional[int] = ...) -> None: ...
+    def __init__(self, client_ip: _Optional[str] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content", "name")

@@ -1,6 +1,7 @@
 """What a requester may do: the scope rule, the admin rule, and the checks every area runs first.
 
-A credential's scopes come from the request context; the role and whether the account still exists
+A credential's scopes come from the signed principal the gateway made for the request (the servicer
+builds the :class:`Context` from it alone, never from request fields); the role and whether the account still exists
 and is active come from the database on every check, so a demoted or disabled admin loses the power
 at once, whatever their access token still says.
 """

@@ -17,6 +17,7 @@ from services.auth.service import AuthService
 from services.auth.sessions import TokenPair
 from services.auth.signing import Jwks
 from services.common.context import current_correlation_id
+from services.common.principal import current_principal
 
 
 def _ts(value: datetime | None) -> int:
@@ -24,12 +25,17 @@ def _ts(value: datetime | None) -> int:
 
 
 def context_from_proto(ctx: common_pb2.RequestContext) -> Context:
+    """The caller of this call: who they are comes from the principal the server interceptor verified
+    (services.common.principal), never from the request; a call without one is anonymous."""
+    principal = current_principal()
+    if principal is None:
+        return Context(correlation_id=current_correlation_id(), client_ip=ctx.client_ip)
     return Context(
         correlation_id=current_correlation_id(),
-        user_id=ctx.user_id,
-        tenant_id=ctx.tenant_id,
-        api_key_id=ctx.api_key_id,
-        scopes=tuple(ctx.scopes),
+        user_id=principal.user_id,
+        tenant_id=principal.tenant_id,
+        api_key_id=principal.api_key_id,
+        scopes=principal.scopes,
         client_ip=ctx.client_ip,
     )
 
@@ -153,7 +159,8 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         revoked = await self.service.sessions.logout(
             context_from_proto(request.context),
             refresh_token=request.refresh_token,
-            session_id=request.session_id,
+            # The caller's own session only: a session id in the request is not proof of owning it.
+            session_id=caller.session_id if (caller := current_principal()) is not None else "",
         )
         return auth_pb2.LogoutResponse(revoked=revoked)
 

@@ -1,4 +1,5 @@
-"""gRPC client channels between services: the correlation id rides in metadata on every call.
+"""gRPC client channels between services: the correlation id, and the signed principal the gateway made
+for the request being served (services.common.principal), ride in metadata on every call.
 
 W3C trace context is added by the OpenTelemetry client instrumentation (see telemetry.py).
 """
@@ -11,15 +12,21 @@ from typing import Any
 import grpc
 
 from services.common.context import CORRELATION_METADATA_KEY, current_correlation_id
+from services.common.principal import PRINCIPAL_METADATA_KEY, outgoing_principal_var
 
 
 def _with_correlation_id(client_call_details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
     correlation_id = current_correlation_id()
-    if not correlation_id:
+    # Only the gateway sets an outgoing principal; a service never forwards the one it verified (the
+    # router's calls to inference carry none), so no assertion reaches a second service by our hand.
+    principal = outgoing_principal_var.get()
+    if not correlation_id and not principal:
         return client_call_details
     metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-    if CORRELATION_METADATA_KEY not in metadata:
+    if correlation_id and CORRELATION_METADATA_KEY not in metadata:
         metadata.add(CORRELATION_METADATA_KEY, correlation_id)
+    if principal and PRINCIPAL_METADATA_KEY not in metadata:
+        metadata.add(PRINCIPAL_METADATA_KEY, principal)
     return grpc.aio.ClientCallDetails(
         client_call_details.method,
         client_call_details.timeout,

@@ -5,7 +5,7 @@
 - ``grpc.health.v1`` (NOT_SERVING until :meth:`Service.start` has connected the dependencies,
   then SERVING while :meth:`Service.healthy` holds) and server reflection;
 - interceptors: the correlation id from metadata into the log context, domain errors to status codes,
-  call metrics;
+  call metrics; the signed principal verified (services.common.principal);
 - SIGTERM/SIGINT: NOT_SERVING, stop taking calls, drain for the grace period, close, flush telemetry.
 """
 
@@ -28,6 +28,7 @@ from services.common.context import CORRELATION_METADATA_KEY, correlation_id_var
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError
 from services.common.logs import configure_logging
 from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
+from services.common.principal import PrincipalInterceptor
 from services.common.process import freeze_startup_heap
 from services.common.settings import ServiceSettings
 from services.common.stores import start_with_backoff
@@ -206,7 +207,7 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
     start_metrics_server(settings.bind_host, settings.metrics_port)
 
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor()],
+        interceptors=[ServiceInterceptor(), PrincipalInterceptor.for_this_process()],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

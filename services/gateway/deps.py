@@ -3,6 +3,10 @@
 Shared state: :func:`gateway_state` is the one accessor of the :class:`GatewayState` the lifespan
 sets; routes take it as :data:`StateDep`.
 
+Identity to the backends: :func:`authenticate` signs the verified principal once per request
+(services.common.principal) and every gRPC call of the request carries it; RequestContext carries no
+identity.
+
 Authentication: every protected route depends on :func:`current_principal`, which asks the auth
 service (``Auth.Authenticate``) and keeps the answer in a local cache keyed by the SHA-256 of the
 credential, for ``GOBLIN_AUTH_CACHE_TTL_S`` (30 s) or until the credential expires, whichever is
@@ -26,6 +30,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from goblin.v1 import auth_pb2, common_pb2
+from services.common.principal import Principal, load_signer, outgoing_principal_var
 from services.gateway.caches import PrincipalCache
 from services.gateway.errors import ApiError
 from services.gateway.state import GatewayState
@@ -85,6 +90,8 @@ async def authenticate(request: Request, state: GatewayState, credential: str) -
                 error.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
             raise
         state.principals.put(credential, principal)
+    # Once per request: every backend call this request makes carries this assertion (grpc_client).
+    outgoing_principal_var.set(sign_principal(principal))
     # For the access log (the request envelope middleware reads the scope's state).
     request.state.principal = principal
     return principal
@@ -108,6 +115,26 @@ PrincipalDep = Annotated[auth_pb2.Principal, Depends(current_principal)]
 OptionalPrincipalDep = Annotated[auth_pb2.Principal | None, Depends(optional_principal)]
 
 
+def sign_principal(principal: auth_pb2.Principal) -> str:
+    """The signed assertion of ``principal`` the backends believe (services.common.principal): the only
+    way who-is-asking reaches them."""
+    return load_signer().sign(
+        Principal(
+            user_id=principal.user_id,
+            tenant_id=principal.tenant_id,
+            role=principal.role,
+            scopes=tuple(principal.scopes),
+            api_key_id=principal.api_key_id,
+            session_id=principal.session_id,
+            tenant_daily_budget_usd=(
+                principal.tenant_daily_budget_usd if principal.HasField("tenant_daily_budget_usd") else None
+            ),
+            key_tokens_per_day=principal.key_tokens_per_day if principal.HasField("key_tokens_per_day") else None,
+            requests_per_day=principal.requests_per_day,
+        )
+    )
+
+
 def has_scope(principal: auth_pb2.Principal, scope: str) -> bool:
     """Whether the credential holds ``scope`` (``"*"`` holds every scope)."""
     return "*" in principal.scopes or scope in principal.scopes
@@ -119,21 +146,10 @@ def client_ip(request: Request) -> str:
 
 
 def principal_context(principal: auth_pb2.Principal | None, request: Request) -> common_pb2.RequestContext:
-    """The RequestContext a backend gets: who is asking, as verified here. The one place it is built
-    from a principal. The correlation id is not in it: it travels in gRPC metadata
-    (services.common.grpc_client)."""
-    context = common_pb2.RequestContext(client_ip=client_ip(request))
-    if principal is not None:
-        context.user_id = principal.user_id
-        context.tenant_id = principal.tenant_id
-        context.api_key_id = principal.api_key_id
-        context.scopes.extend(principal.scopes)
-        # The router enforces these budgets from the context: it never reads auth's tables.
-        if principal.HasField("tenant_daily_budget_usd"):
-            context.tenant_daily_budget_usd = principal.tenant_daily_budget_usd
-        if principal.HasField("key_tokens_per_day"):
-            context.key_tokens_per_day = principal.key_tokens_per_day
-    return context
+    """The RequestContext a backend gets: only what is not identity (the client's address). Who is
+    asking travels as the signed principal :func:`authenticate` set for this request; ``principal`` is
+    taken so routes keep saying whose call it is, and must be the one that was signed."""
+    return common_pb2.RequestContext(client_ip=client_ip(request))
 
 
 async def charge_request_quota(request: Request, state: GatewayState, principal: auth_pb2.Principal) -> None:

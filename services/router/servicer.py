@@ -22,24 +22,29 @@ from services.common.chat import (
 )
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.principal import current_principal
 from services.router.budget import day_start
 from services.router.providers.base import CallContext
 from services.router.service import ChatCall, RouterService
 from services.router.usage import UsageBooks
 
-ADMIN_SCOPES = frozenset({"*", "admin"})
-
 
 def context_from_proto(ctx: common_pb2.RequestContext) -> CallContext:
-    """The caller as the router's domain sees it; the correlation id is the call's (from its metadata)."""
+    """The caller as the router's domain sees it: tenant, key, scopes and budgets from the principal the
+    server interceptor verified (services.common.principal), none from the request; the correlation id
+    is the call's (from its metadata). The interceptor lets no router call in without a principal; an
+    empty context (nobody) is what a servicer called in-process without one gets."""
+    principal = current_principal()
+    if principal is None:
+        return CallContext(correlation_id=current_correlation_id())
     return CallContext(
         correlation_id=current_correlation_id(),
-        tenant_id=ctx.tenant_id,
-        user_hash=hash_user_id(ctx.user_id),
-        api_key_id=ctx.api_key_id,
-        scopes=tuple(ctx.scopes),
-        tenant_daily_budget_usd=ctx.tenant_daily_budget_usd if ctx.HasField("tenant_daily_budget_usd") else None,
-        key_tokens_per_day=ctx.key_tokens_per_day if ctx.HasField("key_tokens_per_day") else None,
+        tenant_id=principal.tenant_id,
+        user_hash=hash_user_id(principal.user_id),
+        api_key_id=principal.api_key_id,
+        scopes=principal.scopes,
+        tenant_daily_budget_usd=principal.tenant_daily_budget_usd,
+        key_tokens_per_day=principal.key_tokens_per_day,
     )
 
 
@@ -103,7 +108,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> router_pb2.UsageReport:
         caller = context_from_proto(request.context)
         tenant = request.tenant_id or caller.tenant_id
-        if (tenant == "*" or tenant != caller.tenant_id) and not ADMIN_SCOPES & set(caller.scopes):
+        caller_principal = current_principal()
+        admin = caller_principal is not None and caller_principal.is_admin
+        if not caller.tenant_id or ((tenant == "*" or tenant != caller.tenant_id) and not admin):
             raise PermissionDenied("only an admin may read another tenant's usage")
         if request.day:
             try:

@@ -24,7 +24,7 @@ import httpx
 import jwt
 import pytest
 
-from goblin.v1 import auth_pb2, common_pb2
+from goblin.v1 import auth_pb2
 from goblin_tools.suite import GOBLIN, ROOT, Suite
 from tests.integration.auth_support import (
     ADMIN_EMAIL,
@@ -44,6 +44,7 @@ from tests.integration.auth_support import (
     signing_key,
     unique_email,
 )
+from tests.integration.principals import as_caller
 
 auth_suite = auth_suite_fixture()
 
@@ -453,8 +454,8 @@ def test_a_key_revoked_elsewhere_lives_at_most_the_cache_ttl(client: httpx.Clien
     cached_at = time.monotonic()
     channel, stub = auth_stub(auth_suite)
     with channel:  # revoked through another gateway replica: this one does not hear of it
-        context = common_pb2.RequestContext(user_id=pair["user"]["id"], tenant_id="default", scopes=["*"])
-        assert stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(context=context, key_id=key["id"])).revoked
+        caller = as_caller(auth_suite, pair["user"]["id"], scopes=("*",))
+        assert stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(key_id=key["id"]), metadata=caller).revoked
         with pytest.raises(grpc.RpcError):
             stub.Authenticate(auth_pb2.AuthenticateRequest(credential=key["key"]))
     still = me(client, key["key"])

@@ -24,10 +24,11 @@ import openai
 import pytest
 import redis
 
-from goblin.v1 import common_pb2, router_pb2, router_pb2_grpc
+from goblin.v1 import router_pb2, router_pb2_grpc
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.suite import Suite, start_suite
 from services.router.catalog import build_catalog, load_file_layers
+from tests.integration.principals import as_caller
 
 SYSTEM = "You are terse."
 PROMPT_WORDS = 8  # the fake counts words: "You are terse." + "Say hello to the tests."
@@ -136,7 +137,7 @@ def router_stub(suite: Suite) -> tuple[grpc.Channel, router_pb2_grpc.RouterStub]
 def provider_state(suite: Suite, name: str) -> router_pb2.ProviderState:
     channel, stub = router_stub(suite)
     with channel:
-        reply = stub.ListProviders(router_pb2.ListProvidersRequest(), timeout=5)
+        reply = stub.ListProviders(router_pb2.ListProvidersRequest(), timeout=5, metadata=as_caller(suite, "u1"))
     return next(p for p in reply.providers if p.name == name)
 
 
@@ -541,10 +542,12 @@ def test_usage_report_and_metrics(router_suite: Suite, client: openai.OpenAI, fa
     )
     client.chat.completions.create(model="anthropic/claude-haiku-4-5", messages=messages(), max_tokens=2)
     channel, stub = router_stub(router_suite)
-    admin = common_pb2.RequestContext(tenant_id="default", scopes=["*"])
+
+    def admin() -> tuple[tuple[str, str]]:
+        return as_caller(router_suite, "admin-1", role="admin", scopes=("*",))
 
     def report() -> router_pb2.UsageReport:
-        return stub.GetUsage(router_pb2.UsageRequest(context=admin), timeout=5)
+        return stub.GetUsage(router_pb2.UsageRequest(), timeout=5, metadata=admin())
 
     with channel:
 
@@ -556,12 +559,14 @@ def test_usage_report_and_metrics(router_suite: Suite, client: openai.OpenAI, fa
         usage = wait_for(settled, what="the day's usage")
         assert usage.cost_usd > 0 and usage.budget_usd == 1000 and usage.fallbacks >= 1
         assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
-        everyone = stub.GetUsage(router_pb2.UsageRequest(context=admin, tenant_id="*"), timeout=5)
+        everyone = stub.GetUsage(router_pb2.UsageRequest(tenant_id="*"), timeout=5, metadata=admin())
         assert everyone.requests >= usage.requests
         with pytest.raises(grpc.RpcError) as denied:
+            # A key with every scope is not an admin: the role is the principal's, signed.
             stub.GetUsage(
-                router_pb2.UsageRequest(context=common_pb2.RequestContext(tenant_id="a"), tenant_id="*"),
+                router_pb2.UsageRequest(tenant_id="*"),
                 timeout=5,
+                metadata=as_caller(router_suite, "u", "a", scopes=("*",)),
             )
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     total = query(router_suite, "SELECT sum(cost_usd) AS usd FROM router.routing_requests WHERE tenant_id = 'default'")

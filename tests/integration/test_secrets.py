@@ -17,6 +17,7 @@ from goblin.v1 import common_pb2, router_pb2_grpc
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.suite import Suite, start_suite
 from services.common.context import CORRELATION_METADATA_KEY
+from tests.integration.principals import as_caller
 from tests.unit.common.test_secrets import SAMPLES
 
 MODEL = "openai/gpt-4o-mini"
@@ -126,9 +127,8 @@ def test_router_scans_before_an_external_provider(redact_suite: Suite, fake: Fak
                     model=MODEL,
                     messages=[common_pb2.ChatMessage(role="user", content=f"token {secret} please")],
                     params=common_pb2.SamplingParams(max_tokens=8),
-                    context=common_pb2.RequestContext(tenant_id="default"),
                 ),
-                metadata=((CORRELATION_METADATA_KEY, "router-secret-1"),),
+                metadata=((CORRELATION_METADATA_KEY, "router-secret-1"), *as_caller(redact_suite, "u1")),
                 timeout=30,
             )
 
@@ -150,7 +150,7 @@ def test_the_local_model_is_not_an_external_provider(redact_suite: Suite) -> Non
                     messages=[common_pb2.ChatMessage(role="user", content=f"ssn {SAMPLES['us_ssn']}")],
                     params=common_pb2.SamplingParams(max_tokens=2),
                 ),
-                metadata=((CORRELATION_METADATA_KEY, "router-local-1"),),
+                metadata=((CORRELATION_METADATA_KEY, "router-local-1"), *as_caller(redact_suite, "u1")),
                 timeout=60,
             )
 

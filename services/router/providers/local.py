@@ -60,7 +60,7 @@ class LocalProvider:
             messages=messages_to_proto(messages),
             params=params_to_proto(params),
             # The correlation id goes along as call metadata (the channel's interceptor), not in here.
-            context=common_pb2.RequestContext(tenant_id=context.tenant_id),
+            context=common_pb2.RequestContext(),
         )
 
     async def chat(

@@ -16,8 +16,17 @@ from fastapi import FastAPI
 
 from goblin.v1 import auth_pb2, auth_pb2_grpc
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY
+from services.common.principal import load_signer
 from services.gateway.config import GatewaySettings
-from services.gateway.deps import AdminDep, ChatDep, ChatReadDep, PrincipalCache, PrincipalDep, principal_context
+from services.gateway.deps import (
+    AdminDep,
+    ChatDep,
+    ChatReadDep,
+    PrincipalCache,
+    PrincipalDep,
+    principal_context,
+    sign_principal,
+)
 from services.gateway.errors import install_error_handlers
 from services.gateway.state import GatewayState
 from tests.unit.gateway.backends import abort, grpc_server
@@ -185,10 +194,14 @@ def test_a_tenants_principals_are_forgotten_when_its_limits_change() -> None:
     assert cache.get("secret-a") is None and cache.get("secret-b") is not None
 
 
-def test_the_forwarded_context_carries_the_budgets_auth_verified() -> None:
+def test_the_signed_principal_carries_the_budgets_auth_verified_and_the_context_no_identity() -> None:
     request: Any = SimpleNamespace(client=SimpleNamespace(host="10.0.0.1"))
     limited = principal(api_key_id="k1", tenant_daily_budget_usd=2.5, key_tokens_per_day=1000)
+    verifier = load_signer().verifier()
+    signed = verifier.verify(sign_principal(limited))
+    assert (signed.api_key_id, signed.tenant_daily_budget_usd, signed.key_tokens_per_day) == ("k1", 2.5, 1000)
+    unlimited = verifier.verify(sign_principal(principal()))
+    assert unlimited.tenant_daily_budget_usd is None and unlimited.key_tokens_per_day is None
     context = principal_context(limited, request)
-    assert context.tenant_daily_budget_usd == 2.5 and context.key_tokens_per_day == 1000
-    unlimited = principal_context(principal(), request)
-    assert not unlimited.HasField("tenant_daily_budget_usd") and not unlimited.HasField("key_tokens_per_day")
+    assert context.client_ip == "10.0.0.1"
+    assert set(context.DESCRIPTOR.fields_by_name) == {"client_ip"}, "identity travels signed, not in fields"

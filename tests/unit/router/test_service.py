@@ -9,6 +9,7 @@ from goblin.v1 import common_pb2
 from services.common.chat import Message, SamplingParams, Usage
 from services.common.context import correlation_id_var
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.common.principal import Principal, verified_principal_var
 from services.router.budget import BudgetStatus
 from services.router.cache import ResponseCache
 from services.router.catalog import Catalog
@@ -346,11 +347,15 @@ async def test_embeddings_are_booked_and_never_fall_back(catalog: Catalog) -> No
         await service.embed("alpha/big", ["a"], CTX)
 
 
-def test_the_call_context_takes_the_correlation_id_of_the_grpc_call() -> None:
-    token = correlation_id_var.set("from-metadata")  # what the server interceptor does for each call
+def test_the_call_context_takes_the_correlation_id_and_the_verified_principal_of_the_grpc_call() -> None:
+    # What the server interceptors do for each call: the correlation id and the verified principal.
+    token = correlation_id_var.set("from-metadata")
+    verified = verified_principal_var.set(Principal(user_id="u", tenant_id="acme", key_tokens_per_day=10))
     try:
-        ctx = context_from_proto(common_pb2.RequestContext(tenant_id="acme", user_id="u"))
+        ctx = context_from_proto(common_pb2.RequestContext(client_ip="10.0.0.1"))
     finally:
+        verified_principal_var.reset(verified)
         correlation_id_var.reset(token)
-    assert (ctx.correlation_id, ctx.tenant_id) == ("from-metadata", "acme")
+    assert (ctx.correlation_id, ctx.tenant_id, ctx.key_tokens_per_day) == ("from-metadata", "acme", 10)
+    assert context_from_proto(common_pb2.RequestContext()).tenant_id == "", "no principal: nobody"
     assert "correlation_id" not in common_pb2.RequestContext.DESCRIPTOR.fields_by_name
