@@ -8,6 +8,7 @@ refusal to read identity from the message protects the admin."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from goblin.v1 import auth_pb2, common_pb2, router_pb2
-from goblin_tools.suite import Suite
+from goblin_tools.suite import GOBLIN, Suite
 from services.common.principal import PRINCIPAL_METADATA_KEY, Principal, PrincipalSigner
 from tests.integration.principals import as_caller, suite_signer
 
@@ -87,11 +88,13 @@ def test_minting_a_key_for_the_admin_by_naming_them_is_refused(
 def test_a_signed_caller_naming_the_admin_in_fields_acts_as_themselves(
     suite: Suite, admin: dict, channels: dict[str, grpc.Channel]
 ) -> None:
-    with suite.admin_client() as client:
-        email = f"mallory-{uuid.uuid4().hex[:8]}@example.com"
-        made = client.post("/auth/register", json={"email": email, "password": "correct horse battery"})
-        assert made.status_code == 201, made.text
-        mallory = made.json()["id"]
+    # An ordinary account, made as an operator makes one (an admin's API key may not open accounts).
+    email = f"mallory-{uuid.uuid4().hex[:8]}@example.com"
+    made = subprocess.run(
+        [str(GOBLIN), "users", "create", email, "--no-password"], env=suite.env, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    mallory = made.stdout.strip().splitlines()[-1]
     request = auth_pb2.CreateApiKeyRequest(name="mine", user_id=admin["user_id"]).SerializeToString()
     attack = request + _field(1, forged_context(admin["user_id"], admin["tenant_id"], ("*",)))
     caller = as_caller(suite, mallory, scopes=("keys", "chat"), role="user")
