@@ -123,6 +123,7 @@ class AuthPolicySettings(GoblinSettings):
 class AuthSettings(AuthPolicySettings, ServiceSettings, DatabaseSettings, RedisSettings):
     grpc_port: int = Field(GRPC_PORTS["auth"], alias="GOBLIN_AUTH_PORT", ge=1, le=65535)
     metrics_port: int = Field(METRICS_PORTS["auth"], alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
+    probe_port: int = Field(0, alias="GOBLIN_AUTH_PROBE_PORT", ge=0, le=65535)
     admin_email: str = Field("admin@goblin.local", alias="GOBLIN_ADMIN_EMAIL", min_length=3)
     admin_password: SecretStr | None = Field(None, alias="GOBLIN_ADMIN_PASSWORD")
     admin_key_file: Path | None = Field(None, alias="GOBLIN_ADMIN_KEY_FILE")

@@ -1,4 +1,4 @@
-"""gRPC client channels between services: the correlation id rides in metadata on every call.
+"""gRPC client channels between services: mutual TLS, and the correlation id rides in metadata on every call.
 
 W3C trace context is added by the OpenTelemetry client instrumentation (see telemetry.py).
 """
@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from services.common.context import CORRELATION_METADATA_KEY, current_correlation_id
+from services.common.tls import GrpcTls
 
 
 def _with_correlation_id(client_call_details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
@@ -53,10 +54,15 @@ class _CorrelationStreamStream(grpc.aio.StreamStreamClientInterceptor):
         return await continuation(_with_correlation_id(details), request_iterator)
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel (services talk on loopback or inside the cluster network) to ``address``."""
-    return grpc.aio.insecure_channel(
+def open_channel(address: str, service: str, tls: GrpcTls) -> grpc.aio.Channel:
+    """A mutual-TLS channel to ``service`` at ``address``, presenting ``tls``'s certificate.
+
+    The server's certificate must name ``service`` (DNS SAN), whatever the address: an IP, a cluster
+    DNS name or a load balancer, and a certificate of another service of the suite does not pass.
+    """
+    return grpc.aio.secure_channel(
         address,
+        tls.channel_credentials(),
         interceptors=[
             _CorrelationUnaryUnary(),
             _CorrelationUnaryStream(),
@@ -70,5 +76,6 @@ def open_channel(address: str) -> grpc.aio.Channel:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.ssl_target_name_override", service),
         ],
     )
