@@ -27,6 +27,9 @@ class RagSettings(ServiceSettings, DatabaseSettings):
 
     @model_validator(mode="after")
     def _default_path(self) -> RagSettings:
+        if self.production and self.chroma_url is None:
+            # SPEC: the embedded stores are for one developer's machine.
+            raise ValueError("CHROMA_URL: required in production (the embedded Chroma is refused)")
         if self.chroma_path is None:
             self.chroma_path = self.goblin_home / "chroma"
         return self
