@@ -24,7 +24,7 @@ from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common import db
 from services.common.process import InstanceLock, die_with_parent, usable_cores
 from services.common.settings import GoblinSettings
-from services.common.tls import issue_suite_certificates
+from services.common.tls import issue_suite_certificates, private_dir
 from services.common.topology import BACKEND_SERVICES, GATEWAY_PORT, GRPC_PORTS, METRICS_PORTS
 
 log = logging.getLogger("goblin.supervisor")
@@ -263,6 +263,7 @@ class Supervisor:
         return False
 
     async def run(self) -> int:
+        private_dir(self.home)  # the state folder: keys, the admin key, the stores' data
         self.lock.acquire()
         try:
             loop = asyncio.get_running_loop()
