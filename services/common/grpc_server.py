@@ -204,7 +204,10 @@ class StartupRefused(Exception):
 async def serve(make_service: Callable[[], Service], settings: ServiceSettings) -> None:
     """Build the service inside the running event loop (gRPC channels bind to the loop that exists when
     they are made), run it until SIGTERM/SIGINT, then shut down gracefully."""
-    service = make_service()
+    try:
+        service = make_service()
+    except ConfigError as exc:  # e.g. its TLS files for the channels it opens to its peers
+        raise StartupRefused(str(exc)) from None
     configure_logging(service.name, settings.log_level)
     setup_telemetry(service.name)
     start_metrics_server(settings.bind_host, settings.metrics_port)
