@@ -186,10 +186,27 @@ def make_leaf(
     return cert, key
 
 
+def _is_current_kind(ca: x509.Certificate) -> bool:
+    """Name-constrained and short-lived: a CA from before (ten years, unconstrained) is replaced."""
+    try:
+        ca.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return ca.not_valid_after_utc - ca.not_valid_before_utc <= CA_LIFETIME + BACKDATE
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        key_id = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return False
+    return cert.issuer == ca.subject and key_id == x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
+
+
 def _ensure_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, bool]:
     """The CA in ``directory``, re-made when missing or a third of its life from expiry; True if new."""
     cert = _load_cert(directory / CA_FILE)
-    if cert is not None and _fresh(cert, CA_LIFETIME):
+    if cert is not None and _fresh(cert, CA_LIFETIME) and _is_current_kind(cert):
         try:
             key = serialization.load_pem_private_key((directory / CA_KEY_FILE).read_bytes(), password=None)
         except (OSError, ValueError):
@@ -216,9 +233,7 @@ def _ensure_leaf(
     if (
         current is not None
         and (directory / key_file).exists()
-        and current.issuer == ca_cert.subject
-        and current.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
-        == x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()).key_identifier
+        and _issued_by(current, ca_cert)
         and _fresh(current, LEAF_LIFETIME)
     ):
         return

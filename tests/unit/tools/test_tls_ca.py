@@ -69,7 +69,7 @@ def test_files_are_private_and_reused_while_fresh(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
 
 
-@pytest.mark.parametrize("how", ["near expiry", "key lost"])
+@pytest.mark.parametrize("how", ["near expiry", "key lost", "long-lived"])
 def test_an_unusable_ca_is_replaced_with_every_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
@@ -79,6 +79,10 @@ def test_an_unusable_ca_is_replaced_with_every_certificate(
         with monkeypatch.context() as patch:
             patch.setattr(tls, "CA_LIFETIME", dt.timedelta(days=1))
             issue_suite_certificates(directory)
+    elif how == "long-lived":
+        # A CA from before this change: ten years, no name constraints. It must not be kept.
+        issue_suite_certificates(directory)
+        _plant_old_ca(directory)
     else:
         issue_suite_certificates(directory)
         (directory / CA_KEY_FILE).unlink()
@@ -91,6 +95,28 @@ def test_an_unusable_ca_is_replaced_with_every_certificate(
     assert grpc_cert_files(directory, "router")[0].read_bytes() != old_router
     assert router.issuer == ca.subject
     ca.public_key().verify(router.signature, router.tbs_certificate_bytes, _ecdsa(router))
+
+
+def _plant_old_ca(directory: Path) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Goblin development CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    tls.replace_private(directory / CA_KEY_FILE, tls.key_pem(key))
+    tls.replace_private(directory / CA_FILE, tls.cert_pem(cert))
 
 
 def test_a_symlink_planted_at_a_key_path_is_never_written_through(tmp_path: Path) -> None:
