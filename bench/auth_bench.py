@@ -18,7 +18,6 @@ import shutil
 import time
 from pathlib import Path
 
-import grpc
 import httpx
 
 from bench.load import LoadResult, run_load
@@ -82,7 +81,7 @@ def mint(client: httpx.Client, count: int) -> tuple[list[str], list[str]]:
 
 def grpc_authenticate(suite: Suite, credentials: list[str]) -> list[float]:
     """Auth.Authenticate straight to the auth service: the server-side cost of one uncached check."""
-    with grpc.insecure_channel(suite.grpc_address("auth")) as channel:
+    with suite.grpc_channel("auth") as channel:
         stub = auth_pb2_grpc.AuthStub(channel)
         latencies = []
         for i, credential in enumerate(credentials):

@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import grpc
 import httpx
 import psutil
 import uvloop
@@ -192,7 +191,7 @@ async def measure(
     connector = aiohttp.TCPConnector(ssl=suite.ssl_context(), limit=32)
     async with (
         aiohttp.ClientSession(connector=connector) as http,
-        grpc.aio.insecure_channel(suite.grpc_address("router")) as channel,
+        suite.grpc_aio_channel("router") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
 

@@ -14,6 +14,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.settings import ConfigError, load_settings
+from services.common.topology import PROBE_PORT_OFFSET
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ async def _chroma(url: str | None, home: Path) -> Check:
 
 
 async def _service(name: str, address: str) -> Check:
+    # The probe port: plaintext health only, so the doctor needs no client certificate.
+    host, _, port = address.rpartition(":")
+    address = f"{host}:{os.environ.get(f'GOBLIN_{name.upper()}_PROBE_PORT') or int(port) + PROBE_PORT_OFFSET}"
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.5)

@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import httpx
 import psutil
 
+from services.common.tls import CA_FILE, GrpcTls, grpc_cert_files
 from services.common.topology import BACKEND_SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +38,7 @@ def free_ports(count: int) -> list[int]:
 
 def suite_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for ``goblin up`` in ``home`` with every port free; URLs come from ``extra``."""
-    ports = free_ports(1 + 2 * len(SERVICES))  # the gateway's, then each service's gRPC and metrics ports
+    ports = free_ports(1 + 3 * len(SERVICES))  # the gateway's, then each service's gRPC, metrics and probe ports
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOBLIN_", "DATABASE_URL", "REDIS_URL"))}
     env.update({"GOBLIN_HOME": str(home), "GOBLIN_GATEWAY_PORT": str(ports[0]), "LOG_LEVEL": "INFO"})
     # Tests poll and hammer the gateway; the rate-limit tests start their own suite with real limits.
@@ -45,6 +47,7 @@ def suite_env(home: Path, **extra: str) -> dict[str, str]:
     for i, name in enumerate(SERVICES):
         env[f"GOBLIN_{name.upper()}_PORT"] = str(ports[1 + i])
         env[f"GOBLIN_{name.upper()}_METRICS_PORT"] = str(ports[1 + len(SERVICES) + i])
+        env[f"GOBLIN_{name.upper()}_PROBE_PORT"] = str(ports[1 + 2 * len(SERVICES) + i])
     env.update(extra)
     return env
 
@@ -71,6 +74,32 @@ class Suite:
 
     def grpc_address(self, service: str) -> str:
         return f"127.0.0.1:{self.env[f'GOBLIN_{service.upper()}_PORT']}"
+
+    def probe_address(self, service: str) -> str:
+        """The service's plaintext health-only port (what a kubelet probe dials)."""
+        return f"127.0.0.1:{self.env[f'GOBLIN_{service.upper()}_PROBE_PORT']}"
+
+    def grpc_tls(self, identity: str = "gateway") -> GrpcTls:
+        """The suite CA and ``identity``'s certificate and key, as ``goblin up`` issued them."""
+        tls_dir = self.home / "tls"
+        cert, key = grpc_cert_files(tls_dir, identity)
+        return GrpcTls(ca=(tls_dir / CA_FILE).read_bytes(), cert=cert.read_bytes(), key=key.read_bytes())
+
+    def grpc_channel(self, service: str) -> grpc.Channel:
+        """A blocking mutual-TLS channel to ``service``, presenting the gateway's client certificate."""
+        return grpc.secure_channel(
+            self.grpc_address(service),
+            self.grpc_tls().channel_credentials(),
+            options=[("grpc.ssl_target_name_override", service)],
+        )
+
+    def grpc_aio_channel(self, service: str) -> grpc.aio.Channel:
+        """The asyncio twin of :meth:`grpc_channel`."""
+        return grpc.aio.secure_channel(
+            self.grpc_address(service),
+            self.grpc_tls().channel_credentials(),
+            options=[("grpc.ssl_target_name_override", service)],
+        )
 
     def metrics_url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.env[f'GOBLIN_{service.upper()}_METRICS_PORT']}/metrics"

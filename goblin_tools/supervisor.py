@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis
 from services.common import db
 from services.common.principal import suite_principal_env
 from services.common.process import InstanceLock, die_with_parent, usable_cores
 from services.common.settings import GoblinSettings
+from services.common.tls import issue_suite_certificates, private_dir
 from services.common.topology import BACKEND_SERVICES, GATEWAY_PORT, GRPC_PORTS, METRICS_PORTS
 
 log = logging.getLogger("goblin.supervisor")
@@ -72,6 +73,24 @@ class SuiteSettings(GoblinSettings):
     auth_metrics_port: int = Field(METRICS_PORTS["auth"], alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
     executor_metrics_port: int = Field(METRICS_PORTS["executor"], alias="GOBLIN_EXECUTOR_METRICS_PORT", ge=1, le=65535)
     ready_timeout_s: float = Field(180.0, alias="GOBLIN_READY_TIMEOUT_S", gt=0)
+    chroma_url: str | None = Field(None, alias="CHROMA_URL")
+
+    @model_validator(mode="after")
+    def _no_embedded_stores_in_production(self) -> SuiteSettings:
+        # SPEC: the embedded stores are for one developer's machine, never for production data.
+        if self.production:
+            missing = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", self.database_url),
+                    ("REDIS_URL", self.redis_url),
+                    ("CHROMA_URL", self.chroma_url),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: required in production (embedded stores are refused)")
+        return self
 
     def peer_addresses(self) -> dict[str, str]:
         """Where each service listens when ``goblin up`` runs it: derived from the ports."""
@@ -245,11 +264,15 @@ class Supervisor:
         return False
 
     async def run(self) -> int:
+        private_dir(self.home)  # the state folder: keys, the admin key, the stores' data
         self.lock.acquire()
         try:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stopping.set)
+            if not self.settings.production:
+                # The suite CA and every service's certificate; a deployment mounts its own instead.
+                await asyncio.to_thread(issue_suite_certificates, self.home / "tls")
             database_url, redis_url = await asyncio.to_thread(self._start_stores)
             database_urls = await self._prepare_database(database_url)
             env = self.settings.child_env(database_url, redis_url)

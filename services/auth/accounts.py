@@ -9,7 +9,6 @@ at the database.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import unicodedata
@@ -23,6 +22,7 @@ from services.auth.passwords import Passwords
 from services.auth.repository import ApiKeyInfo, AuditEvent, TenantRecord, UserRecord
 from services.common.context import hash_user_id
 from services.common.errors import InvalidArgument
+from services.common.tls import replace_private
 
 API_KEY_PREFIX = "gk_"
 ROLES = ("user", "admin")
@@ -161,15 +161,10 @@ def new_api_key() -> NewApiKey:
 
 
 def write_secret_file(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` readable by the owner only, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, content.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``content`` to ``path`` readable by the owner only, atomically; a symlink planted at the
+    path or its temporary name is never written through (services.common.tls.replace_private)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    replace_private(path, content.encode())
 
 
 class Accounts:

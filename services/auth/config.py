@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -36,6 +37,17 @@ def decode_key_encryption_key(text: str) -> bytes:
     if len(raw) != KEK_BYTES:
         raise ValueError(f"GOBLIN_AUTH_KEY_ENCRYPTION_KEY: {len(raw)} bytes, expected {KEK_BYTES} ({KEK_HINT})")
     return raw
+
+
+def _is_local_name(host: str) -> bool:
+    """localhost, a name under it, or a loopback address: what a development passkey is bound to."""
+    host = host.strip().strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class AuthPolicySettings(GoblinSettings):
@@ -103,6 +115,13 @@ class AuthPolicySettings(GoblinSettings):
                 raise ValueError(f"GOBLIN_WEBAUTHN_ORIGINS: {origin!r} is not an https origin")
             if parts.path not in ("", "/") or parts.query or parts.fragment:
                 raise ValueError(f"GOBLIN_WEBAUTHN_ORIGINS: {origin!r} is an URL, not an origin")
+            # SPEC: a passkey bound to localhost, or offered over http, is a development convenience only.
+            if self.production and (parts.scheme != "https" or local):
+                raise ValueError(f"GOBLIN_WEBAUTHN_ORIGINS: {origin!r} is refused in production (https, public name)")
+        if self.production and _is_local_name(self.webauthn_rp_id):
+            raise ValueError(
+                f"GOBLIN_WEBAUTHN_RP_ID: {self.webauthn_rp_id!r} is refused in production (the site's public name)"
+            )
         return self
 
     @property
@@ -123,6 +142,7 @@ class AuthPolicySettings(GoblinSettings):
 class AuthSettings(AuthPolicySettings, ServiceSettings, DatabaseSettings, RedisSettings):
     grpc_port: int = Field(GRPC_PORTS["auth"], alias="GOBLIN_AUTH_PORT", ge=1, le=65535)
     metrics_port: int = Field(METRICS_PORTS["auth"], alias="GOBLIN_AUTH_METRICS_PORT", ge=1, le=65535)
+    probe_port: int = Field(0, alias="GOBLIN_AUTH_PROBE_PORT", ge=0, le=65535)
     admin_email: str = Field("admin@goblin.local", alias="GOBLIN_ADMIN_EMAIL", min_length=3)
     admin_password: SecretStr | None = Field(None, alias="GOBLIN_ADMIN_PASSWORD")
     admin_key_file: Path | None = Field(None, alias="GOBLIN_ADMIN_KEY_FILE")

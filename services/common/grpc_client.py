@@ -1,5 +1,5 @@
-"""gRPC client channels between services: the correlation id, and the signed principal the gateway made
-for the request being served (services.common.principal), ride in metadata on every call.
+"""gRPC client channels between services: mutual TLS; the correlation id, and the signed principal the
+gateway made for the request being served (services.common.principal), ride in metadata on every call.
 
 W3C trace context is added by the OpenTelemetry client instrumentation (see telemetry.py).
 """
@@ -13,6 +13,7 @@ import grpc
 
 from services.common.context import CORRELATION_METADATA_KEY, current_correlation_id
 from services.common.principal import PRINCIPAL_METADATA_KEY, outgoing_principal_var
+from services.common.tls import GrpcTls
 
 
 def _with_correlation_id(client_call_details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
@@ -60,10 +61,15 @@ class _CorrelationStreamStream(grpc.aio.StreamStreamClientInterceptor):
         return await continuation(_with_correlation_id(details), request_iterator)
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel (services talk on loopback or inside the cluster network) to ``address``."""
-    return grpc.aio.insecure_channel(
+def open_channel(address: str, service: str, tls: GrpcTls) -> grpc.aio.Channel:
+    """A mutual-TLS channel to ``service`` at ``address``, presenting ``tls``'s certificate.
+
+    The server's certificate must name ``service`` (DNS SAN), whatever the address: an IP, a cluster
+    DNS name or a load balancer, and a certificate of another service of the suite does not pass.
+    """
+    return grpc.aio.secure_channel(
         address,
+        tls.channel_credentials(),
         interceptors=[
             _CorrelationUnaryUnary(),
             _CorrelationUnaryStream(),
@@ -77,5 +83,6 @@ def open_channel(address: str) -> grpc.aio.Channel:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.ssl_target_name_override", service),
         ],
     )

@@ -2,8 +2,11 @@
 
 - JSON logging and OpenTelemetry, once per process;
 - Prometheus on the service's metrics port;
+- mutual TLS on the service's port: a client without a certificate from the suite CA is refused at
+  the handshake (services.common.tls);
 - ``grpc.health.v1`` (NOT_SERVING until :meth:`Service.start` has connected the dependencies,
-  then SERVING while :meth:`Service.healthy` holds) and server reflection;
+  then SERVING while :meth:`Service.healthy` holds) and server reflection; health alone is also served
+  in plaintext on the probe port, which serves nothing else (kubelet probes carry no certificate);
 - interceptors: the correlation id from metadata into the log context, domain errors to status codes,
   call metrics; the signed principal verified (services.common.principal);
 - SIGTERM/SIGINT: NOT_SERVING, stop taking calls, drain for the grace period, close, flush telemetry.
@@ -30,9 +33,10 @@ from services.common.logs import configure_logging
 from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
 from services.common.principal import PrincipalInterceptor
 from services.common.process import freeze_startup_heap
-from services.common.settings import ServiceSettings
+from services.common.settings import ConfigError, ServiceSettings
 from services.common.stores import start_with_backoff
 from services.common.telemetry import setup_telemetry, shutdown_telemetry
+from services.common.tls import load_grpc_tls
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +205,10 @@ class StartupRefused(Exception):
 async def serve(make_service: Callable[[], Service], settings: ServiceSettings) -> None:
     """Build the service inside the running event loop (gRPC channels bind to the loop that exists when
     they are made), run it until SIGTERM/SIGINT, then shut down gracefully."""
-    service = make_service()
+    try:
+        service = make_service()
+    except ConfigError as exc:  # e.g. its TLS files for the channels it opens to its peers
+        raise StartupRefused(str(exc)) from None
     configure_logging(service.name, settings.log_level)
     setup_telemetry(service.name)
     start_metrics_server(settings.bind_host, settings.metrics_port)
@@ -222,11 +229,26 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     await _set_health(health_servicer, names, serving=False)
+    try:
+        tls = load_grpc_tls(settings, service.name)
+    except ConfigError as exc:
+        raise StartupRefused(f"{service.name}: {exc}") from None
     address = f"{settings.bind_host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    if server.add_secure_port(address, tls.server_credentials()) == 0:
         raise SystemExit(f"goblin: {service.name} cannot listen on {address}")
+    # Health only, in plaintext: the same servicer, so probes see exactly what mTLS clients see.
+    probe = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe)
+    probe_address = f"{settings.bind_host}:{settings.probe_port}"
+    if probe.add_insecure_port(probe_address) == 0:
+        raise SystemExit(f"goblin: {service.name} cannot listen on {probe_address} (probe port)")
     await server.start()
-    log.info("%s listening", service.name, extra={"grpc_address": address, "metrics_port": settings.metrics_port})
+    await probe.start()
+    log.info(
+        "%s listening",
+        service.name,
+        extra={"grpc_address": address, "probe_address": probe_address, "metrics_port": settings.metrics_port},
+    )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -246,7 +268,7 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
     await health_servicer.enter_graceful_shutdown()
     if watcher is not None:
         watcher.cancel()
-    await server.stop(settings.grpc_grace_s)
+    await asyncio.gather(server.stop(settings.grpc_grace_s), probe.stop(settings.grpc_grace_s))
     if started:
         await service.stop()
     shutdown_telemetry()

@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from services.common.topology import BACKEND_SERVICES, default_address
+from services.common.topology import BACKEND_SERVICES, PROBE_PORT_OFFSET, default_address
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -82,6 +82,12 @@ class GoblinSettings(BaseSettings):
     auth_addr: str = Field(default_address("auth"), alias="GOBLIN_AUTH_ADDR")
     executor_addr: str = Field(default_address("executor"), alias="GOBLIN_EXECUTOR_ADDR")
     grpc_grace_s: float = Field(5.0, alias="GOBLIN_GRPC_GRACE_S", gt=0)
+    # Mutual TLS between services (services.common.tls): unset, the files `goblin up` issued under
+    # GOBLIN_HOME/tls/ (ca.pem, <service>.pem, <service>-key.pem); production requires all three
+    # (checked when the service loads them: services.common.tls.load_grpc_tls).
+    grpc_tls_ca_file: Path | None = Field(None, alias="GOBLIN_GRPC_TLS_CA_FILE")
+    grpc_tls_cert_file: Path | None = Field(None, alias="GOBLIN_GRPC_TLS_CERT_FILE")
+    grpc_tls_key_file: Path | None = Field(None, alias="GOBLIN_GRPC_TLS_KEY_FILE")
 
     @classmethod
     def settings_customise_sources(
@@ -115,6 +121,15 @@ class ServiceSettings(GoblinSettings):
 
     grpc_port: int = Field(0, ge=0, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535)
+    # Plaintext grpc.health.v1 and nothing else, for probes that cannot present a client certificate;
+    # 0 means the gRPC port + PROBE_PORT_OFFSET.
+    probe_port: int = Field(0, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _default_probe_port(self) -> Self:
+        if self.probe_port == 0 and self.grpc_port:
+            self.probe_port = self.grpc_port + PROBE_PORT_OFFSET
+        return self
 
 
 def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> str:

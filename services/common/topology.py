@@ -11,6 +11,10 @@ BACKEND_SERVICES: tuple[str, ...] = ("router", "inference", "rag", "auth", "exec
 GATEWAY_PORT = 8443
 GRPC_PORTS: dict[str, int] = {name: 50051 + i for i, name in enumerate(BACKEND_SERVICES)}
 METRICS_PORTS: dict[str, int] = {name: 9101 + i for i, name in enumerate(BACKEND_SERVICES)}
+# Each service's plaintext health port for probes (kubelet cannot present a client certificate):
+# the gRPC port + 1000 unless GOBLIN_<SERVICE>_PROBE_PORT says otherwise. It serves grpc.health.v1 only.
+PROBE_PORT_OFFSET = 1000
+PROBE_PORTS: dict[str, int] = {name: port + PROBE_PORT_OFFSET for name, port in GRPC_PORTS.items()}
 
 # Remote providers Goblin knows out of the box (each reads ``<NAME>_API_KEY`` / ``<NAME>_BASE_URL``);
 # ``local`` is the inference service.

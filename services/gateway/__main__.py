@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 
 import uvicorn
 
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
-from services.common.settings import load_or_exit
+from services.common.settings import ConfigError, load_or_exit
 from services.common.telemetry import setup_telemetry
+from services.common.tls import load_grpc_tls
 from services.gateway.config import GatewaySettings
 from services.gateway.main import create_app
 from services.gateway.tls import ensure_dev_certificates
@@ -25,6 +27,11 @@ def main() -> None:
         settings.tls_cert_file, settings.tls_key_file = cert, key
         logging.getLogger(__name__).info("using the development certificate", extra={"ca_file": str(ca)})
     cert_file, key_file = settings.require_tls_files()
+    try:
+        load_grpc_tls(settings, "gateway")  # refuse here, in one line, rather than in the app's lifespan
+    except ConfigError as exc:
+        print(f"goblin: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if settings.metrics_port:
         start_metrics_server(settings.bind_host, settings.metrics_port)
     config = uvicorn.Config(

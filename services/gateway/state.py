@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.secrets import DetectionPoint, SecretGuard
+from services.common.tls import load_grpc_tls
 from services.gateway.caches import JwksCache, PrincipalCache
 from services.gateway.clients import GatewayClients
 from services.gateway.config import GatewaySettings
@@ -29,7 +30,7 @@ class GatewayState:
         stores = GatewayStores(settings)
         return cls(
             settings=settings,
-            clients=GatewayClients(settings.peer_addresses()),
+            clients=GatewayClients(settings.peer_addresses(), load_grpc_tls(settings, "gateway")),
             stores=stores,
             secret_guard=SecretGuard(
                 DetectionPoint.request_creation,

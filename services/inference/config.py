@@ -14,6 +14,7 @@ from services.common.topology import GRPC_PORTS, METRICS_PORTS
 class InferenceSettings(ServiceSettings):
     grpc_port: int = Field(GRPC_PORTS["inference"], alias="GOBLIN_INFERENCE_PORT", ge=1, le=65535)
     metrics_port: int = Field(METRICS_PORTS["inference"], alias="GOBLIN_INFERENCE_METRICS_PORT", ge=1, le=65535)
+    probe_port: int = Field(0, alias="GOBLIN_INFERENCE_PROBE_PORT", ge=0, le=65535)
     model_path: Path | None = Field(None, alias="GOBLIN_MODEL_PATH", description="any GGUF chat model")
     # Default: from the file name (SmolLM2-135M-Instruct.Q4_1.gguf -> smollm2-135m-instruct).
     model_id: str | None = Field(None, alias="GOBLIN_MODEL_ID", pattern=r"^[a-z0-9][a-z0-9._\-]*$")

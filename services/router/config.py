@@ -44,6 +44,7 @@ class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings, SecretSca
     # RedisSettings first: its field is listed after the service's own in error messages.
     grpc_port: int = Field(GRPC_PORTS["router"], alias="GOBLIN_ROUTER_PORT", ge=1, le=65535)
     metrics_port: int = Field(METRICS_PORTS["router"], alias="GOBLIN_ROUTER_METRICS_PORT", ge=1, le=65535)
+    probe_port: int = Field(0, alias="GOBLIN_ROUTER_PROBE_PORT", ge=0, le=65535)
 
     # -- providers ------------------------------------------------------------------------------
     openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")

@@ -12,6 +12,7 @@ from services.common.grpc_server import StartupRefused
 from services.common.secrets import DetectionPoint, SecretGuard
 from services.common.settings import ConfigError
 from services.common.stores import PostgresStore, RedisStore, StoreBackedService
+from services.common.tls import load_grpc_tls
 from services.router.budget import Budgets, SpendCounters
 from services.router.cache import ResponseCache
 from services.router.catalog import Catalog, CatalogManager, ProviderSpec, load_file_layers
@@ -42,7 +43,7 @@ class RouterServer(StoreBackedService):
         self.repository = RouterRepository(self.postgres)
         self.ledger = RoutingLedger(self.postgres)
         self.audit = AuditLog(self.postgres)
-        self.inference_channel = open_channel(settings.inference_addr)
+        self.inference_channel = open_channel(settings.inference_addr, "inference", load_grpc_tls(settings, "router"))
         self.registry = ProviderRegistry(
             key_for=self._provider_key,
             base_url_for=self._provider_base_url,

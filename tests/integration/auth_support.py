@@ -134,5 +134,5 @@ def signing_key(suite: Suite, state: str = "current") -> tuple[str, Any]:
 
 def auth_stub(suite: Suite) -> tuple[grpc.Channel, auth_pb2_grpc.AuthStub]:
     """A direct gRPC line to the auth service, as another gateway replica has."""
-    channel = grpc.insecure_channel(suite.grpc_address("auth"))
+    channel = suite.grpc_channel("auth")
     return channel, auth_pb2_grpc.AuthStub(channel)

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 
-import grpc
 import httpx
 import pytest
 
@@ -35,7 +34,7 @@ def small_suite(
 
 
 def inference_status(suite: Suite) -> inference_pb2.InferenceStatus:
-    with grpc.insecure_channel(suite.grpc_address("inference")) as channel:
+    with suite.grpc_channel("inference") as channel:
         return inference_pb2_grpc.InferenceStub(channel).GetStatus(inference_pb2.InferenceStatusRequest(), timeout=5)
 
 

@@ -18,19 +18,30 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from goblin.v1 import auth_pb2, auth_pb2_grpc
 from goblin_tools.suite import free_ports
+from services.common.tls import GrpcTls, grpc_cert_files, issue_suite_certificates
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+# Each started service's address -> the suite identity a client presents to it (mutual TLS).
+_CLIENT_TLS: dict[str, tuple[str, GrpcTls]] = {}
+
+
 def start(service: str, env_extra: dict[str, str], home: Path) -> tuple[subprocess.Popen[bytes], str, int]:
-    grpc_port, metrics_port = free_ports(2)
+    grpc_port, metrics_port, probe_port = free_ports(3)
+    tls_dir = home / "tls"
+    issue_suite_certificates(tls_dir)  # what `goblin up` does before it starts a service
+    cert, key = grpc_cert_files(tls_dir, "gateway")
+    identity = GrpcTls((tls_dir / "ca.pem").read_bytes(), cert.read_bytes(), key.read_bytes())
+    _CLIENT_TLS[f"127.0.0.1:{grpc_port}"] = (service, identity)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOBLIN_")}
     env.update(
         {
             "GOBLIN_HOME": str(home),
             f"GOBLIN_{service.upper()}_PORT": str(grpc_port),
             f"GOBLIN_{service.upper()}_METRICS_PORT": str(metrics_port),
+            f"GOBLIN_{service.upper()}_PROBE_PORT": str(probe_port),
             **env_extra,
         }
     )
@@ -43,8 +54,16 @@ def start(service: str, env_extra: dict[str, str], home: Path) -> tuple[subproce
     return process, f"127.0.0.1:{grpc_port}", metrics_port
 
 
+def channel_to(address: str) -> grpc.Channel:
+    """A mutual-TLS channel to a service :func:`start` started."""
+    service, identity = _CLIENT_TLS[address]
+    return grpc.secure_channel(
+        address, identity.channel_credentials(), options=[("grpc.ssl_target_name_override", service)]
+    )
+
+
 def health(address: str, service: str = "") -> int | None:
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address) as channel:
         try:
             return (
                 health_pb2_grpc.HealthStub(channel)
@@ -98,14 +117,14 @@ def test_serving_reflection_metrics_and_graceful_stop(auth_process: tuple) -> No
     wait_for(lambda: health(address) == SERVING)
     assert health(address, "goblin.v1.Auth") == SERVING
 
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     listed = {s.name for s in replies[0].list_services_response.service}
     assert {"goblin.v1.Auth", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
 
     # A domain error leaves as its gRPC status with the error code in the trailers.
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address) as channel:
         with pytest.raises(grpc.RpcError) as info:
             auth_pb2_grpc.AuthStub(channel).Authenticate(
                 auth_pb2.AuthenticateRequest(credential="gk_wrong"),
@@ -116,7 +135,7 @@ def test_serving_reflection_metrics_and_graceful_stop(auth_process: tuple) -> No
     assert ("goblin-error-code", "unauthorized") in info.value.trailing_metadata()
 
     # A method the server does not have answers UNIMPLEMENTED, never a crash.
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address) as channel:
         missing = channel.unary_unary("/goblin.v1.Auth/NoSuchMethod")
         with pytest.raises(grpc.RpcError) as info:
             missing(b"", timeout=5)

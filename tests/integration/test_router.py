@@ -130,7 +130,7 @@ def sdk(suite: Suite, api_key: str | None = None) -> openai.OpenAI:
 
 
 def router_stub(suite: Suite) -> tuple[grpc.Channel, router_pb2_grpc.RouterStub]:
-    channel = grpc.insecure_channel(suite.grpc_address("router"))
+    channel = suite.grpc_channel("router")
     return channel, router_pb2_grpc.RouterStub(channel)
 
 

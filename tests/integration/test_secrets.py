@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable, Iterator
 
 import asyncpg
-import grpc
 import httpx
 import pytest
 
@@ -121,7 +120,7 @@ def test_router_scans_before_an_external_provider(redact_suite: Suite, fake: Fak
     secret = SAMPLES["github_token"]
 
     async def call() -> None:
-        async with grpc.aio.insecure_channel(redact_suite.grpc_address("router")) as channel:
+        async with redact_suite.grpc_aio_channel("router") as channel:
             await router_pb2_grpc.RouterStub(channel).Chat(
                 common_pb2.ChatRequest(
                     model=MODEL,
@@ -143,7 +142,7 @@ def test_router_scans_before_an_external_provider(redact_suite: Suite, fake: Fak
 
 def test_the_local_model_is_not_an_external_provider(redact_suite: Suite) -> None:
     async def call() -> None:
-        async with grpc.aio.insecure_channel(redact_suite.grpc_address("router")) as channel:
+        async with redact_suite.grpc_aio_channel("router") as channel:
             await router_pb2_grpc.RouterStub(channel).Chat(
                 common_pb2.ChatRequest(
                     model="local",

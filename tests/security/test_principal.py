@@ -57,7 +57,7 @@ def admin(suite: Suite) -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def channels(suite: Suite) -> Iterator[dict[str, grpc.Channel]]:
-    opened = {name: grpc.insecure_channel(suite.grpc_address(name)) for name in ("auth", "router")}
+    opened = {name: suite.grpc_channel(name) for name in ("auth", "router")}
     yield opened
     for channel in opened.values():
         channel.close()
@@ -202,7 +202,7 @@ def test_a_replayed_principal_is_refused(suite: Suite, admin: dict, channels: di
 
 
 def test_public_methods_need_no_principal_and_the_gateway_path_works(suite: Suite) -> None:
-    channel = grpc.insecure_channel(suite.grpc_address("auth"))
+    channel = suite.grpc_channel("auth")
     with channel:
         jwks = raw_call(channel, "/goblin.v1.Auth/GetJwks", b"", auth_pb2.Jwks)
         assert jwks.current_kid

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from services.common.grpc_client import open_channel
+from services.common.tls import GrpcTls
 from services.common.topology import BACKEND_SERVICES
 from services.gateway.clients.auth import AuthClient
 from services.gateway.clients.health import HealthClient, ServiceHealth
@@ -30,9 +31,9 @@ class GatewayClients:
     """One channel per backend service, opened once and shared by every request; the gateway calls
     the router and auth services, and checks the health of all of them."""
 
-    def __init__(self, addresses: dict[str, str]) -> None:
+    def __init__(self, addresses: dict[str, str], tls: GrpcTls) -> None:
         self.addresses = {name: addresses[name] for name in BACKEND_SERVICES}
-        self._channels = {name: open_channel(address) for name, address in self.addresses.items()}
+        self._channels = {name: open_channel(address, name, tls) for name, address in self.addresses.items()}
         self.router = RouterClient(self._channels["router"])
         self.auth = AuthClient(self._channels["auth"])
         self.health = HealthClient(self.addresses, self._channels)

@@ -54,6 +54,8 @@ def test_the_key_is_read_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     secret = tmp_path / "kek"
     secret.write_text(base64.b64encode(raw).decode() + "\n")
     monkeypatch.setenv("GOBLIN_ENV", "production")
+    monkeypatch.setenv("GOBLIN_WEBAUTHN_RP_ID", "goblin.example.com")
+    monkeypatch.setenv("GOBLIN_WEBAUTHN_ORIGINS", "https://goblin.example.com")
     monkeypatch.setenv("GOBLIN_AUTH_KEY_ENCRYPTION_KEY_FILE", str(secret))
     assert load_key_encryption_key(load_settings(AuthSettings)) == raw
 

@@ -29,7 +29,7 @@ from services.gateway.deps import (
 )
 from services.gateway.errors import install_error_handlers
 from services.gateway.state import GatewayState
-from tests.unit.gateway.backends import abort, grpc_server
+from tests.unit.gateway.backends import abort, grpc_server, scripted_tls_settings
 
 
 class FakeAuth(auth_pb2_grpc.AuthServicer):
@@ -74,6 +74,7 @@ async def gateway(auth: FakeAuth, ttl_s: float = 30.0, *, auth_addr: str = "") -
             redis_url="redis://127.0.0.1:1/0",
             auth_cache_ttl_s=ttl_s,
             auth_addr=auth_addr or address,
+            **scripted_tls_settings(),
         )
         app = FastAPI()
         install_error_handlers(app)

@@ -13,7 +13,7 @@ from goblin.v1 import common_pb2, router_pb2_grpc
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY
 from services.gateway.clients import GatewayClients
 from services.gateway.errors import ApiError
-from tests.unit.gateway.backends import abort, every_service_at, grpc_server
+from tests.unit.gateway.backends import abort, every_service_at, grpc_server, scripted_tls
 
 
 class ScriptedRouter(router_pb2_grpc.RouterServicer):
@@ -51,7 +51,7 @@ class ScriptedRouter(router_pb2_grpc.RouterServicer):
 
 async def test_router_calls_answer_and_refusals_are_api_errors() -> None:
     async with grpc_server(router=ScriptedRouter()) as address:
-        clients = GatewayClients(every_service_at(address))
+        clients = GatewayClients(every_service_at(address), scripted_tls())
         try:
             reply = await clients.router.chat(common_pb2.ChatRequest(model="ok"), deadline_s=5)
             assert reply.message.content == "hi"
@@ -69,7 +69,7 @@ async def test_router_calls_answer_and_refusals_are_api_errors() -> None:
 
 async def test_streams_end_with_none_and_fail_with_api_errors_at_any_point() -> None:
     async with grpc_server(router=ScriptedRouter()) as address:
-        clients = GatewayClients(every_service_at(address))
+        clients = GatewayClients(every_service_at(address), scripted_tls())
         try:
             stream = clients.router.chat_stream(common_pb2.ChatRequest(model="ok"), deadline_s=5)
             deltas = []
@@ -98,11 +98,11 @@ async def test_health_reports_serving_and_unreachable_services() -> None:
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", scripted_tls().server_credentials())
     await server.start()
     addresses = every_service_at("127.0.0.1:1")
     addresses["router"] = f"127.0.0.1:{port}"
-    clients = GatewayClients(addresses)
+    clients = GatewayClients(addresses, scripted_tls())
     try:
         results = {r.name: r for r in await clients.health.check_all(timeout_s=1.0)}
         assert list(results) == ["router", "inference", "rag", "auth", "executor"]
