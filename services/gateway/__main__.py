@@ -10,6 +10,7 @@ import uvicorn
 
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
+from services.common.principal import load_signer
 from services.common.settings import ConfigError, load_or_exit
 from services.common.telemetry import setup_telemetry
 from services.common.tls import load_grpc_tls
@@ -32,6 +33,9 @@ def main() -> None:
     except ConfigError as exc:
         print(f"goblin: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # The signer is built once and cached: a production gateway without its key stops here, at start,
+    # not at its first authenticated request.
+    load_signer()
     if settings.metrics_port:
         start_metrics_server(settings.bind_host, settings.metrics_port)
     config = uvicorn.Config(
