@@ -141,8 +141,10 @@ def has_scope(principal: auth_pb2.Principal, scope: str) -> bool:
 
 
 def client_ip(request: Request) -> str:
-    """The peer's address as the server saw it."""
-    return request.client.host if request.client else ""
+    """The client's address: the peer, or behind a trusted proxy (GOBLIN_TRUSTED_PROXIES) the right-most
+    untrusted X-Forwarded-For hop, as the rate limiter sees it; auth locks failed sign-ins by it."""
+    peer = request.client.host if request.client else ""
+    return gateway_state(request).proxies.client_ip(peer, request.headers.get("x-forwarded-for"))
 
 
 def principal_context(principal: auth_pb2.Principal | None, request: Request) -> common_pb2.RequestContext:

@@ -9,6 +9,7 @@ from services.common.tls import load_grpc_tls
 from services.gateway.caches import JwksCache, PrincipalCache
 from services.gateway.clients import GatewayClients
 from services.gateway.config import GatewaySettings
+from services.gateway.ratelimit import TrustedProxies
 from services.gateway.stores import GatewayStores
 
 
@@ -23,6 +24,7 @@ class GatewayState:
     secret_guard: SecretGuard
     principals: PrincipalCache
     jwks: JwksCache
+    proxies: TrustedProxies
 
     @classmethod
     def build(cls, settings: GatewaySettings) -> GatewayState:
@@ -40,6 +42,7 @@ class GatewayState:
             ),
             principals=PrincipalCache(settings.auth_cache_ttl_s),
             jwks=JwksCache(),
+            proxies=TrustedProxies(settings.trusted_proxy_list),
         )
 
     async def start(self) -> None:

@@ -28,6 +28,7 @@ from services.gateway.deps import (
     sign_principal,
 )
 from services.gateway.errors import install_error_handlers
+from services.gateway.ratelimit import TrustedProxies
 from services.gateway.state import GatewayState
 from tests.unit.gateway.backends import abort, grpc_server, scripted_tls_settings
 
@@ -196,7 +197,7 @@ def test_a_tenants_principals_are_forgotten_when_its_limits_change() -> None:
 
 
 def test_the_signed_principal_carries_the_budgets_auth_verified_and_the_context_no_identity() -> None:
-    request: Any = SimpleNamespace(client=SimpleNamespace(host="10.0.0.1"))
+    request = fake_request("10.0.0.1")
     limited = principal(api_key_id="k1", tenant_daily_budget_usd=2.5, key_tokens_per_day=1000)
     verifier = load_signer().verifier()
     signed = verifier.verify(sign_principal(limited))
@@ -206,3 +207,19 @@ def test_the_signed_principal_carries_the_budgets_auth_verified_and_the_context_
     context = principal_context(limited, request)
     assert context.client_ip == "10.0.0.1"
     assert set(context.DESCRIPTOR.fields_by_name) == {"client_ip"}, "identity travels signed, not in fields"
+
+
+def fake_request(peer: str, forwarded_for: str = "", trusted: tuple[str, ...] = ()) -> Any:
+    """Just what deps.client_ip reads of a request: its peer, its headers and the gateway's proxies."""
+    state = SimpleNamespace(gateway=SimpleNamespace(proxies=TrustedProxies(list(trusted))))
+    headers = {"x-forwarded-for": forwarded_for} if forwarded_for else {}
+    return SimpleNamespace(client=SimpleNamespace(host=peer), headers=headers, app=SimpleNamespace(state=state))
+
+
+def test_the_client_address_auth_sees_is_the_one_the_rate_limiter_sees() -> None:
+    # Behind a trusted proxy the client is the forwarded address, so auth's per-(email, address) lockout
+    # locks the real client, not the proxy; from anyone else the header is ignored.
+    behind_proxy = fake_request("10.1.2.3", "198.51.100.7", trusted=("10.0.0.0/8",))
+    assert principal_context(None, behind_proxy).client_ip == "198.51.100.7"
+    spoofed = fake_request("203.0.113.9", "198.51.100.7", trusted=("10.0.0.0/8",))
+    assert principal_context(None, spoofed).client_ip == "203.0.113.9"
