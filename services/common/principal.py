@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import Field, SecretStr
 
 from services.common.settings import GoblinSettings, load_settings
+from services.common.tls import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def ensure_principal_keys(tls_dir: Path) -> tuple[Path, Path]:
     """The principal key pair under ``tls_dir`` (``goblin up``), made on first use: the private key is
     created with O_EXCL|O_NOFOLLOW and mode 0600, so it never exists with looser rights and a planted
     symlink is refused. Returns (signing key path, verify key path)."""
-    tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(tls_dir)
     private_path, public_path = tls_dir / SIGNING_KEY_NAME, tls_dir / VERIFY_KEY_NAME
     if private_path.exists() and public_path.exists():
         return private_path, public_path
@@ -298,13 +298,8 @@ def ensure_principal_keys(tls_dir: Path) -> tuple[Path, Path]:
     # A half-made pair (crash between the two writes) is replaced as a whole.
     for path in (private_path, public_path):
         path.unlink(missing_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    fd = os.open(private_path, flags, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(private_pem)
-    fd = os.open(public_path, flags, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(public_pem)
+    write_private(private_path, private_pem)
+    write_private(public_path, public_pem, mode=0o644)
     return private_path, public_path
 
 

@@ -54,10 +54,11 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 and write ``data``. Refuses (``FileExistsError``, ``OSError``) when
-    anything is already there, a planted symlink included: O_EXCL|O_NOFOLLOW never write through a link."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Create ``path`` with ``mode`` (0600 unless the file is public, like a public key) and write
+    ``data``. Refuses (``FileExistsError``, ``OSError``) when anything is already there, a planted
+    symlink included: O_EXCL|O_NOFOLLOW never write through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, data)
     finally:
