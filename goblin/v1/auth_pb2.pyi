@@ -127,6 +127,18 @@ class GetUserRequest(_message.Message):
     user_id: str
     def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., user_id: _Optional[str] = ...) -> None: ...
 
+class UpdateUserRequest(_message.Message):
+    __slots__ = ("context", "user_id", "active", "role")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    context: _common_pb2.RequestContext
+    user_id: str
+    active: bool
+    role: str
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., user_id: _Optional[str] = ..., active: _Optional[bool] = ..., role: _Optional[str] = ...) -> None: ...
+
 class CreateApiKeyRequest(_message.Message):
     __slots__ = ("context", "name", "scopes", "expires_at", "user_id", "tokens_per_day")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]

@@ -65,6 +65,11 @@ class AuthStub:
                 request_serializer=goblin_dot_v1_dot_auth__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=goblin_dot_v1_dot_auth__pb2.User.FromString,
                 _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/goblin.v1.Auth/UpdateUser',
+                request_serializer=goblin_dot_v1_dot_auth__pb2.UpdateUserRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_auth__pb2.User.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/goblin.v1.Auth/CreateApiKey',
                 request_serializer=goblin_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
@@ -177,6 +182,12 @@ class AuthServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -305,6 +316,11 @@ def add_AuthServicer_to_server(servicer, server):
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
                     request_deserializer=goblin_dot_v1_dot_auth__pb2.GetUserRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_auth__pb2.User.SerializeToString,
+            ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=goblin_dot_v1_dot_auth__pb2.UpdateUserRequest.FromString,
                     response_serializer=goblin_dot_v1_dot_auth__pb2.User.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
@@ -545,6 +561,33 @@ class Auth:
             target,
             '/goblin.v1.Auth/GetUser',
             goblin_dot_v1_dot_auth__pb2.GetUserRequest.SerializeToString,
+            goblin_dot_v1_dot_auth__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Auth/UpdateUser',
+            goblin_dot_v1_dot_auth__pb2.UpdateUserRequest.SerializeToString,
             goblin_dot_v1_dot_auth__pb2.User.FromString,
             options,
             channel_credentials,

@@ -167,6 +167,15 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     async def GetUser(self, request: auth_pb2.GetUserRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
         return user_to_proto(await self.service.users.get(context_from_proto(request.context), request.user_id))
 
+    async def UpdateUser(self, request: auth_pb2.UpdateUserRequest, context: grpc.aio.ServicerContext) -> auth_pb2.User:
+        user = await self.service.users.update(
+            context_from_proto(request.context),
+            request.user_id,
+            active=request.active if request.HasField("active") else None,
+            role=request.role if request.HasField("role") else None,
+        )
+        return user_to_proto(user)
+
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CreatedApiKey:

@@ -8,19 +8,23 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from services.auth.accounts import TENANT_ID_PATTERN, new_api_key, normalise_email, valid_id, write_secret_file
+from services.auth.accounts import ROLES, TENANT_ID_PATTERN, new_api_key, normalise_email, valid_id, write_secret_file
 from services.auth.context import Context
 from services.auth.permissions import Permissions, is_admin, require_admin, require_full_session
 from services.auth.policy import AuthPolicy
 from services.auth.repository import UserRecord
+from services.auth.repository.base import AuditEvent
 from services.common.context import hash_user_id
-from services.common.errors import NotFound, PermissionDenied
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
 
 
 class UserStore(Protocol):
     async def get_user(self, user_id: str) -> UserRecord | None: ...
+    async def update_user(
+        self, user_id: str, *, active: bool | None, role: str | None, audit: AuditEvent | None = None
+    ) -> UserRecord | None: ...
     async def bootstrap_admin(
         self,
         *,
@@ -103,6 +107,35 @@ class Users:
         user = await self.store.get_user(user_id)
         if user is None:
             raise NotFound("no such user")
+        return user
+
+    async def update(self, ctx: Context, user_id: str, *, active: bool | None, role: str | None) -> UserRecord:
+        """An admin switches an account off or on or changes its role (admin only). Switching off ends
+        the account's sessions in the same transaction; its API keys stop because every verification
+        reads whether the account is active. Promoting to admin gives a full session's power, so only
+        a full session may do it (scopes only narrow). Nobody changes their own account this way: an
+        admin who switched themselves off or demoted themselves could leave no admin at all."""
+        admin = await self.permissions.admin(ctx)
+        if active is None and role is None:
+            raise InvalidArgument("name a change: active and/or role")
+        if role is not None and role not in ROLES:
+            raise InvalidArgument(f"role: one of {', '.join(ROLES)}")
+        if role == "admin":
+            require_full_session(ctx, "making an admin")
+        if not valid_id(user_id):
+            raise NotFound("no such user")
+        if user_id == admin.id:
+            raise PermissionDenied("an admin cannot switch off or change their own account; ask another admin")
+        changes = {k: v for k, v in (("active", active), ("role", role)) if v is not None}
+        user = await self.store.update_user(
+            user_id,
+            active=active,
+            role=role,
+            audit=ctx.audit_event("user_updated", user_id=user_id, by=hash_user_id(admin.id), **changes),
+        )
+        if user is None:
+            raise NotFound("no such user")
+        log.info("account %s updated by %s: %s", hash_user_id(user_id), hash_user_id(admin.id), changes)
         return user
 
     async def bootstrap_admin(self, email: str, password: str | None, key_file: Path) -> bool:

@@ -44,15 +44,17 @@ class PrincipalCache:
             return
         self._entries[self.key(credential)] = principal
 
-    def forget(self, *, api_key_id: str = "", session_id: str = "", tenant_id: str = "") -> None:
-        """Drop every cached principal of one API key or one session (revoked through this replica), or
-        of one tenant (its quotas and budget, which principals carry, changed through this replica)."""
+    def forget(self, *, api_key_id: str = "", session_id: str = "", tenant_id: str = "", user_id: str = "") -> None:
+        """Drop every cached principal of one API key or one session (revoked through this replica), of
+        one tenant (its quotas and budget, which principals carry, changed through this replica), or of
+        one account (switched off or its role changed through this replica)."""
         stale = [
             key
             for key, principal in list(self._entries.items())
             if (api_key_id and principal.api_key_id == api_key_id)
             or (session_id and principal.session_id == session_id)
             or (tenant_id and principal.tenant_id == tenant_id)
+            or (user_id and principal.user_id == user_id)
         ]
         for key in stale:
             self._entries.pop(key, None)

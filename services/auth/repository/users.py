@@ -69,6 +69,31 @@ class UserRepository(PostgresRepository):
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
         )
 
+    async def update_user(
+        self, user_id: str, *, active: bool | None, role: str | None, audit: AuditEvent | None = None
+    ) -> UserRecord | None:
+        """Switch an account on or off and/or change its role, in one transaction with its audit row.
+        Switching it off also revokes every one of its sessions, so switching it back on later does
+        not revive them. None if there is no such account."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""UPDATE users
+                       SET is_active = COALESCE($2, is_active), role = COALESCE($3, role), updated_at = now()
+                     WHERE id = $1
+                 RETURNING {USER_COLUMNS}""",
+                user_id,
+                active,
+                role,
+            )
+            if row is None:
+                return None
+            if active is False:
+                await conn.execute(
+                    "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
+                )
+            await insert_audit_event(conn, audit)
+        return UserRecord(**dict(row))
+
     async def record_login_failure(self, user_id: str, window_s: float) -> int:
         """Count one failure atomically (parallel guesses each count); failures older than the window
         are forgotten first. Returns the consecutive failures including this one."""

@@ -171,6 +171,11 @@ class AuthClient(ServiceClient):
         request = auth_pb2.UpdateTenantRequest(context=context, id=tenant_id, **changes)
         return await self.call(self._stub.UpdateTenant, request, AUTH_TIMEOUT_S)
 
+    async def update_user(self, context: Context, user_id: str, changes: dict[str, bool | str]) -> auth_pb2.User:
+        """Switch an account off or on, or change its role (admin); fields not in ``changes`` stay."""
+        request = auth_pb2.UpdateUserRequest(context=context, user_id=user_id, **changes)
+        return await self.call(self._stub.UpdateUser, request, AUTH_TIMEOUT_S)
+
     async def rotate_signing_keys(self, context: Context) -> auth_pb2.Jwks:
         """Promote the standby signing key, retire the current one, publish a new standby (admin)."""
         request = auth_pb2.RotateSigningKeysRequest(context=context)

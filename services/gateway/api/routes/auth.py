@@ -37,7 +37,9 @@ from services.gateway.api.schemas.auth import (
     TenantOut,
     TenantUpdateBody,
     TokenPairOut,
+    UserId,
     UserOut,
+    UserUpdateBody,
 )
 from services.gateway.deps import (
     AdminDep,
@@ -217,6 +219,22 @@ async def update_tenant(
     )
     state.principals.forget(tenant_id=tenant_id)
     return TenantOut.of(tenant)
+
+
+@router.patch(
+    "/users/{user_id}", response_model=UserOut, summary="Switch an account off or on, or change its role (admin)"
+)
+async def update_user(
+    user_id: UserId, body: UserUpdateBody, request: Request, principal: AdminDep, state: StateDep
+) -> UserOut:
+    """Switching an account off ends its sessions and stops its API keys at once through this replica;
+    the other replicas refuse them within GOBLIN_AUTH_CACHE_TTL_S (30 s), the life of their cached
+    principals. A role change applies the same way."""
+    user = await state.clients.auth.update_user(
+        principal_context(principal, request), user_id, body.model_dump(exclude_none=True)
+    )
+    state.principals.forget(user_id=user_id)
+    return UserOut.of(user)
 
 
 @router.post("/signing-keys/rotate", response_model=SigningKeysOut, summary="Rotate the token-signing keys (admin)")

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from goblin.v1 import auth_pb2
 
@@ -34,6 +34,7 @@ BudgetUsd = Annotated[float, Field(ge=0, le=99_999_999)]
 KeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id from the list, not the key")]
 PasskeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 TenantId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+UserId = Annotated[str, Path(pattern=r"^[0-9a-f-]{1,64}$", description="the account id (user_id in GET /auth/me)")]
 
 
 def _when(unix: int) -> int | None:
@@ -263,6 +264,21 @@ class TenantUpdateBody(BaseModel):
     requests_per_day: RequestsPerDay | None = None
     tokens_per_day: TokensPerDay | None = None
     daily_budget_usd: BudgetUsd | None = None
+
+
+class UserUpdateBody(BaseModel):
+    """What an admin may change on an account; at least one field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    active: StrictBool | None = None
+    role: str | None = Field(None, max_length=32)
+
+    @model_validator(mode="after")
+    def _some_change(self) -> UserUpdateBody:
+        if self.active is None and self.role is None:
+            raise ValueError("name a change: active and/or role")
+        return self
 
 
 class TenantList(BaseModel):
