@@ -8,13 +8,14 @@ at once, whatever their access token still says.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Protocol
 
 from services.auth.accounts import valid_id
 from services.auth.context import Context
 from services.auth.repository import UserRecord
+from services.common import scopes
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.scopes import has_scope
 
 ADMIN_ONLY = "admin only (role admin with the 'admin' scope)"
 
@@ -23,15 +24,10 @@ class UserLookup(Protocol):
     async def get_user(self, user_id: str) -> UserRecord | None: ...
 
 
-def has_scope(scopes: Collection[str], scope: str) -> bool:
-    """``"*"`` grants every scope."""
-    return "*" in scopes or scope in scopes
-
-
 def is_admin(user: UserRecord, ctx: Context) -> bool:
     """Admin powers need both the role (from the database) and the ``admin`` scope (from the credential):
     an admin's narrow API key is not an admin credential."""
-    return user.role == "admin" and has_scope(ctx.scopes, "admin")
+    return scopes.is_admin(user.role, ctx.scopes)
 
 
 def require_admin(user: UserRecord, ctx: Context, message: str = ADMIN_ONLY) -> None:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field, SecretStr
 
+from services.common import scopes
 from services.common.settings import GoblinSettings, load_settings
 from services.common.tls import private_dir, write_private
 
@@ -75,12 +76,12 @@ class Principal:
 
     def has_scope(self, scope: str) -> bool:
         """Whether the credential holds ``scope`` (``"*"`` holds every scope)."""
-        return "*" in self.scopes or scope in self.scopes
+        return scopes.has_scope(self.scopes, scope)
 
     @property
     def is_admin(self) -> bool:
         """Admin powers need the role and a credential holding the ``admin`` scope."""
-        return self.role == "admin" and self.has_scope("admin")
+        return scopes.is_admin(self.role, self.scopes)
 
 
 # The assertion the gateway signed for the request being served: its gRPC client interceptor sends it.

@@ -30,9 +30,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from goblin.v1 import auth_pb2, common_pb2
+from services.common import scopes
 from services.common.principal import Principal, load_signer, outgoing_principal_var
 from services.gateway.caches import PrincipalCache
 from services.gateway.errors import ApiError
+from services.gateway.ratelimit import CLIENT_IP_STATE
 from services.gateway.state import GatewayState
 
 __all__ = [
@@ -137,12 +139,15 @@ def sign_principal(principal: auth_pb2.Principal) -> str:
 
 def has_scope(principal: auth_pb2.Principal, scope: str) -> bool:
     """Whether the credential holds ``scope`` (``"*"`` holds every scope)."""
-    return "*" in principal.scopes or scope in principal.scopes
+    return scopes.has_scope(principal.scopes, scope)
 
 
 def client_ip(request: Request) -> str:
     """The client's address: the peer, or behind a trusted proxy (GOBLIN_TRUSTED_PROXIES) the right-most
     untrusted X-Forwarded-For hop, as the rate limiter sees it; auth locks failed sign-ins by it."""
+    resolved = getattr(request.state, CLIENT_IP_STATE, None)
+    if resolved is not None:  # the rate limiter's middleware resolved it for this request
+        return resolved
     peer = request.client.host if request.client else ""
     return gateway_state(request).proxies.client_ip(peer, request.headers.get("x-forwarded-for"))
 
@@ -186,7 +191,7 @@ def require_scopes(*scopes: str, metered: bool = False) -> Callable[[Request], A
 async def require_admin(principal: PrincipalDep) -> auth_pb2.Principal:
     """Admins only: role admin, with a credential that holds the ``admin`` scope (an admin's key
     scoped to ``chat`` cannot administer)."""
-    if principal.role != "admin" or not has_scope(principal, "admin"):
+    if not scopes.is_admin(principal.role, principal.scopes):
         raise ApiError(403, "forbidden", "admin only")
     return principal
 

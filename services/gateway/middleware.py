@@ -27,6 +27,7 @@ from services.common.context import CORRELATION_HEADER, correlation_id_var, hash
 from services.gateway.errors import HTTP_CODES, error_body
 from services.gateway.metrics import HTTP_429, HTTP_DURATION, HTTP_ERRORS, HTTP_IN_PROGRESS, HTTP_REQUESTS
 from services.gateway.ratelimit import (
+    CLIENT_IP_STATE,
     Decision,
     RateLimiter,
     RateLimiterUnavailable,
@@ -322,6 +323,8 @@ class RateLimitMiddleware:
         peer = (scope.get("client") or ("unknown", 0))[0]
         forwarded = headers.get(b"x-forwarded-for")
         ip = self.proxies.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
+        # Routes forward the same address to auth (deps.client_ip): resolved once, here.
+        scope.setdefault("state", {})[CLIENT_IP_STATE] = ip
         route_class = classify(scope.get("path", ""))
         authorization = headers.get(b"authorization")
         credential = bearer_token(authorization.decode("latin-1") if authorization else None)

@@ -28,6 +28,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 
 from goblin.v1 import auth_pb2
+from services.common.context import hash_user_id
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class RouteClass(StrEnum):
 
 
 USER_NAMESPACE = "user"
+# Where the resolved client address is kept on the request (scope["state"]) for the routes.
+CLIENT_IP_STATE = "client_ip"
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/invoke", "/v1/embeddings", "/api/query")
 
 
@@ -124,7 +127,7 @@ def client_for(
     route_class: RouteClass, principal: auth_pb2.Principal | None, credential: str | None, ip: str
 ) -> Client:
     """The verified credential (by its API key id, else its hash: the credential itself is never
-    stored in Redis) and its user, if ``principal`` verified it; else the IP.
+    stored in Redis) and its user (hashed), if ``principal`` verified it; else the IP.
 
     Auth routes are always charged to the IP: a password-guessing client must not get a fresh window
     by sending a credential, real or made up, with each attempt.
@@ -132,7 +135,8 @@ def client_for(
     if principal is None or not credential or route_class is RouteClass.auth:
         return Client(f"ip:{ip}")
     key = principal.api_key_id or hashlib.sha256(credential.encode()).hexdigest()[:32]
-    return Client(f"key:{key}", user=f"user:{principal.user_id}" if principal.user_id else None)
+    # Redis holds the user as the telemetry hash, like every other store outside auth.
+    return Client(f"key:{key}", user=f"user:{hash_user_id(principal.user_id)}" if principal.user_id else None)
 
 
 def bearer_token(authorization: str | None) -> str | None:

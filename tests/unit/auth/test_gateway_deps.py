@@ -213,7 +213,9 @@ def fake_request(peer: str, forwarded_for: str = "", trusted: tuple[str, ...] = 
     """Just what deps.client_ip reads of a request: its peer, its headers and the gateway's proxies."""
     state = SimpleNamespace(gateway=SimpleNamespace(proxies=TrustedProxies(list(trusted))))
     headers = {"x-forwarded-for": forwarded_for} if forwarded_for else {}
-    return SimpleNamespace(client=SimpleNamespace(host=peer), headers=headers, app=SimpleNamespace(state=state))
+    return SimpleNamespace(
+        client=SimpleNamespace(host=peer), headers=headers, state=SimpleNamespace(), app=SimpleNamespace(state=state)
+    )
 
 
 def test_the_client_address_auth_sees_is_the_one_the_rate_limiter_sees() -> None:

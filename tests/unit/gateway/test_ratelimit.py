@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from goblin.v1 import auth_pb2
+from services.common.context import hash_user_id
 from services.gateway.ratelimit import (
     Client,
     RouteClass,
@@ -42,11 +43,14 @@ def test_limits_notation() -> None:
 
 def test_only_a_verified_credential_is_a_client_of_its_own() -> None:
     verified = auth_pb2.Principal(user_id="u1", api_key_id="k1")
-    assert client_for(RouteClass.chat, verified, "gk_abc_secret", "10.0.0.1") == Client("key:k1", user="user:u1")
-    assert client_for(RouteClass.chat, verified, "gk_abc_secret", "10.0.0.2") == Client("key:k1", user="user:u1")
+    # The user is kept in Redis as its telemetry hash, never the raw id.
+    user = f"user:{hash_user_id('u1')}"
+    assert client_for(RouteClass.chat, verified, "gk_abc_secret", "10.0.0.1") == Client("key:k1", user=user)
+    assert client_for(RouteClass.chat, verified, "gk_abc_secret", "10.0.0.2") == Client("key:k1", user=user)
+    assert "u1" not in user
     # An access token has no key id: its hash stands in, never the token itself.
     by_token = client_for(RouteClass.chat, auth_pb2.Principal(user_id="u1"), "eyJ.secret", "10.0.0.1")
-    assert by_token.key.startswith("key:") and "secret" not in by_token.key and by_token.user == "user:u1"
+    assert by_token.key.startswith("key:") and "secret" not in by_token.key and by_token.user == user
     # Not verified (made up, or not seen yet): the IP, whatever was sent.
     assert client_for(RouteClass.chat, None, "made-up", "10.0.0.1") == Client("ip:10.0.0.1")
     assert client_for(RouteClass.chat, None, None, "10.0.0.1") == Client("ip:10.0.0.1")
