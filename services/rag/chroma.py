@@ -121,7 +121,7 @@ class ChromaStore:
             self._collections.pop(name, None)
             try:
                 self.client.delete_collection(name)
-            except (ValueError, Exception) as exc:  # chromadb raises NotFoundError (a ValueError) or its own
+            except Exception as exc:  # chromadb's NotFoundError differs between the embedded and the HTTP client
                 if "does not exist" not in str(exc) and "not found" not in str(exc).lower():
                     raise
 
@@ -205,20 +205,29 @@ class ChromaStore:
             return {}
         return await asyncio.to_thread(get)
 
-    async def all_texts(self, name: str) -> tuple[list[str], list[str]]:
-        """Every chunk id and text of the collection (to rebuild its keyword index)."""
+    async def all_chunks(self, name: str) -> list[ChunkRecord]:
+        """Every chunk of the collection, without vectors (to rebuild its keyword index)."""
 
-        def read() -> tuple[list[str], list[str]]:
+        def read() -> list[ChunkRecord]:
             collection = self._collection(name)
-            ids: list[str] = []
-            texts: list[str] = []
+            chunks: list[ChunkRecord] = []
             offset = 0
             while True:
-                page = collection.get(include=["documents"], limit=_PAGE, offset=offset)
-                ids.extend(page["ids"])
-                texts.extend(t or "" for t in page["documents"])
+                page = collection.get(include=["documents", "metadatas"], limit=_PAGE, offset=offset)
+                chunks.extend(
+                    ChunkRecord(id=i, text=t or "", metadata=dict(m or {}))
+                    for i, t, m in zip(page["ids"], page["documents"], page["metadatas"], strict=True)
+                )
                 if len(page["ids"]) < _PAGE:
-                    return ids, texts
+                    return chunks
                 offset += _PAGE
 
         return await asyncio.to_thread(read)
+
+    async def collection_names(self) -> list[str]:
+        """The names of every collection in this Chroma."""
+
+        def names() -> list[str]:
+            return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+
+        return await asyncio.to_thread(names)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.rag.chroma import ChromaStore
 from services.rag.keyword import KeywordIndex, KeywordIndexCorrupt
+from services.rag.naming import search_text
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,15 @@ class KeywordStore:
         except KeywordIndexCorrupt as exc:
             if path.exists():
                 log.warning("keyword index unreadable; rebuilding it from Chroma", extra={"reason": str(exc)})
-            ids, texts = await self.chroma.all_texts(chroma_name)
+            chunks = await self.chroma.all_chunks(chroma_name)
             index = KeywordIndex()
-            index.add(ids, texts)
+            index.add(
+                [c.id for c in chunks],
+                [
+                    search_text(c.text, str(c.metadata.get("title", "")), str(c.metadata.get("heading", "")))
+                    for c in chunks
+                ],
+            )
             await asyncio.to_thread(index.save, path)
         # Another task may have loaded it meanwhile; keep the first, which writes go through.
         return self._indexes.setdefault(collection_id, index)
