@@ -51,15 +51,19 @@ def api_key(client: httpx.Client, scopes: list[str]) -> str:
     return reply.json()["key"]
 
 
-def other_tenant_token(client: httpx.Client) -> tuple[str, str]:
-    """A user of a brand-new tenant, signed in: (tenant id, access token). ``client`` is the admin's."""
+def other_tenant_token(client: httpx.Client, admin_session: str) -> tuple[str, str]:
+    """A user of a brand-new tenant, signed in: (tenant id, access token). Making an account takes an
+    admin's signed-in session (``admin_session``), not an API key."""
+    admin = {"Authorization": f"Bearer {admin_session}"}
     tenant = f"ragt{uuid.uuid4().hex[:10]}"
-    reply = client.post("/auth/tenants", json={"id": tenant, "name": tenant})
+    reply = client.post("/auth/tenants", json={"id": tenant, "name": tenant}, headers=admin)
     assert reply.status_code == 201, reply.text
     email = f"rag-{uuid.uuid4().hex[:10]}@example.com"
-    reply = client.post("/auth/register", json={"email": email, "password": PASSWORD, "tenant_id": tenant})
+    reply = client.post(
+        "/auth/register", json={"email": email, "password": PASSWORD, "tenant_id": tenant}, headers=admin
+    )
     assert reply.status_code == 201, reply.text
-    reply = client.post("/auth/login", json={"email": email, "password": PASSWORD}, headers={"Authorization": ""})
+    reply = client.post("/auth/login", json={"email": email, "password": PASSWORD})
     assert reply.status_code == 200, reply.text
     return tenant, reply.json()["access_token"]
 
