@@ -392,3 +392,53 @@ def test_a_chroma_server_holds_the_vectors(server_suite: Suite) -> None:
         assert ids and not any(i.startswith("volcanoes:") for i in ids)
         assert client.delete(f"/v1/collections/{name}").status_code == 200
         assert chroma_chunks(server_suite, created["id"])["exists"] is False
+
+
+def run_ingest(suite: Suite, *args: str) -> subprocess.CompletedProcess:
+    env = {**suite.env, "COLUMNS": "200"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "goblin"), "ingest", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_goblin_ingest_uploads_summarises_and_resumes(suite: Suite, tmp_path: Path) -> None:
+    name = collection_name()
+    (tmp_path / "a.txt").write_text("Otters hold hands while they sleep so they do not drift apart.")
+    (tmp_path / "b.md").write_text("# Bees\n\nHoney bees dance to tell each other where the flowers are.")
+    (tmp_path / "fake.pdf").write_bytes(b"%PDF-1.7 not really")
+    (tmp_path / "notes.docx").write_bytes(b"skipped: not a supported suffix in a directory")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.html").write_text(
+        "<html><title>Owls</title><body><p>Owls turn their heads far.</p></body></html>"
+    )
+
+    first = run_ingest(suite, str(tmp_path), "--collection", name)
+    assert first.returncode == 1, first.stderr  # the fake PDF failed
+    assert "fake.pdf" in first.stderr and "added or replaced" in first.stderr
+    with suite.admin_client() as client:
+        listed = client.get(f"/v1/collections/{name}/documents").json()
+        assert listed["total"] == 2
+        assert {d["source"] for d in listed["data"]} == {"a.txt", "b.md"}
+
+    (tmp_path / "fake.pdf").unlink()
+    second = run_ingest(suite, str(tmp_path), "--collection", name, "--recursive")
+    assert second.returncode == 0, second.stderr
+    rows = [line for line in second.stderr.splitlines() if "│" in line]
+    counts = {cells[0]: cells[1] for cells in ([c.strip() for c in r.split("│") if c.strip()] for r in rows)}
+    assert counts.get("added or replaced") == "1" and counts.get("unchanged") == "2", second.stderr
+    state_files = list((suite.home / "ingest").glob("*.json"))
+    assert any(str(tmp_path / "sub" / "c.html") in f.read_text() for f in state_files)
+
+    (tmp_path / "a.txt").write_text("Sea otters use rocks as tools to open shellfish.")
+    third = run_ingest(suite, str(tmp_path / "a.txt"), "--collection", name)
+    assert third.returncode == 0, third.stderr
+    with suite.admin_client() as client:
+        listed = client.get(f"/v1/collections/{name}/documents").json()
+        assert listed["total"] == 3  # a.txt replaced in place, not added beside
+        hits = query(client, name, "otters rocks shellfish")["hits"]
+        assert "rocks" in hits[0]["text"]
+        client.delete(f"/v1/collections/{name}")
