@@ -189,6 +189,25 @@ def test_a_name_shaped_like_a_chroma_collection_is_only_a_name(suite: Suite) -> 
         assert client.delete("/v1/collections/goblin_col_0000").status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("documents", b'{"text": "x\\udc00 lone"}'),
+        ("documents", b'{"text": "x", "metadata": {"k\\udc00": "v"}}'),
+        ("documents", b'{"text": "x", "metadata": {"k": "v\\ud800"}}'),
+        ("query", b'{"query": "vault", "filter": {"k": "\\udfff"}}'),
+        ("query", b'{"query": "vault", "filter": {"k": "nul\\u0000"}}'),
+    ],
+)
+def test_lone_surrogates_and_nul_in_json_are_refused(suite: Suite, victim: dict, path: str, raw: bytes) -> None:
+    with suite.admin_client() as client:
+        reply = client.post(
+            f"/v1/collections/{victim['name']}/{path}", content=raw, headers={"Content-Type": "application/json"}
+        )
+        assert reply.status_code in (400, 422), reply.text
+        assert client.get(f"/v1/collections/{victim['name']}/documents").json()["total"] == 1
+
+
 def test_lone_surrogates_in_json_are_refused(suite: Suite, victim: dict) -> None:
     with suite.admin_client() as client:
         reply = client.post(
