@@ -7,10 +7,11 @@ of one section share about ``overlap_tokens`` tokens, starting at a sentence or 
 cut in two is still found whole in one of them.
 
 Sizes are in the embedding model's tokens, without special tokens. Each paragraph is encoded once (in
-one batch per document) and the cuts are planned on the token offsets; the chunk texts are then encoded
-once more, in one batch, to report exact counts (a tokenizer may count a text cut mid-word differently
-from the same characters inside the whole paragraph) and to re-split the rare chunk that came out
-longer than ``chunk_tokens``.
+one batch per document) and the cuts are planned on the token offsets. With a tokenizer that splits words
+on whitespace and punctuation before it cuts them into pieces (BERT's word pieces), a text cut between
+words has exactly the tokens counted in the plan, so only chunks cut inside a word (or holding a word too
+long to plan token by token) are encoded again, in one batch, for their exact count; with any other
+tokenizer every chunk is. A chunk that comes out longer than ``chunk_tokens`` that way is cut again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 
+import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from services.rag.ingest.document import ParsedDocument, Section
@@ -34,6 +36,9 @@ _SENTENCE_BREAK = re.compile(r"[.!?…]+[\"'”’)\]]*\s+|[。！？]+\s*|\n\s*
 
 _PARAGRAPH, _SENTENCE, _WORD, _INSIDE_WORD = 3, 2, 1, 0
 _RESPLIT_DEPTH = 4
+# Pre-tokenizers that split on whitespace (and punctuation) and never join across it: with them the tokens
+# of a text cut at a word boundary are the tokens the whole text had there.
+_WORD_SPLITTING_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,23 @@ class Chunk:
 @dataclass
 class _Plan:
     """One section's tokens on the section's text: start and end offsets, and how good a cut before
-    each token is (``ranks`` has one more entry, for the end)."""
+    each token is (``ranks`` has one more entry, for the end). ``exact`` is false when a word too long
+    for one planned token was split into several, so planned counts are not the tokenizer's."""
 
     text: str
     starts: list[int]
     ends: list[int]
     ranks: list[int]
+    exact: bool
+
+
+@dataclass
+class _Piece:
+    """A planned chunk: its text, its planned token count, and whether that count must be checked."""
+
+    text: str
+    count: int
+    check: bool
 
 
 class Chunker:
@@ -82,6 +98,8 @@ class Chunker:
         self.chunk_tokens = chunk_tokens
         self.overlap_tokens = overlap_tokens
         self.max_chunk_chars = chunk_tokens * _MAX_CHARS_PER_TOKEN
+        pre_tokenizer = tokenizer.pre_tokenizer
+        self._counts_add_up = type(pre_tokenizer).__name__ in _WORD_SPLITTING_PRE_TOKENIZERS
 
     def chunk(self, document: ParsedDocument) -> list[Chunk]:
         """The chunks of ``document``, in reading order, indexed from 0; none is empty."""
@@ -94,25 +112,26 @@ class Chunker:
                 paragraphs.extend(kept)
         encodings = self.tokenizer.encode_batch(paragraphs, add_special_tokens=False) if paragraphs else []
 
-        pieces: list[tuple[tuple[str, ...], str]] = []
+        planned: list[tuple[tuple[str, ...], _Piece]] = []
         position = 0
         for section, kept in sections:
             plan = _plan_section(kept, encodings[position : position + len(kept)])
             position += len(kept)
-            pieces.extend((section.heading_path, text) for text in self._cut(plan, self.overlap_tokens))
+            planned.extend((section.heading_path, piece) for piece in self._cut(plan, self.overlap_tokens))
 
+        unsure = [piece for _, piece in planned if piece.check or not self._counts_add_up]
+        for piece, exact in zip(unsure, self._counts([piece.text for piece in unsure]), strict=True):
+            piece.count = exact
         chunks: list[Chunk] = []
-        texts = [text for _, text in pieces]
-        counts = self._counts(texts)
-        for (heading_path, text), count in zip(pieces, counts, strict=True):
-            for piece, piece_count in self._fit(text, count, _RESPLIT_DEPTH):
+        for heading_path, piece in planned:
+            for text, token_count in self._fit(piece.text, piece.count, _RESPLIT_DEPTH):
                 chunks.append(
                     Chunk(
                         index=len(chunks),
-                        text=piece,
+                        text=text,
                         title=document.title,
                         heading_path=heading_path,
-                        token_count=piece_count,
+                        token_count=token_count,
                     )
                 )
         return chunks
@@ -128,7 +147,7 @@ class Chunker:
             return [(text, count)] if count > 0 else []
         if depth > 0:
             encoding = self.tokenizer.encode(text, add_special_tokens=False)
-            pieces = self._cut(_plan_section([text], [encoding]), 0)
+            pieces = [piece.text for piece in self._cut(_plan_section([text], [encoding]), 0)]
         else:
             # Not reached with word-piece or BPE tokenizers; halving by characters always terminates.
             middle = len(text) // 2
@@ -141,22 +160,23 @@ class Chunker:
             fitted.extend(self._fit(piece, piece_count, depth - 1))
         return fitted
 
-    def _cut(self, plan: _Plan, overlap_tokens: int) -> list[str]:
-        """The texts of one section's chunks, cut at the best places the plan offers."""
+    def _cut(self, plan: _Plan, overlap_tokens: int) -> list[_Piece]:
+        """One section's chunks, cut at the best places the plan offers."""
         starts, ends, ranks = plan.starts, plan.ends, plan.ranks
         total = len(starts)
-        texts: list[str] = []
+        pieces: list[_Piece] = []
         first = 0
         while first < total:
             limit = min(first + self.chunk_tokens, total)
             # No more characters than max_chunk_chars either; a planned token is at most _MAX_TOKEN_CHARS.
             limit = max(min(limit, bisect_right(ends, starts[first] + self.max_chunk_chars, first)), first + 1)
             end = limit if limit == total else self._best_end(ranks, first, limit)
-            texts.append(plan.text[starts[first] : ends[end - 1]])
+            inside_word = ranks[first] == _INSIDE_WORD or ranks[end] == _INSIDE_WORD
+            pieces.append(_Piece(plan.text[starts[first] : ends[end - 1]], end - first, inside_word or not plan.exact))
             if end == total:
                 break
             first = self._next_start(ranks, first, end, overlap_tokens)
-        return texts
+        return pieces
 
     def _best_end(self, ranks: list[int], first: int, limit: int) -> int:
         """Where to end a chunk starting at ``first`` that may run to ``limit``: the last paragraph end if
@@ -201,35 +221,58 @@ class Chunker:
 
 
 def _plan_section(paragraphs: list[str], encodings: list[Encoding]) -> _Plan:
-    """The cut plan of a section whose text is ``paragraphs`` joined by blank lines."""
-    starts: list[int] = []
-    ends: list[int] = []
-    ranks: list[int] = []
+    """The cut plan of a section whose text is ``paragraphs`` joined by blank lines.
+
+    Vectorised per paragraph: this runs over every token of every document ingested.
+    """
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    ranks: list[np.ndarray] = []
+    exact = True
     base = 0
     for paragraph, encoding in zip(paragraphs, encodings, strict=True):
-        sentence_starts = {match.end() for match in _SENTENCE_BREAK.finditer(paragraph)}
-        previous_end = -1
-        for start, end in encoding.offsets:
-            if end <= start:
-                continue
-            if previous_end < 0:
-                rank = _PARAGRAPH
-            elif start in sentence_starts:
-                rank = _SENTENCE
-            elif start > previous_end:
-                rank = _WORD
-            else:
-                rank = _INSIDE_WORD
-            while end - start > _MAX_TOKEN_CHARS:
-                starts.append(base + start)
-                ends.append(base + start + _MAX_TOKEN_CHARS)
-                ranks.append(rank)
-                start += _MAX_TOKEN_CHARS
-                rank = _INSIDE_WORD
-            starts.append(base + start)
-            ends.append(base + end)
+        offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        # Tokens of no characters (none in practice without special tokens) cannot be cut around.
+        offsets = offsets[offsets[:, 1] > offsets[:, 0]]
+        if len(offsets):
+            first, last = offsets[:, 0], offsets[:, 1]
+            rank = np.empty(len(offsets), dtype=np.int64)
+            rank[0] = _PARAGRAPH
+            rank[1:] = np.where(first[1:] > last[:-1], _WORD, _INSIDE_WORD)
+            sentence_starts = np.array([match.end() for match in _SENTENCE_BREAK.finditer(paragraph)], dtype=np.int64)
+            if len(sentence_starts):
+                # The tokens that begin where a sentence does (first is sorted).
+                where = np.searchsorted(first, sentence_starts)
+                where = where[where < len(first)]
+                where = where[(where > 0) & (first[where] == sentence_starts[: len(where)])]
+                rank[where] = _SENTENCE
+            if int((last - first).max()) > _MAX_TOKEN_CHARS:
+                first, last, rank = _split_wide_tokens(first, last, rank)
+                exact = False
+            starts.append(first + base)
+            ends.append(last + base)
             ranks.append(rank)
-            previous_end = end
         base += len(paragraph) + 2
-    ranks.append(_PARAGRAPH)
-    return _Plan(text="\n\n".join(paragraphs), starts=starts, ends=ends, ranks=ranks)
+    ranks.append(np.array([_PARAGRAPH], dtype=np.int64))
+    return _Plan(
+        text="\n\n".join(paragraphs),
+        starts=np.concatenate(starts).tolist() if starts else [],
+        ends=np.concatenate(ends).tolist() if ends else [],
+        ranks=np.concatenate(ranks).tolist(),
+        exact=exact,
+    )
+
+
+def _split_wide_tokens(
+    first: np.ndarray, last: np.ndarray, rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens wider than ``_MAX_TOKEN_CHARS`` characters as several planned tokens, cut inside the word."""
+    widths = last - first
+    parts = np.maximum((widths + _MAX_TOKEN_CHARS - 1) // _MAX_TOKEN_CHARS, 1)
+    token = np.repeat(np.arange(len(first)), parts)
+    # The number of each planned token within its original token: 0, 1, 2, ...
+    within = np.arange(len(token)) - np.repeat(np.cumsum(parts) - parts, parts)
+    new_first = first[token] + within * _MAX_TOKEN_CHARS
+    new_last = np.minimum(new_first + _MAX_TOKEN_CHARS, last[token])
+    new_rank = np.where(within == 0, rank[token], _INSIDE_WORD)
+    return new_first, new_last, new_rank

@@ -41,7 +41,8 @@ _UNNESTED = frozenset(
     "area base br col embed hr img input link meta param source track wbr "
     "p li dt dd tr td th thead tbody tfoot option optgroup rb rt rtc rp colgroup caption".split()
 )
-_TAG = re.compile(rb"<(/?)([A-Za-z][A-Za-z0-9-]*)[^>]*?(/?)>")
+# A start or end tag; stopping at the next "<" keeps a run of unclosed "<a" linear.
+_TAG = re.compile(rb"<(/?)([A-Za-z][A-Za-z0-9-]*)[^<>]*?(/?)>")
 
 
 def parse_html(text: str, *, filename: str = "") -> ParsedDocument:
@@ -61,6 +62,8 @@ def parse_html(text: str, *, filename: str = "") -> ParsedDocument:
 
 def _check_depth(text: str) -> None:
     """Refuse markup nested deeper than ``MAX_HTML_DEPTH``, counted from the tags alone (cheap)."""
+    if text.count("<") <= MAX_HTML_DEPTH:
+        return
     depth = 0
     for match in _TAG.finditer(text.encode("utf-8", "replace")):
         closing, name, self_closing = match.groups()

@@ -57,16 +57,19 @@ def parse_pdf(content: bytes, *, filename: str = "") -> ParsedDocument:
     if page_count > MAX_PDF_PAGES:
         raise InvalidArgument(f"the PDF has {page_count} pages; at most {MAX_PDF_PAGES} are accepted")
     paragraphs: list[str] = []
+    opening_line = ""
     try:
         for page in reader.pages:
-            paragraphs.extend(_page_paragraphs(page.extract_text() or ""))
+            raw = clean_text(page.extract_text() or "")
+            opening_line = opening_line or first_line(raw)
+            paragraphs.extend(_page_paragraphs(raw))
         metadata_title = _metadata_title(reader)
     except Exception as exc:
         raise InvalidArgument(f"the PDF's text could not be extracted (corrupt?): {_reason(exc)}") from exc
     sections = (Section(heading_path=(), text="\n\n".join(paragraphs)),) if paragraphs else ()
     if not sections:
         raise InvalidArgument("the PDF has no extractable text (scanned pages would need OCR, which is not done)")
-    title = make_title(metadata_title, first_line(paragraphs[0]), filename_title(filename), paragraphs[0])
+    title = make_title(metadata_title, opening_line, filename_title(filename), paragraphs[0])
     return ParsedDocument(title=title, sections=sections, content_type=APPLICATION_PDF)
 
 
@@ -81,8 +84,8 @@ def _decrypt(reader: PdfReader) -> None:
 
 
 def _page_paragraphs(raw: str) -> list[str]:
-    """One page's extracted text as paragraphs: blank lines split, lines within a paragraph join."""
-    text = _HYPHENATED.sub(r"\1\2", clean_text(raw))
+    """One page's cleaned text as paragraphs: blank lines split, lines within a paragraph join."""
+    text = _HYPHENATED.sub(r"\1\2", raw)
     return [paragraph for paragraph in (collapse_spaces(block) for block in _BLANK_LINES.split(text)) if paragraph]
 
 
