@@ -29,14 +29,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from services.common.chat import Message
+from services.common.chat import RAG_COLLECTION_MAX_CHARS, RAG_TOP_K_DEFAULT, RAG_TOP_K_MAX, Message
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.router.planning import ChatCall
 
-DEFAULT_TOP_K = 4
-MAX_TOP_K = 20
+DEFAULT_TOP_K = RAG_TOP_K_DEFAULT
+MAX_TOP_K = RAG_TOP_K_MAX
 MAX_QUERY_CHARS = 2000  # the question sent to retrieval: a long message's start carries its subject
-MAX_COLLECTION_CHARS = 128
+MAX_COLLECTION_CHARS = RAG_COLLECTION_MAX_CHARS
 RAG_SCOPE = "rag"
 # The rag service's read scope: a chat credential alone does not read a tenant's documents.
 
