@@ -38,17 +38,17 @@ def incoming_assertion(metadata: object) -> str:
 
 
 def passage_from_proto(hit: rag_pb2.QueryHit, collection: str) -> Passage:
-    """One hit as a passage; title and heading path from the citation, else the chunk's metadata."""
-    citation, metadata = hit.citation, hit.metadata
+    """One hit as a passage: the cosine is its score (the rag service's threshold is on it too)."""
+    citation = hit.citation
     return Passage(
         document_id=hit.document_id,
         chunk_id=hit.chunk_id,
         text=hit.text,
         score=hit.score,
         collection=citation.collection or collection,
-        source=citation.source or metadata.get("source", ""),
-        title=citation.title or metadata.get("title", ""),
-        heading=citation.heading or metadata.get("heading_path", "") or metadata.get("heading", ""),
+        source=citation.source,
+        title=hit.title or citation.title,
+        heading=" > ".join(hit.heading_path) or citation.heading,
     )
 
 

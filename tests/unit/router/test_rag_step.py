@@ -353,3 +353,35 @@ def test_the_incoming_assertion_is_read_from_the_call_metadata() -> None:
     assert incoming_assertion(FakeContext("a.b").invocation_metadata()) == "a.b"
     assert incoming_assertion((("x-correlation-id", "c"),)) == ""
     assert incoming_assertion(None) == ""
+
+
+class AnsweringStub:
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+
+    async def Query(self, request: Any, **kwargs: Any) -> Any:
+        return self.reply
+
+
+async def test_rag_client_reads_hits_title_heading_path_and_the_hit_flag() -> None:
+    from goblin.v1 import rag_pb2
+
+    hit = rag_pb2.QueryHit(
+        document_id="d1",
+        chunk_id="d1:2",
+        text="body",
+        score=0.7,
+        fused_score=0.03,
+        title="Keys",
+        heading_path=["Ops", "Keys"],
+        citation=common_pb2.Citation(collection="ops", document_id="d1", chunk_id="d1:2", source="keys.md"),
+    )
+    client = RagClient.__new__(RagClient)
+    client.timeout_s = 1.0
+    client.stub = AnsweringStub(rag_pb2.QueryResponse(hits=[hit], hit=True))  # type: ignore[assignment]
+    retrieval = await client.query("ops", "q", 4, "a")
+    assert retrieval.hit and retrieval.passages == (
+        Passage("d1", "d1:2", "body", pytest.approx(0.7), "ops", "keys.md", "Keys", "Ops > Keys"),
+    )
+    client.stub = AnsweringStub(rag_pb2.QueryResponse(hits=[hit], hit=False))  # type: ignore[assignment]
+    assert not (await client.query("ops", "q", 4, "a")).hit, "below the threshold: no hit, whatever came back"
