@@ -385,3 +385,16 @@ async def test_rag_client_reads_hits_title_heading_path_and_the_hit_flag() -> No
     )
     client.stub = AnsweringStub(rag_pb2.QueryResponse(hits=[hit], hit=False))  # type: ignore[assignment]
     assert not (await client.query("ops", "q", 4, "a")).hit, "below the threshold: no hit, whatever came back"
+
+
+async def test_a_rag_service_that_is_down_is_unavailable_not_an_internal_error() -> None:
+    from goblin_tools.suite import free_ports
+
+    [port] = free_ports(1)  # nothing listens there
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(Unavailable) as raised:
+            await RagClient(channel, timeout_s=2.0).query("ops", "q", 4, "a")
+    finally:
+        await channel.close()
+    assert raised.value.code == "rag_unavailable" and raised.value.status == grpc.StatusCode.UNAVAILABLE
