@@ -18,6 +18,7 @@ import pytest
 
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.suite import Suite, start_suite
+from tests.integration.auth_support import ADMIN_EMAIL, ADMIN_PASSWORD
 
 REMOTE_MODEL = "acme/acme-chat"
 # The fake answers with this text, so marker parsing is checked against a known answer.
@@ -72,6 +73,7 @@ models:
         REDIS_URL=redis_url,
         GOBLIN_CATALOG_FILE=str(catalog),
         ACME_API_KEY=docqa_fake.key("acme"),
+        GOBLIN_ADMIN_PASSWORD=ADMIN_PASSWORD,  # registering a user takes a signed-in admin session
         **docqa_fake.env(),
     )
     try:
@@ -107,17 +109,23 @@ def other_tenant(suite: Suite) -> str:
     """An access token of a user in a tenant of its own (scopes "*"), made by the admin."""
     tenant = f"rival-{uuid.uuid4().hex[:8]}"
     email = f"{tenant}@example.com"
-    with suite.admin_client() as admin:
-        made = admin.post("/auth/tenants", json={"id": tenant, "name": tenant})
+    with suite.client() as http:
+        admin = {"Authorization": f"Bearer {login(http, ADMIN_EMAIL, ADMIN_PASSWORD)}"}
+        made = http.post("/auth/tenants", json={"id": tenant, "name": tenant}, headers=admin)
         assert made.status_code == 201, made.text
-        registered = admin.post(
-            "/auth/register", json={"email": email, "password": PASSWORD, "tenant_id": tenant, "role": "user"}
+        registered = http.post(
+            "/auth/register",
+            json={"email": email, "password": PASSWORD, "tenant_id": tenant, "role": "user"},
+            headers=admin,
         )
         assert registered.status_code == 201, registered.text
-    with suite.client() as http:
-        login = http.post("/auth/login", json={"email": email, "password": PASSWORD})
-        assert login.status_code == 200, login.text
-        return login.json()["access_token"]
+        return login(http, email, PASSWORD)
+
+
+def login(http: httpx.Client, email: str, password: str) -> str:
+    reply = http.post("/auth/login", json={"email": email, "password": password})
+    assert reply.status_code == 200, reply.text
+    return reply.json()["access_token"]
 
 
 def sent_messages(fake: FakeProviders) -> list[dict[str, Any]]:
