@@ -36,6 +36,8 @@ SEED_MAX = 2**63 - 1
 RAG_TOP_K_DEFAULT = 4
 RAG_TOP_K_MAX = 20
 RAG_COLLECTION_MAX_CHARS = 128
+# The rag service's read scope: answering from a tenant's documents needs it besides "chat".
+RAG_SCOPE = "rag"
 
 
 @dataclass(frozen=True)

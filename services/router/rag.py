@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from services.common.chat import RAG_COLLECTION_MAX_CHARS, RAG_TOP_K_DEFAULT, RAG_TOP_K_MAX, Message
+from services.common.chat import RAG_COLLECTION_MAX_CHARS, RAG_SCOPE, RAG_TOP_K_DEFAULT, RAG_TOP_K_MAX, Message
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.router.planning import ChatCall
 
@@ -37,8 +37,6 @@ DEFAULT_TOP_K = RAG_TOP_K_DEFAULT
 MAX_TOP_K = RAG_TOP_K_MAX
 MAX_QUERY_CHARS = 2000  # the question sent to retrieval: a long message's start carries its subject
 MAX_COLLECTION_CHARS = RAG_COLLECTION_MAX_CHARS
-RAG_SCOPE = "rag"
-# The rag service's read scope: a chat credential alone does not read a tenant's documents.
 
 # Characters per token when budgeting passages: below the 4 of services.router.providers.base's
 # estimate, because small models' tokenizers split technical text finer (SmolLM2: about 3.3).
@@ -46,6 +44,7 @@ CHARS_PER_TOKEN = 3
 ANSWER_RESERVE_TOKENS = 256  # room kept for the answer when the request sets no max_tokens
 MIN_PASSAGE_TOKENS = 48  # below this a passage says nothing: the budget is spent
 SNIPPET_CHARS = 200
+HEADER_PART_CHARS = 160  # a title or heading path in a passage header; metadata can be long
 
 INSTRUCTIONS = (
     "Answer the user's question using only the numbered passages from their documents below. "
@@ -128,6 +127,12 @@ class Prepared:
     def hit(self) -> bool:
         return self.call is not None
 
+    def routable(self) -> ChatCall:
+        """The call to route; only a hit has one."""
+        if self.call is None:
+            raise ValueError("a collection without a hit has no call to route")
+        return self.call
+
 
 def check_options(collection: str, top_k: int) -> RagOptions:
     """The request's rag options, with the default top_k; InvalidArgument naming the field when out of
@@ -199,7 +204,7 @@ def _cut(text: str, limit: int) -> str:
 
 def _header(n: int, passage: Passage) -> str:
     title = one_line(passage.title) or one_line(passage.source) or one_line(passage.document_id)
-    heading = one_line(passage.heading)
+    title, heading = _cut(title, HEADER_PART_CHARS), _cut(one_line(passage.heading), HEADER_PART_CHARS)
     return f"[{n}] {title}" + (f" — {heading}" if heading else "")
 
 
@@ -276,6 +281,11 @@ class RagStep:
         if not retrieval.hit or not retrieval.passages:
             return Prepared(call=None, answer=no_hit_answer(options.collection))
         packed = pack(retrieval.passages[: options.top_k], budget)
+        if not packed:
+            raise InvalidArgument(
+                "not one passage fits beside the conversation: shorten it or lower max_tokens",
+                code="context_length_exceeded",
+            )
         message = passages_message(packed, fence=secrets.token_hex(8))
         citations = tuple(Citation(marker=n, passage=p) for n, (p, _) in enumerate(packed, start=1))
         return Prepared(call=replace(call, messages=with_passages(call.messages, message)), citations=citations)

@@ -125,7 +125,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         prepared = await self._prepare(request, call, context)
         if prepared is not None and prepared.call is None:
             return no_hit_response(call, prepared)
-        routed = await self.service.chat(prepared.call if prepared is not None and prepared.call else call)
+        routed = await self.service.chat(call if prepared is None else prepared.routable())
         response = result_to_proto(routed.result)
         response.fallback_chain.extend(routed.fallback_chain)
         response.cost_usd = routed.cost_usd
@@ -152,7 +152,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         finished = False
         # Every delta of one stream comes from the same model: the service moves a stream to another
         # candidate only before its first delta.
-        async for route, delta in self.service.stream(prepared.call if prepared and prepared.call else call):
+        async for route, delta in self.service.stream(call if prepared is None else prepared.routable()):
             first = header is None
             if header is None:
                 header = ChunkHeader(model=route.model_id, provider=route.provider, created=created)

@@ -398,3 +398,13 @@ async def test_a_rag_service_that_is_down_is_unavailable_not_an_internal_error()
     finally:
         await channel.close()
     assert raised.value.code == "rag_unavailable" and raised.value.status == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_hit_whose_passages_cannot_fit_is_refused_not_sent_empty() -> None:
+    wordy = Passage("d", "d:0", "text " * 50, 0.9, title="T" * 600, heading="H" * 600)
+    rag = ScriptedRag(Retrieval(hit=True, passages=(wordy,)))
+    with pytest.raises(InvalidArgument) as refused:
+        await step(context_length=0, cap=50).prepare(chat_call(), RagOptions("ops", 4), rag)
+    assert refused.value.code == "context_length_exceeded"
+    header = passages_message(pack([wordy], 1000), "f").content.split("\n[1] ", 1)[1].split("\n", 1)[0]
+    assert len(header) < 2 * 160 + 10, "titles and headings are cut in the header"

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from goblin.v1 import auth_pb2, common_pb2
+from services.common.chat import RAG_SCOPE
 from services.gateway.api.routes.openai import (
     CHAT_TIMEOUT_S,
-    RAG_SCOPE,
     citations_json,
     count_answer,
     provider_label,

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
-from services.common.chat import new_completion_id
+from services.common.chat import RAG_SCOPE, new_completion_id
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.secrets import SecretGuard
 from services.common.topology import KNOWN_PROVIDERS
@@ -93,9 +93,6 @@ def chat_request_to_proto(
             request.rag.collection = body.goblin.rag.collection
             request.rag.top_k = body.goblin.rag.top_k
     return request
-
-
-RAG_SCOPE = "rag"
 
 
 def require_rag_scope(principal: auth_pb2.Principal) -> None:
