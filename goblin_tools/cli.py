@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -297,6 +298,56 @@ def keys_rotate(database_url: DatabaseUrlOption = None) -> None:
     table.add_row("current", rotation.current_kid)
     table.add_row("standby", rotation.standby_kid)
     console.print(Panel(table, title="signing keys rotated"))
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="files or directories (txt, md, html, pdf)")],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="the collection (created if missing)")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="descend into subdirectories")] = False,
+    server: Annotated[
+        str | None, typer.Option(envvar="GOBLIN_SERVER", help="the gateway (default: the local suite)")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="GOBLIN_API_KEY", help="a key with the rag and rag:write scopes (default: the admin key)"),
+    ] = None,
+    ca: Annotated[Path | None, typer.Option(help="the CA to trust (default: the local suite's, if present)")] = None,
+) -> None:
+    """Upload documents into a collection through the HTTPS API: a progress bar, a summary, and
+    resumable (what the server accepted is remembered; a re-run uploads only new or changed files)."""
+    import httpx
+
+    from goblin_tools.ingest import IngestState, collect_files, ensure_collection, print_summary, state_path
+    from goblin_tools.ingest import ingest as run_ingest
+    from services.common.settings import GoblinSettings
+
+    home = load_settings(GoblinSettings).goblin_home
+    server = (server or f"https://127.0.0.1:{os.environ.get('GOBLIN_GATEWAY_PORT', '8443')}").rstrip("/")
+    if api_key is None:
+        try:
+            api_key = (home / "admin.key").read_text().strip()
+        except OSError:
+            raise _fail(f"no --api-key and no admin key at {home / 'admin.key'}") from None
+    verify: bool | str = True
+    ca_file = ca or (home / "tls" / "ca.pem")
+    if ca is not None or ca_file.exists():
+        verify = str(ca_file)
+    files, problems = collect_files(paths, recursive)
+    if not files and not problems:
+        raise _fail("no supported files found (txt, md, html, pdf); directories need --recursive for subfolders")
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(
+        base_url=server, headers=headers, verify=verify, timeout=httpx.Timeout(660, connect=10)
+    ) as client:
+        try:
+            ensure_collection(client, collection)
+        except (RuntimeError, httpx.HTTPError) as exc:
+            raise _fail(str(exc), code=1) from None
+        summary = run_ingest(client, files, collection, IngestState(state_path(home, server, collection)), console)
+    summary.failed.extend(problems)
+    print_summary(console, summary)
+    raise typer.Exit(1 if summary.failed else 0)
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ class KeywordIndex:
         self.k1 = k1
         self.b = b
         self._texts: dict[str, str] = {}
+        # Each chunk's tokens, kept across rebuilds: tokenizing is most of a rebuild's cost, and a change
+        # touches a few chunks of thousands.
+        self._tokens: dict[str, list[str]] = {}
         self._stemmer = Stemmer.Stemmer("english")
         self._stopwords = set(bm25s.stopwords.STOPWORDS_EN)
         # (chunk ids in matrix order, the bm25s retriever or None): replaced as one, so a search never
@@ -59,11 +62,13 @@ class KeywordIndex:
             raise ValueError("ids and texts differ in length")
         for chunk_id, text in zip(ids, texts, strict=True):
             self._texts[chunk_id] = text
+            self._tokens.pop(chunk_id, None)
         self._dirty = True
 
     def remove(self, ids: list[str]) -> None:
         """Drop these chunks; ids not present are ignored."""
         for chunk_id in ids:
+            self._tokens.pop(chunk_id, None)
             if self._texts.pop(chunk_id, None) is not None:
                 self._dirty = True
 
@@ -75,13 +80,17 @@ class KeywordIndex:
         """An independent index with the same chunks (the current build is shared until either changes)."""
         twin = KeywordIndex(k1=self.k1, b=self.b)
         twin._texts = dict(self._texts)
+        twin._tokens = dict(self._tokens)
         twin._built = self._built
         twin._dirty = self._dirty
         return twin
 
     def _rebuild(self) -> None:
         ids = list(self._texts)
-        corpus = [self.tokenize(self._texts[i]) for i in ids]
+        for chunk_id in ids:
+            if chunk_id not in self._tokens:
+                self._tokens[chunk_id] = self.tokenize(self._texts[chunk_id])
+        corpus = [self._tokens[i] for i in ids]
         retriever = None
         if any(corpus):
             retriever = bm25s.BM25(k1=self.k1, b=self.b)

@@ -99,3 +99,13 @@ def test_missing_or_corrupt_files_raise_corrupt(index, tmp_path):
 def test_add_refuses_mismatched_lengths():
     with pytest.raises(ValueError):
         KeywordIndex().add(["a", "b"], ["only one"])
+
+
+def test_copy_is_independent(index):
+    twin = index.copy()
+    twin.remove(["d1:1"])
+    twin.add(["new:0"], ["kubernetes operators"])
+    assert index.search("kubernetes", k=5) == []
+    assert index.search("token bucket", k=5)[0][0] == "d1:1"
+    assert twin.search("kubernetes", k=5)[0][0] == "new:0"
+    assert twin.search("token bucket", k=5) == []

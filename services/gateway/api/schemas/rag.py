@@ -18,7 +18,8 @@ from services.gateway.api.schemas.auth import Text
 # A collection is named in a path by its name or its id; a document by its id.
 CollectionRef = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the collection's name or id")]
 DocumentId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-Metadata = Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(max_length=32)]
+# Keys and values become protobuf strings: lone surrogates and NUL are refused here (400), not there (500).
+Metadata = Annotated[dict[Text, Annotated[Text, Field(max_length=1024)]], Field(max_length=32)]
 
 
 def _when(unix: int) -> datetime | None:
