@@ -81,21 +81,31 @@ class ChatRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., routing: _Optional[_Union[RoutingOptions, _Mapping]] = ..., rag: _Optional[_Union[RagOptions, _Mapping]] = ..., context: _Optional[_Union[RequestContext, _Mapping]] = ...) -> None: ...
 
 class Citation(_message.Message):
-    __slots__ = ("collection", "document_id", "chunk_id", "source", "score")
+    __slots__ = ("collection", "document_id", "chunk_id", "source", "score", "title", "heading", "marker", "cited", "snippet")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    HEADING_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    CITED_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
     collection: str
     document_id: str
     chunk_id: str
     source: str
     score: float
-    def __init__(self, collection: _Optional[str] = ..., document_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., source: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    title: str
+    heading: str
+    marker: int
+    cited: bool
+    snippet: str
+    def __init__(self, collection: _Optional[str] = ..., document_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., source: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., heading: _Optional[str] = ..., marker: _Optional[int] = ..., cited: _Optional[bool] = ..., snippet: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("id", "model", "provider", "message", "finish_reason", "usage", "created", "citations", "fallback_chain", "cost_usd")
+    __slots__ = ("id", "model", "provider", "message", "finish_reason", "usage", "created", "citations", "fallback_chain", "cost_usd", "rag_hit")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +116,7 @@ class ChatResponse(_message.Message):
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_CHAIN_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    RAG_HIT_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     provider: str
@@ -116,10 +127,11 @@ class ChatResponse(_message.Message):
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     fallback_chain: _containers.RepeatedScalarFieldContainer[str]
     cost_usd: float
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., message: _Optional[_Union[ChatMessage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., created: _Optional[int] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., fallback_chain: _Optional[_Iterable[str]] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    rag_hit: bool
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., message: _Optional[_Union[ChatMessage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., created: _Optional[int] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., fallback_chain: _Optional[_Iterable[str]] = ..., cost_usd: _Optional[float] = ..., rag_hit: _Optional[bool] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("id", "model", "provider", "role", "delta", "finish_reason", "usage", "created", "citations")
+    __slots__ = ("id", "model", "provider", "role", "delta", "finish_reason", "usage", "created", "citations", "rag_hit")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +141,7 @@ class ChatChunk(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    RAG_HIT_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     provider: str
@@ -138,7 +151,8 @@ class ChatChunk(_message.Message):
     usage: Usage
     created: int
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., role: _Optional[str] = ..., delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., created: _Optional[int] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...) -> None: ...
+    rag_hit: bool
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., role: _Optional[str] = ..., delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., created: _Optional[int] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., rag_hit: _Optional[bool] = ...) -> None: ...
 
 class CompletionRequest(_message.Message):
     __slots__ = ("model", "prompt", "params", "context")

@@ -32,6 +32,12 @@ TOP_P_MAX = 1.0
 MAX_STOP_SEQUENCES = 4
 SEED_MIN = -(2**63)  # the range of the proto's int64
 SEED_MAX = 2**63 - 1
+# Bounds of retrieval on a chat (goblin.v1.RagOptions), checked by the router and the gateway's schemas.
+RAG_TOP_K_DEFAULT = 4
+RAG_TOP_K_MAX = 20
+RAG_COLLECTION_MAX_CHARS = 128
+# The rag service's read scope: answering from a tenant's documents needs it besides "chat".
+RAG_SCOPE = "rag"
 
 
 @dataclass(frozen=True)

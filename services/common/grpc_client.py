@@ -18,8 +18,9 @@ from services.common.tls import GrpcTls
 
 def _with_correlation_id(client_call_details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
     correlation_id = current_correlation_id()
-    # Only the gateway sets an outgoing principal; a service never forwards the one it verified (the
-    # router's calls to inference carry none), so no assertion reaches a second service by our hand.
+    # Only the gateway sets an outgoing principal; no service's channel forwards the one it verified
+    # (the router's calls to inference carry none). The one deliberate exception is named at its call:
+    # the router passes the caller's assertion to rag's Query itself (services/router/rag_client.py).
     principal = outgoing_principal_var.get()
     if not correlation_id and not principal:
         return client_call_details

@@ -11,7 +11,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from services.common.process import freeze_startup_heap
 from services.common.telemetry import exporting
-from services.gateway.api.routes import auth, collections, health, jwks, openai, operator
+from services.gateway.api.routes import auth, collections, docqa, health, jwks, openai, operator
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import (
@@ -73,6 +73,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     # Routes are matched in order: the OpenAI API, the hot path, first.
     app.include_router(openai.router)
+    app.include_router(docqa.router)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(jwks.router)

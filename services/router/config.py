@@ -82,6 +82,11 @@ class RouterSettings(RedisSettings, ServiceSettings, DatabaseSettings, SecretSca
     budget_reconcile_s: float = Field(60.0, alias="GOBLIN_BUDGET_RECONCILE_S", gt=0)
     llm_cache_ttl: int = Field(0, alias="LLM_CACHE_TTL", ge=0)
 
+    # -- retrieval (goblin.rag) -------------------------------------------------------------------
+    rag_timeout_s: float = Field(10.0, alias="GOBLIN_ROUTER_RAG_TIMEOUT_S", gt=0)
+    # At most this many tokens of passages go into a prompt, whatever room a large context leaves.
+    rag_context_tokens: int = Field(1500, alias="GOBLIN_RAG_CONTEXT_TOKENS", ge=64, le=100_000)
+
     def provider_key(self, provider: str, api_key_env: str | None = None) -> str | None:
         """The API key of ``provider``: its settings field for the known ones, else ``api_key_env``
         (default ``<PROVIDER>_API_KEY``) read with the ``NAME`` / ``NAME_FILE`` rules."""

@@ -167,6 +167,12 @@ class Planner:
                     candidates.append(self.candidate(model, None))
         return Plan(strategy=strategy, policy=named.name if named else strategy, candidates=candidates)
 
+    async def smallest_context(self, call: ChatCall) -> int:
+        """The smallest context window (tokens) among the models ``call`` may go to; 0 when none says.
+        What must fit every candidate (retrieved passages) is budgeted by it."""
+        plan = await self.plan(call)
+        return min((c.model.context_length for c in plan.candidates if c.model.context_length), default=0)
+
     async def _policy_member(self, policy: PolicySpec, member: str, capability: str) -> ModelInfo | None:
         info = await self.model(member)
         if info is None:

@@ -1,5 +1,6 @@
 """The router process: Postgres for the books and the catalog rows, Redis for budgets and the response
-cache, a gRPC channel to the inference service for ``local``, pooled HTTP clients for the rest."""
+cache, a gRPC channel to the inference service for ``local``, pooled HTTP clients for the rest, and a
+gRPC channel to the rag service for chats that name a collection."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from services.router.ledger import RoutingLedger
 from services.router.provider_state import ProviderStates
 from services.router.providers.http import HttpOptions
 from services.router.providers.local import LocalProvider
+from services.router.rag import RagStep
+from services.router.rag_client import RagClient
 from services.router.registry import ProviderRegistry
 from services.router.repository import RouterRepository
 from services.router.service import RetryPolicy, RouterService
@@ -43,7 +46,9 @@ class RouterServer(StoreBackedService):
         self.repository = RouterRepository(self.postgres)
         self.ledger = RoutingLedger(self.postgres)
         self.audit = AuditLog(self.postgres)
-        self.inference_channel = open_channel(settings.inference_addr, "inference", load_grpc_tls(settings, "router"))
+        tls = load_grpc_tls(settings, "router")
+        self.inference_channel = open_channel(settings.inference_addr, "inference", tls)
+        self.rag_channel = open_channel(settings.rag_addr, "rag", tls)
         self.registry = ProviderRegistry(
             key_for=self._provider_key,
             base_url_for=self._provider_base_url,
@@ -105,10 +110,15 @@ class RouterServer(StoreBackedService):
         self.service.set_catalog(catalog)
 
     def register(self, server: grpc.aio.Server) -> None:
-        router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(self.service, self.books), server)
+        rag = RagStep(self.service.planner.smallest_context, max_context_tokens=self.settings.rag_context_tokens)
+        rag_client = RagClient(self.rag_channel, self.settings.rag_timeout_s)
+        router_pb2_grpc.add_RouterServicer_to_server(
+            RouterServicer(self.service, self.books, rag=rag, rag_client=rag_client), server
+        )
 
     async def stop(self) -> None:
         await self.service.aclose()
         await super().stop()
         await self.registry.aclose()
         await self.inference_channel.close()
+        await self.rag_channel.close()

@@ -1,4 +1,9 @@
-"""The OpenAI-compatible API: chat completions (unary and SSE), models, embeddings, and /invoke."""
+"""The OpenAI-compatible API: chat completions (unary and SSE), models, embeddings, and /invoke.
+
+A chat with ``goblin.rag`` (the ``rag`` scope too) answers from the caller's documents: the response
+has ``citations`` (every passage the prompt had, in marker order, each flagged ``cited`` when the
+answer used its ``[n]``) and ``rag_hit``; streamed, both arrive on the chunk that carries
+``finish_reason``."""
 
 from __future__ import annotations
 
@@ -6,20 +11,20 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
-from services.common.chat import new_completion_id
+from services.common.chat import RAG_SCOPE, new_completion_id
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.secrets import SecretGuard
 from services.common.topology import KNOWN_PROVIDERS
 from services.gateway.api.schemas.openai import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
 from services.gateway.clients import ChatStream
-from services.gateway.deps import ChatDep, ChatReadDep, StateDep, principal_context
+from services.gateway.deps import ChatDep, ChatReadDep, StateDep, has_scope, principal_context
 from services.gateway.errors import ApiError, error_body
 from services.gateway.metrics import CHAT_COMPLETIONS, CHAT_ERRORS, CHAT_TOKENS
 
@@ -45,6 +50,8 @@ async def scan(guard: SecretGuard, texts: list[str], principal: auth_pb2.Princip
 
 
 def count_answer(provider: str, model: str, usage: common_pb2.Usage) -> None:
+    if not provider:
+        return  # nobody answered: a collection without a hit gets its fixed answer from the router
     CHAT_COMPLETIONS.labels(provider, model).inc()
     CHAT_TOKENS.labels(provider, model, "prompt").inc(usage.prompt_tokens)
     CHAT_TOKENS.labels(provider, model, "completion").inc(usage.completion_tokens)
@@ -88,6 +95,36 @@ def chat_request_to_proto(
     return request
 
 
+def require_rag_scope(principal: auth_pb2.Principal) -> None:
+    """Reading a collection needs the rag service's read scope, not only ``chat``."""
+    if not has_scope(principal, RAG_SCOPE):
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"answering from documents needs a credential with the '{RAG_SCOPE}' scope",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="chat {RAG_SCOPE}"'},
+        )
+
+
+def citations_json(citations: Sequence[common_pb2.Citation]) -> list[dict[str, Any]]:
+    """The passages an answer was given with, in the order of their ``[n]`` markers."""
+    return [
+        {
+            "marker": c.marker,
+            "cited": c.cited,
+            "collection": c.collection,
+            "document_id": c.document_id,
+            "chunk_id": c.chunk_id,
+            "title": c.title,
+            "heading": c.heading,
+            "source": c.source,
+            "score": round(c.score, 6),
+            "snippet": c.snippet,
+        }
+        for c in citations
+    ]
+
+
 def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.prompt_tokens,
@@ -99,6 +136,9 @@ def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream: true for SSE)")
 @router.post("/chat/completions", summary="Chat completion (alias of /v1/chat/completions)")
 async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, state: StateDep, http: Request) -> Any:
+    rag = body.goblin is not None and body.goblin.rag is not None
+    if rag:
+        require_rag_scope(principal)
     request = chat_request_to_proto(body, principal, http)
     # Cache-Control: no-cache (or no-store) asks for a fresh answer: the router's response cache is skipped.
     directives = {d.strip().lower() for d in http.headers.get("cache-control", "").split(",")}
@@ -112,6 +152,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
             state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S),
             include_usage,
             provider_label(body.model),
+            rag=rag,
         )
     try:
         reply = await state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S)
@@ -119,28 +160,32 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
         CHAT_ERRORS.labels(provider_label(body.model), error.error).inc()
         raise
     count_answer(reply.provider, reply.model, reply.usage)
+    answer: dict[str, Any] = {
+        "id": reply.id or new_completion_id(),
+        "object": "chat.completion",
+        "created": reply.created or int(time.time()),
+        "model": reply.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.message.content, "refusal": None},
+                "finish_reason": reply.finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_json(reply.usage),
+        "system_fingerprint": None,
+    }
+    if rag:
+        answer["citations"] = citations_json(reply.citations)
+        answer["rag_hit"] = reply.rag_hit
     # A response, not a dict: a returned dict would go through FastAPI's jsonable_encoder first.
-    return JSONResponse(
-        {
-            "id": reply.id or new_completion_id(),
-            "object": "chat.completion",
-            "created": reply.created or int(time.time()),
-            "model": reply.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.message.content, "refusal": None},
-                    "finish_reason": reply.finish_reason or "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage_json(reply.usage),
-            "system_fingerprint": None,
-        }
-    )
+    return JSONResponse(answer)
 
 
-async def _stream(stream: ChatStream, include_usage: bool, requested_provider: str) -> StreamingResponse:
+async def _stream(
+    stream: ChatStream, include_usage: bool, requested_provider: str, *, rag: bool = False
+) -> StreamingResponse:
     # Wait for the first chunk before answering, so refusals (unknown model, full queue, budget) get
     # their real HTTP status instead of a 200 followed by an error event.
     try:
@@ -159,22 +204,24 @@ async def _stream(stream: ChatStream, include_usage: bool, requested_provider: s
             delta["role"] = chunk.role
         if chunk.delta or chunk.role:
             delta["content"] = chunk.delta
-        return event(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": chunk.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": delta,
-                        "finish_reason": chunk.finish_reason or None,
-                        "logprobs": None,
-                    }
-                ],
-            }
-        )
+        payload: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": chunk.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "finish_reason": chunk.finish_reason or None,
+                    "logprobs": None,
+                }
+            ],
+        }
+        if rag and chunk.finish_reason:
+            payload["citations"] = citations_json(chunk.citations)
+            payload["rag_hit"] = chunk.rag_hit
+        return event(payload)
 
     async def events() -> AsyncIterator[str]:
         chunk = first

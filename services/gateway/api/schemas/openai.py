@@ -16,6 +16,9 @@ from services.common.chat import (
     MAX_STOP_SEQUENCES,
     MAX_TOKENS_LIMIT,
     MAX_TOKENS_MIN,
+    RAG_COLLECTION_MAX_CHARS,
+    RAG_TOP_K_DEFAULT,
+    RAG_TOP_K_MAX,
     SEED_MAX,
     SEED_MIN,
     TEMPERATURE_MAX,
@@ -51,8 +54,12 @@ class ChatMessageIn(BaseModel):
 
 
 class RagRequest(BaseModel):
-    collection: str = Field(min_length=1, max_length=128)
-    top_k: int = Field(4, ge=1, le=50)
+    """``goblin.rag``: answer from the passages of one of the caller's collections (needs the ``rag``
+    scope); the answer comes with ``citations``."""
+
+    model_config = ConfigDict(extra="forbid")
+    collection: str = Field(min_length=1, max_length=RAG_COLLECTION_MAX_CHARS)
+    top_k: int = Field(RAG_TOP_K_DEFAULT, ge=1, le=RAG_TOP_K_MAX)
 
 
 class GoblinOptions(BaseModel):
