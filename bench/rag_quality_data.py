@@ -127,11 +127,12 @@ def clean_rst_inline(text: str) -> str:
     """reST inline markup to the plain style of the pydoc topics."""
     # :role:`title <target>` and :role:`~a.b.c`
     text = re.sub(r":[\w:.-]+:`([^`<]*?)\s*<[^`>]*>`", r"\1", text)
-    text = re.sub(r":[\w:.-]+:`~?(?:[\w.]*\.)?([^`]+)`", lambda m: f'"{m.group(1)}"', text)
+    text = re.sub(r":[\w:.-]+:`[~!]?(?:[\w.]*\.)?([^`]+)`", lambda m: f'"{m.group(1)}"', text)
     text = re.sub(r"`([^`<]+?)\s*<[^`>]+>`__?", r"\1", text)  # external links
     text = re.sub(r"``(.+?)``", r'"\1"', text)
     text = re.sub(r"`([^`]+)`", r"\1", text)
     text = re.sub(r"\|(\w+)\|", r"\1", text)  # substitutions
+    text = text.replace("\\ ", "")  # an escaped space joins markup to a word: "with"\ -statement
     return text
 
 

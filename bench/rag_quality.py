@@ -1,0 +1,417 @@
+"""Retrieval quality on a BEIR-format set: BM25, vectors and their fusion, and where to put the hit threshold.
+
+    python -m bench.rag_quality [--beir DIR] [--k 10] [--max-docs N] [--json]
+
+The retrieval pieces are the rag service's own: ``services.rag.keyword.KeywordIndex`` for BM25 and
+``services.rag.fusion.fuse`` for the hybrid; the vectors come from the inference service's ``Embedder``
+(all-MiniLM-L6-v2, in-process) with an exact cosine search over unit vectors in numpy, which is what
+Chroma's cosine space computes (without HNSW's approximation). Each document is indexed as its title, a
+blank line, then its text, for both halves; each half hands its best ``--depth`` documents to the fusion.
+
+A BEIR directory holds ``corpus.jsonl`` ({"_id", "title", "text"}), ``queries.jsonl`` ({"_id", "text"})
+and ``qrels/<split>.tsv`` (query-id, corpus-id, score, after a header line); an optional
+``queries_unanswerable.jsonl`` holds questions the corpus cannot answer, for the false-hit rate.
+Without ``--beir`` the set is bench/data/pydocs, and the results replace their section of
+bench/RESULTS.md (``make bench`` runs it that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BEIR = Path(__file__).resolve().parent / "data" / "pydocs"
+UNANSWERABLE_FILE = "queries_unanswerable.jsonl"
+WEIGHTS = (0.3, 0.5, 0.7)
+THRESHOLDS = tuple(round(0.20 + 0.05 * i, 2) for i in range(9))  # 0.20 .. 0.60
+HIT_GOAL = 0.60
+FALSE_HIT_LIMIT = 0.10
+
+
+# --- the data set -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BeirSet:
+    """A BEIR set in memory: documents (title, text), queries, graded relevance per query."""
+
+    corpus: dict[str, tuple[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    unanswerable: dict[str, str] = field(default_factory=dict)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
+    return rows
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """query-id -> {corpus-id: score} from a BEIR qrels TSV (its first line is a header)."""
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle, delimiter="\t")
+        next(rows, None)
+        for row in rows:
+            if not row:
+                continue
+            if len(row) < 3:
+                raise ValueError(f"{path}: a qrels row needs query-id, corpus-id and score: {row}")
+            qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+    return qrels
+
+
+def load_beir(directory: Path, *, split: str = "test", max_docs: int | None = None) -> BeirSet:
+    """Load a BEIR directory; queries without a judged-relevant document are left out.
+
+    With ``max_docs`` the corpus keeps every document some kept query judges relevant, then the others
+    in file order up to ``max_docs`` (the usual way to subsample a BEIR corpus: recall stays measurable).
+    """
+    corpus = {
+        str(row["_id"]): (row.get("title") or "", row.get("text") or "")
+        for row in _read_jsonl(directory / "corpus.jsonl")
+    }
+    queries = {str(row["_id"]): row["text"] for row in _read_jsonl(directory / "queries.jsonl")}
+    qrels = read_qrels(directory / "qrels" / f"{split}.tsv")
+    qrels = {
+        qid: {doc: score for doc, score in judged.items() if score > 0 and doc in corpus}
+        for qid, judged in qrels.items()
+        if qid in queries
+    }
+    qrels = {qid: judged for qid, judged in qrels.items() if judged}
+    if max_docs is not None and len(corpus) > max_docs:
+        needed = {doc for judged in qrels.values() for doc in judged}
+        kept = [doc for doc in corpus if doc in needed]
+        kept += [doc for doc in corpus if doc not in needed][: max(0, max_docs - len(kept))]
+        corpus = {doc: corpus[doc] for doc in kept}
+    unanswerable: dict[str, str] = {}
+    if (directory / UNANSWERABLE_FILE).is_file():
+        unanswerable = {str(row["_id"]): row["text"] for row in _read_jsonl(directory / UNANSWERABLE_FILE)}
+    return BeirSet(corpus, {qid: queries[qid] for qid in qrels}, qrels, unanswerable)
+
+
+def document_text(title: str, text: str) -> str:
+    """What gets indexed for a document: the title, a blank line, the text."""
+    return f"{title}\n\n{text}" if title else text
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+def recall_at(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
+    """Share of the relevant documents found in the first k."""
+    if not relevant:
+        return 0.0
+    return len(set(ranked[:k]) & set(relevant)) / len(relevant)
+
+
+def mrr_at(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
+    """1 / rank of the first relevant document in the first k, else 0."""
+    for rank, doc in enumerate(ranked[:k], start=1):
+        if relevant.get(doc, 0) > 0:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
+    """nDCG@k with the graded score as the gain (as pytrec_eval, which BEIR uses, computes it)."""
+    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 1) for rank, doc in enumerate(ranked[:k], start=1))
+    ideal = sorted(relevant.values(), reverse=True)[:k]
+    idcg = sum(gain / math.log2(rank + 1) for rank, gain in enumerate(ideal, start=1))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def evaluate(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]], k: int) -> dict[str, float]:
+    """Mean recall@5, MRR@k and nDCG@k over the judged queries (a query with no ranking scores 0)."""
+    totals = {"recall@5": 0.0, f"mrr@{k}": 0.0, f"ndcg@{k}": 0.0}
+    for qid, relevant in qrels.items():
+        ranked = rankings.get(qid, [])
+        totals["recall@5"] += recall_at(ranked, relevant, 5)
+        totals[f"mrr@{k}"] += mrr_at(ranked, relevant, k)
+        totals[f"ndcg@{k}"] += ndcg_at(ranked, relevant, k)
+    return {name: value / max(1, len(qrels)) for name, value in totals.items()}
+
+
+def hit_rates(answerable: Sequence[float], unanswerable: Sequence[float], thresholds: Sequence[float]) -> list[dict]:
+    """For each threshold, the share of answerable questions whose best similarity reaches it (hits)
+    and the share of unanswerable ones that do too (false hits)."""
+    rows = []
+    for threshold in thresholds:
+        hits = sum(score >= threshold for score in answerable) / max(1, len(answerable))
+        false_hits = sum(score >= threshold for score in unanswerable) / max(1, len(unanswerable))
+        rows.append({"threshold": threshold, "hit_rate": hits, "false_hit_rate": false_hits})
+    return rows
+
+
+def recommend_threshold(rows: Sequence[dict]) -> tuple[dict, bool]:
+    """The threshold with the most hits among those meeting both goals, and True; when none meets
+    them, the one with the widest margin of hits over false hits, and False."""
+    meeting = [row for row in rows if row["hit_rate"] > HIT_GOAL and row["false_hit_rate"] < FALSE_HIT_LIMIT]
+    if meeting:
+        return max(meeting, key=lambda row: (row["hit_rate"], -row["false_hit_rate"])), True
+    return max(rows, key=lambda row: (row["hit_rate"] - row["false_hit_rate"], row["threshold"])), False
+
+
+# --- retrieval -------------------------------------------------------------------------------------
+
+
+class Retrievers:
+    """The corpus indexed once, for BM25 and vectors; rankings for any query."""
+
+    def __init__(self, data: BeirSet, embed: Callable[[list[str]], np.ndarray], *, depth: int) -> None:
+        from services.rag.keyword import KeywordIndex
+
+        self.depth = depth
+        self.ids = list(data.corpus)
+        texts = [document_text(*data.corpus[doc]) for doc in self.ids]
+        started = time.perf_counter()
+        self.keyword = KeywordIndex()
+        self.keyword.add(self.ids, texts)
+        self.keyword.search("warm up", 1)  # builds the BM25 matrix now, not inside the first query
+        self.keyword_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        self.vectors = embed(texts)
+        self.embed_seconds = time.perf_counter() - started
+        self._embed = embed
+
+    def vector_hits(self, query_vectors: np.ndarray) -> list[list[tuple[str, float]]]:
+        """The best ``depth`` documents per query by cosine similarity (vectors are unit length)."""
+        similarities = query_vectors @ self.vectors.T
+        depth = min(self.depth, len(self.ids))
+        hits = []
+        for row in similarities:
+            top = np.argpartition(-row, depth - 1)[:depth]
+            top = top[np.argsort(-row[top], kind="stable")]
+            hits.append([(self.ids[i], float(row[i])) for i in top])
+        return hits
+
+    def keyword_hits(self, query: str) -> list[tuple[str, float]]:
+        return self.keyword.search(query, self.depth)
+
+
+def run(data: BeirSet, embed: Callable[[list[str]], np.ndarray], *, k: int = 10, depth: int = 100) -> dict:
+    """Every method's metrics, the hit-rate table and the recommendations, as one JSON-able dict."""
+    from services.rag.fusion import fuse
+
+    retrievers = Retrievers(data, embed, depth=depth)
+    qids = list(data.queries)
+    query_vectors = embed([data.queries[q] for q in qids]) if qids else np.zeros((0, retrievers.vectors.shape[1]))
+    vector = dict(zip(qids, retrievers.vector_hits(query_vectors), strict=True))
+    keyword = {qid: retrievers.keyword_hits(data.queries[qid]) for qid in qids}
+
+    methods: dict[str, dict[str, list[str]]] = {
+        "bm25": {qid: [doc for doc, _ in keyword[qid]] for qid in qids},
+        "vector": {qid: [doc for doc, _ in vector[qid]] for qid in qids},
+    }
+    for method in ("rrf", "weighted"):
+        for weight in WEIGHTS:
+            methods[f"{method} w={weight}"] = {
+                qid: [doc for doc, _ in fuse(vector[qid], keyword[qid], k=k, method=method, vector_weight=weight)]
+                for qid in qids
+            }
+    metrics = {name: evaluate(rankings, data.qrels, k) for name, rankings in methods.items()}
+    ndcg = f"ndcg@{k}"
+    best = max(metrics, key=lambda name: metrics[name][ndcg])
+    hybrids = [name for name in metrics if name not in ("bm25", "vector")]
+    best_hybrid = max(hybrids, key=lambda name: metrics[name][ndcg])
+
+    answerable_best = [vector[qid][0][1] if vector[qid] else -1.0 for qid in qids]
+    unanswerable_ids = list(data.unanswerable)
+    unanswerable_best: list[float] = []
+    if unanswerable_ids:
+        unanswerable_vectors = embed([data.unanswerable[q] for q in unanswerable_ids])
+        unanswerable_best = [hits[0][1] if hits else -1.0 for hits in retrievers.vector_hits(unanswerable_vectors)]
+    thresholds = hit_rates(answerable_best, unanswerable_best, THRESHOLDS)
+    # A stricter reading of "hit": over the threshold AND a relevant document among the hybrid's top 5.
+    best_rankings = methods[best_hybrid]
+    for row in thresholds:
+        correct = sum(
+            score >= row["threshold"] and bool(set(best_rankings[qid][:5]) & set(data.qrels[qid]))
+            for qid, score in zip(qids, answerable_best, strict=True)
+        )
+        row["correct_hit_rate"] = correct / max(1, len(qids))
+    recommended, meets_goal = recommend_threshold(thresholds) if unanswerable_best else (None, False)
+    return {
+        "documents": len(retrievers.ids),
+        "queries": len(qids),
+        "unanswerable_queries": len(unanswerable_ids),
+        "k": k,
+        "depth": depth,
+        "seconds": {"bm25_index": retrievers.keyword_seconds, "embed_corpus": retrievers.embed_seconds},
+        "metrics": metrics,
+        "best_method": best,
+        "best_hybrid": best_hybrid,
+        "hybrid_beats_both": metrics[best_hybrid][ndcg] > max(metrics["bm25"][ndcg], metrics["vector"][ndcg]),
+        "hit_rates": thresholds,
+        "recommended_threshold": recommended,
+        "threshold_meets_goal": meets_goal,
+        "best_similarity": {
+            "answerable_median": float(np.median(answerable_best)) if answerable_best else None,
+            "unanswerable_median": float(np.median(unanswerable_best)) if unanswerable_best else None,
+        },
+    }
+
+
+def minilm_embedder(threads: int) -> tuple[Callable[[list[str]], np.ndarray], int]:
+    """The inference service's embedder, in-process: texts -> (n, dim) float32 unit vectors; and its
+    max sequence length."""
+    from services.inference.embeddings import Embedder
+    from services.inference.models import EMBED_MODEL_DIR_ENV, embedding_model_files
+
+    embedder = Embedder.from_files(embedding_model_files(os.environ.get(EMBED_MODEL_DIR_ENV)), intra_op_threads=threads)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.asarray(embedder.embed(texts).vectors, dtype=np.float32)
+
+    embed.count_tokens = embedder.count_tokens  # type: ignore[attr-defined]
+    return embed, embedder.max_seq_length
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def markdown(result: dict, *, dataset: str) -> str:
+    """The RESULTS.md body: metrics per method, then the threshold table and the recommendations."""
+    k = result["k"]
+    lines = [
+        f"Set {dataset}: {result['documents']} documents, {result['queries']} questions with judged "
+        f"documents, {result['unanswerable_queries']} unanswerable questions. Documents indexed as title + "
+        f"text by `KeywordIndex` (BM25) and all-MiniLM-L6-v2 (exact cosine, what Chroma computes); each "
+        f"half hands its top {result['depth']} to `fuse`. w = vector_weight.",
+        "",
+        f"| method | recall@5 | MRR@{k} | nDCG@{k} |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, values in result["metrics"].items():
+        bold = "**" if name == result["best_method"] else ""
+        lines.append(
+            f"| {bold}{name}{bold} | {values['recall@5']:.3f} | {values[f'mrr@{k}']:.3f} | {values[f'ndcg@{k}']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Best on nDCG@{k}: **{result['best_method']}**; best hybrid {result['best_hybrid']}, which "
+        + ("beats" if result["hybrid_beats_both"] else "does NOT beat")
+        + " both halves.",
+    ]
+    if result["hit_rates"] and result["unanswerable_queries"]:
+        lines += [
+            "",
+            "Hit = the best cosine similarity reaches the threshold (correct hit: and a relevant document is in "
+            f"the top 5 of {result['best_hybrid']}).",
+            "",
+            "| threshold | hit rate (answerable) | correct hit rate | false-hit rate (unanswerable) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in result["hit_rates"]:
+            lines.append(
+                f"| {row['threshold']:.2f} | {row['hit_rate']:.1%} | {row['correct_hit_rate']:.1%} | "
+                f"{row['false_hit_rate']:.1%} |"
+            )
+        chosen = result["recommended_threshold"]
+        verdict = (
+            "meets the goal (> 60 % hits, < 10 % false hits)"
+            if result["threshold_meets_goal"]
+            else "is the best trade-off: NO threshold meets > 60 % hits with < 10 % false hits"
+        )
+        lines += [
+            "",
+            f"Recommended threshold **{chosen['threshold']:.2f}** ({chosen['hit_rate']:.1%} hits, "
+            f"{chosen['false_hit_rate']:.1%} false hits) {verdict}. Median best similarity: answerable "
+            f"{result['best_similarity']['answerable_median']:.3f}, unanswerable "
+            f"{result['best_similarity']['unanswerable_median']:.3f}.",
+        ]
+    return "\n".join(lines)
+
+
+def print_tables(result: dict, *, dataset: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    k = result["k"]
+    console = Console()
+    table = Table(title=f"{dataset}: {result['documents']} documents, {result['queries']} questions")
+    for column in ("method", "recall@5", f"MRR@{k}", f"nDCG@{k}"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, values in result["metrics"].items():
+        style = "bold green" if name == result["best_method"] else None
+        table.add_row(
+            name, f"{values['recall@5']:.3f}", f"{values[f'mrr@{k}']:.3f}", f"{values[f'ndcg@{k}']:.3f}", style=style
+        )
+    console.print(table)
+    if result["unanswerable_queries"]:
+        hits = Table(title=f"best cosine similarity as a hit threshold ({result['unanswerable_queries']} unanswerable)")
+        for column in ("threshold", "hit rate", "correct hit rate", "false-hit rate"):
+            hits.add_column(column, justify="right")
+        chosen = result["recommended_threshold"]
+        for row in result["hit_rates"]:
+            hits.add_row(
+                f"{row['threshold']:.2f}",
+                f"{row['hit_rate']:.1%}",
+                f"{row['correct_hit_rate']:.1%}",
+                f"{row['false_hit_rate']:.1%}",
+                style="bold green" if row is chosen else None,
+            )
+        console.print(hits)
+    console.print(markdown(result, dataset=dataset).split("\n\n")[-1] if result["unanswerable_queries"] else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; also what ``make bench`` calls (with no arguments: the pydocs set, RESULTS.md written)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.rag_quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--beir", type=Path, default=DEFAULT_BEIR, help="a BEIR directory (default: %(default)s)")
+    parser.add_argument("--split", default="test", help="the qrels file: qrels/SPLIT.tsv")
+    parser.add_argument("--k", type=int, default=10, help="cut-off for MRR and nDCG, and the fused list's length")
+    parser.add_argument("--depth", type=int, default=100, help="documents each half hands to the fusion")
+    parser.add_argument("--max-docs", type=int, default=None, help="subsample the corpus (judged documents kept)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the embedder")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:] if __name__ == "__main__" else [])
+    if args.k < 5:
+        parser.error("--k must be at least 5 (recall@5 is reported)")
+
+    data = load_beir(args.beir, split=args.split, max_docs=args.max_docs)
+    embed, max_tokens = minilm_embedder(args.threads)
+    started = time.perf_counter()
+    result = run(data, embed, k=args.k, depth=max(args.depth, args.k))
+    result["seconds"]["total"] = time.perf_counter() - started
+    lengths = embed.count_tokens([document_text(*data.corpus[doc]) for doc in data.corpus])  # type: ignore[attr-defined]
+    result["documents_truncated"] = sum(length >= max_tokens for length in lengths) / max(1, len(lengths))
+    dataset = args.beir.name
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_tables(result, dataset=dataset)
+        print(
+            f"{result['documents_truncated']:.0%} of the documents exceed the embedder's {max_tokens} word pieces "
+            f"(vectors see their start; BM25 all of them); {result['seconds']['total']:.0f}s in all"
+        )
+    if args.beir.resolve() == DEFAULT_BEIR:
+        from bench.results import write_section
+
+        body = markdown(result, dataset=dataset) + (
+            f"\n\n{result['documents_truncated']:.0%} of the documents are longer than the embedder's "
+            f"{max_tokens} word pieces: their vectors see the start, BM25 sees all of it."
+        )
+        write_section("RAG: retrieval quality", body, "python -m bench.rag_quality")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
