@@ -32,7 +32,7 @@ import numpy as np
 
 DEFAULT_BEIR = Path(__file__).resolve().parent / "data" / "pydocs"
 UNANSWERABLE_FILE = "queries_unanswerable.jsonl"
-WEIGHTS = (0.3, 0.5, 0.7)
+WEIGHTS = (0.3, 0.5, 0.7, 0.8)
 THRESHOLDS = tuple(round(0.20 + 0.05 * i, 2) for i in range(9))  # 0.20 .. 0.60
 HIT_GOAL = 0.60
 FALSE_HIT_LIMIT = 0.10
@@ -172,15 +172,64 @@ def recommend_threshold(rows: Sequence[dict]) -> tuple[dict, bool]:
 # --- retrieval -------------------------------------------------------------------------------------
 
 
-class Retrievers:
-    """The corpus indexed once, for BM25 and vectors; rankings for any query."""
+@dataclass
+class Chunk:
+    """What gets indexed: a piece of one document, with the document's title in front."""
 
-    def __init__(self, data: BeirSet, embed: Callable[[list[str]], np.ndarray], *, depth: int) -> None:
+    id: str
+    document: str
+    text: str
+
+
+def chunk_documents(
+    corpus: dict[str, tuple[str, str]],
+    count: Callable[[str], list[tuple[int, int]]] | None,
+    *,
+    max_tokens: int,
+    overlap: int,
+) -> list[Chunk]:
+    """Cut each document into windows of at most ``max_tokens`` word pieces (``[CLS]`` and ``[SEP]``
+    and the title included), ``overlap`` pieces shared between neighbours, as the rag service chunks
+    by the embedding model's tokenizer. ``count`` gives a text's word-piece character offsets; without
+    it (``max_tokens`` 0) every document is one chunk, which the embedder truncates."""
+    chunks: list[Chunk] = []
+    for doc, (title, text) in corpus.items():
+        if count is None or max_tokens <= 0:
+            chunks.append(Chunk(f"{doc}#0", doc, document_text(title, text)))
+            continue
+        title_pieces = len(count(title)) + 1 if title else 0
+        window = max(32, max_tokens - 2 - title_pieces)
+        offsets = count(text)
+        starts = range(0, max(1, len(offsets) - overlap), max(1, window - overlap))
+        for number, start in enumerate(starts):
+            piece = offsets[start : start + window]
+            body = text[piece[0][0] : piece[-1][1]] if piece else text
+            chunks.append(Chunk(f"{doc}#{number}", doc, document_text(title, body)))
+    return chunks
+
+
+def by_document(hits: Sequence[tuple[str, float]], document_of: dict[str, str]) -> list[tuple[str, float]]:
+    """Chunk hits to document hits: each document at the rank of its best chunk, with that score."""
+    seen: set[str] = set()
+    ranked = []
+    for chunk_id, score in hits:
+        doc = document_of[chunk_id]
+        if doc not in seen:
+            seen.add(doc)
+            ranked.append((doc, score))
+    return ranked
+
+
+class Retrievers:
+    """The chunks indexed once, for BM25 and vectors; chunk rankings for any query."""
+
+    def __init__(self, chunks: list[Chunk], embed: Callable[[list[str]], np.ndarray], *, depth: int) -> None:
         from services.rag.keyword import KeywordIndex
 
         self.depth = depth
-        self.ids = list(data.corpus)
-        texts = [document_text(*data.corpus[doc]) for doc in self.ids]
+        self.ids = [chunk.id for chunk in chunks]
+        self.document_of = {chunk.id: chunk.document for chunk in chunks}
+        texts = [chunk.text for chunk in chunks]
         started = time.perf_counter()
         self.keyword = KeywordIndex()
         self.keyword.add(self.ids, texts)
@@ -189,10 +238,9 @@ class Retrievers:
         started = time.perf_counter()
         self.vectors = embed(texts)
         self.embed_seconds = time.perf_counter() - started
-        self._embed = embed
 
     def vector_hits(self, query_vectors: np.ndarray) -> list[list[tuple[str, float]]]:
-        """The best ``depth`` documents per query by cosine similarity (vectors are unit length)."""
+        """The best ``depth`` chunks per query by cosine similarity (vectors are unit length)."""
         similarities = query_vectors @ self.vectors.T
         depth = min(self.depth, len(self.ids))
         hits = []
@@ -206,24 +254,41 @@ class Retrievers:
         return self.keyword.search(query, self.depth)
 
 
-def run(data: BeirSet, embed: Callable[[list[str]], np.ndarray], *, k: int = 10, depth: int = 100) -> dict:
-    """Every method's metrics, the hit-rate table and the recommendations, as one JSON-able dict."""
+def run(
+    data: BeirSet,
+    embed: Callable[[list[str]], np.ndarray],
+    *,
+    k: int = 10,
+    depth: int = 100,
+    chunks: list[Chunk] | None = None,
+) -> dict:
+    """Every method's metrics, the hit-rate table and the recommendations, as one JSON-able dict.
+
+    Retrieval, BM25 and fusion run over ``chunks`` (default: one per document); a document ranks where
+    its best chunk does, and the hit threshold applies to the best chunk's cosine similarity.
+    """
     from services.rag.fusion import fuse
 
-    retrievers = Retrievers(data, embed, depth=depth)
+    if chunks is None:
+        chunks = chunk_documents(data.corpus, None, max_tokens=0, overlap=0)
+    retrievers = Retrievers(chunks, embed, depth=depth)
+    owner = retrievers.document_of
     qids = list(data.queries)
     query_vectors = embed([data.queries[q] for q in qids]) if qids else np.zeros((0, retrievers.vectors.shape[1]))
     vector = dict(zip(qids, retrievers.vector_hits(query_vectors), strict=True))
     keyword = {qid: retrievers.keyword_hits(data.queries[qid]) for qid in qids}
 
+    def documents(hits: Sequence[tuple[str, float]]) -> list[str]:
+        return [doc for doc, _ in by_document(hits, owner)][:k]
+
     methods: dict[str, dict[str, list[str]]] = {
-        "bm25": {qid: [doc for doc, _ in keyword[qid]] for qid in qids},
-        "vector": {qid: [doc for doc, _ in vector[qid]] for qid in qids},
+        "bm25": {qid: documents(keyword[qid]) for qid in qids},
+        "vector": {qid: documents(vector[qid]) for qid in qids},
     }
     for method in ("rrf", "weighted"):
         for weight in WEIGHTS:
             methods[f"{method} w={weight}"] = {
-                qid: [doc for doc, _ in fuse(vector[qid], keyword[qid], k=k, method=method, vector_weight=weight)]
+                qid: documents(fuse(vector[qid], keyword[qid], k=depth, method=method, vector_weight=weight))
                 for qid in qids
             }
     metrics = {name: evaluate(rankings, data.qrels, k) for name, rankings in methods.items()}
@@ -249,7 +314,8 @@ def run(data: BeirSet, embed: Callable[[list[str]], np.ndarray], *, k: int = 10,
         row["correct_hit_rate"] = correct / max(1, len(qids))
     recommended, meets_goal = recommend_threshold(thresholds) if unanswerable_best else (None, False)
     return {
-        "documents": len(retrievers.ids),
+        "documents": len(data.corpus),
+        "chunks": len(retrievers.ids),
         "queries": len(qids),
         "unanswerable_queries": len(unanswerable_ids),
         "k": k,
@@ -269,22 +335,39 @@ def run(data: BeirSet, embed: Callable[[list[str]], np.ndarray], *, k: int = 10,
     }
 
 
-def minilm_embedder(threads: int) -> tuple[Callable[[list[str]], np.ndarray], int]:
-    """The inference service's embedder, in-process: texts -> (n, dim) float32 unit vectors; and its
-    max sequence length."""
+def minilm_embedder(threads: int) -> tuple[Callable[[list[str]], np.ndarray], Callable[[str], list[tuple[int, int]]]]:
+    """The inference service's embedder, in-process (texts -> (n, dim) float32 unit vectors), and a
+    function giving a text's word-piece character offsets under the same tokenizer, for chunking."""
+    from tokenizers import Tokenizer
+
     from services.inference.embeddings import Embedder
     from services.inference.models import EMBED_MODEL_DIR_ENV, embedding_model_files
 
-    embedder = Embedder.from_files(embedding_model_files(os.environ.get(EMBED_MODEL_DIR_ENV)), intra_op_threads=threads)
+    files = embedding_model_files(os.environ.get(EMBED_MODEL_DIR_ENV))
+    embedder = Embedder.from_files(files, intra_op_threads=threads)
+    tokenizer = Tokenizer.from_file(str(files.tokenizer))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
 
     def embed(texts: list[str]) -> np.ndarray:
-        return np.asarray(embedder.embed(texts).vectors, dtype=np.float32)
+        return np.asarray(embedder.embed(texts).vectors, dtype=np.float32).reshape(len(texts), embedder.dimensions)
 
-    embed.count_tokens = embedder.count_tokens  # type: ignore[attr-defined]
-    return embed, embedder.max_seq_length
+    def offsets(text: str) -> list[tuple[int, int]]:
+        return list(tokenizer.encode(text, add_special_tokens=False).offsets)
+
+    return embed, offsets
 
 
 # --- output ----------------------------------------------------------------------------------------
+
+
+def chunking(result: dict) -> str:
+    if not result.get("chunk_tokens"):
+        return f"Whole documents ({result['chunks']}), truncated by the embedder at its sequence length."
+    return (
+        f"Documents cut into {result['chunks']} chunks of at most {result['chunk_tokens']} word pieces "
+        f"({result['overlap']} overlapping), as the rag service chunks."
+    )
 
 
 def markdown(result: dict, *, dataset: str) -> str:
@@ -292,9 +375,10 @@ def markdown(result: dict, *, dataset: str) -> str:
     k = result["k"]
     lines = [
         f"Set {dataset}: {result['documents']} documents, {result['queries']} questions with judged "
-        f"documents, {result['unanswerable_queries']} unanswerable questions. Documents indexed as title + "
-        f"text by `KeywordIndex` (BM25) and all-MiniLM-L6-v2 (exact cosine, what Chroma computes); each "
-        f"half hands its top {result['depth']} to `fuse`. w = vector_weight.",
+        f"documents, {result['unanswerable_queries']} unanswerable questions. {chunking(result)} Each chunk "
+        f"(the document's title, a blank line, its text) is indexed by `KeywordIndex` (BM25) and embedded by "
+        f"all-MiniLM-L6-v2 (exact cosine, what Chroma computes); each half hands its top {result['depth']} "
+        f"chunks to `fuse`; a document ranks where its best chunk does. w = vector_weight.",
         "",
         f"| method | recall@5 | MRR@{k} | nDCG@{k} |",
         "| --- | --- | --- | --- |",
@@ -346,7 +430,9 @@ def print_tables(result: dict, *, dataset: str) -> None:
 
     k = result["k"]
     console = Console()
-    table = Table(title=f"{dataset}: {result['documents']} documents, {result['queries']} questions")
+    table = Table(
+        title=f"{dataset}: {result['documents']} documents ({result['chunks']} chunks), {result['queries']} questions"
+    )
     for column in ("method", "recall@5", f"MRR@{k}", f"nDCG@{k}"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for name, values in result["metrics"].items():
@@ -377,39 +463,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rag_quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--beir", type=Path, default=DEFAULT_BEIR, help="a BEIR directory (default: %(default)s)")
     parser.add_argument("--split", default="test", help="the qrels file: qrels/SPLIT.tsv")
-    parser.add_argument("--k", type=int, default=10, help="cut-off for MRR and nDCG, and the fused list's length")
-    parser.add_argument("--depth", type=int, default=100, help="documents each half hands to the fusion")
+    parser.add_argument("--k", type=int, default=10, help="cut-off for MRR and nDCG, and the ranked list's length")
+    parser.add_argument("--depth", type=int, default=100, help="chunks each half hands to the fusion")
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=256, help="word pieces per chunk, title included (0: whole documents)"
+    )
+    parser.add_argument("--overlap", type=int, default=32, help="word pieces shared by neighbouring chunks")
     parser.add_argument("--max-docs", type=int, default=None, help="subsample the corpus (judged documents kept)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the embedder")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:] if __name__ == "__main__" else [])
     if args.k < 5:
         parser.error("--k must be at least 5 (recall@5 is reported)")
+    if args.chunk_tokens and not 0 <= args.overlap < args.chunk_tokens // 2:
+        parser.error("--overlap must be below half of --chunk-tokens")
 
     data = load_beir(args.beir, split=args.split, max_docs=args.max_docs)
-    embed, max_tokens = minilm_embedder(args.threads)
+    embed, offsets = minilm_embedder(args.threads)
     started = time.perf_counter()
-    result = run(data, embed, k=args.k, depth=max(args.depth, args.k))
+    chunks = chunk_documents(data.corpus, offsets, max_tokens=args.chunk_tokens, overlap=args.overlap)
+    result = run(data, embed, k=args.k, depth=max(args.depth, args.k), chunks=chunks)
+    result["chunk_tokens"], result["overlap"] = args.chunk_tokens, args.overlap
     result["seconds"]["total"] = time.perf_counter() - started
-    lengths = embed.count_tokens([document_text(*data.corpus[doc]) for doc in data.corpus])  # type: ignore[attr-defined]
-    result["documents_truncated"] = sum(length >= max_tokens for length in lengths) / max(1, len(lengths))
     dataset = args.beir.name
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print_tables(result, dataset=dataset)
-        print(
-            f"{result['documents_truncated']:.0%} of the documents exceed the embedder's {max_tokens} word pieces "
-            f"(vectors see their start; BM25 all of them); {result['seconds']['total']:.0f}s in all"
-        )
-    if args.beir.resolve() == DEFAULT_BEIR:
+        print(f"{result['chunks']} chunks; {result['seconds']['total']:.0f}s in all")
+    if args.beir.resolve() == DEFAULT_BEIR and argv is None:
         from bench.results import write_section
 
-        body = markdown(result, dataset=dataset) + (
-            f"\n\n{result['documents_truncated']:.0%} of the documents are longer than the embedder's "
-            f"{max_tokens} word pieces: their vectors see the start, BM25 sees all of it."
-        )
-        write_section("RAG: retrieval quality", body, "python -m bench.rag_quality")
+        command = "python -m bench.rag_quality" + (" " + " ".join(sys.argv[1:]) if __name__ == "__main__" else "")
+        write_section("RAG: retrieval quality", markdown(result, dataset=dataset), command.strip())
     return 0
 
 
