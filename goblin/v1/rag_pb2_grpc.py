@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class RagStub:
     """Collections and documents in ChromaDB; secrets are redacted before a chunk is embedded or stored.
+    Every RPC needs the signed principal: the tenant is the principal's, never a request field. A
+    collection is named by its name or its id; one of another tenant's is NOT_FOUND, as a missing one.
     """
 
     def __init__(self, channel):
@@ -70,10 +72,22 @@ class RagStub:
                 request_serializer=goblin_dot_v1_dot_rag__pb2.QueryRequest.SerializeToString,
                 response_deserializer=goblin_dot_v1_dot_rag__pb2.QueryResponse.FromString,
                 _registered_method=True)
+        self.GetDocument = channel.unary_unary(
+                '/goblin.v1.Rag/GetDocument',
+                request_serializer=goblin_dot_v1_dot_rag__pb2.GetDocumentRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_rag__pb2.Document.FromString,
+                _registered_method=True)
+        self.GetCollection = channel.unary_unary(
+                '/goblin.v1.Rag/GetCollection',
+                request_serializer=goblin_dot_v1_dot_rag__pb2.GetCollectionRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_rag__pb2.Collection.FromString,
+                _registered_method=True)
 
 
 class RagServicer:
     """Collections and documents in ChromaDB; secrets are redacted before a chunk is embedded or stored.
+    Every RPC needs the signed principal: the tenant is the principal's, never a request field. A
+    collection is named by its name or its id; one of another tenant's is NOT_FOUND, as a missing one.
     """
 
     def CreateCollection(self, request, context):
@@ -118,6 +132,18 @@ class RagServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDocument(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RagServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +182,16 @@ def add_RagServicer_to_server(servicer, server):
                     request_deserializer=goblin_dot_v1_dot_rag__pb2.QueryRequest.FromString,
                     response_serializer=goblin_dot_v1_dot_rag__pb2.QueryResponse.SerializeToString,
             ),
+            'GetDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocument,
+                    request_deserializer=goblin_dot_v1_dot_rag__pb2.GetDocumentRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_rag__pb2.Document.SerializeToString,
+            ),
+            'GetCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollection,
+                    request_deserializer=goblin_dot_v1_dot_rag__pb2.GetCollectionRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_rag__pb2.Collection.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'goblin.v1.Rag', rpc_method_handlers)
@@ -166,6 +202,8 @@ def add_RagServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Rag:
     """Collections and documents in ChromaDB; secrets are redacted before a chunk is embedded or stored.
+    Every RPC needs the signed principal: the tenant is the principal's, never a request field. A
+    collection is named by its name or its id; one of another tenant's is NOT_FOUND, as a missing one.
     """
 
     @staticmethod
@@ -347,6 +385,60 @@ class Rag:
             '/goblin.v1.Rag/Query',
             goblin_dot_v1_dot_rag__pb2.QueryRequest.SerializeToString,
             goblin_dot_v1_dot_rag__pb2.QueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Rag/GetDocument',
+            goblin_dot_v1_dot_rag__pb2.GetDocumentRequest.SerializeToString,
+            goblin_dot_v1_dot_rag__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Rag/GetCollection',
+            goblin_dot_v1_dot_rag__pb2.GetCollectionRequest.SerializeToString,
+            goblin_dot_v1_dot_rag__pb2.Collection.FromString,
             options,
             channel_credentials,
             insecure,

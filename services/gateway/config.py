@@ -37,6 +37,9 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
     rate_limit_fail_open: bool = Field(True, alias="GOBLIN_RATE_LIMIT_FAIL_OPEN")
     trusted_proxies: str = Field("", alias="GOBLIN_TRUSTED_PROXIES", description="CIDRs, comma-separated")
     max_body_bytes: int = Field(1024 * 1024, alias="GOBLIN_MAX_BODY_BYTES", ge=1024)
+    # Document uploads (POST /v1/collections/{c}/documents): the rag service refuses documents over 10 MiB;
+    # a multipart or JSON body holding one is a little larger.
+    max_document_body_bytes: int = Field(11 * 1024 * 1024, alias="GOBLIN_MAX_DOCUMENT_BODY_BYTES", ge=1024)
     request_timeout_s: float = Field(30.0, alias="GOBLIN_REQUEST_TIMEOUT_S", gt=0)
     chat_timeout_s: float = Field(600.0, alias="GOBLIN_CHAT_TIMEOUT_S", gt=0)
 

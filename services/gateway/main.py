@@ -11,7 +11,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from services.common.process import freeze_startup_heap
 from services.common.telemetry import exporting
-from services.gateway.api.routes import auth, health, jwks, openai, operator
+from services.gateway.api.routes import auth, collections, health, jwks, openai, operator
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import (
@@ -77,6 +77,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(jwks.router)
     app.include_router(operator.router)
+    app.include_router(collections.router)
 
     # Starlette wraps each added middleware around the ones before it: the first added is innermost.
     # Request order: envelope -> security headers -> internal errors -> CORS -> body limit -> timeout
@@ -97,7 +98,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             verified=lambda credential: app.state.gateway.principals.get(credential),
         )
     app.add_middleware(TimeoutMiddleware, default_s=settings.request_timeout_s, chat_s=settings.chat_timeout_s)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, document_bytes=settings.max_document_body_bytes
+    )
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -203,18 +203,32 @@ class InternalErrorMiddleware:
             await _send_error(send, 500, "internal_error", "internal error; quote the correlation id to report it")
 
 
+def is_document_upload(scope: Scope) -> bool:
+    """``POST /v1/collections/{c}/documents``: a larger body, and the time to embed it."""
+    path = scope.get("path", "")
+    return scope.get("method") == "POST" and path.startswith("/v1/collections/") and path.endswith("/documents")
+
+
 class BodyLimitMiddleware:
     """413 for bodies over the limit: at once from Content-Length; a body without one (chunked) is read
-    here up to the limit and handed on whole, since FastAPI reads whole bodies anyway."""
+    here up to the limit and handed on whole, since FastAPI reads whole bodies anyway. Document uploads
+    have a limit of their own (``document_bytes``)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, document_bytes: int | None = None) -> None:
         self.app = app
+        self.default_bytes = max_bytes
+        self.document_bytes = document_bytes or max_bytes
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self._limited(
+            scope, receive, send, self.document_bytes if is_document_upload(scope) else self.default_bytes
+        )
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         declared: int | None = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -225,8 +239,8 @@ class BodyLimitMiddleware:
                     return
         if declared is not None:
             # The HTTP server holds the client to its Content-Length, so checking it is enough.
-            if declared > self.max_bytes:
-                await _send_error(send, 413, "payload_too_large", self._message())
+            if declared > max_bytes:
+                await _send_error(send, 413, "payload_too_large", self._message(max_bytes))
                 return
             await self.app(scope, receive, send)
             return
@@ -241,8 +255,8 @@ class BodyLimitMiddleware:
                 return  # the client went away before finishing its body
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                await _send_error(send, 413, "payload_too_large", self._message())
+            if size > max_bytes:
+                await _send_error(send, 413, "payload_too_large", self._message(max_bytes))
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -258,8 +272,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _message(self) -> str:
-        return f"request body larger than {self.max_bytes} bytes"
+    @staticmethod
+    def _message(max_bytes: int) -> str:
+        return f"request body larger than {max_bytes} bytes"
 
 
 class TimeoutMiddleware:
@@ -274,7 +289,8 @@ class TimeoutMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.chat_s if classify(scope.get("path", "")) is RouteClass.chat else self.default_s
+        long = classify(scope.get("path", "")) is RouteClass.chat or is_document_upload(scope)
+        limit = self.chat_s if long else self.default_s
         started = False
 
         async def send_marking(message: Message) -> None:

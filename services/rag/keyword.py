@@ -36,8 +36,9 @@ class KeywordIndex:
         self._texts: dict[str, str] = {}
         self._stemmer = Stemmer.Stemmer("english")
         self._stopwords = set(bm25s.stopwords.STOPWORDS_EN)
-        self._retriever: Any = None
-        self._ids: list[str] = []
+        # (chunk ids in matrix order, the bm25s retriever or None): replaced as one, so a search never
+        # pairs one build's ids with another's matrix.
+        self._built: tuple[list[str], Any] = ([], None)
         self._dirty = True
 
     def __len__(self) -> int:
@@ -70,27 +71,36 @@ class KeywordIndex:
         """Every chunk id in the index."""
         return list(self._texts)
 
+    def copy(self) -> KeywordIndex:
+        """An independent index with the same chunks (the current build is shared until either changes)."""
+        twin = KeywordIndex(k1=self.k1, b=self.b)
+        twin._texts = dict(self._texts)
+        twin._built = self._built
+        twin._dirty = self._dirty
+        return twin
+
     def _rebuild(self) -> None:
-        self._ids = list(self._texts)
-        corpus = [self.tokenize(self._texts[i]) for i in self._ids]
-        if not any(corpus):
-            self._retriever = None
-        else:
+        ids = list(self._texts)
+        corpus = [self.tokenize(self._texts[i]) for i in ids]
+        retriever = None
+        if any(corpus):
             retriever = bm25s.BM25(k1=self.k1, b=self.b)
             retriever.index(corpus, show_progress=False)
-            self._retriever = retriever
+        self._built = (ids, retriever)
         self._dirty = False
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         """The best k chunks for the query as (id, BM25 score), best first; chunks scoring 0 are left out."""
         if self._dirty:
             self._rebuild()
-        tokens = [t for t in self.tokenize(query) if self._retriever and t in self._retriever.vocab_dict]
-        if not tokens or k <= 0:
+        ids, retriever = self._built
+        if retriever is None or k <= 0:
             return []
-        k = min(k, len(self._ids))
-        docs, scores = self._retriever.retrieve([tokens], k=k, show_progress=False, n_threads=1)
-        return [(self._ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if float(s) > 0.0]
+        tokens = [t for t in self.tokenize(query) if t in retriever.vocab_dict]
+        if not tokens:
+            return []
+        docs, scores = retriever.retrieve([tokens], k=min(k, len(ids)), show_progress=False, n_threads=1)
+        return [(ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if float(s) > 0.0]
 
     def save(self, path: Path | str) -> None:
         """Write the index under path, atomically: a crash leaves the old files or the new, never half."""
@@ -100,16 +110,17 @@ class KeywordIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
+            ids, retriever = self._built
             payload = {
                 "format": _FORMAT,
                 "k1": self.k1,
                 "b": self.b,
-                "ids": self._ids,
-                "texts": [self._texts[i] for i in self._ids],
+                "ids": ids,
+                "texts": [self._texts[i] for i in ids],
             }
             (staging / _TEXTS_FILE).write_text(json.dumps(payload), encoding="utf-8")
-            if self._retriever is not None:
-                self._retriever.save(str(staging / "bm25"), show_progress=False)
+            if retriever is not None:
+                retriever.save(str(staging / "bm25"), show_progress=False)
             old = path.with_name(f".{path.name}.old")
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
@@ -133,14 +144,16 @@ class KeywordIndex:
                 raise KeywordIndexCorrupt(f"{path}: ids and texts differ")
             index = cls(k1=float(payload["k1"]), b=float(payload["b"]))
             index._texts = dict(zip(ids, texts, strict=True))
-            index._ids = list(ids)
-            index._retriever = None
+            retriever = None
             if (path / "bm25").is_dir():
                 retriever = bm25s.BM25.load(str(path / "bm25"), show_progress=False, verbosity=0)
                 if retriever.scores["num_docs"] != len(ids):
                     raise KeywordIndexCorrupt(f"{path}: the BM25 matrix does not match the chunks")
-                index._retriever = retriever
-            index._dirty = bool(ids) and index._retriever is None and any(index.tokenize(t) for t in texts)
+            index._built = (list(ids), retriever)
+            # A saved index without a matrix had no searchable words; anything else means files are missing.
+            index._dirty = retriever is None and any(index.tokenize(t) for t in texts)
+            if index._dirty:
+                raise KeywordIndexCorrupt(f"{path}: the BM25 matrix is missing")
             return index
         except KeywordIndexCorrupt:
             raise

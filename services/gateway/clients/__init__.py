@@ -13,6 +13,7 @@ from services.common.tls import GrpcTls
 from services.common.topology import BACKEND_SERVICES
 from services.gateway.clients.auth import AuthClient
 from services.gateway.clients.health import HealthClient, ServiceHealth
+from services.gateway.clients.rag import RagClient
 from services.gateway.clients.router import ChatStream, Embeddings, ModelInfo, RouterClient
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "GatewayClients",
     "HealthClient",
     "ModelInfo",
+    "RagClient",
     "RouterClient",
     "ServiceHealth",
 ]
@@ -36,6 +38,7 @@ class GatewayClients:
         self._channels = {name: open_channel(address, name, tls) for name, address in self.addresses.items()}
         self.router = RouterClient(self._channels["router"])
         self.auth = AuthClient(self._channels["auth"])
+        self.rag = RagClient(self._channels["rag"])
         self.health = HealthClient(self.addresses, self._channels)
 
     async def close(self) -> None:
