@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -161,12 +162,15 @@ def hit_rates(answerable: Sequence[float], unanswerable: Sequence[float], thresh
 
 
 def recommend_threshold(rows: Sequence[dict]) -> tuple[dict, bool]:
-    """The threshold with the most hits among those meeting both goals, and True; when none meets
-    them, the one with the widest margin of hits over false hits, and False."""
+    """Among the thresholds meeting both goals (> 60 % hits, < 10 % false hits), the one with the widest
+    margin of hits over false hits (ties: the higher threshold, further from the false hits), and True;
+    when none meets them, the widest margin overall, and False."""
     meeting = [row for row in rows if row["hit_rate"] > HIT_GOAL and row["false_hit_rate"] < FALSE_HIT_LIMIT]
-    if meeting:
-        return max(meeting, key=lambda row: (row["hit_rate"], -row["false_hit_rate"])), True
-    return max(rows, key=lambda row: (row["hit_rate"] - row["false_hit_rate"], row["threshold"])), False
+
+    def margin(row: dict) -> tuple[float, float]:
+        return (round(row["hit_rate"] - row["false_hit_rate"], 9), row["threshold"])
+
+    return max(meeting or rows, key=margin), bool(meeting)
 
 
 # --- retrieval -------------------------------------------------------------------------------------
@@ -174,37 +178,30 @@ def recommend_threshold(rows: Sequence[dict]) -> tuple[dict, bool]:
 
 @dataclass
 class Chunk:
-    """What gets indexed: a piece of one document, with the document's title in front."""
+    """What gets indexed: a piece of one document, as the rag service searches it."""
 
     id: str
     document: str
     text: str
 
 
-def chunk_documents(
-    corpus: dict[str, tuple[str, str]],
-    count: Callable[[str], list[tuple[int, int]]] | None,
-    *,
-    max_tokens: int,
-    overlap: int,
-) -> list[Chunk]:
-    """Cut each document into windows of at most ``max_tokens`` word pieces (``[CLS]`` and ``[SEP]``
-    and the title included), ``overlap`` pieces shared between neighbours, as the rag service chunks
-    by the embedding model's tokenizer. ``count`` gives a text's word-piece character offsets; without
-    it (``max_tokens`` 0) every document is one chunk, which the embedder truncates."""
+def chunk_documents(corpus: dict[str, tuple[str, str]], chunker: Any | None) -> list[Chunk]:
+    """The rag service's chunks of every document: its ``Chunker`` (token-sized pieces cut between
+    paragraphs, sentences or words, overlapping) and its ``search_text`` (title, blank line, body) for
+    what is embedded and keyword-indexed. Without a chunker every document is one chunk, which the
+    embedder truncates at its sequence length."""
+    from services.rag.ingest.document import TEXT_PLAIN, ParsedDocument, Section
+    from services.rag.naming import chunk_id, search_text
+
     chunks: list[Chunk] = []
     for doc, (title, text) in corpus.items():
-        if count is None or max_tokens <= 0:
-            chunks.append(Chunk(f"{doc}#0", doc, document_text(title, text)))
+        if chunker is None:
+            chunks.append(Chunk(chunk_id(doc, 0), doc, search_text(text, title, "")))
             continue
-        title_pieces = len(count(title)) + 1 if title else 0
-        window = max(32, max_tokens - 2 - title_pieces)
-        offsets = count(text)
-        starts = range(0, max(1, len(offsets) - overlap), max(1, window - overlap))
-        for number, start in enumerate(starts):
-            piece = offsets[start : start + window]
-            body = text[piece[0][0] : piece[-1][1]] if piece else text
-            chunks.append(Chunk(f"{doc}#{number}", doc, document_text(title, body)))
+        parsed = ParsedDocument(title=title, sections=(Section(heading_path=(), text=text),), content_type=TEXT_PLAIN)
+        for piece in chunker.chunk(parsed):
+            heading = " > ".join(piece.heading_path)
+            chunks.append(Chunk(chunk_id(doc, piece.index), doc, search_text(piece.text, title, heading)))
     return chunks
 
 
@@ -212,8 +209,8 @@ def by_document(hits: Sequence[tuple[str, float]], document_of: dict[str, str]) 
     """Chunk hits to document hits: each document at the rank of its best chunk, with that score."""
     seen: set[str] = set()
     ranked = []
-    for chunk_id, score in hits:
-        doc = document_of[chunk_id]
+    for chunk, score in hits:
+        doc = document_of[chunk]
         if doc not in seen:
             seen.add(doc)
             ranked.append((doc, score))
@@ -228,6 +225,7 @@ class Retrievers:
 
         self.depth = depth
         self.ids = [chunk.id for chunk in chunks]
+        self.column = {chunk: i for i, chunk in enumerate(self.ids)}
         self.document_of = {chunk.id: chunk.document for chunk in chunks}
         texts = [chunk.text for chunk in chunks]
         started = time.perf_counter()
@@ -239,16 +237,16 @@ class Retrievers:
         self.vectors = embed(texts)
         self.embed_seconds = time.perf_counter() - started
 
-    def vector_hits(self, query_vectors: np.ndarray) -> list[list[tuple[str, float]]]:
-        """The best ``depth`` chunks per query by cosine similarity (vectors are unit length)."""
-        similarities = query_vectors @ self.vectors.T
+    def similarities(self, query_vectors: np.ndarray) -> np.ndarray:
+        """Cosine similarity of every query to every chunk (the vectors are unit length)."""
+        return query_vectors @ self.vectors.T
+
+    def vector_hits(self, row: np.ndarray) -> list[tuple[str, float]]:
+        """The best ``depth`` chunks for one query's row of similarities, best first."""
         depth = min(self.depth, len(self.ids))
-        hits = []
-        for row in similarities:
-            top = np.argpartition(-row, depth - 1)[:depth]
-            top = top[np.argsort(-row[top], kind="stable")]
-            hits.append([(self.ids[i], float(row[i])) for i in top])
-        return hits
+        top = np.argpartition(-row, depth - 1)[:depth]
+        top = top[np.argsort(-row[top], kind="stable")]
+        return [(self.ids[i], float(row[i])) for i in top]
 
     def keyword_hits(self, query: str) -> list[tuple[str, float]]:
         return self.keyword.search(query, self.depth)
@@ -259,65 +257,79 @@ def run(
     embed: Callable[[list[str]], np.ndarray],
     *,
     k: int = 10,
-    depth: int = 100,
+    depth: int | None = None,
     chunks: list[Chunk] | None = None,
 ) -> dict:
     """Every method's metrics, the hit-rate table and the recommendations, as one JSON-able dict.
 
-    Retrieval, BM25 and fusion run over ``chunks`` (default: one per document); a document ranks where
-    its best chunk does, and the hit threshold applies to the best chunk's cosine similarity.
+    Retrieval and fusion run over ``chunks`` (default: one per document), each half handing ``depth``
+    chunks to the fusion (default: the service's max(4 k, 20)); a document ranks where its best chunk
+    does. A question is a hit, as in the service, when the best cosine similarity among the top k
+    fused chunks of the best hybrid reaches the threshold.
     """
     from services.rag.fusion import fuse
 
+    depth = depth or max(4 * k, 20)
     if chunks is None:
-        chunks = chunk_documents(data.corpus, None, max_tokens=0, overlap=0)
+        chunks = chunk_documents(data.corpus, None)
     retrievers = Retrievers(chunks, embed, depth=depth)
     owner = retrievers.document_of
-    qids = list(data.queries)
-    query_vectors = embed([data.queries[q] for q in qids]) if qids else np.zeros((0, retrievers.vectors.shape[1]))
-    vector = dict(zip(qids, retrievers.vector_hits(query_vectors), strict=True))
-    keyword = {qid: retrievers.keyword_hits(data.queries[qid]) for qid in qids}
 
-    def documents(hits: Sequence[tuple[str, float]]) -> list[str]:
-        return [doc for doc, _ in by_document(hits, owner)][:k]
+    def search(questions: dict[str, str]) -> tuple[dict, dict, dict]:
+        qids = list(questions)
+        vectors = embed([questions[q] for q in qids]) if qids else np.zeros((0, retrievers.vectors.shape[1]))
+        rows = dict(zip(qids, retrievers.similarities(vectors), strict=True))
+        vector = {qid: retrievers.vector_hits(rows[qid]) for qid in qids}
+        keyword = {qid: retrievers.keyword_hits(questions[qid]) for qid in qids}
+        return rows, vector, keyword
 
-    methods: dict[str, dict[str, list[str]]] = {
-        "bm25": {qid: documents(keyword[qid]) for qid in qids},
-        "vector": {qid: documents(vector[qid]) for qid in qids},
+    def fused(method: str, vector: list, keyword: list) -> list[tuple[str, float]]:
+        if method == "bm25":
+            return keyword
+        if method == "vector":
+            return vector
+        name, weight = method.split(" w=")
+        return fuse(vector, keyword, k=depth, method=name, vector_weight=float(weight))
+
+    names = ["bm25", "vector"] + [f"{method} w={weight}" for method in ("rrf", "weighted") for weight in WEIGHTS]
+    rows, vector, keyword = search(data.queries)
+    methods = {
+        name: {qid: [doc for doc, _ in by_document(fused(name, vector[qid], keyword[qid]), owner)][:k] for qid in rows}
+        for name in names
     }
-    for method in ("rrf", "weighted"):
-        for weight in WEIGHTS:
-            methods[f"{method} w={weight}"] = {
-                qid: documents(fuse(vector[qid], keyword[qid], k=depth, method=method, vector_weight=weight))
-                for qid in qids
-            }
     metrics = {name: evaluate(rankings, data.qrels, k) for name, rankings in methods.items()}
     ndcg = f"ndcg@{k}"
     best = max(metrics, key=lambda name: metrics[name][ndcg])
-    hybrids = [name for name in metrics if name not in ("bm25", "vector")]
-    best_hybrid = max(hybrids, key=lambda name: metrics[name][ndcg])
+    best_hybrid = max(names[2:], key=lambda name: metrics[name][ndcg])
 
-    answerable_best = [vector[qid][0][1] if vector[qid] else -1.0 for qid in qids]
-    unanswerable_ids = list(data.unanswerable)
-    unanswerable_best: list[float] = []
-    if unanswerable_ids:
-        unanswerable_vectors = embed([data.unanswerable[q] for q in unanswerable_ids])
-        unanswerable_best = [hits[0][1] if hits else -1.0 for hits in retrievers.vector_hits(unanswerable_vectors)]
-    thresholds = hit_rates(answerable_best, unanswerable_best, THRESHOLDS)
+    def best_cosines(rows: dict, vector: dict, keyword: dict) -> dict[str, float]:
+        scores = {}
+        for qid, row in rows.items():
+            top = fused(best_hybrid, vector[qid], keyword[qid])[:k]
+            scores[qid] = max((float(row[retrievers.column[chunk]]) for chunk, _ in top), default=-1.0)
+        return scores
+
+    answerable = best_cosines(rows, vector, keyword)
+    unanswerable = best_cosines(*search(data.unanswerable)) if data.unanswerable else {}
+    thresholds = hit_rates(list(answerable.values()), list(unanswerable.values()), THRESHOLDS)
     # A stricter reading of "hit": over the threshold AND a relevant document among the hybrid's top 5.
-    best_rankings = methods[best_hybrid]
     for row in thresholds:
         correct = sum(
-            score >= row["threshold"] and bool(set(best_rankings[qid][:5]) & set(data.qrels[qid]))
-            for qid, score in zip(qids, answerable_best, strict=True)
+            score >= row["threshold"] and bool(set(methods[best_hybrid][qid][:5]) & set(data.qrels[qid]))
+            for qid, score in answerable.items()
         )
-        row["correct_hit_rate"] = correct / max(1, len(qids))
-    recommended, meets_goal = recommend_threshold(thresholds) if unanswerable_best else (None, False)
+        row["correct_hit_rate"] = correct / max(1, len(answerable))
+    recommended, meets_goal = recommend_threshold(thresholds) if unanswerable else (None, False)
+    false_hits = (
+        sorted(data.unanswerable[q] for q, score in unanswerable.items() if score >= recommended["threshold"])
+        if recommended
+        else []
+    )
     return {
         "documents": len(data.corpus),
         "chunks": len(retrievers.ids),
-        "queries": len(qids),
-        "unanswerable_queries": len(unanswerable_ids),
+        "queries": len(answerable),
+        "unanswerable_queries": len(unanswerable),
         "k": k,
         "depth": depth,
         "seconds": {"bm25_index": retrievers.keyword_seconds, "embed_corpus": retrievers.embed_seconds},
@@ -328,34 +340,39 @@ def run(
         "hit_rates": thresholds,
         "recommended_threshold": recommended,
         "threshold_meets_goal": meets_goal,
+        "false_hits_at_recommended": false_hits,
         "best_similarity": {
-            "answerable_median": float(np.median(answerable_best)) if answerable_best else None,
-            "unanswerable_median": float(np.median(unanswerable_best)) if unanswerable_best else None,
+            "answerable_median": float(np.median(list(answerable.values()))) if answerable else None,
+            "unanswerable_median": float(np.median(list(unanswerable.values()))) if unanswerable else None,
         },
     }
 
 
-def minilm_embedder(threads: int) -> tuple[Callable[[list[str]], np.ndarray], Callable[[str], list[tuple[int, int]]]]:
-    """The inference service's embedder, in-process (texts -> (n, dim) float32 unit vectors), and a
-    function giving a text's word-piece character offsets under the same tokenizer, for chunking."""
-    from tokenizers import Tokenizer
-
+def minilm_embedder(threads: int) -> Callable[[list[str]], np.ndarray]:
+    """The inference service's embedder, in-process: texts -> (n, dim) float32 unit vectors."""
     from services.inference.embeddings import Embedder
     from services.inference.models import EMBED_MODEL_DIR_ENV, embedding_model_files
 
-    files = embedding_model_files(os.environ.get(EMBED_MODEL_DIR_ENV))
-    embedder = Embedder.from_files(files, intra_op_threads=threads)
-    tokenizer = Tokenizer.from_file(str(files.tokenizer))
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
+    embedder = Embedder.from_files(embedding_model_files(os.environ.get(EMBED_MODEL_DIR_ENV)), intra_op_threads=threads)
 
     def embed(texts: list[str]) -> np.ndarray:
         return np.asarray(embedder.embed(texts).vectors, dtype=np.float32).reshape(len(texts), embedder.dimensions)
 
-    def offsets(text: str) -> list[tuple[int, int]]:
-        return list(tokenizer.encode(text, add_special_tokens=False).offsets)
+    return embed
 
-    return embed, offsets
+
+def service_chunker(chunk_tokens: int, overlap: int) -> Any:
+    """The rag service's chunker with its tokenizer (the embedder's), or None for whole documents."""
+    if chunk_tokens <= 0:
+        return None
+    from services.inference.models import EMBED_MODEL_DIR_ENV
+    from services.rag.ingest.chunking import Chunker
+    from services.rag.ingest.tokenizer import load_tokenizer
+
+    directory = os.environ.get(EMBED_MODEL_DIR_ENV)
+    return Chunker(
+        load_tokenizer(Path(directory) if directory else None), chunk_tokens=chunk_tokens, overlap_tokens=overlap
+    )
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -365,8 +382,8 @@ def chunking(result: dict) -> str:
     if not result.get("chunk_tokens"):
         return f"Whole documents ({result['chunks']}), truncated by the embedder at its sequence length."
     return (
-        f"Documents cut into {result['chunks']} chunks of at most {result['chunk_tokens']} word pieces "
-        f"({result['overlap']} overlapping), as the rag service chunks."
+        f"Documents cut by the rag service's `Chunker` into {result['chunks']} chunks of at most "
+        f"{result['chunk_tokens']} word pieces ({result['overlap']} overlapping)."
     )
 
 
@@ -378,7 +395,8 @@ def markdown(result: dict, *, dataset: str) -> str:
         f"documents, {result['unanswerable_queries']} unanswerable questions. {chunking(result)} Each chunk "
         f"(the document's title, a blank line, its text) is indexed by `KeywordIndex` (BM25) and embedded by "
         f"all-MiniLM-L6-v2 (exact cosine, what Chroma computes); each half hands its top {result['depth']} "
-        f"chunks to `fuse`; a document ranks where its best chunk does. w = vector_weight.",
+        f"chunks to `fuse` (max(4 k, 20), as the service); a document ranks where its best chunk does. "
+        f"w = vector_weight.",
         "",
         f"| method | recall@5 | MRR@{k} | nDCG@{k} |",
         "| --- | --- | --- | --- |",
@@ -397,8 +415,8 @@ def markdown(result: dict, *, dataset: str) -> str:
     if result["hit_rates"] and result["unanswerable_queries"]:
         lines += [
             "",
-            "Hit = the best cosine similarity reaches the threshold (correct hit: and a relevant document is in "
-            f"the top 5 of {result['best_hybrid']}).",
+            f"Hit = the best cosine similarity among the top {k} chunks of {result['best_hybrid']} reaches the "
+            "threshold, as the service decides it (correct hit: and a relevant document is in its top 5).",
             "",
             "| threshold | hit rate (answerable) | correct hit rate | false-hit rate (unanswerable) |",
             "| --- | --- | --- | --- |",
@@ -419,7 +437,12 @@ def markdown(result: dict, *, dataset: str) -> str:
             f"Recommended threshold **{chosen['threshold']:.2f}** ({chosen['hit_rate']:.1%} hits, "
             f"{chosen['false_hit_rate']:.1%} false hits) {verdict}. Median best similarity: answerable "
             f"{result['best_similarity']['answerable_median']:.3f}, unanswerable "
-            f"{result['best_similarity']['unanswerable_median']:.3f}.",
+            f"{result['best_similarity']['unanswerable_median']:.3f}."
+            + (
+                " Unanswerable questions over it: " + "; ".join(f"“{q}”" for q in result["false_hits_at_recommended"])
+                if result["false_hits_at_recommended"]
+                else ""
+            ),
         ]
     return "\n".join(lines)
 
@@ -464,7 +487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--beir", type=Path, default=DEFAULT_BEIR, help="a BEIR directory (default: %(default)s)")
     parser.add_argument("--split", default="test", help="the qrels file: qrels/SPLIT.tsv")
     parser.add_argument("--k", type=int, default=10, help="cut-off for MRR and nDCG, and the ranked list's length")
-    parser.add_argument("--depth", type=int, default=100, help="chunks each half hands to the fusion")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="chunks each half hands to the fusion (default: max(4 k, 20), as the service)",
+    )
     parser.add_argument(
         "--chunk-tokens", type=int, default=256, help="word pieces per chunk, title included (0: whole documents)"
     )
@@ -475,14 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else sys.argv[1:] if __name__ == "__main__" else [])
     if args.k < 5:
         parser.error("--k must be at least 5 (recall@5 is reported)")
-    if args.chunk_tokens and not 0 <= args.overlap < args.chunk_tokens // 2:
-        parser.error("--overlap must be below half of --chunk-tokens")
+    if args.chunk_tokens and (args.chunk_tokens < 16 or not 0 <= args.overlap <= args.chunk_tokens // 2):
+        parser.error("--chunk-tokens must be 0 or at least 16, and --overlap at most half of it")
 
     data = load_beir(args.beir, split=args.split, max_docs=args.max_docs)
-    embed, offsets = minilm_embedder(args.threads)
+    embed = minilm_embedder(args.threads)
     started = time.perf_counter()
-    chunks = chunk_documents(data.corpus, offsets, max_tokens=args.chunk_tokens, overlap=args.overlap)
-    result = run(data, embed, k=args.k, depth=max(args.depth, args.k), chunks=chunks)
+    chunks = chunk_documents(data.corpus, service_chunker(args.chunk_tokens, args.overlap))
+    result = run(data, embed, k=args.k, depth=max(args.depth, args.k) if args.depth else None, chunks=chunks)
     result["chunk_tokens"], result["overlap"] = args.chunk_tokens, args.overlap
     result["seconds"]["total"] = time.perf_counter() - started
     dataset = args.beir.name
