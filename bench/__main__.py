@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark module under bench/ (``*_bench.py`` with a ``main()``), in turn."""
+"""`make bench`: every benchmark module under bench/ (``*_bench.py`` with a ``main()``), in turn, and the
+retrieval-quality report (``rag_quality``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import time
 
 import bench
 
+# Benchmarks whose module name does not end in _bench (a command of their own as well).
+EXTRA = ("rag_quality",)
+
 
 def main() -> int:
     wanted = set(sys.argv[1:])
     failed = []
     for module_info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
-        if not module_info.name.endswith("_bench"):
+        if not module_info.name.endswith("_bench") and module_info.name not in EXTRA:
             continue
         if wanted and module_info.name.removesuffix("_bench") not in wanted:
             continue
