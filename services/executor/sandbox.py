@@ -25,6 +25,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,22 @@ def run_as() -> tuple[int, int] | None:
     if entry.pw_uid == 0:
         raise ValueError(f"{RUN_AS_ENV}={wanted!r} is root; tasks must run unprivileged")
     return entry.pw_uid, entry.pw_gid
+
+
+def task_can_execute(path: str) -> bool:
+    """Whether the run-as user can reach and execute ``path`` (judged by the "other" permission bits
+    along the resolved path, which is what applies to nobody). Always True when tasks run as the
+    executor's own user. A Python under /root (pyenv) is a common reason for False."""
+    user = run_as()
+    if user is None:
+        return os.access(path, os.X_OK)
+    real = Path(os.path.realpath(path))
+    try:
+        if not real.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in real.parents)
+    except OSError:
+        return False
 
 
 def _bwrap_argv(task_dir: str, network: bool) -> list[str]:
