@@ -222,7 +222,7 @@ def _parse_spec(entry: Any, index: int) -> GoblinSpec:
     name = entry.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError(f"goblins[{index}].name: expected a lower-case name matching {NAME_RE.pattern}")
-    where = f"goblin {name!r}"
+    where = f"goblins.{name}"
     unknown = sorted(set(entry) - SPEC_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
