@@ -16,7 +16,9 @@ process:
    itself stays as it was, so a task running as nobody cannot kill its own supervisor), enters the
    task directory and execs the command with the clean environment it was given;
 4. waits. When the task's main process ends, whatever it left behind is killed. On SIGTERM (timeout
-   or cancel) every descendant gets SIGTERM, then SIGKILL after the grace period.
+   or cancel) every descendant gets SIGTERM, then SIGKILL after the grace period; on SIGINT or SIGHUP
+   every descendant gets SIGKILL at once. SIGHUP is also its parent-death signal: if the executor
+   dies, its tasks die with it rather than run on unsupervised (a restarted executor may retry them).
 
 It exits with the task's status: its exit code, or the same signal re-raised on itself.
 """
@@ -33,6 +35,7 @@ import time
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 EXEC_FAILED = 127
 SETUP_FAILED = 126
 WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -151,6 +154,9 @@ def _exit_like(status: int) -> None:
 
 def supervise(config: dict, argv: list[str]) -> None:
     """Start the task and wait for it and every descendant; see the module docstring."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+    if os.getppid() != config.get("parent", os.getppid()):
+        os._exit(SETUP_FAILED)  # the executor died before the line above: nobody would supervise us
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -164,7 +170,9 @@ def supervise(config: dict, argv: list[str]) -> None:
     while status is None:
         timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
         info = signal.sigtimedwait(WATCHED, timeout) if timeout is not None else signal.sigwaitinfo(WATCHED)
-        if info is not None and info.si_signo != signal.SIGCHLD and kill_at is None:
+        if info is not None and info.si_signo in (signal.SIGINT, signal.SIGHUP):
+            kill_at = time.monotonic()
+        elif info is not None and info.si_signo == signal.SIGTERM and kill_at is None:
             _signal_all(signal.SIGTERM)
             kill_at = time.monotonic() + grace
         if kill_at is not None and time.monotonic() >= kill_at:

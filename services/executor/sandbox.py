@@ -146,6 +146,7 @@ def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None) -> list
         "kill_grace_s": limits.kill_grace_s,
         "uid": user[0] if user else None,
         "gid": user[1] if user else None,
+        "parent": os.getpid(),
     }
     wrapped = [*(_bwrap_argv(task_dir, spec.network) if spec.mode == "bwrap" else []), *spec.argv]
     return [sys.executable, "-I", "-S", LAUNCHER, json.dumps(config, separators=(",", ":")), "--", *wrapped]
@@ -252,7 +253,10 @@ def _describe(status: str, code: int | None, sig: int | None, limits: Limits) ->
     if status == "cancelled":
         return "cancelled"
     if sig is not None:
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
         hint = {
             signal.SIGXCPU: " (CPU time limit)",
             signal.SIGKILL: " (CPU or memory limit?)",
@@ -278,6 +282,8 @@ async def run(
     Timeout and cancel send SIGTERM to the whole group (the launcher passes it to every descendant,
     escaped ones included), then SIGKILL after ``limits.kill_grace_s``. The task directory is removed
     whatever happens."""
+    if spec.mode == "bwrap" and "bwrap" not in await asyncio.to_thread(available_modes):
+        raise ValueError("sandbox mode 'bwrap' is not available here (see available_modes())")
     user = run_as()
     started = time.monotonic()
     task_dir = _make_task_dir(spec.work_root, user)
@@ -295,12 +301,10 @@ async def run(
         try:
             return await _supervise(proc, spec, started, on_output, cancel, on_start)
         finally:
-            # Whatever happened above (even our own cancellation), nothing of the task outlives run().
+            # Whatever happened above (on_output failing, our own cancellation), nothing of the task
+            # outlives run(): SIGINT makes the launcher SIGKILL every descendant at once.
             if proc.returncode is None:
-                _killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                await _kill_now(proc)
     finally:
         await asyncio.to_thread(_remove_tree, task_dir)
 
@@ -329,6 +333,8 @@ async def _supervise(
     outcome = None
     try:
         done, _ = await asyncio.wait(waiters, timeout=limits.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if finished in done and finished.exception() is not None:
+            raise finished.exception()  # on_output failed: run()'s cleanup stops the task
         if finished not in done:
             outcome = "cancelled" if cancelled_wait is not None and cancelled_wait in done else "timed_out"
             await _terminate(proc, limits.kill_grace_s)
@@ -360,6 +366,15 @@ async def _supervise(
     )
 
 
+async def _kill_now(proc: asyncio.subprocess.Process) -> None:
+    _killpg(proc.pid, signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), DRAIN_AFTER_KILL_S)
+    except TimeoutError:
+        _killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         proc.stdin.write(data)
@@ -369,8 +384,9 @@ async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
 
 
 async def _finish(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task]) -> None:
+    """The process has ended and its output is read to the end (an on_output error ends it early)."""
+    await asyncio.gather(*pumps)
     await proc.wait()
-    await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:

@@ -17,6 +17,7 @@ from services.executor.sandbox import MAX_LINE_BYTES, RunSpec, clean_environment
 from tests.unit.executor.processes import PY, Lines, gone, python, spec
 
 IS_ROOT = os.geteuid() == 0
+REPO = Path(__file__).resolve().parents[3]
 
 # The task's main process starts a middle process that starts a grandchild and exits at once, so the
 # grandchild re-parents; the grandchild ignores SIGTERM (and, with ESCAPE, leaves the session too).
@@ -266,3 +267,46 @@ def _processes_running(marker: str) -> list[int]:
             if marker.strip() in cmdline and not gone(int(entry)):
                 found.append(int(entry))
     return found
+
+
+async def test_a_failing_output_callback_stops_the_task(work_root: Path) -> None:
+    pids: list[int] = []
+
+    async def on_output(stream: str, line: str) -> None:
+        pids.append(int(line))
+        raise RuntimeError("the event store is down")
+
+    with pytest.raises(RuntimeError, match="event store is down"):
+        await run(spec(work_root, *tree(True), timeout_s=60), on_output=on_output)
+    assert gone(pids[0])
+    assert os.listdir(work_root) == []
+
+
+EXECUTOR = """
+import asyncio, sys
+from pathlib import Path
+from services.executor.sandbox import run
+from tests.unit.executor.processes import spec
+from tests.unit.executor.test_sandbox import tree
+
+async def main():
+    async def on_output(stream, line):
+        print(line, flush=True)
+    await run(spec(Path(sys.argv[1]), *tree(True), timeout_s=60), on_output=on_output)
+
+asyncio.run(main())
+"""
+
+
+async def test_tasks_die_with_their_executor(work_root: Path) -> None:
+    executor = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", EXECUTOR, str(work_root), stdout=asyncio.subprocess.PIPE, cwd=REPO
+    )
+    grandchild = int(await asyncio.wait_for(executor.stdout.readline(), 30))
+    executor.kill()  # no cleanup of its own: the launcher's parent-death signal must do it
+    await executor.wait()
+    for _ in range(100):
+        if gone(grandchild):
+            break
+        await asyncio.sleep(0.05)
+    assert gone(grandchild)
