@@ -4,6 +4,8 @@ keeps hostile text inert, and catalogs that fail at load."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -13,7 +15,8 @@ import pytest
 from services.common.errors import InvalidArgument, NotFound
 from services.common.settings import ConfigError
 from services.executor.catalog import BUILTIN_CATALOG, Catalog, GoblinSpec, Limits
-from services.executor.sandbox import run
+from services.executor.sandbox import available_modes, run
+from tests.unit.executor.processes import PY
 
 HOSTILE = ["; rm -rf /", "$(touch /tmp/goblin-pwned)", "`id`", "a && b", "x | nc evil 1", "'\"", "\n--help"]
 
@@ -182,3 +185,42 @@ def test_a_boolean_argument_cannot_be_a_placeholder(tmp_path: Path) -> None:
 def test_specs_are_plain_values() -> None:
     spec = GoblinSpec(name="n", description="d", args_schema={}, argv=("/bin/true",))
     assert spec.limits == Limits() and spec.env == () and not spec.idempotent and spec.max_attempts == 1
+
+
+async def test_the_default_goblins_run(catalog: Catalog, work_root: Path) -> None:
+    hello = await run(catalog.run_spec("hello", {}, work_root=work_root))
+    assert hello.status == "succeeded" and hello.stdout_tail == "hello, world\n"
+    nap = await run(catalog.run_spec("sleep", {"seconds": 0.1}, work_root=work_root))
+    assert nap.status == "succeeded"
+    short = await run(catalog.run_spec("sleep", {"seconds": 30}, work_root=work_root, timeout_s=0.5))
+    assert short.status == "timed_out"
+    scanned = work_root / "scanned"
+    await asyncio.to_thread(scanned.mkdir, 0o755)
+    usage = await run(catalog.run_spec("disk-usage", {"path": str(scanned), "depth": 0}, work_root=work_root))
+    assert usage.status == "succeeded" and usage.stdout_tail.rstrip().endswith(str(scanned))
+
+
+@pytest.mark.skipif("bwrap" not in available_modes(), reason="bubblewrap does not work here")
+async def test_a_goblin_runs_under_bubblewrap(catalog: Catalog, work_root: Path) -> None:
+    result = await run(catalog.run_spec("hello", {"name": "bwrap"}, work_root=work_root, mode="bwrap"))
+    assert result.stdout_tail == "hello, bwrap\n"
+
+
+async def test_model_checksum(work_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = work_root / "model.gguf"
+    await asyncio.to_thread(model.write_bytes, b"GGUF" + bytes(1000))
+    model.chmod(0o644)
+    digest = hashlib.sha256(b"GGUF" + bytes(1000)).hexdigest()
+    monkeypatch.setenv("GOBLIN_MODEL_PATH", str(model))
+    catalog = Catalog.load()
+    good = catalog.run_spec("model-checksum", {"path": str(model), "sha256": digest}, work_root=work_root)
+    bad = catalog.run_spec("model-checksum", {"path": str(model), "sha256": "0" * 64}, work_root=work_root)
+    # The catalog runs the service's own interpreter; where the task's user cannot reach it (a pyenv
+    # Python under /root while the tests run as root), the system one runs the same standard-library code.
+    good, bad = (dataclasses.replace(s, argv=(PY, *s.argv[1:])) for s in (good, bad))
+    ok = await run(good)
+    assert ok.status == "succeeded" and ok.stdout_tail.endswith("checksum ok\n") and digest in ok.stdout_tail
+    mismatch = await run(bad)
+    assert mismatch.status == "failed" and mismatch.exit_code == 1 and "checksum mismatch" in mismatch.stderr_tail
+    with pytest.raises(InvalidArgument, match="^args.path: must be under"):
+        catalog.validate("model-checksum", {"path": "/etc/x.gguf", "sha256": digest})
