@@ -1,7 +1,8 @@
 """The first process of every task: it confines the task, then supervises it until every descendant is gone.
 
-Run as ``python -I -S launch.py CONFIG_JSON -- ARGV...`` (a file path, standard library only, so it
-needs neither the service's environment nor its packages, and starts in a few milliseconds). The
+Run as ``python -I -S launch.py KEY=VALUE... -- ARGV...`` (a file path, standard library only, so it
+needs neither the service's environment nor its packages; no json or re either, whose imports
+would double its start-up time). The
 executor starts it in a new session, so its process group is the task's.
 
 Why a launcher rather than ``preexec_fn``: ``preexec_fn`` runs Python in a forked copy of a
@@ -26,7 +27,6 @@ It exits with the task's status: its exit code, or the same signal re-raised on 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import resource
 import signal
@@ -155,7 +155,7 @@ def _exit_like(status: int) -> None:
 def supervise(config: dict, argv: list[str]) -> None:
     """Start the task and wait for it and every descendant; see the module docstring."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
-    if os.getppid() != config.get("parent", os.getppid()):
+    if os.getppid() != int(config.get("parent", os.getppid())):
         os._exit(SETUP_FAILED)  # the executor died before the line above: nobody would supervise us
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
@@ -185,10 +185,13 @@ def supervise(config: dict, argv: list[str]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 4 or sys.argv[2] != "--":
-        sys.stderr.write("usage: launch.py CONFIG_JSON -- ARGV...\n")
+    args = sys.argv[1:]
+    if "--" not in args or args.index("--") == len(args) - 1:
+        sys.stderr.write("usage: launch.py KEY=VALUE... -- ARGV...\n")
         sys.exit(2)
-    supervise(json.loads(sys.argv[1]), sys.argv[3:])
+    split = args.index("--")
+    config = dict(item.split("=", 1) for item in args[:split])
+    supervise({key: value for key, value in config.items() if value != ""}, args[split + 1 :])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import pwd
 import shutil
@@ -149,7 +148,8 @@ def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None) -> list
         "parent": os.getpid(),
     }
     wrapped = [*(_bwrap_argv(task_dir, spec.network) if spec.mode == "bwrap" else []), *spec.argv]
-    return [sys.executable, "-I", "-S", LAUNCHER, json.dumps(config, separators=(",", ":")), "--", *wrapped]
+    settings = [f"{key}={'' if value is None else value}" for key, value in config.items()]
+    return [sys.executable, "-I", "-S", LAUNCHER, *settings, "--", *wrapped]
 
 
 def _task_env(spec: RunSpec, task_dir: str) -> dict[str, str]:
