@@ -107,14 +107,17 @@ def task_can_execute(path: str) -> bool:
     """Whether the run-as user can reach and execute ``path`` (judged by the "other" permission bits
     along the resolved path, which is what applies to nobody). Always True when tasks run as the
     executor's own user. A Python under /root (pyenv) is a common reason for False."""
-    user = run_as()
-    if user is None:
+    if run_as() is None:
         return os.access(path, os.X_OK)
+    return _others_can_reach(Path(path), include_self=True)
+
+
+def _others_can_reach(path: Path, include_self: bool) -> bool:
+    """Every directory above ``path`` (and ``path`` itself with ``include_self``) has o+x."""
     real = Path(os.path.realpath(path))
     try:
-        if not real.stat().st_mode & stat.S_IXOTH:
-            return False
-        return all(parent.stat().st_mode & stat.S_IXOTH for parent in real.parents)
+        chain = [real, *real.parents] if include_self else list(real.parents)
+        return all(p.stat().st_mode & stat.S_IXOTH for p in chain)
     except OSError:
         return False
 
@@ -222,6 +225,11 @@ def _make_task_dir(work_root: Path, user: tuple[int, int] | None) -> str:
     if not root.exists():
         # Traversable (not listable) by the task's user, who must reach its own directory inside.
         root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    if user is not None and not _others_can_reach(root, include_self=True):
+        raise ValueError(
+            f"work root {root}: the task user (uid {user[0]}) cannot reach it; it and every directory above"
+            " it must be searchable by others (o+x)"
+        )
     task_dir = tempfile.mkdtemp(prefix=TASK_DIR_PREFIX, dir=root)  # 0700
     if user is not None:
         os.chown(task_dir, user[0], user[1])

@@ -310,3 +310,9 @@ async def test_tasks_die_with_their_executor(work_root: Path) -> None:
             break
         await asyncio.sleep(0.05)
     assert gone(grandchild)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a dropped user can lack access to the work root")
+async def test_a_work_root_the_task_user_cannot_reach_is_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot reach it"):
+        await run(spec(tmp_path / "work", "/bin/true"))  # pytest's directories are 0700
