@@ -30,7 +30,7 @@ import yaml
 from services.common.errors import InvalidArgument, NotFound
 from services.common.settings import ConfigError, default_home
 from services.executor.limits import Limits
-from services.executor.sandbox import RunSpec, clean_environment
+from services.executor.sandbox import RunSpec, clean_environment, task_python
 
 BUILTIN_CATALOG = Path(__file__).with_name("goblins.yaml")
 CATALOG_ENV = "GOBLIN_EXECUTOR_CATALOG"
@@ -51,7 +51,7 @@ class GoblinSpec:
     name: str
     description: str
     args_schema: dict
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # "python" items became sandbox.task_python(): keep such goblins to the standard library
     env: tuple[str, ...] = ()  # extra variable NAMES allowed through from the service's environment
     limits: Limits = Limits()
     idempotent: bool = False  # may be retried when its executor died
@@ -300,7 +300,7 @@ def _argv_type(prop: Any) -> bool:
 def _resolve_executable(where: str, name: str) -> str:
     """An absolute path now, so a task never depends on its (fixed, minimal) PATH to find its program."""
     if name in ("python", "python3"):
-        return sys.executable
+        return task_python()
     if os.path.isabs(name):
         found = name if os.access(name, os.X_OK) and os.path.isfile(name) else None
     else:

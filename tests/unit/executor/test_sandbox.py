@@ -316,3 +316,22 @@ async def test_tasks_die_with_their_executor(work_root: Path) -> None:
 async def test_a_work_root_the_task_user_cannot_reach_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot reach it"):
         await run(spec(tmp_path / "work", "/bin/true"))  # pytest's directories are 0700
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a dropped user can lack access to the work root")
+def test_the_default_work_root_falls_back_to_one_the_task_user_can_reach(
+    tmp_path: Path, work_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sandbox.default_work_root(work_root / "tasks") == work_root / "tasks"
+    monkeypatch.setattr(sandbox.tempfile, "gettempdir", lambda: str(work_root))
+    fallback = sandbox.default_work_root(tmp_path / "home" / "executor")  # under pytest's 0700 dirs
+    assert fallback == work_root / f"goblin-executor-{os.geteuid()}"
+    assert os.stat(fallback).st_mode & 0o777 == 0o711
+    os.rmdir(fallback)
+    os.symlink("/etc", fallback)  # planted by someone else: never followed
+    with pytest.raises(ValueError, match="refusing to use it"):
+        sandbox.default_work_root(tmp_path / "home" / "executor")
+
+
+def test_task_python_is_one_the_task_user_can_run() -> None:
+    assert sandbox.task_can_execute(sandbox.task_python())
