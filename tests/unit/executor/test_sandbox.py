@@ -83,6 +83,16 @@ async def test_timeout_kills_the_whole_tree(work_root: Path, escape: bool) -> No
     assert os.listdir(work_root) == []
 
 
+async def test_a_main_process_that_ignores_sigterm_is_killed_by_the_launcher(work_root: Path) -> None:
+    lines = Lines()
+    stubborn = tree(True, then="import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)")
+    result = await run(spec(work_root, *stubborn, timeout_s=2, kill_grace_s=0.3), on_output=lines)
+    assert result.status == "timed_out" and result.signal == signal.SIGKILL
+    assert gone(int(lines["stdout"][0]))
+    # The launcher's own SIGKILL at the end of the grace, not this side's fallback 2 s later.
+    assert result.duration_s < 2 + 0.3 + 1.5
+
+
 @pytest.mark.parametrize("escape", [False, True], ids=["same-session", "setsid-escape"])
 async def test_cancel_kills_the_whole_tree(work_root: Path, escape: bool) -> None:
     cancel = asyncio.Event()
