@@ -66,6 +66,13 @@ async def test_failure_reports_the_exit_code(work_root: Path) -> None:
     assert result.stderr_tail == "bad\n" and result.error == "exited with code 3"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV])
+async def test_a_signal_death_is_reported_as_that_signal(work_root: Path, sig: signal.Signals) -> None:
+    result = await run(spec(work_root, "/bin/sh", "-c", f"kill -{sig.name[3:]} $$"))
+    assert result.status == "failed" and result.signal == sig and result.exit_code is None
+    assert result.error.startswith(f"killed by {sig.name}") and result.stderr_tail == ""
+
+
 async def test_a_missing_program_fails_with_a_message(work_root: Path) -> None:
     result = await run(spec(work_root, "/nonexistent/program"))
     assert result.status == "failed" and result.exit_code == 127
