@@ -36,7 +36,7 @@ class ListGoblinsResponse(_message.Message):
     def __init__(self, goblins: _Optional[_Iterable[_Union[Goblin, _Mapping]]] = ...) -> None: ...
 
 class RunTaskRequest(_message.Message):
-    __slots__ = ("context", "goblin", "script", "args", "dry_run", "timeout_s", "idempotency_key", "script_language")
+    __slots__ = ("context", "goblin", "script", "args", "dry_run", "timeout_s", "idempotency_key", "script_language", "args_json")
     class ArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class RunTaskRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SCRIPT_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
     context: _common_pb2.RequestContext
     goblin: str
     script: str
@@ -60,10 +61,11 @@ class RunTaskRequest(_message.Message):
     timeout_s: int
     idempotency_key: str
     script_language: str
-    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., goblin: _Optional[str] = ..., script: _Optional[str] = ..., args: _Optional[_Mapping[str, str]] = ..., dry_run: _Optional[bool] = ..., timeout_s: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., script_language: _Optional[str] = ...) -> None: ...
+    args_json: str
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., goblin: _Optional[str] = ..., script: _Optional[str] = ..., args: _Optional[_Mapping[str, str]] = ..., dry_run: _Optional[bool] = ..., timeout_s: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., script_language: _Optional[str] = ..., args_json: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "goblin", "status", "dry_run", "exit_code", "stdout", "stderr", "created", "started", "finished", "duration_s", "error", "attempts", "max_attempts", "signal", "tenant_id", "requester", "stdout_bytes", "stderr_bytes", "args", "plan_json", "is_script", "script_language", "timeout_s")
+    __slots__ = ("id", "goblin", "status", "dry_run", "exit_code", "stdout", "stderr", "created", "started", "finished", "duration_s", "error", "attempts", "max_attempts", "signal", "tenant_id", "requester", "stdout_bytes", "stderr_bytes", "args", "plan_json", "is_script", "script_language", "timeout_s", "args_json")
     class ArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,7 @@ class Task(_message.Message):
     IS_SCRIPT_FIELD_NUMBER: _ClassVar[int]
     SCRIPT_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     goblin: str
     status: str
@@ -119,7 +122,8 @@ class Task(_message.Message):
     is_script: bool
     script_language: str
     timeout_s: int
-    def __init__(self, id: _Optional[str] = ..., goblin: _Optional[str] = ..., status: _Optional[str] = ..., dry_run: _Optional[bool] = ..., exit_code: _Optional[int] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., created: _Optional[int] = ..., started: _Optional[int] = ..., finished: _Optional[int] = ..., duration_s: _Optional[float] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., signal: _Optional[str] = ..., tenant_id: _Optional[str] = ..., requester: _Optional[str] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., args: _Optional[_Mapping[str, str]] = ..., plan_json: _Optional[str] = ..., is_script: _Optional[bool] = ..., script_language: _Optional[str] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+    args_json: str
+    def __init__(self, id: _Optional[str] = ..., goblin: _Optional[str] = ..., status: _Optional[str] = ..., dry_run: _Optional[bool] = ..., exit_code: _Optional[int] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., created: _Optional[int] = ..., started: _Optional[int] = ..., finished: _Optional[int] = ..., duration_s: _Optional[float] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., signal: _Optional[str] = ..., tenant_id: _Optional[str] = ..., requester: _Optional[str] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., args: _Optional[_Mapping[str, str]] = ..., plan_json: _Optional[str] = ..., is_script: _Optional[bool] = ..., script_language: _Optional[str] = ..., timeout_s: _Optional[int] = ..., args_json: _Optional[str] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("context", "task_id")

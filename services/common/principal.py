@@ -320,7 +320,7 @@ def suite_principal_env(env: dict[str, str], tls_dir: Path) -> dict[str, str]:
 # token, and the public JWKS. Everything else in these services refuses a call without a principal.
 # Inference, rag and executor take no identity decision from the caller and need none; health and
 # reflection are never checked.
-PRINCIPAL_REQUIRED_SERVICES = frozenset({"goblin.v1.Auth", "goblin.v1.Router"})
+PRINCIPAL_REQUIRED_SERVICES = frozenset({"goblin.v1.Auth", "goblin.v1.Router", "goblin.v1.Executor"})
 PUBLIC_METHODS = frozenset(
     {
         "/goblin.v1.Auth/Authenticate",

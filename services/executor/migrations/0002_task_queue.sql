@@ -1,6 +1,7 @@
 -- The durable queue: a running task holds a lease (owner, expiry) its executor renews by heartbeat; a
 -- lease that expired means the executor died. Idempotency keys are unique per (tenant, requester).
--- A script's text is never stored: only its language and a SHA-256 (the audit trail names which ran).
+-- A script's text is stored so a queued script survives a restart; it was scanned for secrets when it
+-- was submitted and refused if it held one (redacting would change the program), so none is stored.
 
 ALTER TABLE tasks
     ADD COLUMN lease_owner       TEXT,
@@ -12,6 +13,7 @@ ALTER TABLE tasks
     ADD COLUMN signal            TEXT,
     ADD COLUMN stdout_bytes      BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN stderr_bytes      BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN script            TEXT,
     ADD COLUMN script_language   TEXT,
     ADD COLUMN script_sha256     TEXT,
     ADD COLUMN cancel_requested  BOOLEAN NOT NULL DEFAULT FALSE,
