@@ -1,0 +1,187 @@
+"""The first process of every task: it confines the task, then supervises it until every descendant is gone.
+
+Run as ``python -I -S launch.py CONFIG_JSON -- ARGV...`` (a file path, standard library only, so it
+needs neither the service's environment nor its packages, and starts in a few milliseconds). The
+executor starts it in a new session, so its process group is the task's.
+
+Why a launcher rather than ``preexec_fn``: ``preexec_fn`` runs Python in a forked copy of a
+multi-threaded asyncio service, which is not safe, and it cannot stay behind to supervise. This
+process:
+
+1. marks itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so any descendant that double-forks
+   or calls ``setsid()`` re-parents to it rather than to init, and it can still find and kill it;
+2. sets ``PR_SET_NO_NEW_PRIVS`` (inherited, and kept across execve: no setuid binary gains rights)
+   and ``RLIMIT_CORE=0``;
+3. forks the task, which sets its rlimits, drops to the run-as user when there is one (the launcher
+   itself stays as it was, so a task running as nobody cannot kill its own supervisor), enters the
+   task directory and execs the command with the clean environment it was given;
+4. waits. When the task's main process ends, whatever it left behind is killed. On SIGTERM (timeout
+   or cancel) every descendant gets SIGTERM, then SIGKILL after the grace period.
+
+It exits with the task's status: its exit code, or the same signal re-raised on itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+EXEC_FAILED = 127
+SETUP_FAILED = 126
+WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def _descendants(root: int) -> list[int]:
+    """Every living process below ``root``, found through /proc (parents before children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ")".
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    queue = list(children.get(root, []))
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(children.get(pid, []))
+    return found
+
+
+def _signal_all(sig: int) -> int:
+    """Send ``sig`` to every descendant; how many there were."""
+    pids = _descendants(os.getpid())
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def _reap() -> list[tuple[int, int]]:
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status))
+
+
+def _kill_everything() -> None:
+    """SIGKILL every descendant until none is left (a SIGKILLed process cannot fork again)."""
+    for _ in range(100):
+        if not _signal_all(signal.SIGKILL):
+            break
+        time.sleep(0.01)
+        _reap()
+    _reap()
+
+
+def _start_task(config: dict, argv: list[str]) -> None:
+    """In the forked child: confine, then exec. Never returns."""
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        # Python ignores these for itself; an ignored disposition would survive exec.
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        cpu = int(config["cpu_s"])
+        # The soft limit sends SIGXCPU (catchable); the hard one, a second later, SIGKILL.
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        for name, key in (("RLIMIT_AS", "memory_bytes"), ("RLIMIT_FSIZE", "max_file_bytes")):
+            value = int(config[key])
+            resource.setrlimit(getattr(resource, name), (value, value))
+        nofile = int(config["max_open_files"])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        uid, gid = config.get("uid"), config.get("gid")
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(int(gid))
+            os.setuid(int(uid))
+        # After the uid change: RLIMIT_NPROC counts the processes of the real uid, and execve
+        # refuses to start a process beyond it.
+        nproc = int(config["max_processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        os.umask(0o077)
+        os.chdir(config["cwd"])
+    except OSError as exc:
+        os.write(2, f"goblin sandbox: cannot set up the task: {exc}\n".encode())
+        os._exit(SETUP_FAILED)
+    try:
+        os.execve(argv[0], argv, os.environ)
+    except OSError as exc:
+        os.write(2, f"goblin sandbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        os._exit(EXEC_FAILED)
+
+
+def _exit_like(status: int) -> None:
+    """End this process the way the task ended, so the executor sees the same code or signal."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # a signal whose default action is not to terminate
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def supervise(config: dict, argv: list[str]) -> None:
+    """Start the task and wait for it and every descendant; see the module docstring."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    main = os.fork()
+    if main == 0:
+        _start_task(config, argv)
+    grace = float(config.get("kill_grace_s", 2.0))
+    status: int | None = None
+    kill_at: float | None = None
+    while status is None:
+        timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
+        info = signal.sigtimedwait(WATCHED, timeout) if timeout is not None else signal.sigwaitinfo(WATCHED)
+        if info is not None and info.si_signo != signal.SIGCHLD and kill_at is None:
+            _signal_all(signal.SIGTERM)
+            kill_at = time.monotonic() + grace
+        if kill_at is not None and time.monotonic() >= kill_at:
+            _kill_everything()
+        for pid, st in _reap():
+            if pid == main:
+                status = st
+    _kill_everything()
+    _exit_like(status)
+
+
+def main() -> None:
+    if len(sys.argv) < 4 or sys.argv[2] != "--":
+        sys.stderr.write("usage: launch.py CONFIG_JSON -- ARGV...\n")
+        sys.exit(2)
+    supervise(json.loads(sys.argv[1]), sys.argv[3:])
+
+
+if __name__ == "__main__":
+    main()
