@@ -51,7 +51,7 @@ class Notifier:
             try:
                 conn = await db.connect(self.dsn)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
                 self._conn = conn
                 # Whatever was queued or written while we were not listening: look once.

@@ -309,7 +309,8 @@ class TaskRepository:
     async def release(self, owner: str) -> list[tuple[str, str]]:
         """An executor stopping: its leases end now, and its running tasks are reaped at once."""
         await self.store.pool.execute(
-            "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE lease_owner = $1 AND status = 'running'",
+            "UPDATE tasks SET lease_expires_at = now() - interval '1 second' "
+            "WHERE lease_owner = $1 AND status = 'running'",
             owner,
         )
         return await self.reap()

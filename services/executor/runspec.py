@@ -4,7 +4,6 @@ exactly what would run."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import sys
@@ -12,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidArgument, NotFound
-from services.executor.catalog import Catalog, GoblinSpec, Limits
+from services.executor.catalog import Catalog, GoblinSpec
 from services.executor.config import ExecutorSettings
+from services.executor.limits import Limits
 from services.executor.sandbox import RunSpec, available_modes, clean_environment
 
 SCRIPT_LANGUAGES = ("bash", "python")
@@ -55,13 +55,13 @@ class RunSpecs:
         except NotFound:
             raise InvalidArgument(f"goblin: no goblin named {name[:64]!r} (GET /v1/goblins lists them)") from None
 
-    def timeout(self, requested: int, limits: Limits) -> float:
-        """The task's wall-clock limit: the request's, else the goblin's (else the default), never above
-        the executor's ceiling."""
-        if requested < 0:
+    def limits(self, requested_timeout_s: int, limits: Limits) -> Limits:
+        """``limits`` with the request's wall clock: a request may shorten the goblin's, never lengthen
+        it, and nothing runs longer than GOBLIN_EXECUTOR_MAX_TIMEOUT_S."""
+        if requested_timeout_s < 0:
             raise InvalidArgument("timeout_s: must not be negative")
-        chosen = requested or limits.timeout_s or self.settings.default_timeout_s
-        return float(min(chosen, self.settings.max_timeout_s))
+        limits = limits.replace_timeout(requested_timeout_s or None)
+        return limits.replace_timeout(float(self.settings.max_timeout_s))
 
     def max_attempts(self, goblin: str) -> int:
         """Runs allowed when executors die mid-run: only an idempotent goblin is run again."""
@@ -74,11 +74,10 @@ class RunSpecs:
         """The run of goblin ``name`` with ``args`` (validated: InvalidArgument naming the field)."""
         spec = self.goblin(name)
         argv = self.catalog.validate(name, args)
-        limits = dataclasses.replace(spec.limits, timeout_s=self.timeout(timeout_s, spec.limits))
         return RunSpec(
             argv=tuple(argv),
             env=clean_environment(spec.env, os.environ),
-            limits=limits,
+            limits=self.limits(timeout_s, spec.limits),
             work_root=self.work_root,
             mode=self.mode,
         )
@@ -89,8 +88,7 @@ class RunSpecs:
             raise InvalidArgument("script: must not be empty")
         if len(script) > MAX_SCRIPT_CHARS:
             raise InvalidArgument(f"script: at most {MAX_SCRIPT_CHARS} characters")
-        limits = Limits()
-        limits = dataclasses.replace(limits, timeout_s=self.timeout(timeout_s, limits))
+        limits = self.limits(timeout_s, Limits(timeout_s=float(self.settings.default_timeout_s)))
         return RunSpec(
             argv=script_argv(language),
             env=clean_environment((), os.environ),

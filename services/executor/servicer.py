@@ -30,6 +30,7 @@ SCOPE = "tasks"
 MAX_LIST = 200
 MAX_IDEMPOTENCY_KEY = 200
 MAX_ARGS_JSON = 64 * 1024
+MAX_ARGS_DEPTH = 8
 # A stream waiting for events looks on its own this often, in case a NOTIFY was missed.
 STREAM_POLL_S = 1.0
 
@@ -72,7 +73,7 @@ def task_to_proto(row: asyncpg.Record) -> executor_pb2.Task:
         goblin=row["goblin"] or "",
         status=row["status"],
         dry_run=row["dry_run"],
-        exit_code=row["exit_code"] if row["exit_code"] is not None else 0,
+        exit_code=row["exit_code"],
         stdout=row["stdout"],
         stderr=row["stderr"],
         created=_ms(row["created_at"]),
@@ -94,6 +95,22 @@ def task_to_proto(row: asyncpg.Record) -> executor_pb2.Task:
         script_language=row["script_language"] or "",
         timeout_s=row["timeout_s"],
     )
+
+
+def _check_json(value: Any, where: str, depth: int) -> None:
+    """Arguments Postgres can store and a goblin can take: no NUL (JSONB refuses it), no deep nesting."""
+    if depth > MAX_ARGS_DEPTH:
+        raise InvalidArgument(f"{where}: nested too deeply")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidArgument(f"{where}: must not contain NUL")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, where, depth + 1)
+            _check_json(item, f"{where}.{key[:64]}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]", depth + 1)
 
 
 def _task_id(value: str) -> str:
@@ -188,15 +205,18 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     @staticmethod
     def _args(request: executor_pb2.RunTaskRequest) -> dict[str, Any]:
         if not request.args_json:
-            return dict(request.args)
+            args: dict[str, Any] = dict(request.args)
+            _check_json(args, "args", 0)
+            return args
         if len(request.args_json) > MAX_ARGS_JSON:
             raise InvalidArgument(f"args: at most {MAX_ARGS_JSON} bytes of JSON")
         try:
             args = json.loads(request.args_json)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidArgument("args: not valid JSON") from None
         if not isinstance(args, dict):
             raise InvalidArgument("args: must be a JSON object")
+        _check_json(args, "args", 0)
         return args
 
     async def GetTask(
