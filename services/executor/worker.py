@@ -184,6 +184,7 @@ class WorkerPool:
             "signal": outcome["signal"],
             "duration_s": round(duration_s, 3),
             "attempt": row["attempts"],
+            "owner": self.owner,
         }
         if await self.repository.finish(row["id"], self.owner, outcome, audit):
             TASKS.labels(outcome["status"]).inc()
