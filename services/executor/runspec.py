@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,23 @@ def script_argv(language: str) -> tuple[str, ...]:
     raise InvalidArgument(f"script_language: must be one of {', '.join(SCRIPT_LANGUAGES)}")
 
 
+def default_work_root() -> Path:
+    """A fresh directory of this process under the system's temporary directory: tasks run as an
+    unprivileged user when the executor is root, and that user must reach its task directory, which
+    GOBLIN_HOME (private to the service) does not allow. Made by mkdtemp, so nobody can have planted it;
+    0711: others may pass through to their own task directory, never list the others."""
+    root = Path(tempfile.mkdtemp(prefix="goblin-executor-"))
+    root.chmod(0o711)
+    return root
+
+
 class RunSpecs:
     """Builds run specs with this executor's settings (sandbox mode, work root, timeouts)."""
 
     def __init__(self, catalog: Catalog, settings: ExecutorSettings) -> None:
         self.catalog = catalog
         self.settings = settings
-        self.work_root = Path(settings.work_root) if settings.work_root else settings.goblin_home / "executor" / "work"
+        self.work_root = Path(settings.work_root) if settings.work_root else default_work_root()
         modes = available_modes()
         if settings.sandbox == "auto":
             self.mode = "bwrap" if "bwrap" in modes else "rlimits"

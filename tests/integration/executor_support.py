@@ -27,7 +27,11 @@ from tests.integration.principals import as_caller
 # Short enough to watch: a lost executor's task is failed about LEASE_S after it died.
 LEASE_S = 3
 MAX_QUEUED = 8
+ADMIN_EMAIL = "admin@goblin.local"
+ADMIN_PASSWORD = "admin password for the executor tests"
 SUITE_ENV = {
+    "GOBLIN_ADMIN_EMAIL": ADMIN_EMAIL,
+    "GOBLIN_ADMIN_PASSWORD": ADMIN_PASSWORD,
     "GOBLIN_EXECUTOR_ALLOW_SCRIPTS": "true",
     "GOBLIN_EXECUTOR_LEASE_S": str(LEASE_S),
     "GOBLIN_EXECUTOR_POLL_S": "0.5",
@@ -74,12 +78,16 @@ def bearer(token: str) -> dict[str, str]:
 def new_user(suite: Suite, *, tenant_id: str = "", role: str = "user") -> str:
     """A new user (made by the admin) and the access token of their first sign-in (scopes ``*``)."""
     email = f"tasks-{uuid.uuid4().hex[:10]}@example.com"
-    with suite.admin_client() as admin:
-        reply = admin.post(
-            "/auth/register", json={"email": email, "password": PASSWORD, "tenant_id": tenant_id, "role": role}
+    with suite.client() as client:
+        session = client.post("/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        assert session.status_code == 200, session.text
+        reply = client.post(
+            "/auth/register",
+            json={"email": email, "password": PASSWORD, "tenant_id": tenant_id, "role": role},
+            headers=bearer(session.json()["access_token"]),
         )
         assert reply.status_code == 201, reply.text
-        login = admin.post("/auth/login", json={"email": email, "password": PASSWORD}, headers={"Authorization": ""})
+        login = client.post("/auth/login", json={"email": email, "password": PASSWORD})
     assert login.status_code == 200, login.text
     return login.json()["access_token"]
 
@@ -97,12 +105,23 @@ def submit(client: httpx.Client, expect: int = 202, headers: dict[str, str] | No
     return reply.json()
 
 
+def get_task(client: httpx.Client, task_id: str) -> dict:
+    """The task; an executor restarting (a 502/503 meanwhile) is waited for, a few seconds at most."""
+    deadline = time.monotonic() + 30
+    while True:
+        reply = client.get(f"/v1/tasks/{task_id}")
+        if reply.status_code < 500 or time.monotonic() > deadline:
+            assert reply.status_code == 200, reply.text
+            return reply.json()
+        time.sleep(0.2)
+
+
 def wait_final(client: httpx.Client, task_id: str, timeout_s: float = 30) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
-        task = client.get(f"/v1/tasks/{task_id}").json()
+        task = get_task(client, task_id)
         if task["status"] in FINAL or time.monotonic() > deadline:
-            assert task["status"] in FINAL, task
+            assert task["status"] in FINAL, json.dumps(task)
             return task
         time.sleep(0.1)
 
@@ -110,7 +129,7 @@ def wait_final(client: httpx.Client, task_id: str, timeout_s: float = 30) -> dic
 def wait_status(client: httpx.Client, task_id: str, status: str, timeout_s: float = 20) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
-        task = client.get(f"/v1/tasks/{task_id}").json()
+        task = get_task(client, task_id)
         if task["status"] == status:
             return task
         assert time.monotonic() < deadline, task

@@ -64,7 +64,7 @@ def test_another_tenants_task_is_not_found(stranger: httpx.Client, owned_task: d
     ):
         reply = stranger.request(method, path)
         assert reply.status_code == 404, (path, reply.text)
-        assert reply.json()["error"]["code"] == "not_found"
+        assert reply.json()["error"] == "not_found"
     assert task_id not in {t["id"] for t in stranger.get("/v1/tasks").json()["data"]}
 
 
@@ -88,7 +88,7 @@ def test_a_chat_only_key_cannot_touch_tasks(exec_suite: Suite, owner: httpx.Clie
         ):
             reply = chat_only.request(method, path, json={"goblin": "hello"} if method == "POST" else None)
             assert reply.status_code == 403, (path, reply.text)
-            assert reply.json()["error"]["code"] == "insufficient_scope"
+            assert reply.json()["error"] == "insufficient_scope"
     key = api_key(exec_suite, token, ["tasks"])
     with exec_suite.client(headers=bearer(key)) as tasks_key:
         assert tasks_key.get("/v1/goblins").status_code == 200
@@ -132,7 +132,7 @@ def test_hostile_bodies_are_4xx_or_run_as_literal_arguments(owner: httpx.Client,
         assert done["status"] in ("succeeded", "failed"), done
     else:
         assert reply.status_code in (400, 403, 404, 422), reply.text
-        assert reply.json()["error"]["message"]
+        assert reply.json()["message"]
 
 
 def test_hostile_ids_and_headers(owner: httpx.Client) -> None:
