@@ -29,6 +29,6 @@ class ExecutorSettings(ServiceSettings, DatabaseSettings, SecretScanningSettings
     max_timeout_s: int = Field(3600, alias="GOBLIN_EXECUTOR_MAX_TIMEOUT_S", ge=1, le=86_400)
     # "rlimits" or "bwrap" (bubblewrap, when installed and working); "auto": bwrap where it works.
     sandbox: str = Field("auto", alias="GOBLIN_EXECUTOR_SANDBOX", pattern=r"^(auto|rlimits|bwrap)$")
-    # Where each task's own temporary working directory is created (and removed afterwards); empty: a
-    # fresh directory under the system's temporary directory (the task's user must be able to reach it).
+    # Where each task's own temporary working directory is created (and removed afterwards); empty:
+    # GOBLIN_HOME/executor/work, or <tmp>/goblin-executor-<uid> when the task's user cannot reach that.
     work_root: str = Field("", alias="GOBLIN_EXECUTOR_WORK_ROOT")

@@ -4,7 +4,6 @@ streamed, appended to ``task_events`` in batches, and the bounded tails the task
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 
@@ -17,6 +16,8 @@ log = logging.getLogger(__name__)
 # chatty task costs a write per batch, not per line, and a reader still sees output live.
 FLUSH_DELAY_S = 0.05
 BATCH_LINES = 500
+# Writing what is left once the process ended: past this, Postgres is down and the lines are lost.
+CLOSE_TIMEOUT_S = 30.0
 WITHHELD = "[output withheld: it could not be scanned for secrets]"
 
 
@@ -61,6 +62,8 @@ class OutputSink:
         self._pending: list[tuple[str, str]] = []
         self._unsent: list[tuple[str, str]] = []
         self._ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name=f"task-output-{task_id}")
 
     async def line(self, stream: str, text: str) -> None:
@@ -72,24 +75,38 @@ class OutputSink:
             await self._flush()
 
     async def close(self) -> None:
-        """Write every line still pending (call once the process has ended)."""
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
-        await self._flush()
+        """Write every line still pending (call once the process has ended). The writer finishes its
+        own write rather than being cancelled in it: a write cancelled after Postgres committed it
+        would be written again."""
+        self._closing = True
+        self._ready.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self._writer.cancel()
+            log.error("task %s: %d output lines could not be written", self.task_id, len(self._unsent))
 
     async def _write_loop(self) -> None:
         while True:
             await self._ready.wait()
-            await asyncio.sleep(FLUSH_DELAY_S)
+            if not self._closing:
+                await asyncio.sleep(FLUSH_DELAY_S)
             try:
                 await self._flush()
             except Exception:
                 log.warning("task %s: writing output failed; retrying", self.task_id, exc_info=True)
                 self._ready.set()
                 await asyncio.sleep(1.0)
+                continue
+            if self._closing and not self._pending and not self._unsent:
+                return
 
     async def _flush(self) -> None:
+        # One flush at a time: the writer's and a back-pressured line()'s would write the same lines.
+        async with self._lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         batch, self._pending = self._pending, []
         self._ready.clear()
         if batch:

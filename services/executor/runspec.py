@@ -4,10 +4,9 @@ exactly what would run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from services.executor.catalog import Catalog, GoblinSpec
 from services.executor.config import ExecutorSettings
 from services.executor.limits import Limits
 from services.executor.sandbox import RunSpec, available_modes, clean_environment
+from services.executor.taskuser import default_work_root, task_python
 
 SCRIPT_LANGUAGES = ("bash", "python")
 # A script is source text: anything larger is not a script an admin typed.
@@ -28,18 +28,8 @@ def script_argv(language: str) -> tuple[str, ...]:
         bash = shutil.which("bash") or "/bin/bash"
         return (bash, "-s")
     if language == "python":
-        return (sys.executable, "-I", "-")
+        return (task_python(), "-I", "-")
     raise InvalidArgument(f"script_language: must be one of {', '.join(SCRIPT_LANGUAGES)}")
-
-
-def default_work_root() -> Path:
-    """A fresh directory of this process under the system's temporary directory: tasks run as an
-    unprivileged user when the executor is root, and that user must reach its task directory, which
-    GOBLIN_HOME (private to the service) does not allow. Made by mkdtemp, so nobody can have planted it;
-    0711: others may pass through to their own task directory, never list the others."""
-    root = Path(tempfile.mkdtemp(prefix="goblin-executor-"))
-    root.chmod(0o711)
-    return root
 
 
 class RunSpecs:
@@ -48,7 +38,10 @@ class RunSpecs:
     def __init__(self, catalog: Catalog, settings: ExecutorSettings) -> None:
         self.catalog = catalog
         self.settings = settings
-        self.work_root = Path(settings.work_root) if settings.work_root else default_work_root()
+        preferred = Path(settings.work_root) if settings.work_root else settings.goblin_home / "executor" / "work"
+        # Tasks run as an unprivileged user when the executor is root: a root it cannot reach (a private
+        # GOBLIN_HOME) gives way to one under the system's temporary directory (taskuser).
+        self.work_root = default_work_root(preferred)
         modes = available_modes()
         if settings.sandbox == "auto":
             self.mode = "bwrap" if "bwrap" in modes else "rlimits"
@@ -84,14 +77,10 @@ class RunSpecs:
     def for_goblin(self, name: str, args: dict[str, Any], timeout_s: int) -> RunSpec:
         """The run of goblin ``name`` with ``args`` (validated: InvalidArgument naming the field)."""
         spec = self.goblin(name)
-        argv = self.catalog.validate(name, args)
-        return RunSpec(
-            argv=tuple(argv),
-            env=clean_environment(spec.env, os.environ),
-            limits=self.limits(timeout_s, spec.limits),
-            work_root=self.work_root,
-            mode=self.mode,
+        run = self.catalog.run_spec(
+            name, args, work_root=self.work_root, mode=self.mode, timeout_s=None, source_env=os.environ
         )
+        return dataclasses.replace(run, limits=self.limits(timeout_s, spec.limits))
 
     def for_script(self, script: str, language: str, timeout_s: int) -> RunSpec:
         """A script run by its interpreter from stdin, with the default limits and no extra environment."""

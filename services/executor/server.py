@@ -10,6 +10,7 @@ from services.common.audit import AuditLog
 from services.common.errors import GoblinError
 from services.common.grpc_server import StartupRefused
 from services.common.secrets import DetectionPoint, SecretGuard, SecretPolicy
+from services.common.settings import ConfigError
 from services.common.stores import PostgresStore, StoreBackedService
 from services.executor.catalog import Catalog
 from services.executor.config import ExecutorSettings
@@ -29,7 +30,7 @@ class ExecutorServer(StoreBackedService):
         try:
             catalog = Catalog.load()
             self.specs = RunSpecs(catalog, settings)
-        except (GoblinError, ValueError, OSError) as exc:
+        except (ConfigError, GoblinError, ValueError, OSError) as exc:
             raise StartupRefused(f"executor catalog or sandbox: {exc}") from None
         dsn = settings.database_url.get_secret_value()
         self.postgres = PostgresStore(dsn, schema="executor")

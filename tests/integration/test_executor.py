@@ -298,7 +298,8 @@ def test_two_executors_never_run_the_same_task(exec_suite: Suite, admin: httpx.C
         replica.wait_serving()
         ids: list[str] = []
         while len(ids) < 30:
-            reply = admin.post("/v1/tasks", json={"script": f"echo task-{len(ids)}"})
+            # Each takes a moment, so the suite's two workers are busy and the replica must take work.
+            reply = admin.post("/v1/tasks", json={"script": f"sleep 0.3; echo task-{len(ids)}"})
             if reply.status_code == 429:  # the tenant's bound: wait for the queue to drain a little
                 time.sleep(0.1)
                 continue
