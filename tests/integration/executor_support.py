@@ -81,6 +81,13 @@ def new_user(suite: Suite, *, tenant_id: str = "", role: str = "user") -> str:
     with suite.client() as client:
         session = client.post("/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
         assert session.status_code == 200, session.text
+        if tenant_id and tenant_id != "default":
+            made = client.post(
+                "/auth/tenants",
+                json={"id": tenant_id, "name": tenant_id},
+                headers=bearer(session.json()["access_token"]),
+            )
+            assert made.status_code in (201, 409), made.text
         reply = client.post(
             "/auth/register",
             json={"email": email, "password": PASSWORD, "tenant_id": tenant_id, "role": role},
