@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -325,3 +327,26 @@ def test_two_executors_never_run_the_same_task(exec_suite: Suite, admin: httpx.C
         assert len({r["owner"] for r in runs}) == 2, "both executors took work"
     finally:
         replica.stop()
+
+
+def test_the_cli_runs_a_goblin_and_exits_with_its_code(exec_suite: Suite) -> None:
+    env = {**exec_suite.env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    goblin = str(Path(sys.executable).parent / "goblin")
+    ran = subprocess.run(
+        [goblin, "tasks", "run", "hello", "--arg", "name=cli"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "hello, cli" in ran.stdout and "succeeded" in ran.stderr
+    dry = subprocess.run(
+        [goblin, "tasks", "run", "sleep", "--arg", "seconds=5", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert '"argv"' in dry.stdout
+    bad = subprocess.run(
+        [goblin, "tasks", "run", "sleep", "--arg", "seconds=-1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1 and "seconds" in bad.stderr
