@@ -15,6 +15,7 @@ executable that does not exist) fails at load with a message naming the goblin a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -31,7 +32,9 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.settings import ConfigError, default_home
 from services.executor.limits import Limits
 from services.executor.sandbox import RunSpec, clean_environment
-from services.executor.taskuser import task_python
+from services.executor.taskuser import task_can_execute, task_python
+
+log = logging.getLogger(__name__)
 
 BUILTIN_CATALOG = Path(__file__).with_name("goblins.yaml")
 CATALOG_ENV = "GOBLIN_EXECUTOR_CATALOG"
@@ -310,7 +313,11 @@ def _resolve_executable(where: str, name: str) -> str:
         found = shutil.which(name, path=search)
     if found is None:
         raise ConfigError(f"{where}.argv[0]: executable {name!r} not found")
-    return os.path.abspath(found)
+    found = os.path.abspath(found)
+    if not task_can_execute(found):
+        # Not fatal: the operator may fix permissions, or run the executor unprivileged.
+        log.warning("%s: %s (or its interpreter) is out of the task user's reach; its tasks will fail", where, found)
+    return found
 
 
 def _parse_limits(where: str, raw: Any) -> Limits:

@@ -83,16 +83,19 @@ def _signal_all(sig: int) -> int:
     return len(pids)
 
 
-def _reap() -> list[tuple[int, int]]:
-    reaped = []
+# Wait statuses of the children reaped so far, by pid: the task's own is among them once it ends.
+REAPED: dict[int, int] = {}
+
+
+def _reap() -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return reaped
+            return
         if pid == 0:
-            return reaped
-        reaped.append((pid, status))
+            return
+        REAPED[pid] = status
 
 
 def _has_children() -> bool:
@@ -159,7 +162,8 @@ def _exit_like(status: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # the two whose action cannot be set
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)  # a signal whose default action is not to terminate
     os._exit(os.waitstatus_to_exitcode(status))
@@ -178,23 +182,25 @@ def supervise(config: dict, argv: list[str]) -> None:
     if main == 0:
         _start_task(config, argv)
     grace = float(config.get("kill_grace_s", 2.0))
-    status: int | None = None
-    kill_at: float | None = None
-    while status is None:
-        timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
-        info = signal.sigtimedwait(WATCHED, timeout) if timeout is not None else signal.sigwaitinfo(WATCHED)
+    kill_at: float | None = None  # set by SIGTERM (after the grace) or SIGINT/SIGHUP (now)
+    killed = False
+    while main not in REAPED:
+        if kill_at is not None and not killed and time.monotonic() >= kill_at:
+            _kill_everything()
+            killed = True
+            continue
+        if kill_at is None or killed:
+            info = signal.sigwaitinfo(WATCHED)  # SIGCHLD comes once the SIGKILLed task has died
+        else:
+            info = signal.sigtimedwait(WATCHED, max(0.0, kill_at - time.monotonic()))
         if info is not None and info.si_signo in (signal.SIGINT, signal.SIGHUP):
-            kill_at = time.monotonic()
+            kill_at, killed = time.monotonic(), False
         elif info is not None and info.si_signo == signal.SIGTERM and kill_at is None:
             _signal_all(signal.SIGTERM)
             kill_at = time.monotonic() + grace
-        if kill_at is not None and time.monotonic() >= kill_at:
-            _kill_everything()
-        for pid, st in _reap():
-            if pid == main:
-                status = st
+        _reap()
     _kill_everything()
-    _exit_like(status)
+    _exit_like(REAPED[main])
 
 
 def main() -> None:

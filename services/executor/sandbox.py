@@ -45,6 +45,8 @@ MAX_LINE_BYTES = 8192  # longer lines reach on_output in pieces
 MODES = ("rlimits", "bwrap")
 # After SIGKILL, how long the output pipes may stay open (only an escaped process could hold them).
 DRAIN_AFTER_KILL_S = 2.0
+# After the grace, how long the launcher has to sweep before the whole group gets SIGKILL from here.
+LAUNCHER_MARGIN_S = 2.0
 
 OutputCallback = Callable[[str, str], Awaitable[None]]
 StartCallback = Callable[[int], Awaitable[None]]
@@ -338,8 +340,8 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
     """SIGTERM to the group (the launcher forwards it to escaped descendants), SIGKILL after ``grace``."""
     _killpg(proc.pid, signal.SIGTERM)
     try:
-        # The launcher itself SIGKILLs the stragglers at the end of the grace; give it a moment to.
-        await asyncio.wait_for(proc.wait(), grace + 1.0)
+        # The launcher itself SIGKILLs the stragglers at the end of the grace; give it time to.
+        await asyncio.wait_for(proc.wait(), grace + LAUNCHER_MARGIN_S)
     except TimeoutError:
         _killpg(proc.pid, signal.SIGKILL)
         await proc.wait()

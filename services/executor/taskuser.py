@@ -45,7 +45,23 @@ def task_can_execute(path: str) -> bool:
     executor's own user. A Python under /root (pyenv) is a common reason for False."""
     if run_as() is None:
         return os.access(path, os.X_OK)
-    return _others_can_reach(Path(path), include_self=True)
+    if not _others_can_reach(Path(path), include_self=True):
+        return False
+    interpreter = _shebang(path)
+    return interpreter is None or _others_can_reach(Path(interpreter), include_self=True)
+
+
+def _shebang(path: str) -> str | None:
+    """The interpreter a script names on its ``#!`` line (a console script's virtualenv Python)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    return words[0] if words else None
 
 
 def task_python() -> str:

@@ -219,3 +219,14 @@ async def test_model_checksum(work_root: Path, monkeypatch: pytest.MonkeyPatch) 
     assert mismatch.status == "failed" and mismatch.exit_code == 1 and "checksum mismatch" in mismatch.stderr_tail
     with pytest.raises(InvalidArgument, match="^args.path: must be under"):
         catalog.validate("model-checksum", {"path": "/etc/x.gguf", "sha256": digest})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a dropped user can lack access to a program")
+def test_a_program_out_of_the_task_users_reach_is_reported_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    program = tmp_path / "private-tool"  # under pytest's 0700 directories
+    program.write_text("#!/bin/sh\necho hi\n")
+    program.chmod(0o755)
+    Catalog.load(write(tmp_path, one(argv=f"[{program}]")))
+    assert "out of the task user's reach" in caplog.text

@@ -66,6 +66,13 @@ async def test_failure_reports_the_exit_code(work_root: Path) -> None:
     assert result.stderr_tail == "bad\n" and result.error == "exited with code 3"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV])
+async def test_a_signal_death_is_reported_as_that_signal(work_root: Path, sig: signal.Signals) -> None:
+    result = await run(spec(work_root, "/bin/sh", "-c", f"kill -{sig.name[3:]} $$"))
+    assert result.status == "failed" and result.signal == sig and result.exit_code is None
+    assert result.error.startswith(f"killed by {sig.name}") and result.stderr_tail == ""
+
+
 async def test_a_missing_program_fails_with_a_message(work_root: Path) -> None:
     result = await run(spec(work_root, "/nonexistent/program"))
     assert result.status == "failed" and result.exit_code == 127
@@ -81,6 +88,16 @@ async def test_timeout_kills_the_whole_tree(work_root: Path, escape: bool) -> No
     assert gone(grandchild)
     assert result.duration_s < 3 + 0.5 + 3
     assert os.listdir(work_root) == []
+
+
+async def test_a_main_process_that_ignores_sigterm_is_killed_by_the_launcher(work_root: Path) -> None:
+    lines = Lines()
+    stubborn = tree(True, then="import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)")
+    result = await run(spec(work_root, *stubborn, timeout_s=2, kill_grace_s=0.3), on_output=lines)
+    assert result.status == "timed_out" and result.signal == signal.SIGKILL
+    assert gone(int(lines["stdout"][0]))
+    # The launcher's own SIGKILL at the end of the grace, not this side's fallback 2 s later.
+    assert result.duration_s < 2 + 0.3 + 1.5
 
 
 @pytest.mark.parametrize("escape", [False, True], ids=["same-session", "setsid-escape"])
