@@ -356,3 +356,26 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- tasks, through the gateway's HTTPS API ------------------------------------------------------------
+tasks_app = typer.Typer(help="Tasks: run goblins on the executor.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("run")
+def tasks_run(
+    goblin: Annotated[str, typer.Argument(help="the goblin's name (GET /v1/goblins)")],
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="an argument as NAME=VALUE (repeatable)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would run; run nothing")] = False,
+    timeout: Annotated[int, typer.Option("--timeout", help="seconds, shorter than the goblin's own")] = 0,
+) -> None:
+    """Run GOBLIN through the local gateway (admin key, suite CA) and follow its output live; exits with
+    the task's exit code."""
+    from goblin_tools.tasks import TaskCliError, run
+
+    try:
+        code = run(goblin, arg or [], dry_run=dry_run, timeout_s=timeout, console=console)
+    except TaskCliError as exc:
+        raise _fail(str(exc), 1) from None
+    raise typer.Exit(code)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from goblin.v1 import common_pb2 as goblin_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18goblin/v1/executor.proto\x12\tgoblin.v1\x1a\x16goblin/v1/common.proto\"T\n\x06Goblin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x19\n\x11\x64\x65\x66\x61ult_timeout_s\x18\x04 \x01(\x05\"@\n\x12ListGoblinsRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"9\n\x13ListGoblinsResponse\x12\"\n\x07goblins\x18\x01 \x03(\x0b\x32\x11.goblin.v1.Goblin\"\xe0\x01\n\x0eRunTaskRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0e\n\x06goblin\x18\x02 \x01(\t\x12\x0e\n\x06script\x18\x03 \x01(\t\x12\x31\n\x04\x61rgs\x18\x04 \x03(\x0b\x32#.goblin.v1.RunTaskRequest.ArgsEntry\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x11\n\ttimeout_s\x18\x06 \x01(\x05\x1a+\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x01\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06goblin\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x0e\n\x06stdout\x18\x06 \x01(\t\x12\x0e\n\x06stderr\x18\x07 \x01(\t\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x03\x12\x0f\n\x07started\x18\t \x01(\x03\x12\x10\n\x08\x66inished\x18\n \x01(\x03\x12\x12\n\nduration_s\x18\x0b \x01(\x01\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"M\n\x0eGetTaskRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"]\n\x10ListTasksRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\"3\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.goblin.v1.Task\"P\n\x11\x43\x61ncelTaskRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"i\n\x17StreamTaskEventsRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\"Q\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\x32\x9b\x03\n\x08\x45xecutor\x12L\n\x0bListGoblins\x12\x1d.goblin.v1.ListGoblinsRequest\x1a\x1e.goblin.v1.ListGoblinsResponse\x12\x35\n\x07RunTask\x12\x19.goblin.v1.RunTaskRequest\x1a\x0f.goblin.v1.Task\x12\x35\n\x07GetTask\x12\x19.goblin.v1.GetTaskRequest\x1a\x0f.goblin.v1.Task\x12\x46\n\tListTasks\x12\x1b.goblin.v1.ListTasksRequest\x1a\x1c.goblin.v1.ListTasksResponse\x12;\n\nCancelTask\x12\x1c.goblin.v1.CancelTaskRequest\x1a\x0f.goblin.v1.Task\x12N\n\x10StreamTaskEvents\x12\".goblin.v1.StreamTaskEventsRequest\x1a\x14.goblin.v1.TaskEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18goblin/v1/executor.proto\x12\tgoblin.v1\x1a\x16goblin/v1/common.proto\"\x82\x01\n\x06Goblin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x19\n\x11\x64\x65\x66\x61ult_timeout_s\x18\x04 \x01(\x05\x12\x18\n\x10\x61rgs_schema_json\x18\x05 \x01(\t\x12\x12\n\nidempotent\x18\x06 \x01(\x08\"@\n\x12ListGoblinsRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\"9\n\x13ListGoblinsResponse\x12\"\n\x07goblins\x18\x01 \x03(\x0b\x32\x11.goblin.v1.Goblin\"\xa5\x02\n\x0eRunTaskRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0e\n\x06goblin\x18\x02 \x01(\t\x12\x0e\n\x06script\x18\x03 \x01(\t\x12\x31\n\x04\x61rgs\x18\x04 \x03(\x0b\x32#.goblin.v1.RunTaskRequest.ArgsEntry\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x11\n\ttimeout_s\x18\x06 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x17\n\x0fscript_language\x18\x08 \x01(\t\x12\x11\n\targs_json\x18\t \x01(\t\x1a+\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06goblin\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\x06 \x01(\t\x12\x0e\n\x06stderr\x18\x07 \x01(\t\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x03\x12\x0f\n\x07started\x18\t \x01(\x03\x12\x10\n\x08\x66inished\x18\n \x01(\x03\x12\x12\n\nduration_s\x18\x0b \x01(\x01\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x10\n\x08\x61ttempts\x18\r \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x0e \x01(\x05\x12\x0e\n\x06signal\x18\x0f \x01(\t\x12\x11\n\ttenant_id\x18\x10 \x01(\t\x12\x11\n\trequester\x18\x11 \x01(\t\x12\x14\n\x0cstdout_bytes\x18\x12 \x01(\x03\x12\x14\n\x0cstderr_bytes\x18\x13 \x01(\x03\x12\'\n\x04\x61rgs\x18\x14 \x03(\x0b\x32\x19.goblin.v1.Task.ArgsEntry\x12\x11\n\tplan_json\x18\x15 \x01(\t\x12\x11\n\tis_script\x18\x16 \x01(\x08\x12\x17\n\x0fscript_language\x18\x17 \x01(\t\x12\x11\n\ttimeout_s\x18\x18 \x01(\x05\x12\x11\n\targs_json\x18\x19 \x01(\t\x1a+\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_exit_code\"M\n\x0eGetTaskRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"]\n\x10ListTasksRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\"3\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.goblin.v1.Task\"P\n\x11\x43\x61ncelTaskRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"i\n\x17StreamTaskEventsRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.goblin.v1.RequestContext\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\"Q\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\x12\n\n\x02\x61t\x18\x05 \x01(\x03\x32\x9b\x03\n\x08\x45xecutor\x12L\n\x0bListGoblins\x12\x1d.goblin.v1.ListGoblinsRequest\x1a\x1e.goblin.v1.ListGoblinsResponse\x12\x35\n\x07RunTask\x12\x19.goblin.v1.RunTaskRequest\x1a\x0f.goblin.v1.Task\x12\x35\n\x07GetTask\x12\x19.goblin.v1.GetTaskRequest\x1a\x0f.goblin.v1.Task\x12\x46\n\tListTasks\x12\x1b.goblin.v1.ListTasksRequest\x1a\x1c.goblin.v1.ListTasksResponse\x12;\n\nCancelTask\x12\x1c.goblin.v1.CancelTaskRequest\x1a\x0f.goblin.v1.Task\x12N\n\x10StreamTaskEvents\x12\".goblin.v1.StreamTaskEventsRequest\x1a\x14.goblin.v1.TaskEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +34,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNTASKREQUEST_ARGSENTRY']._loaded_options = None
   _globals['_RUNTASKREQUEST_ARGSENTRY']._serialized_options = b'8\001'
-  _globals['_GOBLIN']._serialized_start=63
-  _globals['_GOBLIN']._serialized_end=147
-  _globals['_LISTGOBLINSREQUEST']._serialized_start=149
-  _globals['_LISTGOBLINSREQUEST']._serialized_end=213
-  _globals['_LISTGOBLINSRESPONSE']._serialized_start=215
-  _globals['_LISTGOBLINSRESPONSE']._serialized_end=272
-  _globals['_RUNTASKREQUEST']._serialized_start=275
-  _globals['_RUNTASKREQUEST']._serialized_end=499
-  _globals['_RUNTASKREQUEST_ARGSENTRY']._serialized_start=456
-  _globals['_RUNTASKREQUEST_ARGSENTRY']._serialized_end=499
-  _globals['_TASK']._serialized_start=502
-  _globals['_TASK']._serialized_end=707
-  _globals['_GETTASKREQUEST']._serialized_start=709
-  _globals['_GETTASKREQUEST']._serialized_end=786
-  _globals['_LISTTASKSREQUEST']._serialized_start=788
-  _globals['_LISTTASKSREQUEST']._serialized_end=881
-  _globals['_LISTTASKSRESPONSE']._serialized_start=883
-  _globals['_LISTTASKSRESPONSE']._serialized_end=934
-  _globals['_CANCELTASKREQUEST']._serialized_start=936
-  _globals['_CANCELTASKREQUEST']._serialized_end=1016
-  _globals['_STREAMTASKEVENTSREQUEST']._serialized_start=1018
-  _globals['_STREAMTASKEVENTSREQUEST']._serialized_end=1123
-  _globals['_TASKEVENT']._serialized_start=1125
-  _globals['_TASKEVENT']._serialized_end=1206
-  _globals['_EXECUTOR']._serialized_start=1209
-  _globals['_EXECUTOR']._serialized_end=1620
+  _globals['_TASK_ARGSENTRY']._loaded_options = None
+  _globals['_TASK_ARGSENTRY']._serialized_options = b'8\001'
+  _globals['_GOBLIN']._serialized_start=64
+  _globals['_GOBLIN']._serialized_end=194
+  _globals['_LISTGOBLINSREQUEST']._serialized_start=196
+  _globals['_LISTGOBLINSREQUEST']._serialized_end=260
+  _globals['_LISTGOBLINSRESPONSE']._serialized_start=262
+  _globals['_LISTGOBLINSRESPONSE']._serialized_end=319
+  _globals['_RUNTASKREQUEST']._serialized_start=322
+  _globals['_RUNTASKREQUEST']._serialized_end=615
+  _globals['_RUNTASKREQUEST_ARGSENTRY']._serialized_start=572
+  _globals['_RUNTASKREQUEST_ARGSENTRY']._serialized_end=615
+  _globals['_TASK']._serialized_start=618
+  _globals['_TASK']._serialized_end=1167
+  _globals['_TASK_ARGSENTRY']._serialized_start=572
+  _globals['_TASK_ARGSENTRY']._serialized_end=615
+  _globals['_GETTASKREQUEST']._serialized_start=1169
+  _globals['_GETTASKREQUEST']._serialized_end=1246
+  _globals['_LISTTASKSREQUEST']._serialized_start=1248
+  _globals['_LISTTASKSREQUEST']._serialized_end=1341
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1343
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1394
+  _globals['_CANCELTASKREQUEST']._serialized_start=1396
+  _globals['_CANCELTASKREQUEST']._serialized_end=1476
+  _globals['_STREAMTASKEVENTSREQUEST']._serialized_start=1478
+  _globals['_STREAMTASKEVENTSREQUEST']._serialized_end=1583
+  _globals['_TASKEVENT']._serialized_start=1585
+  _globals['_TASKEVENT']._serialized_end=1666
+  _globals['_EXECUTOR']._serialized_start=1669
+  _globals['_EXECUTOR']._serialized_end=2080
 # @@protoc_insertion_point(module_scope)

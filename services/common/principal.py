@@ -322,7 +322,7 @@ def suite_principal_env(env: dict[str, str], tls_dir: Path) -> dict[str, str]:
 # Rag keeps each tenant's collections apart by the principal's tenant, so every rag call needs one.
 # Inference and executor take no identity decision from the caller and need none; health and
 # reflection are never checked.
-PRINCIPAL_REQUIRED_SERVICES = frozenset({"goblin.v1.Auth", "goblin.v1.Rag", "goblin.v1.Router"})
+PRINCIPAL_REQUIRED_SERVICES = frozenset({"goblin.v1.Auth", "goblin.v1.Executor", "goblin.v1.Rag", "goblin.v1.Router"})
 PUBLIC_METHODS = frozenset(
     {
         "/goblin.v1.Auth/Authenticate",

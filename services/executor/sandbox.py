@@ -321,10 +321,12 @@ async def _kill_now(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+    # A process that ended (or closed stdin) first: asyncio says BrokenPipeError, uvloop (which the
+    # services run on) RuntimeError "the handler is closed" (MagicStack/uvloop#506).
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
         proc.stdin.write(data)
         await proc.stdin.drain()
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
         proc.stdin.close()
 
 

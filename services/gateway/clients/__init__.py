@@ -12,6 +12,7 @@ from services.common.grpc_client import open_channel
 from services.common.tls import GrpcTls
 from services.common.topology import BACKEND_SERVICES
 from services.gateway.clients.auth import AuthClient
+from services.gateway.clients.executor import ExecutorClient, TaskEventStream
 from services.gateway.clients.health import HealthClient, ServiceHealth
 from services.gateway.clients.rag import RagClient
 from services.gateway.clients.router import ChatStream, Embeddings, ModelInfo, RouterClient
@@ -20,18 +21,20 @@ __all__ = [
     "AuthClient",
     "ChatStream",
     "Embeddings",
+    "ExecutorClient",
     "GatewayClients",
     "HealthClient",
     "ModelInfo",
     "RagClient",
     "RouterClient",
     "ServiceHealth",
+    "TaskEventStream",
 ]
 
 
 class GatewayClients:
     """One channel per backend service, opened once and shared by every request; the gateway calls
-    the router and auth services, and checks the health of all of them."""
+    the router, auth and executor services, and checks the health of all of them."""
 
     def __init__(self, addresses: dict[str, str], tls: GrpcTls) -> None:
         self.addresses = {name: addresses[name] for name in BACKEND_SERVICES}
@@ -39,6 +42,7 @@ class GatewayClients:
         self.router = RouterClient(self._channels["router"])
         self.auth = AuthClient(self._channels["auth"])
         self.rag = RagClient(self._channels["rag"])
+        self.executor = ExecutorClient(self._channels["executor"])
         self.health = HealthClient(self.addresses, self._channels)
 
     async def close(self) -> None:
