@@ -250,7 +250,7 @@ def generate_schema(values_file: Path = VALUES_FILE) -> dict[str, Any]:
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": "Goblin Helm chart values",
-        "description": f"Generated from values.yaml by `python -m goblin_tools.deploy_tools schema`; do not edit.",
+        "description": "Generated from values.yaml by `python -m goblin_tools.deploy_tools schema`; do not edit.",
         **root,
     }
 
