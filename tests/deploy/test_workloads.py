@@ -185,3 +185,19 @@ def test_in_chart_stores_only_for_trials(rendered: dict) -> None:
         "redis",
         "chroma",
     }
+
+
+def test_gateway_probes_fit_under_its_health_rate_limit(rendered: dict) -> None:
+    """kubelet probes come from the node's address and the gateway's health limit is per address across
+    replicas: even every gateway replica on one node must stay under it, or readiness flaps on 429s."""
+    from services.gateway.ratelimit import parse_limits
+
+    for profile, objects in rendered.items():
+        config = next(c for n, c in of_kind(objects, "ConfigMap").items() if n.endswith("-config"))["data"]
+        limit = min(item.amount * 60 / item.get_expiry() for item in parse_limits(config["GOBLIN_RATE_LIMIT_HEALTH"]))
+        gateway = next(d for d in of_kind(objects, "Deployment").values() if component(d) == "gateway")
+        container = pod_spec(gateway)["containers"][0]
+        per_pod = sum(60 / container[p]["periodSeconds"] for p in ("livenessProbe", "readinessProbe"))
+        hpa = next((h for h in of_kind(objects, "HorizontalPodAutoscaler").values() if component(h) == "gateway"), None)
+        replicas = hpa["spec"]["maxReplicas"] if hpa else gateway["spec"]["replicas"]
+        assert per_pod * replicas <= limit, (profile, per_pod, replicas, limit)
