@@ -201,3 +201,21 @@ def test_gateway_probes_fit_under_its_health_rate_limit(rendered: dict) -> None:
         hpa = next((h for h in of_kind(objects, "HorizontalPodAutoscaler").values() if component(h) == "gateway"), None)
         replicas = hpa["spec"]["maxReplicas"] if hpa else gateway["spec"]["replicas"]
         assert per_pod * replicas <= limit, (profile, per_pod, replicas, limit)
+
+
+@pytest.mark.parametrize(
+    ("values", "threads"),
+    [
+        ({}, "4"),  # values.yaml: limits.cpu "4"
+        ({"services": {"inference": {"resources": {"limits": {"cpu": "2500m", "memory": "4Gi"}}}}}, "2"),
+        ({"services": {"inference": {"resources": {"limits": {"cpu": "500m", "memory": "4Gi"}}}}}, "1"),
+        ({"services": {"inference": {"threads": 3}}}, "3"),
+    ],
+)
+def test_inference_threads_follow_its_cpu_limit(render, values: dict, threads: str) -> None:
+    """A CPU limit is a CFS quota, not an affinity: left to itself, llama.cpp would start a thread per core
+    of the node and be throttled. The chart sizes its threads to the limit."""
+    inference = next(d for d in of_kind(render(values), "Deployment").values() if component(d) == "inference")
+    env = {e["name"]: e.get("value") for e in pod_spec(inference)["containers"][0]["env"]}
+    assert env["GOBLIN_INFERENCE_THREADS"] == threads
+    assert env["GOBLIN_INFERENCE_BATCH_THREADS"] == threads
