@@ -15,7 +15,8 @@ CALLERS = {
     "auth": {"gateway"},
     "rag": {"gateway", "router"},
     "executor": {"gateway"},
-    "inference": {"router", "rag"},
+    # the gateway: health only, for /health/ready (services/gateway/clients/health.py checks every backend)
+    "inference": {"gateway", "router", "rag"},
 }
 STORE_USERS = {
     5432: {"gateway", "router", "rag", "auth", "executor", "migrations"},
@@ -176,3 +177,17 @@ def test_ingress_reencrypts_or_passes_tls_through(rendered: dict) -> None:
     for ingress in (reencrypt, passthrough):
         backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
         assert backend == {"name": "goblin-gateway", "port": {"name": "https"}}
+
+
+def test_the_gateway_reaches_every_backend_it_opens_a_channel_to(rendered: dict) -> None:
+    """GatewayClients opens one mTLS channel per backend service and /health/ready asks each one: a
+    policy that left one out would keep every gateway pod unready."""
+    import inspect
+
+    from services.common.topology import BACKEND_SERVICES
+    from services.gateway.clients import GatewayClients
+
+    assert "BACKEND_SERVICES" in inspect.getsource(GatewayClients.__init__)
+    egress = _policies(rendered["default"])["gateway"]["spec"]["egress"]
+    reached = set().union(*(_peer_components(rule.get("to", [])) for rule in egress))
+    assert set(BACKEND_SERVICES) <= reached

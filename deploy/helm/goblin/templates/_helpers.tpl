@@ -21,13 +21,15 @@
 {{- define "goblin.scaledServices" -}}gateway router rag auth executor{{- end -}}
 {{- define "goblin.backendServices" -}}router inference rag auth executor{{- end -}}
 
-{{/* gRPC callers of each backend service: NetworkPolicy ingress and egress are both built from this. */}}
+{{/* gRPC callers of each backend service: NetworkPolicy ingress and egress are both built from this.
+     The gateway reaches inference only for its readiness check (/health/ready asks every backend's
+     grpc.health.v1 over the mTLS channel), but a NetworkPolicy cannot tell methods apart. */}}
 {{- define "goblin.callers" -}}
 router: [gateway]
 auth: [gateway]
 rag: [gateway, router]
 executor: [gateway]
-inference: [router, rag]
+inference: [gateway, router, rag]
 {{- end -}}
 
 {{/* Which services use which store. */}}
