@@ -219,3 +219,30 @@ def test_inference_threads_follow_its_cpu_limit(render, values: dict, threads: s
     env = {e["name"]: e.get("value") for e in pod_spec(inference)["containers"][0]["env"]}
     assert env["GOBLIN_INFERENCE_THREADS"] == threads
     assert env["GOBLIN_INFERENCE_BATCH_THREADS"] == threads
+
+
+def test_pre_install_hooks_use_nothing_the_release_creates_later(rendered: dict) -> None:
+    """A pre-install hook runs before the release's ordinary objects exist: a Job that named the chart's
+    ServiceAccount, ConfigMap or a non-hook Secret would never start, and the install would hang."""
+    for profile, objects in rendered.items():
+        later = {
+            (o["kind"], o["metadata"]["name"])
+            for o in objects
+            if "helm.sh/hook" not in o["metadata"].get("annotations", {})
+        }
+        for obj in objects:
+            hooks = obj["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+            spec = pod_spec(obj)
+            if "pre-install" not in hooks or spec is None:
+                continue
+            assert ("ServiceAccount", spec.get("serviceAccountName", "default")) not in later, profile
+            for container in spec["containers"]:
+                for source in container.get("envFrom", []):
+                    assert ("ConfigMap", source.get("configMapRef", {}).get("name")) not in later, profile
+                for entry in container.get("env", []):
+                    ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        assert ("Secret", ref["name"]) not in later, profile
+            for volume in spec.get("volumes", []):
+                assert ("Secret", volume.get("secret", {}).get("secretName")) not in later, profile
+                assert ("ConfigMap", volume.get("configMap", {}).get("name")) not in later, profile
