@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -21,6 +22,7 @@ from services.common.topology import BACKEND_SERVICES
 
 app = typer.Typer(help="Goblin: self-hosted AI assistant platform.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
+ROOT = Path(__file__).resolve().parents[1]  # the checkout or installed tree holding services/
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -297,6 +299,48 @@ def keys_rotate(database_url: DatabaseUrlOption = None) -> None:
     table.add_row("current", rotation.current_kid)
     table.add_row("standby", rotation.standby_kid)
     console.print(Panel(table, title="signing keys rotated"))
+
+
+@app.command("install-systemd")
+def install_systemd(
+    dest: Annotated[Path, typer.Option(help="where the unit files go")] = Path("/etc/systemd/system"),
+    python: Annotated[Path, typer.Option(help="the interpreter of Goblin's virtualenv")] = Path(sys.executable),
+    app_dir: Annotated[
+        Path, typer.Option(help="the directory holding the services/ package (the units' working directory)")
+    ] = ROOT,
+    home: Annotated[Path, typer.Option(help="GOBLIN_HOME: the only directory the services may write")] = Path(
+        "/var/lib/goblin"
+    ),
+    config_dir: Annotated[Path, typer.Option(help="holds goblin.env and <service>.env (root, 0600)")] = Path(
+        "/etc/goblin"
+    ),
+    user: Annotated[str, typer.Option(help="the account the services run as")] = "goblin",
+    inference_memory_max: Annotated[str, typer.Option(help="systemd MemoryMax= of inference")] = "8G",
+    inference_cpu_quota: Annotated[str, typer.Option(help="systemd CPUQuota= of inference")] = "300%",
+) -> None:
+    """Write the systemd units (one per service and goblin.target) for this installation's paths."""
+    from goblin_tools.systemd import Layout, write_units
+
+    layout = Layout(
+        python=python.absolute(),
+        app_dir=app_dir.absolute(),
+        home=home.absolute(),
+        config_dir=config_dir.absolute(),
+        user=user,
+        group=user,
+        inference_memory_max=inference_memory_max,
+        inference_cpu_quota=inference_cpu_quota,
+    )
+    try:
+        written = write_units(dest, layout)
+    except OSError as exc:
+        raise _fail(f"cannot write the units into {dest}: {exc.strerror}", code=1) from None
+    for path in written:
+        print(path)
+    console.print(
+        f"wrote {len(written)} units; next: [bold]systemctl daemon-reload && systemctl enable --now goblin.target[/] "
+        "(see docs/operations.md)"
+    )
 
 
 def main() -> None:
