@@ -301,6 +301,106 @@ def keys_rotate(database_url: DatabaseUrlOption = None) -> None:
     console.print(Panel(table, title="signing keys rotated"))
 
 
+def _locations() -> Any:
+    from goblin_tools.backup import Locations
+    from goblin_tools.supervisor import SuiteSettings
+
+    try:
+        return Locations.from_settings(load_settings(SuiteSettings))
+    except ConfigError as exc:
+        raise _fail(f"configuration error: {exc}") from None
+
+
+@app.command("backup")
+def backup_command(
+    directory: Annotated[Path, typer.Argument(help="a new (or empty) directory to write the backup into")],
+) -> None:
+    """Back up PostgreSQL, Redis, Chroma and the keyword index, consistent while the suite runs, with a
+    manifest.json of versions and sha256 of every file (and of the model files, which are not copied)."""
+    from goblin_tools.backup import MANIFEST, backup
+    from goblin_tools.backup_stores import BackupError
+
+    try:
+        manifest = backup(directory, _locations())
+    except BackupError as exc:
+        raise _fail(str(exc), code=1) from None
+    collections = manifest["chroma"]["collections"]
+    console.print(
+        f"backed up into {directory}: database (schemas {manifest['postgres']['schema_versions']}), "
+        f"{manifest['redis']['keys']} Redis keys, {len(collections)} Chroma collections "
+        f"({sum(collections.values())} records), {manifest['keyword_index']['files']} keyword-index files, "
+        f"{len(manifest['models'])} model checksums; see {directory / MANIFEST}"
+    )
+
+
+@app.command("restore")
+def restore_command(
+    directory: Annotated[Path, typer.Argument(help="a directory written by `goblin backup`")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask: the suite's current data is replaced")] = False,
+) -> None:
+    """Restore a backup into the stopped suite, replacing its data. The whole backup is checked against
+    its manifest first: a damaged or altered file refuses the restore and nothing changes."""
+    from goblin_tools.backup import restore, verify_backup
+    from goblin_tools.backup_stores import BackupError
+
+    locations = _locations()
+    try:
+        manifest = verify_backup(directory)
+        if not yes:
+            typer.confirm(
+                f"Replace every store of GOBLIN_HOME={locations.home} with the backup of {manifest['created_at']}?",
+                abort=True,
+                err=True,
+            )
+        summary = restore(directory, locations)
+    except BackupError as exc:
+        raise _fail(str(exc), code=1) from None
+    console.print(
+        f"restored {directory}: database ({summary['postgres']}), {summary['redis_keys']} Redis keys, "
+        f"Chroma {summary['chroma']}, {summary['keyword_files']} keyword-index files"
+    )
+    for check in summary["models"]:
+        colour = "green" if check.ok else "yellow"
+        console.print(f"model {check.role} [{colour}]{check.detail}[/]: {check.path}")
+
+
+models_app = typer.Typer(help="The local model files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("verify")
+def models_verify(
+    directory: Annotated[
+        Path | None, typer.Argument(help="a backup directory (or its manifest.json); none: print the current ones")
+    ] = None,
+) -> None:
+    """Check the model files on this machine against a backup's checksums (exit 1 on any difference);
+    without a backup, print the current files' sha256."""
+    import json
+
+    from goblin_tools.models import model_manifest, verify_models
+
+    if directory is None:
+        try:
+            entries = model_manifest()
+        except (FileNotFoundError, ConfigError) as exc:
+            raise _fail(str(exc), code=1) from None
+        for entry in entries:
+            print(f"{entry['sha256']}  {entry['path']}  ({entry['role']}, {entry['size']} bytes)")
+        return
+    manifest_path = directory / "manifest.json" if directory.is_dir() else directory
+    try:
+        entries = json.loads(manifest_path.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"{manifest_path}: no model checksums ({exc})", code=1) from None
+    failed = False
+    for check in verify_models(entries):
+        colour = "green" if check.ok else "red"
+        console.print(f"{check.role}: [{colour}]{check.detail}[/] {check.path}")
+        failed |= not check.ok
+    raise typer.Exit(1 if failed else 0)
+
+
 @app.command("install-systemd")
 def install_systemd(
     dest: Annotated[Path, typer.Option(help="where the unit files go")] = Path("/etc/systemd/system"),
