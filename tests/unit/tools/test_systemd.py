@@ -132,3 +132,12 @@ def test_inference_listens_on_a_unix_socket_when_told(monkeypatch: pytest.Monkey
     monkeypatch.delenv("GOBLIN_INFERENCE_UDS")
     monkeypatch.setenv("GOBLIN_INFERENCE_PORT", "50999")
     assert load_settings(InferenceSettings).grpc_listen_address() == "127.0.0.1:50999"
+
+
+def test_goblin_up_tells_every_peer_to_dial_inference_on_its_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    from goblin_tools.supervisor import SuiteSettings
+
+    monkeypatch.setenv("GOBLIN_INFERENCE_UDS", "/run/goblin/inference.sock")
+    addresses = load_settings(SuiteSettings).peer_addresses()
+    assert addresses["inference"] == "unix:/run/goblin/inference.sock"
+    assert addresses["router"].startswith("127.0.0.1:")
