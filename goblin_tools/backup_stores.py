@@ -10,7 +10,8 @@
 - Chroma: a snapshot through Chroma's own API (every collection's metadata, configuration, ids,
   embeddings, documents and metadatas, read in pages), not a copy of its directory, whose HNSW files
   lag the write-ahead log and may be half-written while the rag service runs. It restores into an
-  embedded directory or a Chroma server alike.
+  embedded directory or a Chroma server alike. Vectors come back within one float32 ulp: Chroma's own
+  add -> get moves a component by that much, so no API round trip is bit-exact.
 - The keyword (BM25) index: files copied through directory descriptors (``os.fwalk``). The rag service
   replaces a collection's index directory atomically (stage, then rename), so a directory opened once
   is one consistent save even if a newer one replaces it meanwhile. The index can also be rebuilt
