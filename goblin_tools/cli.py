@@ -22,6 +22,7 @@ from services.common.topology import BACKEND_SERVICES
 
 app = typer.Typer(help="Goblin: self-hosted AI assistant platform.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
+ROOT = Path(__file__).resolve().parents[1]  # the checkout or installed tree holding services/
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -348,6 +349,148 @@ def ingest(
     summary.failed.extend(problems)
     print_summary(console, summary)
     raise typer.Exit(1 if summary.failed else 0)
+
+
+def _locations() -> Any:
+    from goblin_tools.backup import Locations
+    from goblin_tools.supervisor import SuiteSettings
+
+    try:
+        return Locations.from_settings(load_settings(SuiteSettings))
+    except ConfigError as exc:
+        raise _fail(f"configuration error: {exc}") from None
+
+
+@app.command("backup")
+def backup_command(
+    directory: Annotated[Path, typer.Argument(help="a new (or empty) directory to write the backup into")],
+) -> None:
+    """Back up PostgreSQL, Redis, Chroma and the keyword index, consistent while the suite runs, with a
+    manifest.json of versions and sha256 of every file (and of the model files, which are not copied)."""
+    from goblin_tools.backup import MANIFEST, backup
+    from goblin_tools.backup_stores import BackupError
+
+    try:
+        manifest = backup(directory, _locations())
+    except BackupError as exc:
+        raise _fail(str(exc), code=1) from None
+    collections = manifest["chroma"]["collections"]
+    console.print(
+        f"backed up into {directory}: database (schemas {manifest['postgres']['schema_versions']}), "
+        f"{manifest['redis']['keys']} Redis keys, {len(collections)} Chroma collections "
+        f"({sum(collections.values())} records), {manifest['keyword_index']['files']} keyword-index files, "
+        f"{len(manifest['models'])} model checksums; see {directory / MANIFEST}"
+    )
+
+
+@app.command("restore")
+def restore_command(
+    directory: Annotated[Path, typer.Argument(help="a directory written by `goblin backup`")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask: the suite's current data is replaced")] = False,
+) -> None:
+    """Restore a backup into the stopped suite, replacing its data. The whole backup is checked against
+    its manifest first: a damaged or altered file refuses the restore and nothing changes."""
+    from goblin_tools.backup import restore, verify_backup
+    from goblin_tools.backup_stores import BackupError
+
+    locations = _locations()
+    try:
+        manifest = verify_backup(directory)
+        if not yes:
+            typer.confirm(
+                f"Replace every store of GOBLIN_HOME={locations.home} with the backup of {manifest['created_at']}?",
+                abort=True,
+                err=True,
+            )
+        summary = restore(directory, locations)
+    except BackupError as exc:
+        raise _fail(str(exc), code=1) from None
+    console.print(
+        f"restored {directory}: database ({summary['postgres']}), {summary['redis_keys']} Redis keys, "
+        f"Chroma {summary['chroma']}, {summary['keyword_files']} keyword-index files"
+    )
+    for check in summary["models"]:
+        colour = "green" if check.ok else "yellow"
+        console.print(f"model {check.role} [{colour}]{check.detail}[/]: {check.path}")
+
+
+models_app = typer.Typer(help="The local model files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("verify")
+def models_verify(
+    directory: Annotated[
+        Path | None, typer.Argument(help="a backup directory (or its manifest.json); none: print the current ones")
+    ] = None,
+) -> None:
+    """Check the model files on this machine against a backup's checksums (exit 1 on any difference);
+    without a backup, print the current files' sha256."""
+    import json
+
+    from goblin_tools.models import model_manifest, verify_models
+
+    if directory is None:
+        try:
+            entries = model_manifest()
+        except (FileNotFoundError, ConfigError) as exc:
+            raise _fail(str(exc), code=1) from None
+        for entry in entries:
+            print(f"{entry['sha256']}  {entry['path']}  ({entry['role']}, {entry['size']} bytes)")
+        return
+    manifest_path = directory / "manifest.json" if directory.is_dir() else directory
+    try:
+        entries = json.loads(manifest_path.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"{manifest_path}: no model checksums ({exc})", code=1) from None
+    failed = False
+    for check in verify_models(entries):
+        colour = "green" if check.ok else "red"
+        console.print(f"{check.role}: [{colour}]{check.detail}[/] {check.path}")
+        failed |= not check.ok
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("install-systemd")
+def install_systemd(
+    dest: Annotated[Path, typer.Option(help="where the unit files go")] = Path("/etc/systemd/system"),
+    python: Annotated[Path, typer.Option(help="the interpreter of Goblin's virtualenv")] = Path(sys.executable),
+    app_dir: Annotated[
+        Path, typer.Option(help="the directory holding the services/ package (the units' working directory)")
+    ] = ROOT,
+    home: Annotated[Path, typer.Option(help="GOBLIN_HOME: the only directory the services may write")] = Path(
+        "/var/lib/goblin"
+    ),
+    config_dir: Annotated[Path, typer.Option(help="holds goblin.env and <service>.env (root, 0600)")] = Path(
+        "/etc/goblin"
+    ),
+    user: Annotated[str, typer.Option(help="the account the services run as")] = "goblin",
+    inference_memory_max: Annotated[str, typer.Option(help="systemd MemoryMax= of inference")] = "8G",
+    inference_cpu_quota: Annotated[str, typer.Option(help="systemd CPUQuota= of inference")] = "300%",
+) -> None:
+    """Write the systemd units (one per service and goblin.target) for this installation's paths."""
+    from goblin_tools.systemd import Layout, write_units
+
+    layout = Layout(
+        python=python.absolute(),
+        app_dir=app_dir.absolute(),
+        home=home.absolute(),
+        config_dir=config_dir.absolute(),
+        user=user,
+        group=user,
+        inference_memory_max=inference_memory_max,
+        inference_cpu_quota=inference_cpu_quota,
+    )
+    try:
+        written = write_units(dest, layout)
+    except OSError as exc:
+        raise _fail(f"cannot write the units into {dest}: {exc.strerror}", code=1) from None
+    for path in written:
+        print(path)
+    console.print(
+        f"wrote {len(written)} units; next: [bold]systemctl daemon-reload && systemctl enable --now goblin.target[/] "
+        "(see docs/operations.md)"
+    )
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from pydantic import Field, model_validator
@@ -74,6 +75,8 @@ class SuiteSettings(GoblinSettings):
     executor_metrics_port: int = Field(METRICS_PORTS["executor"], alias="GOBLIN_EXECUTOR_METRICS_PORT", ge=1, le=65535)
     ready_timeout_s: float = Field(180.0, alias="GOBLIN_READY_TIMEOUT_S", gt=0)
     chroma_url: str | None = Field(None, alias="CHROMA_URL")
+    # Inference on a Unix socket instead of its TCP port (services.inference.config); its peers dial it there.
+    inference_uds: Path | None = Field(None, alias="GOBLIN_INFERENCE_UDS")
 
     @model_validator(mode="after")
     def _no_embedded_stores_in_production(self) -> SuiteSettings:
@@ -95,7 +98,10 @@ class SuiteSettings(GoblinSettings):
     def peer_addresses(self) -> dict[str, str]:
         """Where each service listens when ``goblin up`` runs it: derived from the ports."""
         host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::") else self.bind_host
-        return {name: f"{host}:{getattr(self, f'{name}_port')}" for name in BACKEND_SERVICES}
+        addresses = {name: f"{host}:{getattr(self, f'{name}_port')}" for name in BACKEND_SERVICES}
+        if self.inference_uds:
+            addresses["inference"] = f"unix:{str(self.inference_uds).removeprefix('unix:')}"
+        return addresses
 
     def service_database_urls(self, database_url: str) -> dict[str, str]:
         """Each database-using service's URL: ``GOBLIN_<SERVICE>_DATABASE_URL`` if set, else ``database_url``."""

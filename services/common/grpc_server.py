@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -41,6 +43,7 @@ from services.common.tls import load_grpc_tls
 log = logging.getLogger(__name__)
 
 HEALTH_POLL_S = 1.0
+UDS_MODE = 0o660
 START_RETRY_MAX_S = 10.0
 
 
@@ -233,7 +236,10 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
         tls = load_grpc_tls(settings, service.name)
     except ConfigError as exc:
         raise StartupRefused(f"{service.name}: {exc}") from None
-    address = f"{settings.bind_host}:{settings.grpc_port}"
+    address = settings.grpc_listen_address()
+    if address.startswith("unix:"):
+        # The socket's directory must exist; its mode is set once bound (gRPC creates it with the umask).
+        Path(address.removeprefix("unix:")).parent.mkdir(parents=True, exist_ok=True)
     if server.add_secure_port(address, tls.server_credentials()) == 0:
         raise SystemExit(f"goblin: {service.name} cannot listen on {address}")
     # Health only, in plaintext: the same servicer, so probes see exactly what mTLS clients see.
@@ -244,6 +250,9 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
         raise SystemExit(f"goblin: {service.name} cannot listen on {probe_address} (probe port)")
     await server.start()
     await probe.start()
+    if address.startswith("unix:"):
+        # Owner and group only (the systemd units put the router in the goblin group), whatever the umask.
+        os.chmod(address.removeprefix("unix:"), UDS_MODE)
     log.info(
         "%s listening",
         service.name,

@@ -131,6 +131,10 @@ class ServiceSettings(GoblinSettings):
             self.probe_port = self.grpc_port + PROBE_PORT_OFFSET
         return self
 
+    def grpc_listen_address(self) -> str:
+        """Where the gRPC server binds (mutual TLS): ``host:port``; a subclass may return ``unix:/path``."""
+        return f"{self.bind_host}:{self.grpc_port}"
+
 
 def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> str:
     """One line per problem, each naming the environment variable."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.common.process import usable_cores
 from services.common.settings import ServiceSettings
@@ -25,3 +25,19 @@ class InferenceSettings(ServiceSettings):
     threads: int = Field(default_factory=usable_cores, alias="GOBLIN_INFERENCE_THREADS", ge=1, le=256)
     batch_threads: int = Field(default_factory=usable_cores, alias="GOBLIN_INFERENCE_BATCH_THREADS", ge=1, le=256)
     embed_threads: int = Field(1, alias="GOBLIN_EMBED_THREADS", ge=1, le=64)
+    # A Unix-domain socket instead of the TCP port (one machine, systemd: deploy/systemd/). Mutual TLS
+    # stays on: the file mode keeps other users off the socket, the certificate keeps other services of
+    # this machine that are not the router's peers from pretending to be one.
+    uds: Path | None = Field(None, alias="GOBLIN_INFERENCE_UDS")
+
+    @field_validator("uds", mode="before")
+    @classmethod
+    def _absolute_socket(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.removeprefix("unix:") or None
+        if value is not None and not Path(str(value)).is_absolute():
+            raise ValueError("GOBLIN_INFERENCE_UDS: must be an absolute path, e.g. /run/goblin/inference.sock")
+        return value
+
+    def grpc_listen_address(self) -> str:
+        return f"unix:{self.uds}" if self.uds else super().grpc_listen_address()

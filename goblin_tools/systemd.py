@@ -1,0 +1,179 @@
+"""``goblin install-systemd``: the suite on one machine as hardened systemd units (deploy/systemd/).
+
+One unit per service plus ``goblin.target`` that starts them all. The units are rendered from the
+paths of the installation (the Python interpreter, the application directory, the state directory),
+so the files in deploy/systemd/ are this module's output for the documented default layout and a test
+keeps them current.
+
+Inference listens on a Unix-domain socket in its RuntimeDirectory, not through systemd socket
+activation: grpc-python binds only addresses it opens itself (``add_secure_port("unix:/path")``) and
+has no way to adopt an inherited listening descriptor (sd_listen_fds, fd 3), and mutual TLS on an
+adopted fd is not offered by gRPC at all. The single-instance guard is the service's own flock
+(services.inference.server.single_instance_lock), taken before the socket is bound; gRPC unlinks a
+stale socket file when it binds, so the lock must come first, and it does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Start order matches `goblin up` (goblin_tools.supervisor.SERVICE_ORDER): auth first, the gateway last.
+UNIT_SERVICES: tuple[str, ...] = ("auth", "router", "inference", "rag", "executor", "gateway")
+TARGET = "goblin.target"
+RUNTIME_DIRECTORY = "goblin"  # /run/goblin, made by systemd for the inference unit
+INFERENCE_SOCKET = f"/run/{RUNTIME_DIRECTORY}/inference.sock"
+
+DESCRIPTIONS = {
+    "auth": "accounts, API keys and tokens",
+    "router": "routes chat to the local model or a provider",
+    "inference": "the local chat and embedding models",
+    "rag": "documents and retrieval",
+    "executor": "sandboxed tool execution",
+    "gateway": "the HTTPS API",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an installation lives; the defaults are the layout docs/operations.md describes."""
+
+    python: Path = Path("/opt/goblin/venv/bin/python")
+    app_dir: Path = Path("/opt/goblin/app")  # holds the services/ package (the working directory)
+    home: Path = Path("/var/lib/goblin")  # GOBLIN_HOME: locks, keyword index, models, embedded data
+    config_dir: Path = Path("/etc/goblin")  # goblin.env and <service>.env, root-owned, 0600
+    user: str = "goblin"
+    group: str = "goblin"
+    inference_memory_max: str = "8G"
+    inference_cpu_quota: str = "300%"
+
+
+def _protect_home(layout: Layout) -> str:
+    # "yes" hides /home, /root and /run/user entirely; an installation that lives there still needs
+    # to read its own code, so it gets read-only instead.
+    under_home = any(
+        str(p).startswith(("/home/", "/root/", "/run/user/")) for p in (layout.python, layout.app_dir, layout.home)
+    )
+    return "read-only" if under_home else "yes"
+
+
+def _hardening(layout: Layout) -> list[str]:
+    """The design notes' hardening (NoNewPrivileges, PrivateTmp, ProtectSystem=strict) and the rest of
+    what a network service that writes only its state directory can live with."""
+    return [
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "ProtectSystem=strict",
+        f"ProtectHome={_protect_home(layout)}",
+        f"ReadWritePaths={layout.home}",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "RestrictSUIDSGID=yes",
+        "RestrictRealtime=yes",
+        "RestrictNamespaces=yes",
+        "LockPersonality=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "SystemCallArchitectures=native",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        # Files the services create (keys, locks, the socket before its chmod) are never world-readable.
+        "UMask=0027",
+    ]
+
+
+def render_service(name: str, layout: Layout) -> str:
+    """The unit ``goblin-<name>.service``."""
+    after = ["network-online.target", "postgresql.service", "redis-server.service"]
+    if name == "router":
+        after.append("goblin-inference.service")  # its socket exists before the router dials it
+    environment = [f"GOBLIN_HOME={layout.home}", "PYTHONUNBUFFERED=1"]
+    extra: list[str] = []
+    if name == "inference":
+        environment.append(f"GOBLIN_INFERENCE_UDS={INFERENCE_SOCKET}")
+        extra += [
+            f"RuntimeDirectory={RUNTIME_DIRECTORY}",
+            # The router (group goblin) must traverse /run/goblin to reach the 0660 socket.
+            "RuntimeDirectoryMode=0750",
+            f"MemoryMax={layout.inference_memory_max}",
+            f"CPUQuota={layout.inference_cpu_quota}",
+            # Loading the GGUF model and the embeddings takes a while on a small machine.
+            "TimeoutStartSec=300",
+        ]
+    if name == "router":
+        environment.append(f"GOBLIN_INFERENCE_ADDR=unix:{INFERENCE_SOCKET}")
+    lines = [
+        "# Generated by `goblin install-systemd` (goblin_tools/systemd.py); edit the generator, not this file.",
+        "[Unit]",
+        f"Description=Goblin {name}: {DESCRIPTIONS[name]}",
+        "Documentation=file://" + str(layout.app_dir / "docs" / "operations.md"),
+        f"PartOf={TARGET}",
+        "Wants=network-online.target",
+        f"After={' '.join(after)}",
+        "StartLimitIntervalSec=300",
+        "StartLimitBurst=10",
+        "",
+        "[Service]",
+        "Type=exec",
+        f"User={layout.user}",
+        f"Group={layout.group}",
+        f"WorkingDirectory={layout.app_dir}",
+        # Defaults first; the files (read by systemd as root, so they can be root:root 0600) override.
+        *(f"Environment={item}" for item in environment),
+        f"EnvironmentFile={layout.config_dir}/goblin.env",
+        f"EnvironmentFile=-{layout.config_dir}/{name}.env",
+        f"ExecStart={layout.python} -m services.{name}",
+        "Restart=on-failure",
+        "RestartSec=2s",
+        # SIGTERM drains streams for GOBLIN_GRPC_GRACE_S (the gateway: 10 s) before the process exits.
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=30",
+        *extra,
+        *_hardening(layout),
+        "",
+        "[Install]",
+        f"WantedBy={TARGET}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_target() -> str:
+    """``goblin.target``: ``systemctl start goblin.target`` starts every service, stop stops them."""
+    wants = " ".join(f"goblin-{name}.service" for name in UNIT_SERVICES)
+    return "\n".join(
+        [
+            "# Generated by `goblin install-systemd` (goblin_tools/systemd.py); edit the generator, not this file.",
+            "[Unit]",
+            "Description=Goblin: every service of the suite",
+            f"Wants={wants}",
+            "After=network-online.target",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )
+
+
+def render_units(layout: Layout) -> dict[str, str]:
+    """Every unit by file name."""
+    units = {f"goblin-{name}.service": render_service(name, layout) for name in UNIT_SERVICES}
+    units[TARGET] = render_target()
+    return units
+
+
+def write_units(dest: Path, layout: Layout) -> list[Path]:
+    """Write the units into ``dest`` (created if need be), 0644 as systemd expects; returns the paths."""
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, text in render_units(layout).items():
+        path = dest / file_name
+        path.write_text(text)
+        path.chmod(0o644)
+        written.append(path)
+    return written
