@@ -66,6 +66,10 @@ class Service(Protocol):
         """Release dependencies after the server has drained."""
 
 
+# Characters: percent-encoded, a 4-byte character takes 12 bytes of metadata, so 500 stay under 8 KiB.
+MAX_ERROR_MESSAGE = 500
+
+
 def _split_method(full_method: str) -> tuple[str, str]:
     # "/goblin.v1.Router/Chat" -> ("goblin.v1.Router", "Chat")
     _, service, method = full_method.split("/", 2)
@@ -77,7 +81,10 @@ async def _abort_with(context: grpc.aio.ServicerContext, exc: GoblinError) -> No
     if exc.retry_after is not None:
         trailers.append((RETRY_AFTER_KEY, f"{exc.retry_after:.3f}"))
     context.set_trailing_metadata(tuple(trailers))
-    await context.abort(exc.status, exc.message)
+    # The message travels in grpc-message metadata, which the peer refuses past 8 KiB (the call then
+    # fails as something else); an error that quotes client input must never get there.
+    message = exc.message if len(exc.message) <= MAX_ERROR_MESSAGE else exc.message[: MAX_ERROR_MESSAGE - 3] + "..."
+    await context.abort(exc.status, message)
 
 
 def _correlation_id(context: grpc.aio.ServicerContext) -> str:
