@@ -319,9 +319,9 @@ def suite_principal_env(env: dict[str, str], tls_dir: Path) -> dict[str, str]:
 # caller uses to become someone (Authenticate, Login, Refresh, the passkey login ceremony), to register
 # (self-registration; an admin registering someone else sends a principal), to sign out with a refresh
 # token, and the public JWKS. Everything else in these services refuses a call without a principal.
-# Rag keeps each tenant's collections apart by the principal's tenant, so every rag call needs one.
-# Inference and executor take no identity decision from the caller and need none; health and
-# reflection are never checked.
+# Rag and the executor keep each tenant's collections and tasks apart by the principal's tenant (and
+# the executor allows scripts to admins only), so every call to them needs one. Inference takes no
+# identity decision from the caller and needs none; health and reflection are never checked.
 PRINCIPAL_REQUIRED_SERVICES = frozenset({"goblin.v1.Auth", "goblin.v1.Executor", "goblin.v1.Rag", "goblin.v1.Router"})
 PUBLIC_METHODS = frozenset(
     {
