@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -21,12 +22,13 @@ from services.common.settings import ConfigError, load_settings
 from services.common.topology import BACKEND_SERVICES
 
 app = typer.Typer(help="Goblin: self-hosted AI assistant platform.", no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
+# soft_wrap: a message is one line whatever the terminal width, so scripts and logs can grep it
+console = Console(stderr=True, soft_wrap=True)
 ROOT = Path(__file__).resolve().parents[1]  # the checkout or installed tree holding services/
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]goblin:[/] {message}")
+    console.print(f"[bold red]goblin:[/] {escape(message)}")
     return typer.Exit(code)
 
 
