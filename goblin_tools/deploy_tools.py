@@ -222,10 +222,11 @@ def _schema_node(value: Any, path: tuple[str, ...], docs: dict[tuple[str, ...], 
         if doc is not None and doc.enum:
             node["enum"] = doc.enum
     elif isinstance(value, list):
+        # An enum on a list constrains its items.
         node["type"] = "array"
         kinds = {type(item) for item in value}
         if kinds == {str}:
-            node["items"] = {"type": "string"}
+            node["items"] = {"type": "string", **({"enum": doc.enum} if doc is not None and doc.enum else {})}
         elif kinds == {int}:
             node["items"] = {"type": "integer"}
         elif kinds == {dict}:

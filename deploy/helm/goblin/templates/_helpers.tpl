@@ -4,17 +4,43 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The release whose shared objects (ConfigMap, Secrets, Services, policies) the pods use: this one,
+     or for a canary (canary.enabled) the stable release it runs beside. */}}
+{{- define "goblin.releaseName" -}}
+{{- if .Values.canary.enabled -}}
+{{- if eq .Values.canary.stableRelease .Release.Name -}}
+{{- fail "canary.enabled: install the canary as a release of its own, beside canary.stableRelease" -}}
+{{- end -}}
+{{- .Values.canary.stableRelease -}}
+{{- else -}}
+{{- .Release.Name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The full name of the shared objects: the stable release's for a canary. */}}
 {{- define "goblin.fullname" -}}
+{{- $release := include "goblin.releaseName" . -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
-{{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- if contains $name $release -}}
+{{- $release | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" $release $name | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The prefix of the objects this release owns (Deployments, hooks, test pods): the full name, with
+     "-canary" for a canary, so a canary never collides with the stable release even under fullnameOverride. */}}
+{{- define "goblin.ownName" -}}
+{{- include "goblin.fullname" . -}}{{- if .Values.canary.enabled }}-canary{{ end -}}
+{{- end -}}
+
+{{/* Pod label telling the stable pods from a canary's; Deployments select on it, Services do not. */}}
+{{- define "goblin.track" -}}
+goblin.dev/track: {{ ternary "canary" "stable" .Values.canary.enabled }}
 {{- end -}}
 
 {{/* The services that take HPAs and PDBs: stateless, scaled by load. Inference is not one of them. */}}
@@ -50,7 +76,7 @@ DATABASE_URL REDIS_URL CHROMA_URL GOBLIN_AUTH_KEY_ENCRYPTION_KEY GOBLIN_ADMIN_PA
 
 {{- define "goblin.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "goblin.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ include "goblin.releaseName" . }}
 {{- end -}}
 
 {{- define "goblin.labels" -}}
