@@ -71,10 +71,21 @@ def up() -> None:
     raise typer.Exit(code)
 
 
-def _embedded_database() -> tuple[EmbeddedPostgres, str]:
-    """The embedded database of GOBLIN_HOME (started if need be), or one line and exit status 2."""
-    from services.common.settings import default_home
+def _database(database_url: str | None) -> tuple[EmbeddedPostgres | None, str]:
+    """The database a command works on: ``database_url`` (``--database-url`` or DATABASE_URL), else the
+    file DATABASE_URL_FILE names (how Kubernetes and systemd hand over secrets), else, outside production,
+    the embedded database of GOBLIN_HOME (started if need be; the caller stops it). Bad input: one line
+    and exit status 2."""
+    from services.common.settings import Environment, default_home, secret_file
 
+    try:
+        database_url = database_url or secret_file("DATABASE_URL")
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if database_url:
+        return None, database_url
+    if os.environ.get("GOBLIN_ENV", "").lower() == Environment.production.value:
+        raise _fail("DATABASE_URL (or DATABASE_URL_FILE) is required in production: no embedded database there")
     try:
         embedded = EmbeddedPostgres(default_home() / "pg")
     except EmbeddedStoreError as exc:
@@ -90,9 +101,7 @@ def migrate(
     at once). A database of the single-schema layout moves to the service schemas, every row kept."""
     from services.common import db
 
-    embedded = None
-    if not database_url:
-        embedded, database_url = _embedded_database()
+    embedded, database_url = _database(database_url)
     try:
         applied = asyncio.run(db.migrate_all(database_url))
         versions = {schema: asyncio.run(db.schema_version(database_url, s)) for schema, s in db.SETS.items()}
@@ -138,9 +147,7 @@ def db_roles(
         url = urlsplit(getattr(settings, f"{service}_database_url") or "")
         if url.username == role and url.password:
             passwords[service] = unquote(url.password)
-    embedded = None
-    if not database_url:
-        embedded, database_url = _embedded_database()
+    embedded, database_url = _database(database_url)
     try:
         asyncio.run(db.provision_roles(database_url, passwords))
     except (db.MigrationError, OSError, asyncpg.PostgresError) as exc:
@@ -198,9 +205,7 @@ def _with_auth(database_url: str | None, action: Callable[[Any, Any], Awaitable[
         settings = load_settings(AuthPolicySettings)
     except ConfigError as exc:
         raise _fail(f"configuration error: {exc}") from None
-    embedded = None
-    if not database_url:
-        embedded, database_url = _embedded_database()
+    embedded, database_url = _database(database_url)
 
     async def run() -> T:
         store = PostgresStore(database_url, schema="auth", max_size=2)

@@ -37,6 +37,18 @@ def env_name(field_name: str, field: FieldInfo) -> str:
     return (alias or field_name).upper()
 
 
+def secret_file(name: str) -> str | None:
+    """The contents of the file ``NAME_FILE`` names (stripped), or None when it is not set. Raises
+    :class:`ConfigError` naming the variable when the file cannot be read."""
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+
+
 class FileSecretsSource(PydanticBaseSettingsSource):
     """Reads ``NAME`` from the file named by ``NAME_FILE`` when ``NAME`` itself is not set."""
 
@@ -44,14 +56,7 @@ class FileSecretsSource(PydanticBaseSettingsSource):
         name = env_name(field_name, field)
         if os.environ.get(name):
             return None, field_name, False
-        path = os.environ.get(f"{name}_FILE")
-        if not path:
-            return None, field_name, False
-        try:
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
-        return value, field_name, False
+        return secret_file(name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
