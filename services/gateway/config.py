@@ -9,7 +9,16 @@ from pydantic import Field, field_validator, model_validator
 
 from services.common.secrets import SecretScanningSettings
 from services.common.settings import ConfigError, DatabaseSettings, GoblinSettings, RedisSettings
+from services.common.topology import BACKEND_SERVICES
 from services.gateway.ratelimit import RouteClass, parse_limits
+
+# What /health/ready checks: every backend service and the gateway's own stores.
+READY_DEPENDENCIES = (*BACKEND_SERVICES, "postgres", "redis")
+
+
+def split_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretScanningSettings):
@@ -22,6 +31,10 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
     cors_origins: str = Field("", alias="CORS_ORIGINS")
     # How long /health/ready waits for each service's health answer.
     health_timeout_s: float = Field(1.0, alias="GOBLIN_HEALTH_TIMEOUT_S", gt=0, le=30)
+    # What /health/ready needs serving to answer 200 (comma list of READY_DEPENDENCIES); empty: every one.
+    # Behind a load balancer, list what every request needs (postgres,redis,auth,router), so a restart of
+    # inference, rag or executor degrades their routes (clear 503s) instead of taking every gateway out.
+    ready_requires: str = Field("", alias="GOBLIN_READY_REQUIRES")
     auth_cache_ttl_s: float = Field(30.0, alias="GOBLIN_AUTH_CACHE_TTL_S", ge=0, le=300)
     rate_limit_enabled: bool = Field(True, alias="GOBLIN_RATE_LIMIT_ENABLED")
     rate_limit_auth: str = Field("10/minute", alias="GOBLIN_RATE_LIMIT_AUTH")
@@ -63,10 +76,24 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
             parse_limits(value)
         return value
 
+    @field_validator("ready_requires")
+    @classmethod
+    def _ready(cls, value: str) -> str:
+        unknown = set(split_list(value)) - set(READY_DEPENDENCIES)
+        if unknown:
+            raise ValueError(
+                f"GOBLIN_READY_REQUIRES: unknown {', '.join(sorted(unknown))}; known: {', '.join(READY_DEPENDENCIES)}"
+            )
+        return value
+
+    def readiness_requires(self) -> frozenset[str]:
+        """The dependencies /health/ready needs serving."""
+        return frozenset(split_list(self.ready_requires) or READY_DEPENDENCIES)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: str) -> str:
-        for cidr in filter(None, (c.strip() for c in value.split(","))):
+        for cidr in split_list(value):
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
@@ -84,12 +111,12 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
 
     @property
     def trusted_proxy_list(self) -> list[str]:
-        return [c.strip() for c in self.trusted_proxies.split(",") if c.strip()]
+        return split_list(self.trusted_proxies)
 
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: str) -> str:
-        for origin in filter(None, (o.strip() for o in value.split(","))):
+        for origin in split_list(value):
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"CORS_ORIGINS: {origin!r} is not an http(s) origin")
         return value
@@ -110,7 +137,7 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
 
     @property
     def cors_origin_list(self) -> list[str]:
-        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        return split_list(self.cors_origins)
 
     @property
     def tls_dir(self) -> Path:

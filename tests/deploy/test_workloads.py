@@ -246,3 +246,11 @@ def test_pre_install_hooks_use_nothing_the_release_creates_later(rendered: dict)
             for volume in spec.get("volumes", []):
                 assert ("Secret", volume.get("secret", {}).get("secretName")) not in later, profile
                 assert ("ConfigMap", volume.get("configMap", {}).get("name")) not in later, profile
+
+
+def test_gateway_readiness_needs_only_what_every_request_needs(rendered: dict) -> None:
+    """An inference restart (Recreate, minutes of model load) must not take every gateway out of rotation."""
+    for profile, objects in rendered.items():
+        gateway = next(d for d in of_kind(objects, "Deployment").values() if component(d) == "gateway")
+        env = {e["name"]: e.get("value") for e in pod_spec(gateway)["containers"][0]["env"]}
+        assert set(env["GOBLIN_READY_REQUIRES"].split(",")) == {"postgres", "redis", "auth", "router"}, profile

@@ -28,11 +28,18 @@ async def check_everything(state: GatewayState) -> list[ServiceHealth]:
     return [*services, *stores]
 
 
-@router.get("/health/ready", summary="Readiness: every backend service and the gateway's stores answer")
+def readiness(results: list[ServiceHealth], requires: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(required dependencies down, others down): ready when the first is empty; the second only
+    degrades the routes that use them."""
+    down = [r.name for r in results if not r.serving]
+    return [n for n in down if n in requires], [n for n in down if n not in requires]
+
+
+@router.get("/health/ready", summary="Readiness: every dependency GOBLIN_READY_REQUIRES names answers (default all)")
 async def ready(state: StateDep) -> JSONResponse:
     results = await check_everything(state)
     services = {r.name: r.status for r in results}
-    down = [r.name for r in results if not r.serving]
+    down, degraded = readiness(results, state.settings.readiness_requires())
     if down:
         return error_response(
             503,
@@ -40,7 +47,7 @@ async def ready(state: StateDep) -> JSONResponse:
             f"not serving: {', '.join(down)}",
             extra={"status": "not_ready", "services": services},
         )
-    return JSONResponse({"status": "ready", "services": services})
+    return JSONResponse({"status": "degraded" if degraded else "ready", "services": services})
 
 
 @router.get("/health/all", summary="Per-service health detail")
