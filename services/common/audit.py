@@ -9,18 +9,22 @@ schema: every service's connections search only their own schema.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
 
 from services.common.batch import BatchWriter
+from services.common.journal import Journal
 from services.common.stores import PostgresStore
 
-INSERT = """INSERT INTO audit.audit_events (event_type, location, tenant_id, user_hash, correlation_id, details)
-    VALUES ($1, $2, $3, $4, $5, $6::jsonb)"""
+# Idempotent on event_id: a journaled event written again after a kill is stored once (common/batch.py).
+INSERT = """INSERT INTO audit.audit_events
+    (event_type, location, tenant_id, user_hash, correlation_id, details, event_id)
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT (event_id) DO NOTHING"""
 
-AuditRow = tuple[str, str | None, str | None, str | None, str | None, str]
+AuditRow = tuple[str, str | None, str | None, str | None, str | None, str, str]
 
 
 def audit_row(
@@ -41,6 +45,7 @@ def audit_row(
         user_hash or None,
         correlation_id or None,
         json.dumps(dict(details or {})),
+        uuid.uuid4().hex,
     )
 
 
@@ -51,10 +56,11 @@ async def write_event(conn: asyncpg.Connection, event_type: str, **fields: Any) 
 
 
 class AuditLog(BatchWriter):
-    """Events queued and written in batches by a background task: a request never waits on them."""
+    """Events queued and written in batches by a background task: a request never waits on them. With a
+    ``journal`` each event is also appended locally first, so none is lost to a kill or a Postgres outage."""
 
-    def __init__(self, store: PostgresStore) -> None:
-        super().__init__(store, "audit_events", INSERT)
+    def __init__(self, store: PostgresStore, *, journal: Journal | None = None) -> None:
+        super().__init__(store, "audit_events", INSERT, journal=journal)
 
     def record(
         self,

@@ -9,6 +9,7 @@ from goblin.v1 import executor_pb2_grpc
 from services.common.audit import AuditLog
 from services.common.errors import GoblinError
 from services.common.grpc_server import StartupRefused
+from services.common.journal import service_journal
 from services.common.secrets import DetectionPoint, SecretGuard, SecretPolicy
 from services.common.settings import ConfigError
 from services.common.stores import PostgresStore, StoreBackedService
@@ -34,7 +35,7 @@ class ExecutorServer(StoreBackedService):
             raise StartupRefused(f"executor catalog or sandbox: {exc}") from None
         dsn = settings.database_url.get_secret_value()
         self.postgres = PostgresStore(dsn, schema="executor")
-        self.audit = AuditLog(self.postgres)
+        self.audit = AuditLog(self.postgres, journal=service_journal(settings.goblin_home, "executor", "audit_events"))
         self.repository = TaskRepository(self.postgres)
         self.notifier = Notifier(dsn)
         # Requests: a script or argument holding a secret is refused (it would be stored and run).

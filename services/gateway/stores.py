@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from services.common.audit import AuditLog
+from services.common.journal import service_journal
 from services.common.stores import PostgresStore, RedisStore, start_with_backoff
 from services.gateway.clients.health import ServiceHealth, record_health
 from services.gateway.config import GatewaySettings
@@ -19,7 +20,7 @@ class GatewayStores:
     def __init__(self, settings: GatewaySettings) -> None:
         self.postgres = PostgresStore(settings.database_url.get_secret_value(), max_size=4, run_migrations=False)
         self.redis = RedisStore(settings.redis_url.get_secret_value())
-        self.audit = AuditLog(self.postgres)
+        self.audit = AuditLog(self.postgres, journal=service_journal(settings.goblin_home, "gateway", "audit_events"))
         self._connecting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -10,6 +10,7 @@ from goblin.v1 import rag_pb2_grpc
 from services.common.audit import AuditLog
 from services.common.grpc_client import open_channel
 from services.common.grpc_server import StartupRefused
+from services.common.journal import service_journal
 from services.common.secrets import DetectionPoint, SecretGuard
 from services.common.stores import PostgresStore, StoreBackedService
 from services.common.tls import load_grpc_tls
@@ -38,7 +39,7 @@ class RagServer(StoreBackedService):
             raise StartupRefused(f"rag: the embedding tokenizer: {exc}") from None
         self.postgres = PostgresStore(settings.database_url.get_secret_value(), schema="rag")
         self.chroma = ChromaStore(settings.chroma_url, settings.chroma_path)
-        self.audit = AuditLog(self.postgres)
+        self.audit = AuditLog(self.postgres, journal=service_journal(settings.goblin_home, "rag", "audit_events"))
         self.inference_channel = open_channel(settings.inference_addr, "inference", load_grpc_tls(settings, "rag"))
         repository = RagRepository(self.postgres)
         keywords = KeywordStore(settings.keyword_path, self.chroma)

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from services.common.batch import BatchWriter
+from services.common.journal import Journal
 from services.common.stores import PostgresStore
 
 
@@ -56,14 +57,17 @@ class RoutingRecord:
 INSERT = """INSERT INTO routing_requests (id, correlation_id, tenant_id, user_hash, api_key_id,
     requested_model, provider, model, policy, stream, prompt_tokens, completion_tokens, cost_usd, latency_ms,
     ttft_ms, outcome, error_code, fallback_chain)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"""
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+    ON CONFLICT (id) DO NOTHING"""
 
 
 class RoutingLedger(BatchWriter):
-    """Every routing decision as a row of ``routing_requests``, written in batches."""
+    """Every routing decision as a row of ``routing_requests``, written in batches. With a ``journal``
+    (the router always has one) the row is appended locally before the request is answered, so no
+    answered request is missing from the books after a SIGKILL or while Postgres is away."""
 
-    def __init__(self, store: PostgresStore) -> None:
-        super().__init__(store, "routing_requests", INSERT)
+    def __init__(self, store: PostgresStore, *, journal: Journal | None = None) -> None:
+        super().__init__(store, "routing_requests", INSERT, journal=journal)
 
     def record(self, record: RoutingRecord) -> None:
         self.add(record.row())

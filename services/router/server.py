@@ -10,6 +10,7 @@ from goblin.v1 import router_pb2_grpc
 from services.common.audit import AuditLog
 from services.common.grpc_client import open_channel
 from services.common.grpc_server import StartupRefused
+from services.common.journal import service_journal
 from services.common.secrets import DetectionPoint, SecretGuard
 from services.common.settings import ConfigError
 from services.common.stores import PostgresStore, RedisStore, StoreBackedService
@@ -44,8 +45,10 @@ class RouterServer(StoreBackedService):
         self.postgres = PostgresStore(settings.database_url.get_secret_value(), schema="router")
         self.redis = RedisStore(settings.redis_url.get_secret_value())
         self.repository = RouterRepository(self.postgres)
-        self.ledger = RoutingLedger(self.postgres)
-        self.audit = AuditLog(self.postgres)
+        self.ledger = RoutingLedger(
+            self.postgres, journal=service_journal(settings.goblin_home, "router", "routing_requests")
+        )
+        self.audit = AuditLog(self.postgres, journal=service_journal(settings.goblin_home, "router", "audit_events"))
         tls = load_grpc_tls(settings, "router")
         self.inference_channel = open_channel(settings.inference_addr, "inference", tls)
         self.rag_channel = open_channel(settings.rag_addr, "rag", tls)
