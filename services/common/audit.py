@@ -20,9 +20,10 @@ from services.common.journal import Journal
 from services.common.stores import PostgresStore
 
 # Idempotent on event_id: a journaled event written again after a kill is stored once (common/batch.py).
+# No conflict target: naming one needs SELECT on it, and the service roles may only append here.
 INSERT = """INSERT INTO audit.audit_events
     (event_type, location, tenant_id, user_hash, correlation_id, details, event_id)
-    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT (event_id) DO NOTHING"""
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT DO NOTHING"""
 
 AuditRow = tuple[str, str | None, str | None, str | None, str | None, str, str]
 

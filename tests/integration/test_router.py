@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -575,3 +576,41 @@ def test_usage_report_and_metrics(router_suite: Suite, client: openai.OpenAI, fa
     assert router_metric(router_suite, "goblin_router_cost_usd_total", provider="openai", model="gpt-4o-mini") > 0
     assert router_metric(router_suite, "provider_latency_seconds_count", provider="anthropic", operation="chat") >= 1
     assert router_metric(router_suite, "goblin_router_overhead_seconds_count", operation="chat") > 0
+
+
+# -- the books survive the router's death (last in the module: it kills the router) ------------------
+
+
+def test_no_answered_request_is_missing_from_the_books_after_a_sigkill(
+    router_suite: Suite, client: openai.OpenAI
+) -> None:
+    """The ledger row is journaled before the answer leaves the router; killed right after answering,
+    the next router writes what the dead one had not, once each."""
+    run = uuid.uuid4().hex[:8]
+    answered = []
+    for n in range(12):
+        correlation = f"sigkill-{run}-{n}"
+        if n % 3 == 2:
+            stream = client.chat.completions.create(
+                model="house", messages=messages(), stream=True, extra_headers={"X-Correlation-ID": correlation}
+            )
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        else:
+            reply = client.chat.completions.create(
+                model="house", messages=messages(), extra_headers={"X-Correlation-ID": correlation}
+            )
+            assert reply.choices[0].message.content
+        answered.append(correlation)
+    router_suite.service_process("router").kill()  # within milliseconds of the last answer
+    router_suite.wait_ready(timeout_s=60)
+
+    def all_booked() -> list[asyncpg.Record]:
+        rows = query(
+            router_suite,
+            "SELECT correlation_id FROM router.routing_requests WHERE correlation_id = ANY($1::text[])",
+            answered,
+        )
+        return rows if len(rows) >= len(answered) else []
+
+    rows = wait_for(all_booked, timeout_s=30, what="every answered request in the books")
+    assert sorted(r["correlation_id"] for r in rows) == sorted(answered)  # each once
