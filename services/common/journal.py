@@ -32,7 +32,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 1 << 20  # a new segment after 1 MiB, so committed rows are deleted while busy
-MAX_BYTES = 256 << 20
+MAX_BYTES = 64 << 20  # per writer: a router has two, inside the chart's 256Mi GOBLIN_HOME emptyDir
 
 
 @dataclass
