@@ -11,7 +11,7 @@ import time
 import bench
 
 # Benchmarks whose module name does not end in _bench (a command of their own as well).
-EXTRA = ("rag_quality",)
+EXTRA = ("rag_quality", "faults")
 
 
 def main() -> int:

@@ -115,6 +115,10 @@ class ProviderStates:
         self._successes[provider] = self._successes.get(provider, 0) + 1
         self._dirty.add(provider)
 
+    def success_without_latency(self, provider: str) -> None:
+        """The provider is known to answer again (its health says so): close its circuit."""
+        self.breaker(provider).success()
+
     def failure(self, provider: str) -> None:
         self.breaker(provider).failure()
         self._failures[provider] = self._failures.get(provider, 0) + 1

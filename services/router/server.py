@@ -20,6 +20,7 @@ from services.router.cache import ResponseCache
 from services.router.catalog import Catalog, CatalogManager, ProviderSpec, load_file_layers
 from services.router.config import RouterSettings
 from services.router.ledger import RoutingLedger
+from services.router.local_watch import LocalHealthWatch
 from services.router.provider_state import ProviderStates
 from services.router.providers.http import HttpOptions
 from services.router.providers.local import LocalProvider
@@ -100,7 +101,17 @@ class RouterServer(StoreBackedService):
             ),
         )
         self.books = UsageBooks(self.repository, settings.daily_budget_usd)
-        self.stores = [self.postgres, self.redis, self.ledger, self.audit, self.states, self.budgets, self.catalog]
+        self.local_watch = LocalHealthWatch(self.states, self.inference_channel)
+        self.stores = [
+            self.postgres,
+            self.redis,
+            self.ledger,
+            self.audit,
+            self.states,
+            self.budgets,
+            self.catalog,
+            self.local_watch,
+        ]
 
     def _provider_key(self, spec: ProviderSpec) -> str | None:
         return self.settings.provider_key(spec.name, spec.api_key_env)
