@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from services.common.background import BackgroundLoop
 from services.common.errors import Unavailable
 from services.common.journal import Journal
-from services.common.stores import PostgresStore
+from services.common.stores import STORE_UNREACHABLE, PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,9 @@ QUEUE_LIMIT = 10_000
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 
-# Postgres is away (down, restarting, unreachable): retry. Anything else from asyncpg is about the rows.
-UNREACHABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    Unavailable,  # the store's pool is not open yet (Postgres was away when the service started)
-)
+# Postgres is away: retry. Anything else from asyncpg is about the rows. Unavailable: the store's pool
+# is not open yet (Postgres was away when the service started).
+UNREACHABLE = (*STORE_UNREACHABLE, Unavailable)
 
 Row = Sequence[object]
 

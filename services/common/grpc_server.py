@@ -30,13 +30,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.context import CORRELATION_METADATA_KEY, correlation_id_var, new_correlation_id
-from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError
+from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError, Unavailable
 from services.common.logs import configure_logging
 from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
 from services.common.principal import PrincipalInterceptor
 from services.common.process import freeze_startup_heap
 from services.common.settings import ConfigError, ServiceSettings
-from services.common.stores import start_with_backoff
+from services.common.stores import STORE_UNREACHABLE, start_with_backoff
 from services.common.telemetry import setup_telemetry, shutdown_telemetry
 from services.common.tls import load_grpc_tls
 
@@ -105,6 +105,12 @@ def _code_of(context: grpc.aio.ServicerContext, failed: BaseException | None) ->
     return grpc.StatusCode.OK.name
 
 
+def _store_away(method: str, exc: BaseException) -> Unavailable:
+    """A store went away mid-call: the caller may retry shortly (UNAVAILABLE), it is not a bug (UNKNOWN)."""
+    log.warning("%s: a store is unreachable (%s: %s)", method, type(exc).__name__, exc)
+    return Unavailable("a store this service needs is unreachable; retry shortly", retry_after=2)
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Correlation id, domain-error mapping and call metrics for every method of every servicer."""
 
@@ -148,6 +154,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 except GoblinError as exc:
                     failed = exc
                     await _abort_with(context, exc)
+                except STORE_UNREACHABLE as exc:
+                    failed = exc
+                    await _abort_with(context, _store_away(handler_call_details.method, exc))
                 except Exception as exc:
                     failed = exc
                     if not isinstance(exc, grpc.aio.AbortError):
@@ -171,6 +180,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except GoblinError as exc:
                 failed = exc
                 await _abort_with(context, exc)
+            except STORE_UNREACHABLE as exc:
+                failed = exc
+                await _abort_with(context, _store_away(handler_call_details.method, exc))
             except Exception as exc:
                 failed = exc
                 if not isinstance(exc, grpc.aio.AbortError):

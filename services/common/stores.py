@@ -9,11 +9,25 @@ from typing import Protocol
 
 import asyncpg
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from services.common import db
 from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+
+# A store this service depends on is away (down, restarting, unreachable): retry later, not a bug.
+# OSError covers refused and reset connections and a Unix socket whose server is gone (FileNotFoundError).
+STORE_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
 class PostgresStore:
