@@ -160,8 +160,9 @@ async def run_case(
     outcomes: list[Outcome] = []
     started = time.monotonic()
     # Enough connections that the generator never queues a request itself (a wait for a pooled
-    # connection would be counted against the server as a hang).
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    # connection would be counted against the server as a hang); idle ones dropped well before the
+    # gateway's keep-alive timeout (5 s), so a request never races the server closing its connection.
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200, keepalive_expiry=2.0)
     headers = {"Authorization": f"Bearer {suite.admin_key}"}
     async with httpx.AsyncClient(
         base_url=suite.gateway_url, verify=suite.ssl_context(), limits=limits, headers=headers
