@@ -15,6 +15,7 @@ from services.common.settings import ConfigError, load_or_exit
 from services.common.telemetry import setup_telemetry
 from services.common.tls import load_grpc_tls
 from services.gateway.config import GatewaySettings
+from services.gateway.http_protocol import BoundedHttpToolsProtocol
 from services.gateway.main import create_app
 from services.gateway.tls import ensure_dev_certificates
 
@@ -47,6 +48,12 @@ def main() -> None:
         log_config=None,
         timeout_graceful_shutdown=10,
         server_header=False,
+        # Bounds a flood cannot push past: the request head's size and time (http_protocol.py), idle
+        # keep-alive, and connections plus in-flight requests (beyond it: 503 at once).
+        http=BoundedHttpToolsProtocol,
+        timeout_keep_alive=5,
+        limit_concurrency=settings.max_connections,
+        backlog=2048,
         # X-Forwarded-For is judged by the rate limiter against GOBLIN_TRUSTED_PROXIES, nowhere else:
         # uvicorn's own handling would believe any client on 127.0.0.1.
         proxy_headers=False,

@@ -50,6 +50,8 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
     rate_limit_fail_open: bool = Field(True, alias="GOBLIN_RATE_LIMIT_FAIL_OPEN")
     trusted_proxies: str = Field("", alias="GOBLIN_TRUSTED_PROXIES", description="CIDRs, comma-separated")
     max_body_bytes: int = Field(1024 * 1024, alias="GOBLIN_MAX_BODY_BYTES", ge=1024)
+    # Open connections plus requests in flight beyond which the gateway answers 503 at once.
+    max_connections: int = Field(4096, alias="GOBLIN_GATEWAY_MAX_CONNECTIONS", ge=16)
     # Document uploads (POST /v1/collections/{c}/documents): the rag service refuses documents over 10 MiB;
     # a multipart or JSON body holding one is a little larger.
     max_document_body_bytes: int = Field(11 * 1024 * 1024, alias="GOBLIN_MAX_DOCUMENT_BODY_BYTES", ge=1024)
