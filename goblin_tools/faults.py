@@ -8,6 +8,8 @@ The traffic (``MIX``) is 50 req/s by default: chat to a fake OpenAI-compatible p
 - ``ok``: 2xx;
 - ``refused``: a clear refusal, a JSON error body with ``429`` (backpressure, with Retry-After) or ``504``
   (the route's deadline) at any time, or ``503`` from a route that needs the broken part;
+  While the suite's only gateway restarts, a refused connection counts here too (in a fleet the load
+  balancer sends it to a peer); a connection dropped mid-request never does;
 - ``failed``: anything else: a 500, a body that is not our JSON error, a 503 from a route that does not
   need the broken part, a dropped connection. Must be 0;
 - ``hung``: no answer within the route's timeout plus a margin. Must be 0.
@@ -40,10 +42,10 @@ from goblin_tools.suite import Suite, start_suite
 
 # What each kind of request needs besides the gateway (a refusal is clear only when one of these is down).
 NEEDS: dict[str, frozenset[str]] = {
-    "chat_fake": frozenset({"router", "auth", "postgres", "redis"}),
-    "chat_local": frozenset({"router", "inference", "auth", "postgres", "redis"}),
-    "auth_me": frozenset({"auth", "postgres", "redis"}),
-    "health": frozenset(),
+    "chat_fake": frozenset({"gateway", "router", "auth", "postgres", "redis"}),
+    "chat_local": frozenset({"gateway", "router", "inference", "auth", "postgres", "redis"}),
+    "auth_me": frozenset({"gateway", "auth", "postgres", "redis"}),
+    "health": frozenset({"gateway"}),
 }
 # Shares of the traffic (they sum to 1).
 MIX: dict[str, float] = {"chat_fake": 0.4, "chat_local": 0.1, "auth_me": 0.2, "health": 0.3}
@@ -82,6 +84,8 @@ class CaseResult:
             return "hung"
         if 200 <= o.status < 300:
             return "ok"
+        if o.status == 0 and o.error == "ConnectError" and "gateway" in self.broken:
+            return "refused"  # the only gateway is restarting: nothing listens (a peer would, in a fleet)
         if not o.error or o.status not in CLEAR_STATUSES:
             return "failed"
         if o.status == 503 and not NEEDS[o.kind] & self.broken:
@@ -319,9 +323,25 @@ def signal_service(suite: Suite, service: str, sig: signal.Signals) -> Fault:
     async def fault(clock: Callable[[], float]) -> float:
         os.kill(suite.service_process(service).pid, sig)
         await asyncio.sleep(0.5)  # the supervisor notices and restarts it
+        if service == "gateway":
+            return await wait_ready(suite, clock)
         return await wait_serving(suite, service, clock)
 
     return fault
+
+
+async def wait_ready(suite: Suite, clock: Callable[[], float], timeout_s: float = 90.0) -> float:
+    """Poll /health/ready until it answers 200; ``clock()`` then."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=suite.gateway_url, verify=suite.ssl_context(), timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get("/health/ready")).status_code == 200:
+                    return clock()
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"the gateway was not ready again within {timeout_s}s")
 
 
 def store_away(suite: Suite, stop: Callable[[], None], start: Callable[[], None], name: str, away_s: float) -> Fault:
@@ -366,6 +386,10 @@ CASES: list[Case] = [
     *(
         Case(f"SIGKILL {s}", frozenset({s}), lambda suite, _, s=s: signal_service(suite, s, signal.SIGKILL))
         for s in ("router", "auth", "inference", "rag", "executor")
+    ),
+    *(
+        Case(f"SIGTERM {s}", frozenset({s}), lambda suite, _, s=s: signal_service(suite, s, signal.SIGTERM))
+        for s in ("router", "auth", "inference", "rag", "executor", "gateway")
     ),
     Case(
         "PostgreSQL stopped 10 s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -24,15 +25,37 @@ GOBLIN = Path(sys.executable).parent / "goblin"
 SERVICES = BACKEND_SERVICES
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_ports(count: int) -> list[int]:
+    """``count`` free ports for a suite's listeners, chosen below the kernel's ephemeral range: a port
+    from that range can be taken by any outgoing connection (the load generator's thousands, say) the
+    moment a restarting service lets go of it, and the service then cannot bind it again."""
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
     sockets, ports = [], []
-    for _ in range(count):
+    for port in candidates:
+        if len(ports) == count:
+            break
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
         sockets.append(s)
-        ports.append(s.getsockname()[1])
+        ports.append(port)
     for s in sockets:
         s.close()
+    if len(ports) < count:
+        raise RuntimeError(f"only {len(ports)} free ports below the ephemeral range {low}")
     return ports
 
 
