@@ -20,6 +20,7 @@ import yaml
 
 from goblin_tools import deploy_tools
 from tests.deploy.manifests import parse
+from tests.observability.obsdash_support import helm_fixture, promtool_fixture  # noqa: F401 (fixtures)
 
 RULES_DIR = deploy_tools.CHART_DIR / "rules"
 RUNBOOK = deploy_tools.ROOT / "docs" / "runbook.md"
