@@ -171,6 +171,10 @@ def test_the_workload_moved_every_service(exported: dict[str, set[str]]) -> None
     """The scrape is real: each service offers its own metrics (and the process collector's)."""
     for service, names in exported.items():
         assert "process_resident_memory_bytes" in names, service
+        # What the MemoryHigh and CertificateExpiry alerts divide by and compare with, in every process.
+        assert "goblin_process_memory_limit_bytes" in names, service
+        assert "goblin_tls_certificate_not_after_timestamp_seconds" in names, service
+    assert "goblin_router_daily_budget_usd" in exported["router"]
     assert "http_requests_total" in exported["gateway"]
     assert "goblin_rag_queries_total" in exported["rag"]
 
