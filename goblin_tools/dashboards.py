@@ -48,7 +48,13 @@ RAG_HIT_RATE = 'sum(rate(goblin_rag_queries_total{hit="true"}[30m])) / sum(rate(
 FALLBACK_RATE = "sum(rate(goblin_router_fallbacks_total[15m])) / sum(rate(goblin_router_requests_total[15m]))"
 DAILY_COST = "sum(increase(goblin_router_cost_usd_total[1d]))"
 BUDGET_USED = f"{DAILY_COST} / max(goblin_router_daily_budget_usd)"
-SECURITY_EVENTS = 'sum(increase(goblin_auth_security_events_total{event!="quota_exhausted"}[1d]))'
+# As the SecurityViolations alert counts them: a series born within the day (at its first event, with the
+# value 1, which increase() cannot see) counts with its whole value.
+_EVENTS = 'goblin_auth_security_events_total{event!="quota_exhausted"}'
+SECURITY_EVENTS = (
+    f"sum((increase({_EVENTS}[1d]) and goblin_auth_security_events_total offset 1d)"
+    f" or ({_EVENTS} unless goblin_auth_security_events_total offset 1d))"
+)
 TOKENS_PER_S = 'sum(rate(chat_completion_tokens_total{token_type="completion"}[5m]))'
 
 

@@ -151,7 +151,7 @@ def board(uid: str, title: str, description: str, rows: list[tuple[str, list[Any
 
 def process_row(job: str) -> tuple[str, list[Any]]:
     """Memory against the limit, CPU, restarts and certificate life of one service's processes."""
-    sel = f'job=~".*{job}.*"'
+    sel = f'job=~"(.*-)?{job}"'
     return (
         "Process",
         [
