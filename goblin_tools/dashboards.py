@@ -133,7 +133,13 @@ def overview() -> model.Dashboard:
             unit="reqps",
             stacked=True,
         ),
-        graph("RAG hit rate", Q(RAG_HIT_RATE, "hit rate"), unit="percentunit", steps=[(0.6, ORANGE), (0.7, GREEN)]),
+        graph(
+            "RAG hit rate",
+            Q(RAG_HIT_RATE, "hit rate"),
+            unit="percentunit",
+            base=RED,
+            steps=[(0.6, ORANGE), (0.7, GREEN)],
+        ),
         graph("Fallback rate", Q(FALLBACK_RATE, "fallbacks"), unit="percentunit", steps=[(0.02, ORANGE), (0.05, RED)]),
         graph(
             "Queues",
@@ -451,7 +457,13 @@ def rag() -> model.Dashboard:
                     Q(p(0.5, "goblin_rag_best_score", window="30m"), "median best cosine"),
                     description="Queries whose best score is under GOBLIN_RAG_MIN_SCORE count as misses.",
                 ),
-                graph("Hit rate", Q(RAG_HIT_RATE, "hit rate"), unit="percentunit", steps=[(0.6, ORANGE), (0.7, GREEN)]),
+                graph(
+                    "Hit rate",
+                    Q(RAG_HIT_RATE, "hit rate"),
+                    unit="percentunit",
+                    base=RED,
+                    steps=[(0.6, ORANGE), (0.7, GREEN)],
+                ),
             ],
         ),
         (
@@ -592,13 +604,13 @@ def auth() -> model.Dashboard:
 
 
 DASHBOARDS: dict[str, Callable[[], model.Dashboard]] = {
-    "goblin-overview": overview,
-    "goblin-gateway": gateway,
-    "goblin-router": router,
-    "goblin-inference": inference,
-    "goblin-rag": rag,
-    "goblin-executor": executor,
-    "goblin-auth": auth,
+    "overview": overview,
+    "gateway": gateway,
+    "router": router,
+    "inference": inference,
+    "rag": rag,
+    "executor": executor,
+    "auth": auth,
 }
 
 

@@ -82,10 +82,12 @@ def graph(
     unit: str = "short",
     description: str = "",
     steps: list[tuple[float, str]] | None = None,
+    base: str = GREEN,
     stacked: bool = False,
     width: int = 12,
 ) -> timeseries.Panel:
-    """A time series of ``queries``; ``steps`` draw the alert thresholds as dashed lines."""
+    """A time series of ``queries``; ``steps`` draw the alert thresholds as dashed lines (``base``: the
+    colour below the first)."""
     panel = (
         timeseries.Panel()
         .title(title)
@@ -107,7 +109,7 @@ def graph(
     if stacked:
         panel = panel.stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
     if steps:
-        panel = panel.thresholds(thresholds(GREEN, steps)).thresholds_style(
+        panel = panel.thresholds(thresholds(base, steps)).thresholds_style(
             common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
         )
     return panel
