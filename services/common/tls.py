@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.common.metrics import TLS_CERT_NOT_AFTER
 from services.common.topology import BACKEND_SERVICES
 
 if TYPE_CHECKING:
@@ -315,4 +316,15 @@ def load_grpc_tls(settings: GoblinSettings, service: str) -> GrpcTls:
                 f"{name}: cannot read {path} ({exc.strerror}); `goblin up` issues the suite's certificates, "
                 "a deployment mounts them"
             ) from None
+    record_expiry(ca=contents[0], cert=contents[1])
     return GrpcTls(*contents)
+
+
+def record_expiry(*, ca: bytes, cert: bytes) -> None:
+    """Export the notAfter of the CA and of this process's certificate (``certificate="ca"|"service"``)."""
+    for label, pem in (("ca", ca), ("service", cert)):
+        try:
+            not_after = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+        except ValueError:
+            continue  # not PEM: the TLS handshake setup reports it, with the file's name
+        TLS_CERT_NOT_AFTER.labels(label).set(not_after.timestamp())

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from services.common.background import BackgroundLoop
-from services.router.metrics import BUDGET_SYNC_ERRORS
+from services.router.metrics import BUDGET_SYNC_ERRORS, DAILY_BUDGET
 from services.router.providers.base import CallContext
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ class Budgets:
         self.counters = counters
         self.store = store
         self.global_budget_usd = global_budget_usd
+        DAILY_BUDGET.set(global_budget_usd)
         self.sync_s = sync_s
         self.reconcile_s = reconcile_s
         self.clock = clock

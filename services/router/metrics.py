@@ -37,6 +37,8 @@ PROVIDER_ERRORS = Counter(
 BUDGET_REFUSALS = Counter("goblin_router_budget_refusals_total", "Requests refused over a daily budget.", ["scope"])
 TOKENS = Counter("goblin_router_tokens_total", "Tokens through the router.", ["provider", "model", "kind"])
 CACHE_ERRORS = Counter("goblin_router_cache_errors_total", "Response cache reads or writes that failed.")
+# The installation's daily dollar budget (GOBLIN_DAILY_BUDGET_USD), so an alert can compare spend with it.
+DAILY_BUDGET = Gauge("goblin_router_daily_budget_usd", "The installation's daily budget in US dollars.")
 BUDGET_SYNC_ERRORS = Counter("goblin_router_budget_sync_errors_total", "Failed exchanges of spend counters with Redis.")
 
 

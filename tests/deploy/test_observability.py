@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import yaml
+from prometheus_client import ProcessCollector
 
 from goblin_tools import deploy_tools
 
@@ -19,9 +20,13 @@ PROMQL_WORDS = {
     *"sum rate irate increase avg min max count by without on ignoring group_left group_right offset bool and or "
     "unless histogram_quantile topk bottomk quantile stddev stdvar abs absent ceil floor round clamp_min "
     "clamp_max delta deriv label_replace label_join time vector scalar sort sort_desc le inf nan "
-    "avg_over_time max_over_time min_over_time sum_over_time count_over_time last_over_time".split()
+    "avg_over_time max_over_time min_over_time sum_over_time count_over_time last_over_time changes resets".split()
 }
 _SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+# Series no service declares yet every target has: Prometheus's own scrape health, and the process
+# collector prometheus_client registers in every process (asked, not listed: what it exports here).
+PROMETHEUS_SERIES = {"up"}
+PROCESS_SERIES = {metric.name for metric in ProcessCollector(registry=None).collect()}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -42,6 +47,8 @@ def exported_names() -> str:
 
 def is_exported(name: str, source: str) -> bool:
     candidates = {name} | {name.removesuffix(s) for s in _SUFFIXES if name.endswith(s)}
+    if candidates & (PROMETHEUS_SERIES | PROCESS_SERIES):
+        return True
     return any(f'"{c}"' in source for c in candidates)
 
 
