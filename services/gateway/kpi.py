@@ -27,6 +27,8 @@ QUEUE_LENGTH = "goblin_inference_queue_length"
 # A queue-wait histogram when the inference service exports one; else time to first token, which is the
 # wait plus the prompt's prefill, so an upper bound of it.
 WAIT_HISTOGRAMS = ("goblin_inference_queue_wait_seconds", "goblin_inference_time_to_first_token_seconds")
+# Auth's alert-worthy events that are not an attack: a tenant spending its quota is shown, not counted.
+NOT_VIOLATIONS = frozenset({"quota_exhausted"})
 OPERATOR_PREFIXES = ("/health", "/api/health", "/metrics", "/mcp/v1/admin", "/docs", "/redoc", "/openapi.json")
 
 
@@ -228,7 +230,7 @@ def build_document(inputs: KpiInputs, *, started_at: float, now: float | None = 
     queue_wait = inference.quantile(0.95, wait_metric) if wait_metric else None
     secrets = every.by_label("goblin_security_secrets_detected_total", "location")
     auth_events = inputs.services.get("auth", Samples()).by_label("goblin_auth_security_events_total", "event")
-    violations = sum(secrets.values()) + sum(auth_events.values())
+    violations = sum(secrets.values()) + sum(n for e, n in auth_events.items() if e not in NOT_VIOLATIONS)
     cost = usage.get("cost_usd") if inputs.usage_all is not None else None
     budget_used = max((t["used"] for t in inputs.tenants if t.get("used") is not None), default=None)
 

@@ -24,8 +24,10 @@ import httpx
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from goblin.v1 import common_pb2, router_pb2
+from goblin.v1 import auth_pb2, common_pb2, router_pb2
+from services.common.principal import outgoing_principal_var
 from services.gateway.clients import ServiceHealth
+from services.gateway.deps import sign_principal
 from services.gateway.errors import ApiError
 from services.gateway.kpi import KpiInputs, RateMeter, Samples, build_document, completion_tokens
 from services.gateway.kpi_settings import metrics_urls
@@ -100,19 +102,21 @@ class KpiCollector:
         self.urls = metrics_urls(state.settings)
         self.tokens = RateMeter()
 
-    async def document(self, context: common_pb2.RequestContext, tenant_id: str) -> dict[str, Any]:
-        """The KPI document for an admin (of tenant ``tenant_id``) whose principal signs this request's
-        backend calls."""
+    async def document(self, context: common_pb2.RequestContext, principal: auth_pb2.Principal) -> dict[str, Any]:
+        """The KPI document for ``principal`` (an admin): each backend call carries its own signed
+        assertion of them, since a service admits each assertion once (replay protection) and this
+        request makes several calls to the router."""
         errors: list[str] = []
+        router = self.state.clients.router
         gateway = Samples.from_families(REGISTRY.collect())
         # A client per document: a refresh every few seconds, and no connection to close at shutdown.
         async with httpx.AsyncClient(timeout=SOURCE_TIMEOUT_S, follow_redirects=False, trust_env=False) as http:
             scrapes, health, providers, usage_all, tenants = await asyncio.gather(
                 asyncio.gather(*(self._scrape(http, name, url, errors) for name, url in self.urls.items())),
                 guarded("health", check_everything(self.state), errors),
-                guarded("router providers", self.state.clients.router.list_providers(SOURCE_TIMEOUT_S), errors),
-                guarded("router usage", self.state.clients.router.get_usage(context, "*", SOURCE_TIMEOUT_S), errors),
-                self._tenants(context, tenant_id, errors),
+                guarded("router providers", as_(principal, router.list_providers(SOURCE_TIMEOUT_S)), errors),
+                guarded("router usage", as_(principal, router.get_usage(context, "*", SOURCE_TIMEOUT_S)), errors),
+                self._tenants(context, principal, errors),
             )
         inputs = KpiInputs(
             gateway=gateway,
@@ -140,20 +144,23 @@ class KpiCollector:
             return name, None
 
     async def _tenants(
-        self, context: common_pb2.RequestContext, tenant_id: str, errors: list[str]
+        self, context: common_pb2.RequestContext, principal: auth_pb2.Principal, errors: list[str]
     ) -> list[dict[str, Any]]:
         """Each tenant's spend today against its daily budget. A tenant without a budget of its own
         spends against the global one, which the router reports for the caller's own tenant only."""
-        listed = await guarded("auth tenants", self.state.clients.auth.list_tenants(context), errors)
+        listed = await guarded("auth tenants", as_(principal, self.state.clients.auth.list_tenants(context)), errors)
         if not listed:
             return []
         listed = list(listed)[:MAX_TENANTS]
         router = self.state.clients.router
         own, *reports = await asyncio.gather(
-            guarded("router usage", router.get_usage(context, "", SOURCE_TIMEOUT_S), errors),
-            *(guarded(f"usage of {t.id}", router.get_usage(context, t.id, SOURCE_TIMEOUT_S), errors) for t in listed),
+            guarded("router usage", as_(principal, router.get_usage(context, "", SOURCE_TIMEOUT_S)), errors),
+            *(
+                guarded(f"usage of {t.id}", as_(principal, router.get_usage(context, t.id, SOURCE_TIMEOUT_S)), errors)
+                for t in listed
+            ),
         )
-        own_tenant = next((t for t in listed if t.id == tenant_id), None)
+        own_tenant = next((t for t in listed if t.id == principal.tenant_id), None)
         # The caller's own tenant without a budget of its own: the router answered the global budget.
         global_budget = own.budget_usd if own is not None and own_tenant and not own_tenant.daily_budget_usd else 0.0
         rows = []
@@ -172,6 +179,13 @@ class KpiCollector:
                 }
             )
         return rows
+
+
+async def as_(principal: auth_pb2.Principal, call: Awaitable[T]) -> T:
+    """``call`` with a freshly signed assertion of ``principal``: the variable is set in this task
+    (``gather`` runs each call in a task of its own), so concurrent calls never share one."""
+    outgoing_principal_var.set(sign_principal(principal))
+    return await call
 
 
 async def guarded(name: str, call: Awaitable[T], errors: list[str]) -> T | None:

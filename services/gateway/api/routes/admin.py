@@ -111,7 +111,13 @@ async def admin_principal(request: Request, credential: str) -> auth_pb2.Princip
 
 
 def same_origin(request: Request) -> bool:
-    """A browser's post from a page of this gateway (or a client that sends no ``Origin``)."""
+    """A post from a page of this gateway, or from a client that is not a browser. Browsers say where a
+    request comes from in ``Sec-Fetch-Site``; ``Origin`` is the fallback for those that do not (the
+    pages' ``no-referrer`` policy makes a browser send ``Origin: null`` for their own forms, so it cannot
+    be the main test)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return True
@@ -156,7 +162,7 @@ async def dashboard(request: Request, viewer: ViewerDep) -> Response:
     the inference queue and security counts: HTML for browsers, JSON for ``Accept: application/json``."""
     if isinstance(viewer, Response):
         return viewer
-    document = await collector(request).document(principal_context(viewer, request), viewer.tenant_id)
+    document = await collector(request).document(principal_context(viewer, request), viewer)
     if wants_json(request):
         return JSONResponse(document, headers=NO_STORE)
     return render("admin_dashboard.html", 200, {"data": script_json(document)})
