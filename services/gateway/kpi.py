@@ -160,12 +160,14 @@ class RateMeter:
     def observe(self, value: float, now: float | None = None) -> float | None:
         """Record ``value`` at ``now``; the rate over the window, None until two readings exist."""
         now = time.monotonic() if now is None else now
-        if not self._readings or now - self._readings[-1][0] >= self.min_gap_s or value < self._readings[-1][1]:
+        if self._readings and value < self._readings[-1][1]:
+            self._readings.clear()  # the counter went back: its process restarted, older readings are void
+        if not self._readings or now - self._readings[-1][0] >= self.min_gap_s:
             self._readings.append((now, value))
         while len(self._readings) > 2 and now - self._readings[1][0] >= self.window_s:
             self._readings.popleft()
         (t0, v0), (t1, v1) = self._readings[0], self._readings[-1]
-        if t1 - t0 <= 0 or v1 < v0:  # one reading, or a counter reset (the process restarted)
+        if t1 - t0 <= 0:  # one reading so far
             return None
         return (v1 - v0) / (t1 - t0)
 

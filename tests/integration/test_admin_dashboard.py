@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from goblin_tools.suite import Suite
+from goblin_tools.suite import GOBLIN, Suite
 from tests.integration.auth_support import admin_token, auth_suite_fixture, bearer
 from tests.unit.common.test_secrets import SAMPLES
 
@@ -279,3 +279,47 @@ def requested_urls(browser: Any) -> list[str]:
         if message.get("method") == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     return urls
+
+
+def test_goblin_top_once_prints_the_kpis(auth_suite: Suite, workload: dict[str, Any]) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "GOBLIN_HOME": str(auth_suite.home),
+        "GOBLIN_GATEWAY_PORT": auth_suite.env["GOBLIN_GATEWAY_PORT"],
+        "COLUMNS": "220",
+    }
+    done = subprocess.run(
+        [str(GOBLIN), "top", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with auth_suite.admin_client() as admin:
+        truth = document(admin)
+    for k in truth["kpis"]:
+        assert k["label"] in done.stdout, (k["label"], done.stdout)
+    traffic_row = next(line for line in done.stdout.splitlines() if "loaded" in line)
+    assert str(truth["traffic"]["rate_limited"]) in traffic_row.split(), traffic_row
+    assert "SERVING" in done.stdout and HOSTILE_NAME[:20] in done.stdout
+
+
+def test_goblin_top_names_a_refusal(auth_suite: Suite, workload: dict[str, Any]) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "GOBLIN_HOME": str(auth_suite.home),
+        "GOBLIN_GATEWAY_PORT": auth_suite.env["GOBLIN_GATEWAY_PORT"],
+        "GOBLIN_API_KEY": workload["token"],  # a user's credential, not an admin's
+        "COLUMNS": "220",
+    }
+    done = subprocess.run(
+        [str(GOBLIN), "top", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "HTTP 403" in done.stderr + done.stdout, (done.stdout, done.stderr)
