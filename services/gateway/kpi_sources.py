@@ -37,6 +37,7 @@ T = TypeVar("T")
 SOURCE_TIMEOUT_S = 2.0
 # Each tenant's books are one GetUsage: enough for the page, bounded for a platform with many tenants.
 MAX_TENANTS = 50
+EVENTS_SHOWN = 20
 
 
 async def check_everything(state: GatewayState) -> list[ServiceHealth]:
@@ -82,6 +83,17 @@ def usage_dict(report: router_pb2.UsageReport) -> dict[str, Any]:
     }
 
 
+def event_dict(event: auth_pb2.AuditEventSummary) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "event_type": event.event_type,
+        "location": event.location,
+        "tenant_id": event.tenant_id,
+        "correlation_id": event.correlation_id,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(event.created)),
+    }
+
+
 def provider_dict(state: router_pb2.ProviderState) -> dict[str, Any]:
     return {
         "name": state.name,
@@ -107,16 +119,17 @@ class KpiCollector:
         assertion of them, since a service admits each assertion once (replay protection) and this
         request makes several calls to the router."""
         errors: list[str] = []
-        router = self.state.clients.router
+        router, auth = self.state.clients.router, self.state.clients.auth
         gateway = Samples.from_families(REGISTRY.collect())
         # A client per document: a refresh every few seconds, and no connection to close at shutdown.
         async with httpx.AsyncClient(timeout=SOURCE_TIMEOUT_S, follow_redirects=False, trust_env=False) as http:
-            scrapes, health, providers, usage_all, tenants = await asyncio.gather(
+            scrapes, health, providers, usage_all, tenants, events = await asyncio.gather(
                 asyncio.gather(*(self._scrape(http, name, url, errors) for name, url in self.urls.items())),
                 guarded("health", check_everything(self.state), errors),
                 guarded("router providers", as_(principal, router.list_providers(SOURCE_TIMEOUT_S)), errors),
                 guarded("router usage", as_(principal, router.get_usage(context, "*", SOURCE_TIMEOUT_S)), errors),
                 self._tenants(context, principal, errors),
+                guarded("auth audit trail", as_(principal, auth.list_audit_events(context, EVENTS_SHOWN)), errors),
             )
         inputs = KpiInputs(
             gateway=gateway,
@@ -125,6 +138,7 @@ class KpiCollector:
             providers=[provider_dict(p) for p in providers or ()],
             usage_all=usage_dict(usage_all) if usage_all is not None else None,
             tenants=tenants,
+            events=[event_dict(e) for e in events or ()],
             errors=errors,
             tokens_per_s=self.tokens.observe(completion_tokens(gateway)),
         )

@@ -132,13 +132,19 @@ def workload(auth_suite: Suite) -> dict[str, Any]:
         assert statuses == [200] * CHATS + [429] * REFUSED, statuses
         secret = {**chat, "messages": [{"role": "user", "content": f"debug {SAMPLES['aws_access_key']} please"}]}
         assert admin.post("/v1/chat/completions", json=secret).status_code == 200
-        # The router's ledger is written in batches: wait until it has booked every answered chat.
+        # The router's ledger and the gateway's audit rows are written in batches: wait until the ledger
+        # has booked every answered chat and the secret's audit row is in.
         booked = before["budget"]["today"]["requests"] + CHATS + 1
         deadline = time.monotonic() + 30
-        while (after := document(admin))["budget"]["today"]["requests"] < booked:
-            assert time.monotonic() < deadline, after["budget"]
+        while not settled(after := document(admin), booked):
+            assert time.monotonic() < deadline, (after["budget"], after["events"])
             time.sleep(0.5)
     return {"before": before, "after": after, "token": token, "tenant": tenant}
+
+
+def settled(doc: dict[str, Any], booked: int) -> bool:
+    events = {e["event_type"] for e in doc["events"]}
+    return doc["budget"]["today"]["requests"] >= booked and "secret_detected" in events
 
 
 def test_the_json_moves_by_exactly_the_workload(workload: dict[str, Any]) -> None:
@@ -159,6 +165,12 @@ def test_the_json_moves_by_exactly_the_workload(workload: dict[str, Any]) -> Non
     assert "local" in {p["name"] for p in after["providers"]}
     tenant = next(t for t in after["budget"]["tenants"] if t["id"] == workload["tenant"])
     assert tenant["name"] == HOSTILE_NAME and tenant["requests"] == CHATS
+    # The audit trail, newest first: the quota running out in the new tenant, the secret at the gateway.
+    events = after["events"]
+    assert [e["id"] for e in events] == sorted((e["id"] for e in events), reverse=True)
+    assert any(e["event_type"] == "quota_exhausted" and e["tenant_id"] == workload["tenant"] for e in events), events
+    assert any(e["event_type"] == "secret_detected" and e["location"] == "request_creation" for e in events), events
+    assert all(set(e) == {"id", "event_type", "location", "tenant_id", "correlation_id", "created_at"} for e in events)
     assert after["db_pool"]["status"] == "ok" and after["db_pool"]["max_size"] >= after["db_pool"]["size"] >= 1
 
 
@@ -196,6 +208,7 @@ def test_the_page_in_a_browser_shows_the_json(
         assert value == truth[kpi_id]["value"], (kpi_id, value, truth[kpi_id])
         assert status == truth[kpi_id]["status"], (kpi_id, status, truth[kpi_id])
 
+    assert "quota_exhausted" in browser.find_element(By.ID, "events").text
     budgets = browser.find_element(By.ID, "budgets").text
     assert HOSTILE_NAME.split(">")[0] in budgets, budgets  # the name as text, markup and all
     assert browser.title == "Goblin: KPIs"
