@@ -19,15 +19,19 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
 import httpx
 import pytest
 
+from goblin.v1 import auth_pb2, auth_pb2_grpc
 from goblin_tools.suite import GOBLIN, Suite
-from tests.integration.auth_support import admin_token, auth_suite_fixture, bearer
+from tests.integration.auth_support import admin_token, auth_stub, auth_suite_fixture, bearer
+from tests.integration.principals import as_caller
 from tests.unit.common.test_secrets import SAMPLES
 
 pytestmark = pytest.mark.integration
@@ -336,3 +340,36 @@ def test_goblin_top_names_a_refusal(auth_suite: Suite, workload: dict[str, Any])
         timeout=120,
     )
     assert done.returncode == 1 and "HTTP 403" in done.stderr + done.stdout, (done.stdout, done.stderr)
+
+
+def test_the_audit_trail_rpc_is_for_admins_only(auth_suite: Suite, workload: dict[str, Any]) -> None:
+    """Past the gateway, straight to auth: a user's principal (even with every scope and a claimed admin
+    role, which auth rereads from its database), and no principal at all, are refused."""
+    with suite_auth(auth_suite) as stub:
+        me = stub.Authenticate(auth_pb2.AuthenticateRequest(credential=workload["token"]))
+        request = auth_pb2.ListAuditEventsRequest(limit=5)
+        for claims in ({"scopes": ("*",)}, {"scopes": ("*",), "role": "admin"}):
+            metadata = as_caller(auth_suite, me.user_id, workload["tenant"], **claims)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListAuditEvents(request, metadata=metadata, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, claims
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.ListAuditEvents(request, timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as too_many:
+            admin_id = stub.Authenticate(auth_pb2.AuthenticateRequest(credential=auth_suite.admin_key)).user_id
+            stub.ListAuditEvents(
+                auth_pb2.ListAuditEventsRequest(limit=10_000),
+                metadata=as_caller(auth_suite, admin_id, "default", scopes=("*",), role="admin"),
+                timeout=10,
+            )
+        assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@contextmanager
+def suite_auth(suite: Suite) -> Iterator[auth_pb2_grpc.AuthStub]:
+    channel, stub = auth_stub(suite)
+    try:
+        yield stub
+    finally:
+        channel.close()
