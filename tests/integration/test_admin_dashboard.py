@@ -373,3 +373,24 @@ def suite_auth(suite: Suite) -> Iterator[auth_pb2_grpc.AuthStub]:
         yield stub
     finally:
         channel.close()
+
+
+def test_an_admin_of_another_tenant_sees_the_same_global_document(auth_suite: Suite, workload: dict[str, Any]) -> None:
+    """Admins are the platform's operators, whatever tenant their account is in: the document is global."""
+    email = f"kpi-admin-{uuid.uuid4().hex[:8]}@example.com"
+    with auth_suite.admin_client() as admin:
+        body = {"email": email, "password": PASSWORD, "tenant_id": workload["tenant"], "role": "admin"}
+        assert admin.post("/auth/register", json=body, headers=bearer(admin_token(admin))).status_code == 201
+        theirs = admin.post("/auth/login", json={"email": email, "password": PASSWORD}).json()["access_token"]
+        ours = document(admin)
+    with auth_suite.client(headers=bearer(theirs)) as other:
+        seen = document(other)
+    assert (
+        {t["id"] for t in seen["budget"]["tenants"]}
+        == {t["id"] for t in ours["budget"]["tenants"]}
+        >= {
+            "default",
+            workload["tenant"],
+        }
+    )
+    assert seen["scope"] == "global" and seen["budget"]["today"]["requests"] == ours["budget"]["today"]["requests"]
