@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml Makefile
 	@# bubblewrap lets the executor run tasks with no network and a read-only root; best effort, as root with apt.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v bwrap >/dev/null; then \
 		apt-get install -y -q bubblewrap >/dev/null || echo "bubblewrap not installed: tasks use rlimits only" >&2; fi
+	@# chromium and its driver run the admin page's browser test (tests/integration/test_admin_dashboard.py); same terms.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromedriver >/dev/null; then \
+		apt-get install -y -q chromium chromium-driver >/dev/null || echo "chromium not installed: the browser test will fail saying so" >&2; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -529,3 +529,19 @@ def tasks_run(
     except TaskCliError as exc:
         raise _fail(str(exc), 1) from None
     raise typer.Exit(code)
+
+
+@app.command("top")
+def top(
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+    interval: Annotated[float, typer.Option("--interval", min=1.0, help="seconds between refreshes")] = 5.0,
+) -> None:
+    """The admin KPIs live (the JSON of /mcp/v1/admin/dashboard, with the admin key of GOBLIN_HOME)."""
+    from goblin_tools.tasks import TaskCliError
+    from goblin_tools.top import run
+
+    try:
+        # The frame is the command's output (stdout, so `goblin top --once > file` works); refusals go to stderr.
+        run(once=once, interval_s=interval, console=Console())
+    except TaskCliError as exc:
+        raise _fail(str(exc), 1) from None

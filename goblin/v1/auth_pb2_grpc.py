@@ -145,6 +145,11 @@ class AuthStub:
                 request_serializer=goblin_dot_v1_dot_auth__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=goblin_dot_v1_dot_auth__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/goblin.v1.Auth/ListAuditEvents',
+                request_serializer=goblin_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=goblin_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -285,6 +290,13 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """The newest rows of the audit trail, every service's (admin only): the admin KPI page's event list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -397,6 +409,11 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=goblin_dot_v1_dot_auth__pb2.ListTenantsRequest.FromString,
                     response_serializer=goblin_dot_v1_dot_auth__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=goblin_dot_v1_dot_auth__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=goblin_dot_v1_dot_auth__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -994,6 +1011,33 @@ class Auth:
             '/goblin.v1.Auth/ListTenants',
             goblin_dot_v1_dot_auth__pb2.ListTenantsRequest.SerializeToString,
             goblin_dot_v1_dot_auth__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/goblin.v1.Auth/ListAuditEvents',
+            goblin_dot_v1_dot_auth__pb2.ListAuditEventsRequest.SerializeToString,
+            goblin_dot_v1_dot_auth__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

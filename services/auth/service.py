@@ -15,6 +15,7 @@ from typing import Protocol
 
 from services.auth.accounts import Accounts
 from services.auth.api_keys import ApiKeys, ApiKeyStore
+from services.auth.audit_trail import AuditStore, AuditTrail
 from services.auth.credentials import ApiKeyLookup, Credentials
 from services.auth.keyring import KeyRing
 from services.auth.passkeys import ChallengeStore, Passkeys, PasskeyStore
@@ -30,7 +31,15 @@ from services.auth.users import Users, UserStore
 
 
 class AuthStore(
-    UserStore, SessionStore, SessionLiveness, ApiKeyLookup, ApiKeyStore, PasskeyStore, TenantStore, Protocol
+    UserStore,
+    SessionStore,
+    SessionLiveness,
+    ApiKeyLookup,
+    ApiKeyStore,
+    PasskeyStore,
+    TenantStore,
+    AuditStore,
+    Protocol,
 ):
     """Every area's needs from Postgres (:class:`~services.auth.repository.AuthRepository`)."""
 
@@ -68,3 +77,4 @@ class AuthService:
         )
         self.tenants = Tenants(store, ephemeral, accounts=accounts, permissions=permissions, cache=tenant_cache)
         self.signing = SigningKeys(keyring, permissions=permissions)
+        self.audit_trail = AuditTrail(store, permissions=permissions)

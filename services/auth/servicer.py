@@ -289,3 +289,21 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
     ) -> auth_pb2.ListTenantsResponse:
         tenants = await self.service.tenants.list_all(context_from_proto(request.context))
         return auth_pb2.ListTenantsResponse(tenants=[tenant_to_proto(t) for t in tenants])
+
+    async def ListAuditEvents(
+        self, request: auth_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListAuditEventsResponse:
+        rows = await self.service.audit_trail.recent(context_from_proto(request.context), request.limit)
+        return auth_pb2.ListAuditEventsResponse(
+            events=[
+                auth_pb2.AuditEventSummary(
+                    id=r.id,
+                    event_type=r.event_type,
+                    location=r.location,
+                    tenant_id=r.tenant_id,
+                    correlation_id=r.correlation_id,
+                    created=_ts(r.created_at),
+                )
+                for r in rows
+            ]
+        )

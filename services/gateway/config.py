@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from services.common.secrets import SecretScanningSettings
 from services.common.settings import ConfigError, DatabaseSettings, GoblinSettings, RedisSettings
 from services.common.topology import BACKEND_SERVICES
+from services.gateway.kpi_settings import PeerMetricsSettings
 from services.gateway.ratelimit import RouteClass, parse_limits
 
 # What /health/ready checks: every backend service and the gateway's own stores.
@@ -21,7 +22,7 @@ def split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretScanningSettings):
+class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretScanningSettings, PeerMetricsSettings):
     port: int = Field(8443, alias="GOBLIN_GATEWAY_PORT", ge=1, le=65535)
     # Prometheus's own listener (plain HTTP, /metrics only; 0: none). In production the public
     # /metrics needs an admin credential, so the chart scrapes this port, which it does not publish.

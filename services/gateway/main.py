@@ -11,7 +11,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from services.common.process import freeze_startup_heap
 from services.common.telemetry import exporting
-from services.gateway.api.routes import auth, collections, docqa, health, jwks, openai, operator, tasks
+from services.gateway.api.routes import admin, auth, collections, docqa, health, jwks, openai, operator, tasks
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import (
@@ -80,6 +80,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(operator.router)
     app.include_router(collections.router)
+    app.include_router(admin.router)
 
     # Starlette wraps each added middleware around the ones before it: the first added is innermost.
     # Request order: envelope -> security headers -> internal errors -> CORS -> body limit -> timeout

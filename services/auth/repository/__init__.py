@@ -7,6 +7,7 @@ the few methods they use (their ``Protocol``), so the unit tests' fakes stay sma
 from __future__ import annotations
 
 from services.auth.repository.api_keys import ApiKeyInfo, ApiKeyRecord, ApiKeyRepository
+from services.auth.repository.audit import AuditEventRow, AuditRepository
 from services.auth.repository.base import AuditEvent, PostgresRepository, insert_audit_event
 from services.auth.repository.passkeys import PasskeyRecord, PasskeyRepository
 from services.auth.repository.sessions import RefreshExchange, SessionRecord, SessionRepository
@@ -22,6 +23,7 @@ class AuthRepository(
     SessionRepository,
     PasskeyRepository,
     SigningKeyRepository,
+    AuditRepository,
 ):
     """All of auth's tables: what the server and the ``goblin users|keys`` commands hand around."""
 
@@ -31,6 +33,8 @@ __all__ = [
     "ApiKeyRecord",
     "ApiKeyRepository",
     "AuditEvent",
+    "AuditEventRow",
+    "AuditRepository",
     "AuthRepository",
     "PasskeyRecord",
     "PasskeyRepository",

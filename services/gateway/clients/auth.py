@@ -143,6 +143,11 @@ class AuthClient(ServiceClient):
         request = auth_pb2.ListTenantsRequest(context=context)
         return (await self.call(self._stub.ListTenants, request, AUTH_TIMEOUT_S)).tenants
 
+    async def list_audit_events(self, context: Context, limit: int) -> Sequence[auth_pb2.AuditEventSummary]:
+        """The newest rows of the audit trail, every service's (admin)."""
+        request = auth_pb2.ListAuditEventsRequest(context=context, limit=limit)
+        return (await self.call(self._stub.ListAuditEvents, request, AUTH_TIMEOUT_S)).events
+
     async def create_tenant(
         self,
         context: Context,

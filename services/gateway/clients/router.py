@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from goblin.v1 import common_pb2, router_pb2_grpc
+from goblin.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.gateway.clients.base import ServiceClient
 
 
@@ -97,3 +97,15 @@ class RouterClient(ServiceClient):
             )
             for m in reply.models
         ]
+
+    async def get_usage(
+        self, context: common_pb2.RequestContext, tenant_id: str = "", deadline_s: float | None = None
+    ) -> router_pb2.UsageReport:
+        """Today's books for ``tenant_id`` (empty: the caller's tenant; ``"*"``, admins only: everyone)."""
+        request = router_pb2.UsageRequest(context=context, tenant_id=tenant_id)
+        return await self.call(self._stub.GetUsage, request, deadline_s)
+
+    async def list_providers(self, deadline_s: float | None = None) -> list[router_pb2.ProviderState]:
+        """Every provider the router knows: configured or not, its circuit breaker, its latency."""
+        reply = await self.call(self._stub.ListProviders, router_pb2.ListProvidersRequest(), deadline_s)
+        return list(reply.providers)

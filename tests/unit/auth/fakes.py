@@ -19,6 +19,7 @@ from services.auth.repository import (
     ApiKeyInfo,
     ApiKeyRecord,
     AuditEvent,
+    AuditEventRow,
     PasskeyRecord,
     RefreshExchange,
     SessionRecord,
@@ -59,6 +60,13 @@ class FakeStore:
 
     async def audit(self, event: AuditEvent) -> None:
         self.audits.append(event)
+
+    async def recent_audit_events(self, limit: int) -> list[AuditEventRow]:
+        rows = [
+            AuditEventRow(i + 1, e.event_type, "auth", e.tenant_id, e.correlation_id, now())
+            for i, e in enumerate(self.audits)
+        ]
+        return rows[::-1][:limit]
 
     def _audit(self, event: AuditEvent | None) -> None:
         if event is not None:

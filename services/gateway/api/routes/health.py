@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from services.gateway.clients import ServiceHealth
 from services.gateway.deps import OperatorDep, StateDep
 from services.gateway.errors import error_response
-from services.gateway.state import GatewayState
+from services.gateway.kpi_sources import check_everything, pool_stats
 
 router = APIRouter(tags=["health"])
 
@@ -18,14 +16,6 @@ router = APIRouter(tags=["health"])
 @router.get("/health", summary="Liveness: the gateway process answers")
 async def health() -> dict[str, str]:
     return {"status": "ok", "service": "gateway"}
-
-
-async def check_everything(state: GatewayState) -> list[ServiceHealth]:
-    """Every backend service and the gateway's own stores, checked concurrently."""
-    services, stores = await asyncio.gather(
-        state.clients.health.check_all(state.settings.health_timeout_s), state.stores.check()
-    )
-    return [*services, *stores]
 
 
 def readiness(results: list[ServiceHealth], requires: frozenset[str]) -> tuple[list[str], list[str]]:
@@ -53,12 +43,21 @@ async def ready(state: StateDep) -> JSONResponse:
 @router.get("/health/all", summary="Per-service health detail")
 @router.get("/api/health", summary="Per-service health detail (alias of /health/all)")
 async def health_all(state: StateDep, _operator: OperatorDep) -> JSONResponse:
-    """Each service's status and detail (versions, addresses): for operators, so admins only in
-    production; liveness and readiness above stay open for probes."""
+    """Each dependency's status, address and check latency (every backend service, Postgres, Redis) and
+    the gateway's database pool: for operators, so admins only in production (OperatorDep: open in
+    development, as every operator page); liveness and readiness above stay open for probes."""
     results = await check_everything(state)
     overall = "ok" if all(r.serving for r in results) else "degraded"
     body = {
         "status": overall,
         "services": {"gateway": {"status": "SERVING"}, **{r.name: r.as_dict() for r in results}},
+        "db_pool": pool_stats(state),
     }
     return JSONResponse(body, status_code=200 if overall == "ok" else 503)
+
+
+@router.get("/health/db-pool", summary="The gateway's database pool: size, in use, idle, waiting")
+async def db_pool(state: StateDep, _operator: OperatorDep) -> JSONResponse:
+    """The pool alone, as the design notes' ``/health/db-pool``; 503 until Postgres is connected."""
+    stats = pool_stats(state)
+    return JSONResponse(stats, status_code=200 if stats["status"] == "ok" else 503)
