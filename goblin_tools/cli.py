@@ -504,10 +504,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # -- tasks, through the gateway's HTTPS API ------------------------------------------------------------
 tasks_app = typer.Typer(help="Tasks: run goblins on the executor.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
@@ -545,3 +541,7 @@ def top(
         run(once=once, interval_s=interval, console=Console())
     except TaskCliError as exc:
         raise _fail(str(exc), 1) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
