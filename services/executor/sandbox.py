@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.executor.limits import Limits
+from services.executor.spawn import Child, spawn
 from services.executor.taskuser import (
     SAFE_PATH,
     TASK_DIR_PREFIX,
@@ -98,8 +99,9 @@ def _bwrap_argv(task_dir: str, network: bool) -> list[str]:
     return argv
 
 
-def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None) -> list[str]:
-    """The full command line: the launcher, its configuration, then (bwrap and) the task's argv."""
+def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None, report_fd: int | None = None) -> list[str]:
+    """The full command line: the launcher, its configuration, then (bwrap and) the task's argv.
+    ``report_fd``: the descriptor the launcher writes its reasons to (see :func:`run`)."""
     if spec.mode not in MODES:
         raise ValueError(f"unknown sandbox mode {spec.mode!r} (expected one of {', '.join(MODES)})")
     if not spec.argv:
@@ -116,6 +118,7 @@ def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None) -> list
         "uid": user[0] if user else None,
         "gid": user[1] if user else None,
         "parent": os.getpid(),
+        "report": report_fd,
     }
     wrapped = [*(_bwrap_argv(task_dir, spec.network) if spec.mode == "bwrap" else []), *spec.argv]
     settings = [f"{key}={'' if value is None else value}" for key, value in config.items()]
@@ -232,35 +235,37 @@ async def run(
     user = run_as()
     started = time.monotonic()
     task_dir = make_task_dir(spec.work_root, user)
+    # The launcher's reasons (why a task ended before it ran) come on a pipe of their own: the task's
+    # output cannot forge them, and they survive a task that floods or closes its stderr.
+    report_read, report_write = os.pipe()
     try:
-        command = _command(spec, task_dir, user)
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=subprocess.PIPE if spec.stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_task_env(spec, task_dir),
-            cwd=task_dir,
-            start_new_session=True,
-        )
+        command = _command(spec, task_dir, user, report_write)
         try:
-            return await _supervise(proc, spec, started, on_output, cancel, on_start)
+            proc = await spawn(
+                command, env=_task_env(spec, task_dir), cwd=task_dir, stdin=spec.stdin, pass_fds=(report_write,)
+            )
+        finally:
+            os.close(report_write)
+        try:
+            return await _supervise(proc, spec, started, on_output, cancel, on_start, report_read)
         finally:
             # Whatever happened above (on_output failing, our own cancellation), nothing of the task
             # outlives run(): SIGINT makes the launcher SIGKILL every descendant at once.
             if proc.returncode is None:
                 await _kill_now(proc)
     finally:
+        os.close(report_read)
         await asyncio.to_thread(remove_task_dir, task_dir)
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process,
+    proc: Child,
     spec: RunSpec,
     started: float,
     on_output: OutputCallback | None,
     cancel: asyncio.Event | None,
     on_start: StartCallback | None,
+    report_fd: int,
 ) -> RunResult:
     limits = spec.limits
     out = _Stream("stdout", limits.max_output_bytes, on_output)
@@ -268,8 +273,6 @@ async def _supervise(
     pumps = [asyncio.create_task(out.pump(proc.stdout)), asyncio.create_task(err.pump(proc.stderr))]
     if on_start is not None:
         await on_start(proc.pid)
-    if spec.stdin is not None:
-        pumps.append(asyncio.create_task(_feed(proc, spec.stdin)))
     finished = asyncio.create_task(_finish(proc, pumps))
     waiters = [finished]
     cancelled_wait = asyncio.create_task(cancel.wait()) if cancel is not None else None
@@ -307,11 +310,32 @@ async def _supervise(
         stdout_bytes=out.total,
         stderr_bytes=err.total,
         duration_s=time.monotonic() - started,
-        error=_describe(status, exit_code, sig, limits),
+        error=_with_report(_describe(status, exit_code, sig, limits), status, _read_report(report_fd), code),
     )
 
 
-async def _kill_now(proc: asyncio.subprocess.Process) -> None:
+def _read_report(fd: int) -> list[str]:
+    """The launcher's lines (it has exited: its end of the pipe is closed, so this cannot block long)."""
+    os.set_blocking(fd, False)
+    data = bytearray()
+    with contextlib.suppress(BlockingIOError, OSError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def _with_report(reason: str | None, status: str, lines: list[str], code: int | None) -> str | None:
+    """The reason, with what the launcher said about a task that did not end on its own terms."""
+    if "started" not in lines and code is not None and code < 0:
+        # The launcher never ran a line of its own: it died between its spawn and its first line.
+        lines = [*lines, "the launcher died before it started"]
+    said = [line for line in lines if line != "started"]
+    if not said or status != "failed":  # a timeout or cancel says so already; the kill is ours
+        return reason
+    return "; ".join(filter(None, [reason, *said]))
+
+
+async def _kill_now(proc: Child) -> None:
     _killpg(proc.pid, signal.SIGINT)
     try:
         await asyncio.wait_for(proc.wait(), DRAIN_AFTER_KILL_S)
@@ -320,23 +344,13 @@ async def _kill_now(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    # A process that ended (or closed stdin) first: asyncio says BrokenPipeError, uvloop (which the
-    # services run on) RuntimeError "the handler is closed" (MagicStack/uvloop#506).
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
-        proc.stdin.write(data)
-        await proc.stdin.drain()
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
-        proc.stdin.close()
-
-
-async def _finish(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task]) -> None:
+async def _finish(proc: Child, pumps: list[asyncio.Task]) -> None:
     """The process has ended and its output is read to the end (an on_output error ends it early)."""
     await asyncio.gather(*pumps)
     await proc.wait()
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _terminate(proc: Child, grace: float) -> None:
     """SIGTERM to the group (the launcher forwards it to escaped descendants), SIGKILL after ``grace``."""
     _killpg(proc.pid, signal.SIGTERM)
     try:
