@@ -230,7 +230,15 @@ async def run(
     Timeout and cancel send SIGTERM to the whole group (the launcher passes it to every descendant,
     escaped ones included), then SIGKILL after ``limits.kill_grace_s``. The task directory is removed
     whatever happens."""
-    if spec.mode == "bwrap" and "bwrap" not in await asyncio.to_thread(available_modes):
+    # The probe runs once per process, in a thread; afterwards its answer is read without one (a
+    # thread hop per task start costs a few ms on a busy machine).
+    if spec.mode == "bwrap" and _probe_modes.cache_info().currsize:
+        modes = available_modes()
+    elif spec.mode == "bwrap":
+        modes = await asyncio.to_thread(available_modes)
+    else:
+        modes = MODES
+    if "bwrap" not in modes:
         raise ValueError("sandbox mode 'bwrap' is not available here (see available_modes())")
     user = run_as()
     started = time.monotonic()
