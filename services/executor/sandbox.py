@@ -39,6 +39,8 @@ from services.executor.taskuser import (
     make_task_dir,
     remove_task_dir,
     run_as,
+    run_as_range,
+    task_user,
 )
 
 LAUNCHER = str(Path(__file__).with_name("launch.py"))
@@ -143,6 +145,8 @@ def plan(spec: RunSpec) -> dict:
         "working_directory": task_dir,
         "working_directory_note": "created 0700 for the task's user, removed when the task ends",
         "run_as_uid": user[0] if user else os.geteuid(),
+        # With GOBLIN_EXECUTOR_RUN_AS_RANGE each run takes a free uid of the range instead.
+        "run_as_uid_range": list(run_as_range() or ()) or None,
         "network": spec.mode != "bwrap" or spec.network,
         "stdin_bytes": len(spec.stdin) if spec.stdin is not None else 0,
     }
@@ -240,8 +244,19 @@ async def run(
         modes = MODES
     if "bwrap" not in modes:
         raise ValueError("sandbox mode 'bwrap' is not available here (see available_modes())")
-    user = run_as()
     started = time.monotonic()
+    with task_user(spec.work_root) as user:
+        return await _run_as(spec, user, started, on_output, cancel, on_start)
+
+
+async def _run_as(
+    spec: RunSpec,
+    user: tuple[int, int] | None,
+    started: float,
+    on_output: OutputCallback | None,
+    cancel: asyncio.Event | None,
+    on_start: StartCallback | None,
+) -> RunResult:
     task_dir = make_task_dir(spec.work_root, user)
     # The launcher's reasons (why a task ended before it ran) come on a pipe of their own: the task's
     # output cannot forge them, and they survive a task that floods or closes its stderr.
