@@ -267,6 +267,8 @@ async def _run_as(
             proc = await spawn(
                 command, env=_task_env(spec, task_dir), cwd=task_dir, stdin=spec.stdin, pass_fds=(report_write,)
             )
+        except OSError as exc:  # no process at all (EAGAIN, ENOMEM...): the task failed, and says why
+            return RunResult("failed", None, None, "", "", 0, 0, time.monotonic() - started, f"cannot start it: {exc}")
         finally:
             os.close(report_write)
         try:
