@@ -8,9 +8,10 @@ launcher's command line, streams the output, enforces the wall clock and cancell
 
 What is not covered: without bubblewrap, a task that runs as the same uid as the executor (the
 executor is not root) can kill its launcher, and anything it had moved out of the process group with
-``setsid()`` then escapes the launcher's sweep (the process-group kill still reaches the rest). All
-tasks run as the same unprivileged uid, so RLIMIT_NPROC is shared between concurrent tasks, and
-without bubblewrap's PID namespace one task can see and signal another. Network access is only
+``setsid()`` then escapes the launcher's sweep (the process-group kill still reaches the rest). By
+default all tasks run as the same unprivileged uid, so RLIMIT_NPROC is shared between concurrent
+tasks, and without bubblewrap's PID namespace one task can see and signal another
+(``GOBLIN_EXECUTOR_RUN_AS_RANGE`` gives each its own uid; see taskuser.py). Network access is only
 removed in bubblewrap mode (on Kubernetes the executor pods' NetworkPolicy does it).
 """
 
