@@ -17,16 +17,25 @@ process:
    itself stays as it was, so a task running as nobody cannot kill its own supervisor), enters the
    task directory and execs the command with the clean environment it was given;
 4. waits. When the task's main process ends, whatever it left behind is killed. On SIGTERM (timeout
-   or cancel) every descendant gets SIGTERM, then SIGKILL after the grace period; on SIGINT or SIGHUP
-   every descendant gets SIGKILL at once. SIGHUP is also its parent-death signal: if the executor
-   dies, its tasks die with it rather than run on unsupervised (a restarted executor may retry them).
+   or cancel) every descendant gets SIGTERM, then SIGKILL after the grace period; on SIGINT every
+   descendant gets SIGKILL at once.
+5. never outlives its executor: SIGHUP is its parent-death signal, and it also checks ``getppid()``
+   at least every second (a parent-death signal is lost if the parent dies before it is set, and
+   is tied to the parent's thread). Once orphaned it treats it as SIGTERM: SIGTERM to every
+   descendant, SIGKILL after the grace, and it exits at most GIVE_UP_S later whatever is left (a
+   process stuck in the kernel cannot hold it). Every wait blocks, with a timeout of at least
+   MIN_WAIT_S: it never spins (an earlier version lost the task's status in its sweep and then
+   looped on a zero timeout, at 12 % CPU, for hours after its executor was killed).
+
+Why a task ended before it ran is written to the ``report`` descriptor, which the executor reads
+into the task's reason: a failed fork, a setup or exec error, or the signal that killed the task's
+first process and whether that was before its exec. The task cannot write there (it is close-on-exec).
 
 It exits with the task's status: its exit code, or the same signal re-raised on itself.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import signal
@@ -38,14 +47,29 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 EXEC_FAILED = 127
 SETUP_FAILED = 126
+GAVE_UP = 125  # the task's first process did not end even after SIGKILL (stuck in the kernel)
 WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+CHECK_S = 1.0  # how often, at most, the parent is checked while nothing happens
+MIN_WAIT_S = 0.01  # the shortest wait: no loop iteration can be a busy one
+GIVE_UP_S = 5.0  # after the final SIGKILL, how long the first process may take to be reaped
+
+# Where the reasons go (the executor's ``report`` pipe); -1 when there is none.
+REPORT_FD = -1
 
 
 def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    # Through ctypes' C core (``_ctypes``) rather than ``ctypes``: the package's import costs about
+    # 4 ms of CPU per task start (a quarter of the launcher's start-up), for one libc call.
+    try:
+        import _ctypes
+
+        result = _ctypes.call_function(_ctypes.dlsym(_ctypes.dlopen(None, 2), "prctl"), (option, value, 0, 0, 0))
+    except (ImportError, AttributeError):  # another Python: the public way
+        import ctypes
+
+        result = ctypes.CDLL(None).prctl(option, value, 0, 0, 0)
+    if result != 0:
+        raise OSError(f"prctl({option}, {value}) failed")
 
 
 def _descendants(root: int) -> list[int]:
@@ -121,8 +145,18 @@ def _kill_everything() -> None:
     _reap()
 
 
-def _start_task(config: dict, argv: list[str]) -> None:
-    """In the forked child: confine, then exec. Never returns."""
+def report(text: str) -> None:
+    """One line for the executor (the task's reason); nothing when there is no report pipe."""
+    if REPORT_FD >= 0:
+        try:
+            os.write(REPORT_FD, (text.replace("\n", " ") + "\n").encode())
+        except OSError:
+            pass  # the executor is gone: nobody to tell
+
+
+def _start_task(config: dict, argv: list[str], status_fd: int) -> None:
+    """In the forked child: confine, then exec. Never returns. ``status_fd`` (close-on-exec) gets
+    "x" just before the exec, then the error if there is one: the launcher learns how far it got."""
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         # Python ignores these for itself; an ignored disposition would survive exec.
@@ -148,13 +182,48 @@ def _start_task(config: dict, argv: list[str]) -> None:
         os.umask(0o077)
         os.chdir(config["cwd"])
     except OSError as exc:
-        os.write(2, f"goblin sandbox: cannot set up the task: {exc}\n".encode())
+        message = f"goblin sandbox: cannot set up the task: {exc}"
+        os.write(2, f"{message}\n".encode())
+        _tell(status_fd, message)
         os._exit(SETUP_FAILED)
+    _tell(status_fd, "x")
     try:
         os.execve(argv[0], argv, os.environ)
     except OSError as exc:
-        os.write(2, f"goblin sandbox: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        message = f"goblin sandbox: cannot run {argv[0]}: {exc.strerror}"
+        os.write(2, f"{message}\n".encode())
+        _tell(status_fd, message)
         os._exit(EXEC_FAILED)
+
+
+def _tell(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode())
+    except OSError:
+        pass
+
+
+def _read_all(fd: int) -> str:
+    """What the task's first process told the launcher before it exec'd or failed (its writer is
+    gone by now: exec or exit closed it)."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    except OSError:
+        pass
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _explain(status: int, progress: str, lived_s: float) -> None:
+    """Report why the task's first process ended, when that is not its program's own exit."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
+        where = "after its exec" if progress.startswith("x") else "before its exec (while it was being confined)"
+        report(f"the task's first process was killed by {name} {lived_s * 1000:.0f} ms after it started, {where}")
+    elif progress and progress != "x":
+        report(progress[1:] if progress.startswith("x") else progress)
 
 
 def _exit_like(status: int) -> None:
@@ -169,38 +238,103 @@ def _exit_like(status: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status))
 
 
+class Supervisor:
+    """The waiting loop: signals, the kill deadlines, and the parent check; see the module docstring."""
+
+    def __init__(self, main: int, parent: int, grace: float) -> None:
+        self.main, self.parent, self.grace = main, parent, grace
+        self.kill_at: float | None = None  # SIGKILL for everything, from then on
+        self.killed = False
+        self.give_up_at: float | None = None  # exit even if the first process is not reaped
+
+    def terminate(self, why: str = "") -> None:
+        """SIGTERM to every descendant now, SIGKILL after the grace (once: a repeat changes nothing)."""
+        if self.kill_at is None:
+            if why:
+                report(why)
+            _signal_all(signal.SIGTERM)
+            self.kill_at = time.monotonic() + self.grace
+
+    def kill_now(self) -> None:
+        self.kill_at, self.killed = time.monotonic(), False
+
+    def orphaned(self) -> bool:
+        return os.getppid() != self.parent
+
+    def run(self) -> bool:
+        """Wait until the first process is reaped (True), or give up after the final SIGKILL (False)."""
+        while self.main not in REAPED:
+            now = time.monotonic()
+            if self.kill_at is None and self.orphaned():
+                self.terminate("the executor died: the task is stopped (SIGTERM, then SIGKILL after the grace)")
+                continue
+            if self.kill_at is not None and not self.killed and now >= self.kill_at:
+                _kill_everything()
+                self.killed = True
+                self.give_up_at = time.monotonic() + GIVE_UP_S
+                continue
+            if self.give_up_at is not None and now >= self.give_up_at:
+                return False
+            deadlines = [CHECK_S]
+            if self.kill_at is not None and not self.killed:
+                deadlines.append(self.kill_at - now)
+            if self.give_up_at is not None:
+                deadlines.append(self.give_up_at - now)
+            info = signal.sigtimedwait(WATCHED, max(MIN_WAIT_S, min(deadlines)))
+            if info is not None:
+                if info.si_signo == signal.SIGINT:
+                    self.kill_now()
+                elif info.si_signo == signal.SIGTERM:
+                    self.terminate()
+                elif info.si_signo == signal.SIGHUP:  # the parent-death signal (or a hang-up: the same)
+                    self.terminate("the executor died: the task is stopped (SIGTERM, then SIGKILL after the grace)")
+            _reap()
+        return True
+
+
 def supervise(config: dict, argv: list[str]) -> None:
     """Start the task and wait for it and every descendant; see the module docstring."""
+    global REPORT_FD
+    if "report" in config:
+        REPORT_FD = int(config["report"])
+        os.set_inheritable(REPORT_FD, False)  # the task must not write the executor's reasons
+    report("started")
     _prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
-    if os.getppid() != int(config.get("parent", os.getppid())):
+    parent = int(config.get("parent", os.getppid()))
+    if os.getppid() != parent:
+        report("the executor died before the task started")
         os._exit(SETUP_FAILED)  # the executor died before the line above: nobody would supervise us
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
-    main = os.fork()
+    status_read, status_write = os.pipe()  # both close-on-exec
+    try:
+        main = os.fork()
+    except OSError as exc:
+        report(f"cannot start the task's process: {exc}")
+        os.write(2, f"goblin sandbox: cannot start the task's process: {exc}\n".encode())
+        os._exit(SETUP_FAILED)
     if main == 0:
-        _start_task(config, argv)
-    grace = float(config.get("kill_grace_s", 2.0))
-    kill_at: float | None = None  # set by SIGTERM (after the grace) or SIGINT/SIGHUP (now)
-    killed = False
-    while main not in REAPED:
-        if kill_at is not None and not killed and time.monotonic() >= kill_at:
-            _kill_everything()
-            killed = True
-            continue
-        if kill_at is None or killed:
-            info = signal.sigwaitinfo(WATCHED)  # SIGCHLD comes once the SIGKILLed task has died
-        else:
-            info = signal.sigtimedwait(WATCHED, max(0.0, kill_at - time.monotonic()))
-        if info is not None and info.si_signo in (signal.SIGINT, signal.SIGHUP):
-            kill_at, killed = time.monotonic(), False
-        elif info is not None and info.si_signo == signal.SIGTERM and kill_at is None:
-            _signal_all(signal.SIGTERM)
-            kill_at = time.monotonic() + grace
-        _reap()
+        os.close(status_read)
+        _start_task(config, argv, status_write)
+    os.close(status_write)
+    forked_at = time.monotonic()
+    supervisor = Supervisor(main, parent, float(config.get("kill_grace_s", 2.0)))
+    try:
+        ended = supervisor.run()
+    except BaseException as exc:  # whatever went wrong here, nothing of the task may outlive us
+        report(f"the launcher failed: {exc!r}; every task process is killed")
+        _kill_everything()
+        os._exit(SETUP_FAILED)
+    lived_s = time.monotonic() - forked_at
     _kill_everything()
-    _exit_like(REAPED[main])
+    if not ended:
+        report(f"the task's first process did not end within {GIVE_UP_S:g} s of SIGKILL; the launcher gave up on it")
+        os._exit(GAVE_UP)
+    status = REAPED[main]
+    _explain(status, _read_all(status_read), lived_s)
+    _exit_like(status)
 
 
 def main() -> None:

@@ -8,9 +8,10 @@ launcher's command line, streams the output, enforces the wall clock and cancell
 
 What is not covered: without bubblewrap, a task that runs as the same uid as the executor (the
 executor is not root) can kill its launcher, and anything it had moved out of the process group with
-``setsid()`` then escapes the launcher's sweep (the process-group kill still reaches the rest). All
-tasks run as the same unprivileged uid, so RLIMIT_NPROC is shared between concurrent tasks, and
-without bubblewrap's PID namespace one task can see and signal another. Network access is only
+``setsid()`` then escapes the launcher's sweep (the process-group kill still reaches the rest). By
+default all tasks run as the same unprivileged uid, so RLIMIT_NPROC is shared between concurrent
+tasks, and without bubblewrap's PID namespace one task can see and signal another
+(``GOBLIN_EXECUTOR_RUN_AS_RANGE`` gives each its own uid; see taskuser.py). Network access is only
 removed in bubblewrap mode (on Kubernetes the executor pods' NetworkPolicy does it).
 """
 
@@ -32,12 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.executor.limits import Limits
+from services.executor.spawn import Child, spawn
 from services.executor.taskuser import (
     SAFE_PATH,
     TASK_DIR_PREFIX,
     make_task_dir,
     remove_task_dir,
     run_as,
+    run_as_range,
+    task_user,
 )
 
 LAUNCHER = str(Path(__file__).with_name("launch.py"))
@@ -98,8 +102,9 @@ def _bwrap_argv(task_dir: str, network: bool) -> list[str]:
     return argv
 
 
-def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None) -> list[str]:
-    """The full command line: the launcher, its configuration, then (bwrap and) the task's argv."""
+def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None, report_fd: int | None = None) -> list[str]:
+    """The full command line: the launcher, its configuration, then (bwrap and) the task's argv.
+    ``report_fd``: the descriptor the launcher writes its reasons to (see :func:`run`)."""
     if spec.mode not in MODES:
         raise ValueError(f"unknown sandbox mode {spec.mode!r} (expected one of {', '.join(MODES)})")
     if not spec.argv:
@@ -116,6 +121,7 @@ def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None) -> list
         "uid": user[0] if user else None,
         "gid": user[1] if user else None,
         "parent": os.getpid(),
+        "report": report_fd,
     }
     wrapped = [*(_bwrap_argv(task_dir, spec.network) if spec.mode == "bwrap" else []), *spec.argv]
     settings = [f"{key}={'' if value is None else value}" for key, value in config.items()]
@@ -140,6 +146,8 @@ def plan(spec: RunSpec) -> dict:
         "working_directory": task_dir,
         "working_directory_note": "created 0700 for the task's user, removed when the task ends",
         "run_as_uid": user[0] if user else os.geteuid(),
+        # With GOBLIN_EXECUTOR_RUN_AS_RANGE each run takes a free uid of the range instead.
+        "run_as_uid_range": list(run_as_range() or ()) or None,
         "network": spec.mode != "bwrap" or spec.network,
         "stdin_bytes": len(spec.stdin) if spec.stdin is not None else 0,
     }
@@ -227,40 +235,63 @@ async def run(
     Timeout and cancel send SIGTERM to the whole group (the launcher passes it to every descendant,
     escaped ones included), then SIGKILL after ``limits.kill_grace_s``. The task directory is removed
     whatever happens."""
-    if spec.mode == "bwrap" and "bwrap" not in await asyncio.to_thread(available_modes):
+    # The probe runs once per process, in a thread; afterwards its answer is read without one (a
+    # thread hop per task start costs a few ms on a busy machine).
+    if spec.mode == "bwrap" and _probe_modes.cache_info().currsize:
+        modes = available_modes()
+    elif spec.mode == "bwrap":
+        modes = await asyncio.to_thread(available_modes)
+    else:
+        modes = MODES
+    if "bwrap" not in modes:
         raise ValueError("sandbox mode 'bwrap' is not available here (see available_modes())")
-    user = run_as()
     started = time.monotonic()
+    with task_user(spec.work_root) as user:
+        return await _run_as(spec, user, started, on_output, cancel, on_start)
+
+
+async def _run_as(
+    spec: RunSpec,
+    user: tuple[int, int] | None,
+    started: float,
+    on_output: OutputCallback | None,
+    cancel: asyncio.Event | None,
+    on_start: StartCallback | None,
+) -> RunResult:
     task_dir = make_task_dir(spec.work_root, user)
+    # The launcher's reasons (why a task ended before it ran) come on a pipe of their own: the task's
+    # output cannot forge them, and they survive a task that floods or closes its stderr.
+    report_read, report_write = os.pipe()
     try:
-        command = _command(spec, task_dir, user)
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=subprocess.PIPE if spec.stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_task_env(spec, task_dir),
-            cwd=task_dir,
-            start_new_session=True,
-        )
+        command = _command(spec, task_dir, user, report_write)
         try:
-            return await _supervise(proc, spec, started, on_output, cancel, on_start)
+            proc = await spawn(
+                command, env=_task_env(spec, task_dir), cwd=task_dir, stdin=spec.stdin, pass_fds=(report_write,)
+            )
+        except OSError as exc:  # no process at all (EAGAIN, ENOMEM...): the task failed, and says why
+            return RunResult("failed", None, None, "", "", 0, 0, time.monotonic() - started, f"cannot start it: {exc}")
+        finally:
+            os.close(report_write)
+        try:
+            return await _supervise(proc, spec, started, on_output, cancel, on_start, report_read)
         finally:
             # Whatever happened above (on_output failing, our own cancellation), nothing of the task
             # outlives run(): SIGINT makes the launcher SIGKILL every descendant at once.
             if proc.returncode is None:
                 await _kill_now(proc)
     finally:
+        os.close(report_read)
         await asyncio.to_thread(remove_task_dir, task_dir)
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process,
+    proc: Child,
     spec: RunSpec,
     started: float,
     on_output: OutputCallback | None,
     cancel: asyncio.Event | None,
     on_start: StartCallback | None,
+    report_fd: int,
 ) -> RunResult:
     limits = spec.limits
     out = _Stream("stdout", limits.max_output_bytes, on_output)
@@ -268,8 +299,6 @@ async def _supervise(
     pumps = [asyncio.create_task(out.pump(proc.stdout)), asyncio.create_task(err.pump(proc.stderr))]
     if on_start is not None:
         await on_start(proc.pid)
-    if spec.stdin is not None:
-        pumps.append(asyncio.create_task(_feed(proc, spec.stdin)))
     finished = asyncio.create_task(_finish(proc, pumps))
     waiters = [finished]
     cancelled_wait = asyncio.create_task(cancel.wait()) if cancel is not None else None
@@ -307,11 +336,32 @@ async def _supervise(
         stdout_bytes=out.total,
         stderr_bytes=err.total,
         duration_s=time.monotonic() - started,
-        error=_describe(status, exit_code, sig, limits),
+        error=_with_report(_describe(status, exit_code, sig, limits), status, _read_report(report_fd), code),
     )
 
 
-async def _kill_now(proc: asyncio.subprocess.Process) -> None:
+def _read_report(fd: int) -> list[str]:
+    """The launcher's lines (it has exited: its end of the pipe is closed, so this cannot block long)."""
+    os.set_blocking(fd, False)
+    data = bytearray()
+    with contextlib.suppress(BlockingIOError, OSError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def _with_report(reason: str | None, status: str, lines: list[str], code: int | None) -> str | None:
+    """The reason, with what the launcher said about a task that did not end on its own terms."""
+    if "started" not in lines and code is not None and code < 0:
+        # The launcher never ran a line of its own: it died between its spawn and its first line.
+        lines = [*lines, "the launcher died before it started"]
+    said = [line for line in lines if line != "started"]
+    if not said or status != "failed":  # a timeout or cancel says so already; the kill is ours
+        return reason
+    return "; ".join(filter(None, [reason, *said]))
+
+
+async def _kill_now(proc: Child) -> None:
     _killpg(proc.pid, signal.SIGINT)
     try:
         await asyncio.wait_for(proc.wait(), DRAIN_AFTER_KILL_S)
@@ -320,23 +370,13 @@ async def _kill_now(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    # A process that ended (or closed stdin) first: asyncio says BrokenPipeError, uvloop (which the
-    # services run on) RuntimeError "the handler is closed" (MagicStack/uvloop#506).
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
-        proc.stdin.write(data)
-        await proc.stdin.drain()
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
-        proc.stdin.close()
-
-
-async def _finish(proc: asyncio.subprocess.Process, pumps: list[asyncio.Task]) -> None:
+async def _finish(proc: Child, pumps: list[asyncio.Task]) -> None:
     """The process has ended and its output is read to the end (an on_output error ends it early)."""
     await asyncio.gather(*pumps)
     await proc.wait()
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _terminate(proc: Child, grace: float) -> None:
     """SIGTERM to the group (the launcher forwards it to escaped descendants), SIGKILL after ``grace``."""
     _killpg(proc.pid, signal.SIGTERM)
     try:

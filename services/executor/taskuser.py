@@ -3,21 +3,32 @@
 When the executor runs as root, tasks drop to an unprivileged user (``GOBLIN_EXECUTOR_RUN_AS``, a user
 name or uid, default nobody). That user must be able to reach the task's directory and its program:
 the helpers here check it with the "other" permission bits, which are what apply to nobody.
+
+``GOBLIN_EXECUTOR_RUN_AS_RANGE=FIRST-LAST`` gives each running task a uid (and gid) of its own from
+that range instead: RLIMIT_NPROC counts per uid, so a shared user makes every task's process limit a
+budget for all of them together (and for anything else running as that user), and tasks of one uid
+can signal each other. A uid is held with an advisory lock on ``<work root>/.uid-N.lock`` while its
+task runs, so executors sharing a work root never hand out the same one; a dead executor's locks go
+with it. The uids need no passwd entry (a task asking for its user name gets none).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
+import random
 import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 RUN_AS_ENV = "GOBLIN_EXECUTOR_RUN_AS"
+RUN_AS_RANGE_ENV = "GOBLIN_EXECUTOR_RUN_AS_RANGE"
 DEFAULT_RUN_AS = "nobody"
 TASK_DIR_PREFIX = "task-"
 
@@ -37,6 +48,50 @@ def run_as() -> tuple[int, int] | None:
     if entry.pw_uid == 0:
         raise ValueError(f"{RUN_AS_ENV}={wanted!r} is root; tasks must run unprivileged")
     return entry.pw_uid, entry.pw_gid
+
+
+def run_as_range() -> tuple[int, int] | None:
+    """(first, last) of ``GOBLIN_EXECUTOR_RUN_AS_RANGE``, or None when unset or the executor is not root."""
+    text = os.environ.get(RUN_AS_RANGE_ENV, "").strip()
+    if not text or os.geteuid() != 0:
+        return None
+    try:
+        first, last = (int(part) for part in text.split("-", 1))
+    except ValueError:
+        raise ValueError(f"{RUN_AS_RANGE_ENV}={text!r}: expected FIRST-LAST, two uids") from None
+    if not 0 < first <= last < 2**32 - 1:
+        raise ValueError(f"{RUN_AS_RANGE_ENV}={text!r}: expected 0 < FIRST <= LAST (uid 0 is root)")
+    return first, last
+
+
+@contextlib.contextmanager
+def task_user(work_root: Path) -> Iterator[tuple[int, int] | None]:
+    """The (uid, gid) one task runs as, held for as long as the block runs: a free uid of
+    ``GOBLIN_EXECUTOR_RUN_AS_RANGE`` when it is set, else :func:`run_as` (shared by every task)."""
+    span = run_as_range()
+    if span is None:
+        yield run_as()
+        return
+    root = Path(work_root)
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    first, last = span
+    # A random start spreads the uids of concurrent executors; the locks make them exclusive.
+    count = last - first + 1
+    start = random.randrange(count)
+    for offset in range(count):
+        uid = first + (start + offset) % count
+        fd = os.open(root / f".uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield uid, uid
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    raise RuntimeError(f"every uid of {RUN_AS_RANGE_ENV} ({first}-{last}) is held by a running task")
 
 
 def task_can_execute(path: str) -> bool:

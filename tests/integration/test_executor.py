@@ -27,6 +27,7 @@ from tests.integration.executor_support import (
     bearer,
     direct_stub,
     executor_suite_fixture,
+    get_task,
     new_user,
     query,
     read_events,
@@ -245,6 +246,37 @@ def test_own_tasks_listed_admins_see_all(admin: httpx.Client, user: httpx.Client
     assert user.get("/v1/tasks", params={"status": "bogus"}).status_code in (400, 422)
 
 
+def test_a_task_cancelled_while_queued_never_runs(exec_suite: Suite, admin: httpx.Client) -> None:
+    # Both of the suite's workers busy: the next task must wait in the queue.
+    busy = [script(admin, "echo busy; sleep 30")["id"] for _ in range(2)]
+    try:
+        for task_id in busy:
+            wait_status(admin, task_id, "running")
+        waiting = script(admin, "echo this must never run")
+        assert get_task(admin, waiting["id"])["status"] == "queued"
+        reply = admin.post(f"/v1/tasks/{waiting['id']}/cancel")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["status"] == "cancelled"
+    finally:
+        for task_id in busy:
+            admin.post(f"/v1/tasks/{task_id}/cancel")
+        for task_id in busy:
+            wait_final(admin, task_id)
+    # The workers are free again and have looked at the queue since (they poll every 0.5 s).
+    time.sleep(1.5)
+    done = get_task(admin, waiting["id"])
+    assert done["status"] == "cancelled" and done["attempts"] == 0, done
+    assert done["started_at"] is None and done["exit_code"] is None and done["stdout"] == ""
+    events = read_events(admin, waiting["id"])
+    assert [(e["event"], e["data"]["data"]) for e in events] == [("status", "queued"), ("status", "cancelled")]
+    ran = query(
+        exec_suite,
+        "SELECT count(*) AS n FROM audit.audit_events WHERE event_type = 'task_finished' AND details->>'task_id' = $1",
+        waiting["id"],
+    )
+    assert ran[0]["n"] == 0
+
+
 def test_a_full_queue_is_a_429(admin: httpx.Client) -> None:
     submitted = []
     try:
@@ -292,6 +324,55 @@ def test_a_killed_executor_loses_no_queued_task_and_fails_the_running_one(
     # The dead executor's task processes did not outlive their task for long (they die with their
     # parent launcher, or the sandbox's own reaping); at the least nothing is left running as its child.
     psutil.wait_procs([c for c in children if c.is_running()], timeout=10)
+
+
+# The task's main process ignores SIGTERM and leaves a grandchild that left its session (also
+# ignoring SIGTERM): nothing of it may outlive a killed executor for long.
+STUBBORN = "trap '' TERM; setsid sh -c \"trap '' TERM; sleep 300\" & echo up; sleep 300"
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_killed_executor_leaves_no_launcher_and_no_task_process(exec_suite: Suite, admin: httpx.Client) -> None:
+    executor = exec_suite.service_process("executor")
+    task = script(admin, STUBBORN, timeout_s=600)
+    wait_status(admin, task["id"], "running")
+    deadline = time.monotonic() + 20
+    while True:  # the launcher, (bwrap,) sh and both sleeps
+        tree = executor.children(recursive=True)
+        if sum(1 for p in tree if _alive(p) and p.name() == "sleep") >= 2:
+            break
+        assert time.monotonic() < deadline, [p.cmdline() for p in tree]
+        time.sleep(0.1)
+    launchers = [p for p in tree if any(part.endswith("launch.py") for part in p.cmdline())]
+    assert len(launchers) == 1
+    cpu_before = {p.pid: _cpu_s(p) for p in launchers}
+    os.kill(executor.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    cpu_last = dict(cpu_before)
+    # The grace (2 s) and the launcher's last sweep, with room for a loaded machine.
+    while any(_alive(p) for p in tree):
+        for p in launchers:
+            if _alive(p):
+                cpu_last[p.pid] = max(cpu_last[p.pid], _cpu_s(p))
+        assert time.monotonic() - killed_at < 15, [(p.pid, p.cmdline()) for p in tree if _alive(p)]
+        time.sleep(0.1)
+    assert all(cpu_last[pid] - cpu_before[pid] < 0.5 for pid in cpu_before), (cpu_before, cpu_last)
+    done = wait_final(admin, task["id"], timeout_s=60)
+    assert done["status"] == "failed" and "executor lost" in done["error"], done
 
 
 def test_two_executors_never_run_the_same_task(exec_suite: Suite, admin: httpx.Client, tmp_path: Path) -> None:
