@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased,
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 _provider: TracerProvider | None = None
+_instrumented = False
 _tracing = False
 _tracer: trace.Tracer = trace.NoOpTracer()
 # Handed out by span() when tracing is off: entering and leaving it costs two method calls.
@@ -43,9 +44,29 @@ _NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 MAX_STATEMENT = 1000
 
 
+def instrument_libraries() -> None:
+    """Instrument gRPC (servers and clients) and Redis when exporting; nothing otherwise. Called before
+    a service builds its channels and clients (a channel made earlier would carry no trace context), so
+    it comes before :func:`setup_telemetry`, which needs the service's name. Safe to call twice."""
+    global _instrumented
+    if _instrumented or not exporting():
+        return
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer, filters
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    # Probes and reflection arrive every few seconds and say nothing about a request.
+    untraced = filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection")))
+    # Their tracers resolve to the provider setup_telemetry installs, whenever it does.
+    GrpcAioInstrumentorServer(filter_=untraced).instrument()
+    GrpcAioInstrumentorClient(filter_=untraced).instrument()
+    # Commands are recorded as "SET ? ?": the instrumentation never records arguments (cached answers).
+    RedisInstrumentor().instrument()
+    _instrumented = True
+
+
 def setup_telemetry(service: str) -> TracerProvider:
-    """Install the tracer provider, and the gRPC and Redis instrumentation when exporting. Safe to call
-    twice."""
+    """Install the tracer provider, exporting over OTLP when an endpoint is set, and instrument the
+    libraries (:func:`instrument_libraries`) if that was not done yet. Safe to call twice."""
     global _provider, _tracing, _tracer
     if _provider is not None:
         return _provider
@@ -56,8 +77,6 @@ def setup_telemetry(service: str) -> TracerProvider:
         _provider = provider
         return provider
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer, filters
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     # OTEL_TRACES_SAMPLER, when set, decides alone; by default a trace starts only at a request or a
     # task run (see _RequestRoots), never at a background query or a health probe.
@@ -65,12 +84,7 @@ def setup_telemetry(service: str) -> TracerProvider:
     provider = TracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    # Probes and reflection arrive every few seconds and say nothing about a request.
-    untraced = filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection")))
-    GrpcAioInstrumentorServer(filter_=untraced).instrument()
-    GrpcAioInstrumentorClient(filter_=untraced).instrument()
-    # Commands are recorded as "SET ? ?": the instrumentation never records arguments (cached answers).
-    RedisInstrumentor().instrument()
+    instrument_libraries()
     _provider, _tracing = provider, True
     _tracer = provider.get_tracer("goblin")
     return provider

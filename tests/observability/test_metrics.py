@@ -24,6 +24,8 @@ from tests.integration.auth_support import ADMIN_EMAIL
 from tests.integration.docqa_support import new_key
 from tests.observability.conftest import COLLECTION, REMOTE_MODEL
 
+pytestmark = pytest.mark.integration  # the whole suite runs: with `make test-integration`
+
 SPEC_METRICS: dict[str, set[str]] = {
     "gateway": {
         "http_requests_total",
@@ -155,7 +157,7 @@ def workload(obs_suite: Suite, obs_admin: httpx.Client) -> dict[str, str]:
         wrong = anonymous.post("/auth/login", json={"email": ADMIN_EMAIL, "password": f"not it {marker}"})
         assert wrong.status_code == 401, wrong.text
     me = obs_admin.get("/auth/me").json()
-    return {"marker": marker, "key": key, "task_id": task_id, "user_id": me["id"], "email": me["email"]}
+    return {"marker": marker, "key": key, "task_id": task_id, "user_id": me["user_id"], "email": me["email"]}
 
 
 @pytest.mark.parametrize("service", sorted(SPEC_METRICS))

@@ -15,12 +15,15 @@ import uuid
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.otlp import OtlpCollector, ReceivedSpan
 from goblin_tools.suite import Suite
 from tests.integration.docqa_support import new_key
 from tests.observability.conftest import COLLECTION, REMOTE_MODEL
+
+pytestmark = pytest.mark.integration  # the whole suite runs: with `make test-integration`
 
 SERVICES_ON_THE_RAG_PATH = {"goblin-gateway", "goblin-auth", "goblin-router", "goblin-rag", "goblin-inference"}
 
@@ -101,7 +104,7 @@ def test_a_rag_chat_request_is_one_trace_through_every_service(
     http = [s for s in spans if s.parent_span_id == call.span_id and s.name == "POST"]
     assert len(http) == 1 and http[0].attributes["http.response.status_code"] == "200", http
     assert http[0].attributes["url.path"] == "/acme/v1/chat/completions"
-    router = next(s for s in spans if s.name == "/goblin.v1.Router/Chat")
+    router = next(s for s in spans if s.name == "/goblin.v1.Router/Chat" and s.service == "goblin-router")
     assert router.attributes["goblin.outcome"] == "ok" and router.attributes["gen_ai.provider.name"] == "acme"
     # The gateway's own log line for the request carries the same trace id.
     assert any(trace_id in line and "request_completed" in line for line in obs_suite.log_lines())
@@ -112,7 +115,7 @@ def test_a_rag_chat_request_is_one_trace_through_every_service(
         key: "the caller's API key",
         obs_suite.admin_key: "the admin's API key",
         obs_fake.key("acme"): "the provider's key",
-        me["id"]: "a user id",
+        me["user_id"]: "a user id",
         me["email"]: "an email",
     }
     for span in obs_collector.spans():
@@ -131,12 +134,13 @@ def test_a_tasks_run_is_traced_under_the_request_that_queued_it(
     root = "POST /v1/tasks"
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        return any(s.name == "executor launcher" for s in spans) and any(s.name == root for s in spans)
+        # The run's span ends (and is exported) after its launcher's.
+        return {"executor launcher", "executor task run", root} <= {s.name for s in spans}
 
     spans = wait_for_trace(obs_collector, root, trace_id, complete)
     assert_one_tree(spans, root)
     by_id = {s.span_id: s for s in spans}
-    create = next(s for s in spans if s.name == "/goblin.v1.Executor/CreateTask")
+    create = next(s for s in spans if s.name == "/goblin.v1.Executor/RunTask" and s.service == "goblin-executor")
     assert create.service == "goblin-executor"
     run = next(s for s in spans if s.name == "executor task run")
     assert run.attributes["goblin.task.id"] == task_id and run.attributes["goblin.task.goblin"] == "hello"
