@@ -53,6 +53,8 @@ providers:
 models:
   {REMOTE_MODEL}:
     context_length: 8000
+    input_price_per_mtok: 1.0
+    output_price_per_mtok: 2.0
 """
     )
     suite = start_suite(

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from goblin_tools.suite import Suite
-from tests.integration.auth_support import ADMIN_EMAIL
+from tests.integration.auth_support import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.integration.docqa_support import new_key
 from tests.observability.conftest import COLLECTION, REMOTE_MODEL
 
@@ -68,7 +68,7 @@ EXERCISED: dict[str, list[tuple[str, dict[str, str]]]] = {
         ("http_requests_total", {"endpoint": "/v1/chat/completions", "status_code": "200"}),
         ("http_request_duration_seconds_count", {"endpoint": "/v1/chat/completions"}),
         ("http_errors_total", {"endpoint": "/v1/tasks/{task_id}"}),
-        ("chat_completions_total", {"provider": "acme", "model": "acme-chat"}),
+        ("chat_completions_total", {"provider": "acme"}),
         ("chat_completion_tokens_total", {"provider": "acme", "token_type": "completion"}),
         ("service_health_status", {"service_name": "rag"}),
     ],
@@ -156,6 +156,8 @@ def workload(obs_suite: Suite, obs_admin: httpx.Client) -> dict[str, str]:
         assert bad.status_code == 401, bad.text
         wrong = anonymous.post("/auth/login", json={"email": ADMIN_EMAIL, "password": f"not it {marker}"})
         assert wrong.status_code == 401, wrong.text
+        right = anonymous.post("/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        assert right.status_code == 200, right.text
     me = obs_admin.get("/auth/me").json()
     return {"marker": marker, "key": key, "task_id": task_id, "user_id": me["user_id"], "email": me["email"]}
 
