@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -214,14 +215,16 @@ _HEX = frozenset("0123456789abcdef")
 def request_trace_id(traceparent: bytes | None) -> str:
     """The id to answer a request with: its span's trace id; else the caller's own W3C trace id (their
     ``traceparent``), so their trace and our logs meet; else a new random one."""
-    current = trace_id_hex()
-    if current:
-        return current
+    if _tracing:
+        current = trace_id_hex()
+        if current:
+            return current
     if traceparent is not None and len(traceparent) == 55:
         candidate = traceparent[3:35].decode("latin-1")
         if _HEX.issuperset(candidate) and candidate != "0" * 32:
             return candidate
-    return os.urandom(16).hex()
+    # As OpenTelemetry's own id generator makes them (a syscall per request for os.urandom buys nothing).
+    return f"{random.getrandbits(128) or 1:032x}"
 
 
 def _operation(query: str) -> str:
