@@ -1,11 +1,12 @@
 """OpenTelemetry set up once per process.
 
 Tracing is on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set: spans are
-exported over OTLP, sampled as ``OTEL_TRACES_SAMPLER`` says (by default every trace), and everything a
-request touches is traced: gRPC servers and clients (opentelemetry-instrumentation-grpc), Redis
-(opentelemetry-instrumentation-redis), Postgres (:class:`TracedConnection`: the asyncpg
-instrumentation pins an older instrumentation core than the gRPC one), the router's provider calls and
-the executor's task runs (spans of ours, :func:`span`), and the gateway turns on FastAPI's own telemetry.
+exported over OTLP, sampled as ``OTEL_TRACES_SAMPLER`` says (by default every request and no background
+work: :class:`_RequestRoots`), and everything a request touches is traced: gRPC servers and clients
+(opentelemetry-instrumentation-grpc), Redis (opentelemetry-instrumentation-redis), Postgres
+(:class:`TracedConnection`: the asyncpg instrumentation pins an older instrumentation core than the gRPC
+one), the router's provider calls and the executor's task runs (spans of ours, :func:`span`), and the
+gateway turns on FastAPI's own telemetry.
 
 Without an exporter nobody could read a span, so nothing is instrumented, :func:`span` hands back one
 shared no-op context and the tracer provider is never asked for anything: the request path pays
@@ -168,12 +169,6 @@ def _recording(
             if isinstance(code, str) and code:
                 current.set_attribute("goblin.error_code", code)
             raise
-
-
-def annotate(attributes: Mapping[str, Any]) -> None:
-    """Add ``attributes`` to the current span (the gRPC server span of the call being handled, say)."""
-    if _tracing:
-        trace.get_current_span().set_attributes(attributes)
 
 
 def set_attributes(target: trace.Span | None, attributes: Mapping[str, Any]) -> None:
