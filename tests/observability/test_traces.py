@@ -5,7 +5,8 @@ A RAG chat completion answered by a remote provider goes gateway -> auth (a cred
 not cached) -> router -> rag -> inference (the question's embedding) -> router -> the provider over
 HTTP; every span of it must be in one trace under the gateway's server span, with Postgres and Redis
 spans among them. A task goes gateway -> executor, then later worker -> launcher: the run's spans hang
-under the request that queued it. No span attribute may carry the prompt, a key or a user's id or email.
+under the request that queued it. No span attribute may carry the prompt, a document's text, a key or a
+user's id or email.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.otlp import OtlpCollector, ReceivedSpan
 from goblin_tools.suite import Suite
-from tests.integration.docqa_support import new_key
+from tests.integration.docqa_support import HANDBOOK, new_key
 from tests.observability.conftest import COLLECTION, REMOTE_MODEL
 
 pytestmark = pytest.mark.integration  # the whole suite runs: with `make test-integration`
@@ -117,6 +118,7 @@ def test_a_rag_chat_request_is_one_trace_through_every_service(
         obs_fake.key("acme"): "the provider's key",
         me["user_id"]: "a user id",
         me["email"]: "an email",
+        HANDBOOK["plants"][1][:40]: "a document's text",
     }
     for span in obs_collector.spans():
         for name, value in span.attributes.items():
