@@ -1,4 +1,8 @@
-"""Auth metrics: sign-ins, credential checks and the security events an alert would watch."""
+"""Auth metrics: sign-ins, credential checks and the security events an alert would watch.
+
+The auth dashboard reads: logins and failures (``sign_ins_total`` by outcome), lockouts
+(``outcome="locked"`` and ``security_events_total{event="account_locked"}``), passkey sign-ins
+(``method="passkey"``) and passkeys registered or removed (``passkeys_total``)."""
 
 from __future__ import annotations
 
@@ -20,3 +24,4 @@ SECURITY_EVENTS = Counter(
     ["event"],
 )
 KEY_ROTATIONS = Counter("goblin_auth_signing_key_rotations_total", "Signing-key rotations done by this process.")
+PASSKEY_CHANGES = Counter("goblin_auth_passkeys_total", "Passkeys registered or deleted, by change.", ["change"])

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from services.auth import webauthn_ceremonies as ceremonies
 from services.auth.accounts import has_control_characters, normalise_email, valid_id, valid_name
 from services.auth.context import Context
-from services.auth.metrics import SECURITY_EVENTS, SIGN_INS
+from services.auth.metrics import PASSKEY_CHANGES, SECURITY_EVENTS, SIGN_INS
 from services.auth.permissions import Permissions
 from services.auth.repository import AuditEvent, PasskeyRecord, UserRecord
 from services.auth.sessions import TokenPair
@@ -112,7 +112,7 @@ class Passkeys:
             raise InvalidArgument("unknown, expired or already used challenge", code="challenge_invalid")
         registered = ceremonies.verify_registration(self.webauthn, credential_json, taken[0])
         passkey_id = uuid.uuid4().hex
-        return await self.store.add_passkey(
+        stored = await self.store.add_passkey(
             passkey_id=passkey_id,
             user_id=user.id,
             credential_id=registered.credential_id,
@@ -129,6 +129,8 @@ class Passkeys:
                 backed_up=registered.backed_up,
             ),
         )
+        PASSKEY_CHANGES.labels("registered").inc()
+        return stored
 
     # -- sign-in ----------------------------------------------------------------------------------
     async def login_options(self, ctx: Context, *, email: str) -> PasskeyChallenge:
@@ -225,4 +227,5 @@ class Passkeys:
         )
         if not deleted:
             raise NotFound("no such passkey")
+        PASSKEY_CHANGES.labels("deleted").inc()
         return True

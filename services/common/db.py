@@ -29,6 +29,8 @@ from pathlib import Path
 
 import asyncpg
 
+from services.common.telemetry import pg_connection_class
+
 log = logging.getLogger(__name__)
 
 # Advisory lock ids: (class, crc32 of the schema) per set; the single-schema layout's own lock, which
@@ -373,7 +375,12 @@ async def create_pool(dsn: str, *, schema: str | None = None, min_size: int = 1,
     """A pool whose connections see ``schema`` alone (unqualified SQL means the service's own tables)."""
     settings = {"search_path": _ident(schema)} if schema else None
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, command_timeout=30, server_settings=settings
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=30,
+        server_settings=settings,
+        connection_class=pg_connection_class(),  # statements are spans while tracing
     )
 
 

@@ -37,7 +37,7 @@ from services.common.principal import PrincipalInterceptor
 from services.common.process import freeze_startup_heap
 from services.common.settings import ConfigError, ServiceSettings
 from services.common.stores import STORE_UNREACHABLE, start_with_backoff
-from services.common.telemetry import setup_telemetry, shutdown_telemetry
+from services.common.telemetry import instrument_libraries, setup_telemetry, shutdown_telemetry
 from services.common.tls import load_grpc_tls
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class StartupRefused(Exception):
 async def serve(make_service: Callable[[], Service], settings: ServiceSettings) -> None:
     """Build the service inside the running event loop (gRPC channels bind to the loop that exists when
     they are made), run it until SIGTERM/SIGINT, then shut down gracefully."""
+    instrument_libraries()  # before the service makes its channels to its peers
     try:
         service = make_service()
     except ConfigError as exc:  # e.g. its TLS files for the channels it opens to its peers

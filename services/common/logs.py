@@ -1,5 +1,8 @@
 """JSON logs, one object per line, each with trace_id, span_id and correlation_id.
 
+trace_id is the active span's; outside a span, the id the gateway answered the request with
+(X-Trace-Id, :data:`services.common.telemetry.request_trace_id_var`), else "".
+
 Set up once per process by :func:`configure_logging`; modules log through ``logging.getLogger``.
 Extra fields go in ``extra={...}`` and land as top-level keys.
 """
@@ -14,6 +17,7 @@ from datetime import UTC, datetime
 from opentelemetry import trace
 
 from services.common.context import current_correlation_id
+from services.common.telemetry import request_trace_id_var
 
 # Attributes every LogRecord has; anything else was passed through ``extra`` and is emitted.
 _STANDARD_ATTRS = frozenset(
@@ -35,7 +39,7 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "message": record.getMessage(),
             "correlation_id": current_correlation_id(),
-            "trace_id": format(span_context.trace_id, "032x") if span_context.is_valid else "",
+            "trace_id": format(span_context.trace_id, "032x") if span_context.is_valid else request_trace_id_var.get(),
             "span_id": format(span_context.span_id, "016x") if span_context.is_valid else "",
         }
         for key, value in vars(record).items():

@@ -42,6 +42,7 @@ class NewTask:
     dry_run: bool = False
     plan: dict[str, Any] | None = None
     correlation_id: str = ""
+    trace_context: str = ""  # the submitting request's traceparent (services.common.telemetry)
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,9 @@ class TaskRepository:
             row = await conn.fetchrow(
                 """INSERT INTO tasks (id, tenant_id, user_hash, goblin, is_script, args, status, dry_run, timeout_s,
                                       max_attempts, idempotency_key, script, script_language, script_sha256, plan,
-                                      started_at, finished_at)
+                                      started_at, finished_at, trace_context)
                    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb,
-                           CASE WHEN $8 THEN now() END, CASE WHEN $8 THEN now() END)
+                           CASE WHEN $8 THEN now() END, CASE WHEN $8 THEN now() END, $16)
                    ON CONFLICT (tenant_id, user_hash, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                    RETURNING *""",
                 task.id,
@@ -134,6 +135,7 @@ class TaskRepository:
                 task.script_language,
                 task.script_sha256,
                 json.dumps(task.plan) if task.plan is not None else None,
+                task.trace_context,
             )
             if row is None:  # the same key committed by a concurrent request since we looked
                 existing = await self._by_idempotency_key(conn, task)

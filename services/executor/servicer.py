@@ -20,6 +20,7 @@ from services.common.context import current_correlation_id, hash_user_id
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.principal import current_principal
 from services.common.secrets import SecretGuard
+from services.common.telemetry import current_traceparent
 from services.executor import sandbox
 from services.executor.config import ExecutorSettings
 from services.executor.notifier import Notifier
@@ -197,6 +198,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 dry_run=request.dry_run,
                 plan=sandbox.plan(spec) if request.dry_run else None,
                 correlation_id=current_correlation_id(),
+                trace_context=current_traceparent(),
             ),
             max_active=self.settings.max_queued_per_tenant,
         )

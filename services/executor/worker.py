@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from services.common.secrets import SecretGuard
+from services.common.telemetry import SpanKind, context_from, set_attributes, span
 from services.executor import sandbox
 from services.executor.config import ExecutorSettings
 from services.executor.metrics import QUEUE_DEPTH, START_LATENCY, TASK_DURATION, TASKS
@@ -116,7 +117,12 @@ class WorkerPool:
                 continue
             # Another task may be queued right behind this one: let an idle worker look too.
             work.set()
-            await self._run(row)
+            # The run is traced under the request that queued the task (its traceparent is in the row).
+            attributes = {"goblin.task.id": row["id"], "goblin.task.goblin": row["goblin"] or "script"}
+            with span(
+                "executor task run", attributes, kind=SpanKind.CONSUMER, parent=context_from(row["trace_context"])
+            ):
+                await self._run(row)
 
     async def _run(self, row: asyncpg.Record) -> None:
         task_id = row["id"]
@@ -145,7 +151,9 @@ class WorkerPool:
             async def on_start(pid: int) -> None:
                 START_LATENCY.observe(max(0.0, time.time() - created))
 
-            result = await sandbox.run(spec, on_output=sink.line, cancel=cancel, on_start=on_start)
+            with span("executor launcher", {"goblin.sandbox": spec.mode}) as launched:
+                result = await sandbox.run(spec, on_output=sink.line, cancel=cancel, on_start=on_start)
+                set_attributes(launched, {"goblin.task.status": result.status, "process.exit.code": result.exit_code})
             await sink.close()
             outcome = _outcome(
                 result.status,

@@ -110,7 +110,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
-            expose_headers=["X-Correlation-ID", "Retry-After"],
+            expose_headers=["X-Correlation-ID", "X-Trace-Id", "Retry-After"],
         )
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)

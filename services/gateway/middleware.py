@@ -1,7 +1,7 @@
 """The gateway's edge, as pure ASGI middleware (no per-request task or body copy), outermost first:
 
-- RequestEnvelopeMiddleware: correlation id in and out, in-flight gauge, metrics by route template,
-  the access log line;
+- RequestEnvelopeMiddleware: correlation id in and out, X-Trace-Id out, in-flight gauge, metrics by
+  route template, the access log line;
 - SecurityHeadersMiddleware: HSTS, nosniff, frame and referrer policies, a strict default CSP;
 - InternalErrorMiddleware: an exception no handler mapped becomes the 500 error envelope here, inside
   the two above, so it still carries the correlation id and the security headers;
@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from goblin.v1 import auth_pb2
 from services.common.context import CORRELATION_HEADER, correlation_id_var, hash_user_id, new_correlation_id
+from services.common.telemetry import request_trace_id, request_trace_id_var
 from services.gateway.errors import HTTP_CODES, error_body
 from services.gateway.metrics import HTTP_429, HTTP_DURATION, HTTP_ERRORS, HTTP_IN_PROGRESS, HTTP_REQUESTS
 from services.gateway.ratelimit import (
@@ -41,9 +42,19 @@ from services.gateway.ratelimit import (
 access_log = logging.getLogger("goblin.access")
 error_log = logging.getLogger(__name__)
 _HEADER_NAME = CORRELATION_HEADER.lower().encode()
+# The request's trace id on every response: the trace's when traced (services.common.telemetry).
+_TRACE_HEADER = b"x-trace-id"
+_OWN_HEADERS = (_HEADER_NAME, _TRACE_HEADER)
 # A client's id is echoed only if it is short and plain; anything else is replaced, never reflected.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 UNMATCHED = "unmatched"
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value
+    return None
 
 
 def _incoming_correlation_id(scope: Scope) -> str:
@@ -92,6 +103,8 @@ class RequestEnvelopeMiddleware:
             return
         correlation_id = _incoming_correlation_id(scope)
         token = correlation_id_var.set(correlation_id)
+        trace_id = request_trace_id(_header(scope, b"traceparent"))
+        trace_token = request_trace_id_var.set(trace_id)
         method = scope["method"]
         started = time.perf_counter()
         status_code = 500
@@ -101,8 +114,9 @@ class RequestEnvelopeMiddleware:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", ()) if k != _HEADER_NAME]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k not in _OWN_HEADERS]
                 headers.append((_HEADER_NAME, header_value))
+                headers.append((_TRACE_HEADER, trace_id.encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -134,6 +148,7 @@ class RequestEnvelopeMiddleware:
                 },
             )
             correlation_id_var.reset(token)
+            request_trace_id_var.reset(trace_token)
 
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (

@@ -20,6 +20,7 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from services.common.errors import GoblinError, InvalidArgument, NotFound, ResourceExhausted
+from services.common.telemetry import annotate_usage, provider_attributes, span
 from services.router.breaker import CircuitState
 from services.router.budget import BudgetStatus
 from services.router.catalog import Catalog
@@ -162,7 +163,9 @@ class Attempts:
         assert provider is not None
         started = time.perf_counter()
         try:
-            result = await fn(provider)
+            with span("provider call", provider_attributes(provider.name, model.id)) as s:
+                result = await fn(provider)
+                annotate_usage(s, getattr(result, "usage", None))
         except GoblinError as exc:
             tally.provider_s += time.perf_counter() - started
             self._failed(provider.name, exc)

@@ -28,6 +28,7 @@ from services.common.chat import (
 )
 from services.common.errors import Cancelled, GoblinError, InvalidArgument
 from services.common.secrets import SecretGuard
+from services.common.telemetry import annotate_route
 from services.router.attempts import Attempts, BudgetExceeded, RetryPolicy, Tally
 from services.router.budget import OK as BUDGET_OK
 from services.router.budget import Budgets, BudgetStatus
@@ -199,6 +200,7 @@ class RouterService:
             )
         )
         child(REQUESTS, provider or "none", outcome).inc()
+        annotate_route(outcome, provider, model.model if model is not None else "", usage)
         if model is not None and charge:
             if cost:
                 child(COST, provider, model.model).inc(cost)

@@ -31,6 +31,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from services.common.telemetry import SpanKind, annotate_http, http_attributes, span
 from services.router.providers.errors import (
     ProviderAuthError,
     ProviderBadResponse,
@@ -287,7 +288,10 @@ class HttpProvider(ABC):
             extensions={"timeout": self._timeouts},
         )
         try:
-            return await self.transport.handle_async_request(request)
+            with span("POST", http_attributes(self.name, request.url), kind=SpanKind.CLIENT) as s:
+                response = await self.transport.handle_async_request(request)
+                annotate_http(s, response.status_code)
+                return response
         except TRANSPORT_ERRORS as exc:
             raise transport_error(self.name, exc) from None
 
