@@ -54,8 +54,10 @@ class QueryResult:
 
 @dataclass(frozen=True, slots=True)
 class RetrievalSettings:
-    min_score: float = 0.35
-    fusion: str = "rrf"
+    """The hit threshold and fusion (services.rag.config.RagSettings gives the measured defaults)."""
+
+    min_score: float = 0.50
+    fusion: str = "weighted"
     vector_weight: float = 0.5
 
 
