@@ -152,8 +152,17 @@ async def test_query_fuses_filters_and_reports_cosine(parts) -> None:
         await retriever.query(collection, QueryParams(query="x", filter={"$where": "1"}))
 
 
-def _hit(document_id: str, index: int, cosine: float, fake_doc) -> Hit:
-    return Hit(f"{document_id}:{index}", fake_doc(document_id), f"text {index}", index, "", cosine, 1.0 / (index + 1))
+def _hit(document_id: str, index: int, cosine: float, fake_doc, collection: str = "col_1") -> Hit:
+    return Hit(
+        fake_doc(collection),
+        f"{document_id}:{index}",
+        fake_doc(document_id),
+        f"text {index}",
+        index,
+        "",
+        cosine,
+        1.0 / (index + 1),
+    )
 
 
 def test_merge_neighbors_joins_adjacent_chunks_in_reading_order() -> None:
@@ -169,7 +178,31 @@ def test_merge_neighbors_joins_adjacent_chunks_in_reading_order() -> None:
         _hit("b", 4, 0.7, Doc),
         _hit("a", 4, 0.6, Doc),
         _hit("a", 9, 0.4, Doc),
+        _hit("a", 5, 0.3, Doc, collection="col_2"),  # document "a" of another collection: not a neighbour
     ]
     merged = merge_neighbors(hits)
-    assert [h.chunk_id for h in merged] == ["a:2-4", "b:4", "a:9"]
+    assert [h.chunk_id for h in merged] == ["a:2-4", "b:4", "a:9", "a:5"]
     assert merged[0].text == "text 2\n\ntext 3\n\ntext 4" and merged[0].cosine == 0.9 and merged[0].index == 2
+
+
+async def test_a_query_over_all_of_a_tenants_collections_sees_only_theirs(parts) -> None:
+    service, retriever, repository, chroma, keywords = parts
+    await service.create_collection(ALICE, "ice", "")
+    await service.create_collection(ALICE, "fire", "")
+    await service.create_collection(BOB, "bobs", "")
+    # The same document id in two collections: two documents, both found, never confused.
+    await service.add_document(ALICE, "ice", NewDocument(text="Glaciers carve deep valleys.", document_id="d"))
+    await service.add_document(ALICE, "fire", NewDocument(text="Volcanoes erupt glowing lava.", document_id="d"))
+    await service.add_document(BOB, "bobs", NewDocument(text="Glaciers carve valleys; bob's secret.", document_id="b"))
+    mine = await service.list_collections(ALICE)
+    glaciers = await retriever.query_many(mine, QueryParams(query="glaciers carve valleys", top_k=5))
+    assert glaciers.hits[0].collection.name == "ice" and glaciers.hits[0].chunk_id == "d:0"
+    assert {h.collection.name for h in glaciers.hits} <= {"ice", "fire"}
+    assert all("secret" not in h.text for h in glaciers.hits)
+    lava = await retriever.query_many(mine, QueryParams(query="volcanoes lava", top_k=5))
+    fire = next(c for c in mine if c.name == "fire")
+    assert (lava.hits[0].collection.name, lava.hits[0].document.collection_id) == ("fire", fire.id)
+    # A tenant with no collections gets no hits; a filter no document matches searches nothing.
+    assert (await retriever.query_many([], QueryParams(query="glaciers"))).hits == []
+    filtered = await retriever.query_many(mine, QueryParams(query="glaciers", filter={"lang": "fr"}))
+    assert filtered.hits == [] and filtered.hit is False
