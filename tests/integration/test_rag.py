@@ -182,6 +182,33 @@ def test_an_unrelated_question_is_not_a_hit_and_filters_narrow(suite: Suite, cor
         assert filtered["hits"] == [] and filtered["hit"] is False
 
 
+def rag_metric(suite: Suite, sample: str) -> float:
+    """The value of one sample line of the rag service's /metrics (0 when absent)."""
+    for line in httpx.get(suite.metrics_url("rag"), timeout=10).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_hit_rate_metrics_count_hits_misses_and_best_scores(suite: Suite, corpus) -> None:
+    # The design notes' hit rate is goblin_rag_queries_total{hit="true"} over all queries, with the best
+    # score's histogram beside it.
+    name, _ = corpus
+    samples = (
+        'goblin_rag_queries_total{hit="true"}',
+        'goblin_rag_queries_total{hit="false"}',
+        "goblin_rag_best_score_count",
+        'goblin_rag_best_score_bucket{le="0.3"}',
+    )
+    before = [rag_metric(suite, s) for s in samples]
+    with suite.admin_client() as client:
+        assert query(client, name, "Which volcano in Sicily is very active?")["hit"] is True
+        missed = query(client, name, "Which volcano in Sicily is very active?", min_score=0.99)
+        assert missed["hit"] is False and missed["best_score"] > 0.3
+    after = [rag_metric(suite, s) for s in samples]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 2, 0]
+
+
 def test_metadata_filters_select_documents(suite: Suite) -> None:
     name = collection_name()
     with suite.admin_client() as client:
