@@ -145,7 +145,7 @@ def main() -> None:
         f"value in brackets). The machine is shared with other engineers' test runs (load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after): upper bounds.\n\n"
         "| measure | median of runs | goal |\n| --- | --- | --- |\n"
-        f"| ingest | {mid('rate'):.0f} chunks/s ({each('rate', '.0f')}) | > 200 chunks/s |\n"
+        f"| ingest | {mid('rate'):.1f} chunks/s ({each('rate', '.1f')}) | > 200 chunks/s |\n"
         f"| query p50 (top 5, through the gateway) | {mid('p50'):.1f} ms ({each('p50', '.1f')}) | |\n"
         f"| query p95 | {mid('p95'):.1f} ms ({each('p95', '.1f')}) | < 25 ms |\n"
         f"| queries that were hits (threshold 0.50) | {mid('hits'):.0f}/{QUERIES} ({each('hits', '.0f')}) | |\n"
