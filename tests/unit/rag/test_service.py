@@ -3,11 +3,14 @@ redaction before chunking, retrieval over ready documents only, recovery at star
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from services.common.secrets import DetectionPoint, SecretGuard, SecretPolicy, SecretsBlocked
 from services.rag.ingest import Chunker, load_tokenizer
+from services.rag.keyword import KeywordIndex
 from services.rag.keyword_store import KeywordStore
 from services.rag.retrieval import Hit, QueryParams, RetrievalSettings, Retriever, merge_neighbors
 from services.rag.service import Caller, NewDocument, RagService
@@ -206,3 +209,19 @@ async def test_a_query_over_all_of_a_tenants_collections_sees_only_theirs(parts)
     assert (await retriever.query_many([], QueryParams(query="glaciers"))).hits == []
     filtered = await retriever.query_many(mine, QueryParams(query="glaciers", filter={"lang": "fr"}))
     assert filtered.hits == [] and filtered.hit is False
+
+
+async def test_a_restart_over_a_bm25s_keyword_index_migrates_it_to_tantivy(parts, tmp_path) -> None:
+    service, retriever, repository, chroma, keywords = parts
+    collection = await service.create_collection(ALICE, "old", "")
+    await service.add_document(ALICE, "old", NewDocument(text="Walruses have long tusks.", document_id="w"))
+    # What the bm25s version left on disk for this collection.
+    directory = keywords.path(collection.id)
+    shutil.rmtree(directory)
+    (directory / "bm25").mkdir(parents=True)
+    (directory / "chunks.json").write_text('{"format": 1, "ids": [], "texts": []}', encoding="utf-8")
+    restarted = KeywordStore(keywords.root, chroma)  # type: ignore[arg-type]
+    again = RagService(repository, chroma, restarted, service.embedder, service.guard, service.chunker)
+    await again.recover()
+    assert not (directory / "chunks.json").exists()
+    assert KeywordIndex.load(directory).search("walrus tusks", 5)[0][0] == "w:0"
