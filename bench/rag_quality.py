@@ -393,8 +393,8 @@ def markdown(result: dict, *, dataset: str) -> str:
     lines = [
         f"Set {dataset}: {result['documents']} documents, {result['queries']} questions with judged "
         f"documents, {result['unanswerable_queries']} unanswerable questions. {chunking(result)} Each chunk "
-        f"(the document's title, a blank line, its text) is indexed by `KeywordIndex` (BM25) and embedded by "
-        f"all-MiniLM-L6-v2 (exact cosine, what Chroma computes); each half hands its top {result['depth']} "
+        f"(the document's title, a blank line, its text) is indexed by `KeywordIndex` (BM25 in tantivy) and "
+        f"embedded by all-MiniLM-L6-v2 (exact cosine, what Chroma computes); each half hands its top {result['depth']} "
         f"chunks to `fuse` (max(4 k, 20), as the service); a document ranks where its best chunk does. "
         f"w = vector_weight.",
         "",

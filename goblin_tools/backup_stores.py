@@ -12,10 +12,12 @@
   lag the write-ahead log and may be half-written while the rag service runs. It restores into an
   embedded directory or a Chroma server alike. Vectors come back within one float32 ulp: Chroma's own
   add -> get moves a component by that much, so no API round trip is bit-exact.
-- The keyword (BM25) index: files copied through directory descriptors (``os.fwalk``). The rag service
-  replaces a collection's index directory atomically (stage, then rename), so a directory opened once
-  is one consistent save even if a newer one replaces it meanwhile. The index can also be rebuilt
-  from Chroma.
+- The keyword (BM25) index: files copied through directory descriptors (``os.fwalk``). Each collection's
+  index is a tantivy directory that the rag service changes in place (new segment files, then
+  ``meta.json``; merged-away segments deleted), so a copy taken during a change can miss a file or
+  list one that is gone by the time it is opened (skipped). That costs nothing: Chroma is the source
+  of truth, and the rag service rebuilds from it at start any index that does not open or does not
+  hold Chroma's chunk count (services.rag.keyword_store).
 """
 
 from __future__ import annotations
@@ -251,7 +253,10 @@ def copy_keyword_index(source: Path, target: Path) -> int:
         relative = Path(dirpath).relative_to(source)
         (target / relative).mkdir(parents=True, exist_ok=True)
         for name in filenames:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+            except FileNotFoundError:
+                continue  # a segment merged away since the listing: see the module's docstring
             with os.fdopen(fd, "rb") as src, (target / relative / name).open("wb") as dst:
                 shutil.copyfileobj(src, dst)
             copied += 1

@@ -205,6 +205,10 @@ class ChromaStore:
             return {}
         return await asyncio.to_thread(get)
 
+    async def count(self, name: str) -> int:
+        """How many chunks the collection holds."""
+        return await asyncio.to_thread(lambda: int(self._collection(name).count()))
+
     async def all_chunks(self, name: str) -> list[ChunkRecord]:
         """Every chunk of the collection, without vectors (to rebuild its keyword index)."""
 

@@ -1,9 +1,11 @@
 """One keyword index per collection, persisted under GOBLIN_HOME/rag/keyword/<collection id>/.
 
-Chroma holds the same chunk texts, so a missing or corrupt index is rebuilt from it. Writes to one
-collection's index are serialised (:meth:`KeywordStore.lock`); a write builds a changed copy, saves it
-in a worker thread and only then swaps it in, so searches never wait for a rebuild and never see one
-half done.
+Chroma holds the same chunk texts and is the source of truth: an index that is missing, unreadable,
+of the bm25s format from before tantivy (a migration: rebuilt once, then tantivy's) or that does not
+hold as many chunks as Chroma (a crash between the two writes, or a backup that copied the index at
+another moment than Chroma) is rebuilt from it when first opened (at start, by recovery). Writes to
+one collection's index are serialised (:meth:`KeywordStore.lock`) and each is one tantivy commit in a
+worker thread; searches read the last commit, never one half done.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class KeywordStore:
         self.chroma = chroma
         self._indexes: dict[str, KeywordIndex] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Opening is serialised apart from writes (a write opens the index under the write lock): two
+        # tasks rebuilding one directory would rename it under each other's open index.
+        self._opening: dict[str, asyncio.Lock] = {}
 
     def path(self, collection_id: str) -> Path:
         """Where a collection's index lives (collection ids are generated, never user text)."""
@@ -43,28 +48,39 @@ class KeywordStore:
         return self._locks.setdefault(collection_id, asyncio.Lock())
 
     async def index(self, collection_id: str, chroma_name: str) -> KeywordIndex:
-        """The collection's index: in memory, else from disk, else rebuilt from Chroma and saved."""
+        """The collection's index: in memory, else from disk, else rebuilt from Chroma."""
         index = self._indexes.get(collection_id)
         if index is not None:
             return index
+        async with self._opening.setdefault(collection_id, asyncio.Lock()):
+            index = self._indexes.get(collection_id)
+            if index is None:
+                index = self._indexes[collection_id] = await self._open(collection_id, chroma_name)
+            return index
+
+    async def _open(self, collection_id: str, chroma_name: str) -> KeywordIndex:
+        index: KeywordIndex | None = None
         path = self.path(collection_id)
+        reason = ""
         try:
             index = await asyncio.to_thread(KeywordIndex.load, path)
         except KeywordIndexCorrupt as exc:
-            if path.exists():
-                log.warning("keyword index unreadable; rebuilding it from Chroma", extra={"reason": str(exc)})
+            reason = str(exc) if path.exists() else ""
+        else:
+            held = await self.chroma.count(chroma_name)
+            if len(index) != held:
+                reason = f"{path}: {len(index)} chunks, Chroma holds {held}"
+        if index is None or reason:
+            if reason:
+                log.warning("keyword index rebuilt from Chroma", extra={"reason": reason})
             chunks = await self.chroma.all_chunks(chroma_name)
-            index = KeywordIndex()
-            index.add(
-                [c.id for c in chunks],
-                [
-                    search_text(c.text, str(c.metadata.get("title", "")), str(c.metadata.get("heading", "")))
-                    for c in chunks
-                ],
-            )
-            await asyncio.to_thread(index.save, path)
-        # Another task may have loaded it meanwhile; keep the first, which writes go through.
-        return self._indexes.setdefault(collection_id, index)
+            ids = [c.id for c in chunks]
+            texts = [
+                search_text(c.text, str(c.metadata.get("title", "")), str(c.metadata.get("heading", "")))
+                for c in chunks
+            ]
+            index = await asyncio.to_thread(KeywordIndex.build, path, ids, texts)
+        return index
 
     async def replace(
         self,
@@ -75,15 +91,9 @@ class KeywordStore:
         add_ids: list[str] | None = None,
         add_texts: list[str] | None = None,
     ) -> None:
-        """Remove then add chunks, saved before it is visible. The caller holds :meth:`lock`."""
-        current = await self.index(collection_id, chroma_name)
-        changed = current.copy()
-        if remove:
-            changed.remove(remove)
-        if add_ids:
-            changed.add(add_ids, add_texts or [])
-        await asyncio.to_thread(changed.save, self.path(collection_id))
-        self._indexes[collection_id] = changed
+        """Remove then add chunks in one commit, on disk before it is visible. The caller holds :meth:`lock`."""
+        index = await self.index(collection_id, chroma_name)
+        await asyncio.to_thread(index.update, remove=remove or [], add_ids=add_ids, add_texts=add_texts)
 
     async def search(self, collection_id: str, chroma_name: str, query: str, k: int) -> list[tuple[str, float]]:
         """The collection's best keyword matches."""

@@ -119,9 +119,14 @@ class RagServicer(rag_pb2_grpc.RagServicer):
         return rag_pb2.DeleteDocumentResponse(deleted=True)
 
     async def Query(self, request: rag_pb2.QueryRequest, context: grpc.aio.ServicerContext) -> rag_pb2.QueryResponse:
-        collection = await self.service.collection(caller(), request.collection)
-        result = await self.retriever.query(
-            collection,
+        """Search the named collection of the caller's tenant; no name: every collection of the caller's
+        tenant (the tenant is the verified principal's, so another tenant's are never searched)."""
+        if request.collection:
+            collections = [await self.service.collection(caller(), request.collection)]
+        else:
+            collections = await self.service.list_collections(caller())
+        result = await self.retriever.query_many(
+            collections,
             QueryParams(
                 query=request.query,
                 top_k=request.top_k,
@@ -143,7 +148,7 @@ class RagServicer(rag_pb2_grpc.RagServicer):
                     heading_path=[p for p in h.heading.split(" > ") if p],
                     metadata=h.document.metadata,
                     citation=common_pb2.Citation(
-                        collection=collection.name,
+                        collection=h.collection.name,
                         document_id=h.document.id,
                         chunk_id=h.chunk_id,
                         source=h.document.source or h.document.title,

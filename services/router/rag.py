@@ -136,15 +136,22 @@ class Prepared:
 
 def check_options(collection: str, top_k: int) -> RagOptions:
     """The request's rag options, with the default top_k; InvalidArgument naming the field when out of
-    bounds."""
+    bounds. An empty collection (DocQA without one, SPEC's ``POST /api/query``) means every collection of
+    the caller's tenant, which the rag service picks from the signed principal; one of blanks is refused."""
+    if collection == "":
+        return RagOptions("", _top_k(top_k))
     collection = collection.strip()
     if not collection or len(collection) > MAX_COLLECTION_CHARS:
         raise InvalidArgument(f"goblin.rag.collection must be 1 to {MAX_COLLECTION_CHARS} characters")
+    return RagOptions(collection, _top_k(top_k))
+
+
+def _top_k(top_k: int) -> int:
     if top_k == 0:
         top_k = DEFAULT_TOP_K
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidArgument(f"goblin.rag.top_k must be between 1 and {MAX_TOP_K}")
-    return RagOptions(collection, top_k)
+    return top_k
 
 
 def question_of(messages: Sequence[Message]) -> str:
@@ -157,6 +164,8 @@ def question_of(messages: Sequence[Message]) -> str:
 
 def no_hit_answer(collection: str) -> str:
     """The fixed answer when none of the collection's documents answers the question."""
+    if not collection:
+        return "I don't know: none of your documents answer this."
     return f'I don\'t know: none of your documents in "{one_line(collection)}" answer this.'
 
 

@@ -5,9 +5,11 @@ backed up while the suite runs, wiped, restored into the stopped suite, read bac
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,21 @@ from chromadb.config import Settings
 
 from goblin_tools.embedded import EmbeddedPostgres
 from goblin_tools.suite import GOBLIN, ROOT, Suite, start_suite
+from services.rag.keyword import KeywordIndex
 
 pytestmark = pytest.mark.timeout(600)
 
 COLLECTION = "backup-test"
-KEYWORD_FILES = {"acme_docs/texts.json": b'{"format": 1, "ids": ["a"]}', "acme_docs/bm25.npz": bytes(range(256)) * 4}
+
+
+@functools.cache
+def keyword_files() -> dict[str, bytes]:
+    """The files of a real keyword index (tantivy, as the rag service writes one), by their path under
+    the keyword root: segment files, meta.json and tantivy's lock files."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        KeywordIndex.build(root / "acme_docs", ["d:0", "d:1"], ["The acme handbook.", "Backups run nightly."])
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def goblin(suite: Suite, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -131,7 +143,7 @@ def backed_up(running: Suite) -> dict[str, Any]:
         documents=[f"chunk {i} of the acme handbook" for i in range(count)],
         metadatas=[{"document_id": f"d{i // 10}", "ordinal": i} for i in range(count)],
     )
-    for name, data in KEYWORD_FILES.items():
+    for name, data in keyword_files().items():
         path = home / "rag" / "keyword" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -196,7 +208,7 @@ def test_backup_while_running_records_every_store(running: Suite, backed_up: dic
     assert manifest["postgres"]["pg_dump"].startswith("pg_dump (PostgreSQL) 16")
     assert manifest["chroma"]["collections"][COLLECTION] == 1200
     assert manifest["redis"]["keys"] >= 4
-    assert manifest["keyword_index"]["files"] == len(KEYWORD_FILES)
+    assert manifest["keyword_index"]["files"] == len(keyword_files())
     assert {m["role"] for m in manifest["models"]} == {"chat", "embedding", "embedding_tokenizer"}
     assert all(len(m["sha256"]) == 64 for m in manifest["models"])
     assert set(manifest["files"]) >= {"postgres.dump", "redis.jsonl", "chroma/collections.json"}
@@ -263,8 +275,10 @@ def test_restore_into_the_wiped_stopped_suite_reads_back_identical(running: Suit
     )
     assert chroma_after["documents"] == expected["documents"]
     assert chroma_after["metadatas"] == expected["metadatas"]
-    for name, data in KEYWORD_FILES.items():
+    for name, data in keyword_files().items():
         assert (home / "rag" / "keyword" / name).read_bytes() == data
+    restored_index = KeywordIndex.load(home / "rag" / "keyword" / "acme_docs")
+    assert len(restored_index) == 2 and restored_index.search("nightly backups", 1)[0][0] == "d:1"
 
     # The suite starts on the restored stores and knows the restored accounts.
     restarted = start_suite(

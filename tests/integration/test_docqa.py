@@ -73,6 +73,25 @@ def test_api_query_answers_with_citations_that_point_at_the_right_document(http:
     assert all(isinstance(c["cited"], bool) for c in citations)
 
 
+def test_api_query_without_a_collection_answers_from_every_collection_of_the_caller(http: httpx.Client) -> None:
+    # SPEC: ``collection`` is optional on POST /api/query; without it every collection of the caller's
+    # tenant is searched, and each citation names the collection its passage came from.
+    ingest(http, "ops-notes", {"pager": ("On-call pager", "The on-call engineer carries the pager for one week.")})
+    for question, collection, document in (
+        (BACKUP_QUESTION, COLLECTION, "backups"),
+        ("Who carries the on-call pager, and for how long?", "ops-notes", "pager"),
+    ):
+        reply = http.post("/api/query", json={"query": question, "max_tokens": 24})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["hit"] is True, body
+        top = body["citations"][0]
+        assert (top["collection"], top["document_id"]) == (collection, document), body["citations"]
+    absent = http.post("/api/query", json={"query": ABSENT_QUESTION, "collection": None})
+    assert absent.status_code == 200 and absent.json()["hit"] is False, absent.text
+    assert absent.json()["answer"] == "I don't know: none of your documents answer this."
+
+
 def test_a_question_the_documents_do_not_answer_gets_i_dont_know_without_a_model(http: httpx.Client) -> None:
     reply = http.post("/api/query", json={"query": ABSENT_QUESTION, "collection": COLLECTION})
     assert reply.status_code == 200, reply.text
@@ -159,7 +178,8 @@ def test_the_context_field_reaches_the_model_as_the_callers_instructions(
         ({"query": "q", "collection": COLLECTION, "top_k": 21}, "top_k"),
         ({"query": "q", "collection": COLLECTION, "top_k": 1_000_000}, "top_k"),
         ({"query": "", "collection": COLLECTION}, "query"),
-        ({"query": "q"}, "collection"),
+        ({"query": "q", "collection": "   "}, "collection"),  # blanks are not "all collections"
+        ({"query": "q", "collection": ""}, "collection"),
         ({"query": "q", "collection": COLLECTION, "temperature": 9}, "temperature"),
     ],
 )

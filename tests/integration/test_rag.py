@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from goblin_tools.suite import Suite, free_ports, start_suite
+from services.rag.keyword import KeywordIndex
 from tests.integration.rag_support import db_rows, make_pdf
 from tests.unit.common.test_secrets import SAMPLES
 
@@ -107,6 +108,13 @@ def keyword_files(suite: Suite, collection_id: str) -> str:
     return "\n".join(p.read_bytes().decode("latin-1") for p in sorted(directory.rglob("*")) if p.is_file())
 
 
+def keyword_hits(suite: Suite, collection_id: str, words: str) -> list[str]:
+    """The chunk ids the collection's keyword index on disk (tantivy, opened read-only beside the running
+    service) matches for these words: what the index holds, not what a query returns after fusion."""
+    index = KeywordIndex.load(suite.home / "rag" / "keyword" / collection_id)
+    return [chunk for chunk, _ in index.search(words, 50)]
+
+
 @pytest.fixture(scope="module")
 def corpus(suite: Suite) -> Iterator[tuple[str, dict]]:
     """One collection with the corpus in it, for the read-only tests."""
@@ -148,7 +156,7 @@ def test_every_format_is_indexed_with_titles(suite: Suite, corpus) -> None:
     [
         ("Which volcano in Sicily is very active?", "volcanoes", "Etna"),
         ("how do I keep a sourdough starter alive", "sourdough", "flour and water"),
-        ("what restarts a hung container", "kubernetes", "liveness probe"),
+        ("which Kubernetes probe restarts a container that hangs", "kubernetes", "liveness probe"),
         ("which bird has the longest migration", None, "Arctic tern"),
     ],
 )
@@ -172,6 +180,33 @@ def test_an_unrelated_question_is_not_a_hit_and_filters_narrow(suite: Suite, cor
         assert far["hit"] is False
         filtered = query(client, name, "volcano lava", filter={"lang": "fr"})
         assert filtered["hits"] == [] and filtered["hit"] is False
+
+
+def rag_metric(suite: Suite, sample: str) -> float:
+    """The value of one sample line of the rag service's /metrics (0 when absent)."""
+    for line in httpx.get(suite.metrics_url("rag"), timeout=10).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_hit_rate_metrics_count_hits_misses_and_best_scores(suite: Suite, corpus) -> None:
+    # The design notes' hit rate is goblin_rag_queries_total{hit="true"} over all queries, with the best
+    # score's histogram beside it.
+    name, _ = corpus
+    samples = (
+        'goblin_rag_queries_total{hit="true"}',
+        'goblin_rag_queries_total{hit="false"}',
+        "goblin_rag_best_score_count",
+        'goblin_rag_best_score_bucket{le="0.3"}',
+    )
+    before = [rag_metric(suite, s) for s in samples]
+    with suite.admin_client() as client:
+        assert query(client, name, "Which volcano in Sicily is very active?")["hit"] is True
+        missed = query(client, name, "Which volcano in Sicily is very active?", min_score=0.99)
+        assert missed["hit"] is False and missed["best_score"] > 0.3
+    after = [rag_metric(suite, s) for s in samples]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 2, 0]
 
 
 def test_metadata_filters_select_documents(suite: Suite) -> None:
@@ -215,7 +250,8 @@ def test_reingest_is_a_no_op_and_changed_content_replaces(suite: Suite) -> None:
         chunks = chroma_chunks(suite, created["id"])
         assert chunks["ids"] == ["metal:0"]
         assert "Titanium" in chunks["documents"][0] and "Copper" not in " ".join(chunks["documents"])
-        assert "Copper" not in keyword_files(suite, created["id"])
+        assert keyword_hits(suite, created["id"], "copper") == []
+        assert keyword_hits(suite, created["id"], "titanium aircraft") == ["metal:0"]
         hits = query(client, name, "copper electricity")["hits"]
         assert all("Copper" not in h["text"] for h in hits)
         assert client.get(f"/v1/collections/{name}/documents").json()["total"] == 1
@@ -236,7 +272,8 @@ def test_delete_removes_vectors_and_keywords(suite: Suite) -> None:
         assert client.delete(f"/v1/collections/{name}/documents/drop").status_code == 404
         chunks = chroma_chunks(suite, created["id"])
         assert [m["document_id"] for m in chunks["metadatas"]] == ["keep"]
-        assert "Zeppelin" not in keyword_files(suite, created["id"])
+        assert keyword_hits(suite, created["id"], "zeppelins hydrogen") == []
+        assert keyword_hits(suite, created["id"], "penguins") == ["keep:0"]
         assert all(h["document_id"] == "keep" for h in query(client, name, "zeppelin hydrogen")["hits"])
         assert client.delete(f"/v1/collections/{name}").status_code == 200
         assert chroma_chunks(suite, created["id"])["exists"] is False
@@ -264,7 +301,11 @@ def test_a_secret_in_a_document_is_stored_nowhere(suite: Suite) -> None:
     assert 'goblin_security_secrets_detected_total{location="document_indexing"}' in metrics
     chunks = chroma_chunks(suite, created["id"])
     assert SECRET not in json.dumps(chunks)
-    assert SECRET not in keyword_files(suite, created["id"])
+    assert SECRET not in keyword_files(suite, created["id"]) and SECRET.lower() not in keyword_files(
+        suite, created["id"]
+    )
+    assert keyword_hits(suite, created["id"], SECRET) == []
+    assert keyword_hits(suite, created["id"], "rotated monthly release manager") != []
     rows = db_rows(suite, "SELECT * FROM rag.search_documents WHERE collection_id = $1", created["id"])
     assert rows and SECRET not in json.dumps([dict(r) for r in rows], default=str)
     assert SECRET not in suite.log_path.read_text(errors="replace")

@@ -12,7 +12,7 @@ import grpc
 import httpx
 import pytest
 
-from goblin.v1 import common_pb2, router_pb2_grpc
+from goblin.v1 import common_pb2, rag_pb2, rag_pb2_grpc, router_pb2_grpc
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.suite import Suite
 from tests.integration.docqa_support import (
@@ -86,6 +86,44 @@ def test_the_tenant_comes_from_the_credential_not_the_collection_id(http: httpx.
     rival_id = next(c["id"] for c in rival.get("/v1/collections").json()["data"] if c["name"] == "rival-only")
     reply = query(http, rival_id, "What is the launch password?")
     assert reply.status_code == 404 and reply.json()["error"] == "collection_not_found", reply.text
+
+
+def test_without_a_collection_only_the_callers_tenant_is_searched(
+    http: httpx.Client, rival: httpx.Client, docqa_fake: FakeProviders
+) -> None:
+    question = "What is the launch password for the vault?"
+    docqa_fake.reset("acme")
+    reply = http.post("/api/query", json={"query": question, "model": REMOTE_MODEL})
+    assert reply.status_code == 200, reply.text
+    assert "ZEBRA" not in reply.text and "ZEBRA" not in json.dumps(sent_messages(docqa_fake))
+    assert all(c["document_id"] != "launch" for c in reply.json()["citations"])
+    # The rival, asking the same without a collection, gets its own: the data is there to leak.
+    own = rival.post("/api/query", json={"query": question, "model": REMOTE_MODEL})
+    assert own.status_code == 200 and own.json()["hit"] is True, own.text
+    assert own.json()["citations"][0]["document_id"] == "launch"
+    assert {c["collection"] for c in own.json()["citations"]} <= {"handbook", "rival-only"}
+
+
+def test_the_rag_service_takes_the_tenant_of_an_all_collections_query_from_the_principal(
+    docqa_suite: Suite, http: httpx.Client, rival: httpx.Client
+) -> None:
+    # Past the gateway and the router: Rag.Query without a collection, signed for one tenant, searches
+    # that tenant's collections only; a tenant with none gets nothing, not someone else's.
+    channel = docqa_suite.grpc_channel("rag")
+    try:
+        stub = rag_pb2_grpc.RagStub(channel)
+        request = rag_pb2.QueryRequest(query="What is the launch password for the vault?", top_k=50)
+        ours = stub.Query(request, metadata=as_caller(docqa_suite, user_id="u", tenant_id="default", scopes=("rag",)))
+        assert ours.hits, "the default tenant has collections to search"
+        assert all(h.document_id != "launch" and "ZEBRA" not in h.text for h in ours.hits)
+        assert {h.citation.collection for h in ours.hits} <= {
+            c["name"] for c in http.get("/v1/collections").json()["data"]
+        }
+        stranger = as_caller(docqa_suite, user_id="u", tenant_id="tenant-without-collections", scopes=("rag",))
+        nothing = stub.Query(request, metadata=stranger)
+        assert list(nothing.hits) == [] and nothing.hit is False
+    finally:
+        channel.close()
 
 
 @pytest.mark.parametrize("scopes", [["chat"], ["rag"], ["keys"]])

@@ -134,6 +134,9 @@ class FakeChroma:
         store = self.collections.get(name, {})
         return {i: (ChunkRecord(i, store[i][0], dict(store[i][1])), store[i][2]) for i in ids if i in store}
 
+    async def count(self, name):
+        return len(self.collections.get(name, {}))
+
     async def all_chunks(self, name):
         return [ChunkRecord(i, t, dict(m)) for i, (t, m, _) in self.collections.get(name, {}).items()]
 

@@ -93,6 +93,11 @@ def test_top_k_defaults_to_four_and_is_bounded_naming_the_field() -> None:
             check_options("docs", bad)
     with pytest.raises(InvalidArgument, match=r"goblin\.rag\.collection"):
         check_options("  ", 4)
+    # No collection: every collection of the caller's tenant (DocQA without one); top_k still bounded.
+    assert check_options("", 0) == RagOptions("", 4)
+    with pytest.raises(InvalidArgument, match=r"goblin\.rag\.top_k"):
+        check_options("", 21)
+    assert no_hit_answer("") == "I don't know: none of your documents answer this."
 
 
 def test_the_budget_is_what_the_smallest_context_leaves_capped() -> None:

@@ -1,4 +1,6 @@
-"""DocQA: ``POST /api/query`` answers a question from one of the caller's collections, with citations.
+"""DocQA: ``POST /api/query`` answers a question from one of the caller's collections, or from all of
+them when it names none (the rag service takes them from the signed principal: the caller's tenant only),
+with citations.
 
 It is a chat through the router with ``goblin.rag`` set (the router asks the rag service and puts the
 passages into the prompt), so it works with any model the router can reach. The credential needs
@@ -32,7 +34,7 @@ router = APIRouter(tags=["docqa"])
 DocQADep = Annotated[auth_pb2.Principal, Depends(require_scopes("chat", RAG_SCOPE, metered=True))]
 
 
-@router.post("/api/query", summary="DocQA: an answer from one of your collections, with citations")
+@router.post("/api/query", summary="DocQA: an answer from your collections (one, or all), with citations")
 async def query(body: DocQARequest, principal: DocQADep, state: StateDep, http: Request) -> JSONResponse:
     texts = [body.query, *([body.context] if body.context else [])]
     cleaned = await scan(state.secret_guard, texts, principal)
@@ -49,7 +51,8 @@ async def query(body: DocQARequest, principal: DocQADep, state: StateDep, http: 
         model=body.model,
         messages=messages,
         params=params,
-        rag=common_pb2.RagOptions(collection=body.collection, top_k=body.top_k),
+        # "" is every collection of the caller's tenant (services.router.rag.check_options).
+        rag=common_pb2.RagOptions(collection=body.collection or "", top_k=body.top_k),
         context=principal_context(principal, http),
     )
     try:

@@ -1,4 +1,4 @@
-"""The body of ``POST /api/query`` (DocQA): a question answered from one of the caller's collections."""
+"""The body of ``POST /api/query`` (DocQA): a question answered from the caller's collections."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ MAX_CONTEXT_CHARS = 32_000
 
 
 class DocQARequest(BaseModel):
-    """A question, the collection to answer it from, and optionally extra instructions or text
-    (``context``, given to the model as a system message of the caller's), the model and how many
-    passages to retrieve. Unknown fields are refused: a misspelt option should not be ignored."""
+    """A question, optionally the collection to answer it from (without one: every collection of the
+    caller's tenant, as SPEC says), extra instructions or text (``context``, given to the model as a
+    system message of the caller's), the model and how many passages to retrieve. Unknown fields are
+    refused: a misspelt option should not be ignored."""
 
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    collection: str = Field(min_length=1, max_length=RAG_COLLECTION_MAX_CHARS)
+    # A name of blanks is refused (400) rather than read as "all": only an absent collection (or null) is.
+    collection: str | None = Field(None, min_length=1, max_length=RAG_COLLECTION_MAX_CHARS, pattern=r"\S")
     context: str | None = Field(None, max_length=MAX_CONTEXT_CHARS)
     model: str = Field("local", min_length=1, max_length=256)
     top_k: int = Field(RAG_TOP_K_DEFAULT, ge=1, le=RAG_TOP_K_MAX)
