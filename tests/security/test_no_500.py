@@ -89,6 +89,19 @@ SURROGATE_BODIES = {
         "/v1/chat/completions",
         f'{{"model": "openai/gpt{LONE}", "max_tokens": 2, "messages": [{{"role": "user", "content": "hi"}}]}}',
     ),
+    "tool description": (
+        "/v1/chat/completions",
+        f'{{"model": "{CHAT}", "max_tokens": 2, "messages": [{{"role": "user", "content": "hi"}}],'
+        f' "tools": [{{"type": "function", "function": {{"name": "f", "description": "{LONE}"}}}}]}}',
+    ),
+    "tool call arguments": (
+        "/v1/chat/completions",
+        f'{{"model": "{CHAT}", "max_tokens": 2, "messages": [{{"role": "user", "content": "hi"}},'
+        f' {{"role": "assistant", "tool_calls": [{{"id": "c", "type": "function",'
+        f' "function": {{"name": "f", "arguments": "{LONE}"}}}}]}}, {{"role": "tool", "tool_call_id": "c",'
+        f' "content": "x"}}], "tools": [{{"type": "function", "function": {{"name": "f"}}}}]}}',
+    ),
+    "legacy completion prompt": ("/v1/completions", f'{{"model": "{CHAT}", "prompt": "a {LONE}", "max_tokens": 2}}'),
     "embedding input": ("/v1/embeddings", f'{{"model": "local", "input": "a {LONE} b"}}'),
     "embedding input list": ("/v1/embeddings", f'{{"model": "local", "input": ["ok", "{LONE}"]}}'),
     "legacy invoke": ("/invoke", f'{{"prompt": "{LONE}", "provider": "openai", "model": "gpt-4o-mini"}}'),
@@ -106,7 +119,16 @@ def test_lone_surrogates_in_json_are_a_client_error(client: httpx.Client, case: 
 
 # Python's JSON parser accepts NaN and Infinity (not JSON, but a client can send them) and 1e400 is inf.
 NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400"]
-NUMBER_FIELDS = ["temperature", "top_p", "max_tokens", "frequency_penalty", "seed", "n"]
+NUMBER_FIELDS = [
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "n",
+    "top_logprobs",
+]
 
 
 @pytest.mark.parametrize("number", NON_FINITE)
@@ -133,6 +155,12 @@ def test_non_finite_numbers_elsewhere(client: httpx.Client, number: str) -> None
             f' "goblin": {{"rag": {{"collection": "c", "top_k": {number}}}}}}}',
         ),
         ("/v1/embeddings", f'{{"model": "local", "input": [{number}]}}'),
+        (
+            "/v1/chat/completions",
+            f'{{"model": "{CHAT}", "messages": [{{"role": "user", "content": "hi"}}],'
+            f' "logit_bias": {{"5": {number}}}}}',
+        ),
+        ("/v1/completions", f'{{"model": "{CHAT}", "prompt": "hi", "temperature": {number}, "logprobs": {number}}}'),
         ("/auth/api-keys", f'{{"name": "n", "tokens_per_day": {number}, "expires_at": {number}}}'),
     ]
     for path, raw in bodies:
