@@ -39,6 +39,7 @@ MAX_IMAGE_PARTS = 16
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # decoded bytes of one data: URL image
 MAX_IMAGE_URL_CHARS = 8192  # an https URL
 MAX_TOP_LOGPROBS = 20
+MAX_USER_CHARS = 256
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 IMAGE_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 DATA_URL = re.compile(r"^data:(?P<type>[a-z]+/[a-z0-9.+-]+);base64,(?P<data>.*)$", re.DOTALL)
@@ -130,6 +131,8 @@ class ChatOptions:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # The client's own end-user id (OpenAI's ``user``), passed on to providers that take one.
+    user: str = ""
 
     @property
     def wants_tools(self) -> bool:
@@ -229,6 +232,8 @@ def check_options(options: ChatOptions) -> None:
             raise InvalidArgument(f"tool_choice: {choice.mode!r} needs tools")
         if choice.mode == "function" and choice.function not in names:
             raise InvalidArgument(f"tool_choice.function.name: {choice.function[:64]!r} is not one of the tools")
+    if len(options.user) > MAX_USER_CHARS:
+        raise InvalidArgument(f"user: at most {MAX_USER_CHARS} characters")
     fmt = options.response_format
     if fmt is not None:
         if fmt.type not in RESPONSE_FORMATS:
@@ -332,6 +337,7 @@ def options_from_proto(request: common_pb2.ChatRequest) -> ChatOptions:
         tool_choice=choice,
         parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None,
         response_format=fmt,
+        user=request.user,
     )
     check_options(options)
     return options
@@ -357,3 +363,4 @@ def options_to_proto(options: ChatOptions, request: common_pb2.ChatRequest) -> N
         request.response_format.name = fmt.name
         request.response_format.schema_json = json.dumps(fmt.schema) if fmt.schema is not None else ""
         request.response_format.strict = fmt.strict
+    request.user = options.user

@@ -96,6 +96,40 @@ def validate_chat(call: ChatCall) -> None:
     check_messages(call.messages)
 
 
+def outbound_texts(messages: list[Message]) -> list[str]:
+    """Every text of ``messages`` a person or a tool wrote, in the order :func:`with_texts` reads."""
+    texts = []
+    for m in messages:
+        texts.append(m.content)
+        texts.extend(p.text for p in m.parts if p.type == "text")
+        texts.extend(c.arguments for c in m.tool_calls)
+    return texts
+
+
+def with_texts(messages: list[Message], texts: list[str]) -> list[Message]:
+    """``messages`` with the texts of :func:`outbound_texts` replaced by ``texts`` (scanned); a message
+    none of whose texts changed is returned as it was."""
+    out, at = [], 0
+    for m in messages:
+        content = texts[at]
+        at += 1
+        parts = []
+        for p in m.parts:
+            if p.type == "text":
+                parts.append(replace(p, text=texts[at]) if texts[at] is not p.text else p)
+                at += 1
+            else:
+                parts.append(p)
+        calls = []
+        for c in m.tool_calls:
+            calls.append(replace(c, arguments=texts[at]) if texts[at] is not c.arguments else c)
+            at += 1
+        changed = content is not m.content or any(a is not b for a, b in zip(parts, m.parts, strict=True))
+        changed = changed or any(a is not b for a, b in zip(calls, m.tool_calls, strict=True))
+        out.append(replace(m, content=content, parts=tuple(parts), tool_calls=tuple(calls)) if changed else m)
+    return out
+
+
 def failed_outcome(exc: GoblinError) -> str:
     """The ledger's outcome for a request that ended in ``exc`` (budget refusals are counted here)."""
     if isinstance(exc, BudgetExceeded):
@@ -141,8 +175,10 @@ class RouterService:
         )
 
     async def _outbound_messages(self, call: ChatCall, plan: Plan) -> list[Message]:
-        texts = await self._scan_outbound([m.content for m in call.messages], plan, call.context)
-        return [replace(m, content=t) if t is not m.content else m for m, t in zip(call.messages, texts, strict=True)]
+        """The messages as an external provider may see them: every text scanned (content, text parts,
+        tool call arguments); image URLs are not text a person wrote and are passed as they are."""
+        texts = await self._scan_outbound(outbound_texts(call.messages), plan, call.context)
+        return with_texts(call.messages, texts)
 
     # -- catalog ----------------------------------------------------------------------------------
     @property
@@ -242,6 +278,7 @@ class RouterService:
                     sorted(c.model.id for c in plan.candidates),
                     call.messages,
                     call.params,
+                    call.options,
                 )
                 hit = await self.cache.get(key)
                 if hit is not None:
@@ -255,7 +292,7 @@ class RouterService:
             async def ask(candidate: Candidate, provider: Provider) -> ChatResult:
                 params = with_defaults(call.params, candidate.model)
                 messages = call.messages if provider.name == LOCAL else outbound
-                return await provider.chat(candidate.model, messages, params, call.context)
+                return await provider.chat(candidate.model, messages, params, call.context, call.options)
 
             candidate, result = await self.attempts.run(call, plan, tally, budget, ask)
         except GoblinError as exc:
@@ -291,7 +328,7 @@ class RouterService:
                 # The attempt is the stream up to its first delta: that much may be retried or moved.
                 params = with_defaults(call.params, cand.model)
                 messages = call.messages if provider.name == LOCAL else outbound
-                source = provider.stream(cand.model, messages, params, call.context)
+                source = provider.stream(cand.model, messages, params, call.context, call.options)
                 try:
                     first = await anext(source)
                 except StopAsyncIteration:
