@@ -1,11 +1,13 @@
-"""Tools, structured outputs and images on Anthropic and Gemini end to end: the running suite's router
-(gRPC, with a signed principal, as the gateway calls it) -> the Anthropic / Gemini adapters -> the fake
-providers' real wire formats, which check what they receive and answer with tool calls or JSON.
+"""Tools, structured outputs and images on Anthropic and Gemini end to end: the official openai SDK ->
+the gateway -> the router -> the Anthropic / Gemini adapters -> the fake providers' real wire formats,
+which check what they receive and answer with tool calls or JSON. A few tests call the router over
+gRPC with a signed principal, as the gateway does, to see the proto fields themselves.
 
-Covers, on each family, a two-turn tool conversation unary and streamed, a JSON-schema answer that
-validates, an image part reaching the provider in its format (the fake records it), a conversation
-that starts on one provider and continues on the other through a fallback (tool-call ids round-trip),
-and an image URL Goblin must not fetch refused before any provider is called.
+Covers, on each family, a two-turn tool conversation unary and streamed, ``parse()`` with a pydantic
+model, a JSON-schema answer that validates, an image part reaching the provider in its format (the
+fake records it), a conversation that starts on one provider and continues on the other through a
+fallback (tool-call ids round-trip), and an image URL Goblin must not fetch refused before any
+provider is called.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from dataclasses import dataclass, field
 
 import grpc
 import jsonschema
+import openai
 import pytest
+from pydantic import BaseModel
 
 from goblin.v1 import common_pb2, router_pb2_grpc
 from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.suite import Suite, start_suite
 from tests.integration.principals import as_caller
-from tests.integration.test_router import SUITE_ENV, flush_redis, redis_db
+from tests.integration.test_router import SUITE_ENV, flush_redis, redis_db, sdk
 
 MODELS = {"anthropic": "anthropic/claude-haiku-4-5", "gemini": "gemini/gemini-2.5-flash"}
 WEATHER = {
@@ -212,6 +216,162 @@ def test_a_tool_conversation_continues_on_the_other_provider_after_a_fallback(
     try:
         routing = common_pb2.RoutingOptions(fallbacks=[MODELS[then]], bypass_cache=True)
         answer = ask(suite, MODELS[first], answered, tools=[weather_tool()], routing=routing)
+    finally:
+        fake.reset(first)
+    assert answer.model == MODELS[then]
+    assert "light rain" in answer.text and answer.finish_reason == "stop"
+
+
+# -- through the gateway, with the official openai SDK -------------------------------------------------
+
+SDK_TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER},
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def client(suite: Suite) -> openai.OpenAI:
+    return sdk(suite)
+
+
+def sdk_ask(client: openai.OpenAI, model: str, messages: list[dict], *, stream: bool, **kw) -> Answer:
+    """One answer; a stream reassembled by the SDK's own stream helper."""
+    if not stream:
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=200, **kw)
+        choice = reply.choices[0]
+        calls = [
+            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+            for c in choice.message.tool_calls or ()
+        ]
+        return Answer(choice.message.content or "", choice.finish_reason, reply.model, calls)
+    with client.chat.completions.stream(model=model, messages=messages, max_tokens=200, **kw) as events:
+        for _ in events:
+            pass
+        final = events.get_final_completion()
+    choice = final.choices[0]
+    calls = [
+        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+        for c in choice.message.tool_calls or ()
+    ]
+    return Answer(choice.message.content or "", choice.finish_reason, final.model, calls)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("family", list(MODELS))
+def test_sdk_two_turn_tool_conversation(client: openai.OpenAI, fake: FakeProviders, family: str, stream: bool) -> None:
+    fake.reset(family)
+    question = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}]
+    first = sdk_ask(client, MODELS[family], question, stream=stream, tools=SDK_TOOLS)
+    assert first.finish_reason == "tool_calls"
+    (call,) = first.tool_calls
+    assert call["name"] == "get_weather" and call["id"]
+    jsonschema.validate(json.loads(call["arguments"]), WEATHER)
+    answered = [
+        *question,
+        {
+            "role": "assistant",
+            "content": first.text or None,
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call["id"], "content": "18 C and sunny"},
+    ]
+    second = sdk_ask(client, MODELS[family], answered, stream=stream, tools=SDK_TOOLS)
+    assert second.finish_reason == "stop" and not second.tool_calls
+    assert "18 C and sunny" in second.text
+
+
+class Day(BaseModel):
+    high: int
+    sky: str | None
+
+
+class Forecast(BaseModel):
+    city: str
+    days: list[Day]
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_sdk_parse_with_a_pydantic_model(client: openai.OpenAI, fake: FakeProviders, family: str) -> None:
+    fake.reset(family)
+    parsed = client.chat.completions.parse(
+        model=MODELS[family],
+        messages=[{"role": "user", "content": "Forecast for Paris"}],
+        response_format=Forecast,
+        max_tokens=200,
+    )
+    forecast = parsed.choices[0].message.parsed
+    assert isinstance(forecast, Forecast) and forecast.days
+    sent = fake.requests(family)[-1].body
+    if family == "anthropic":
+        assert sent["tool_choice"] == {"type": "tool", "name": "Forecast"}
+    else:
+        assert sent["generationConfig"]["responseMimeType"] == "application/json"
+        assert sent["generationConfig"]["responseSchema"]["properties"]["days"]["items"]["properties"]["sky"] == {
+            "type": "STRING",
+            "title": "Sky",
+            "nullable": True,
+        }
+
+
+def test_sdk_image_parts_reach_each_provider_in_its_format(client: openai.OpenAI, fake: FakeProviders) -> None:
+    content = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+    ]
+    for family in MODELS:
+        fake.reset(family)
+        client.chat.completions.create(model=MODELS[family], messages=[{"role": "user", "content": content}])
+    assert fake.requests("anthropic")[-1].body["messages"][0]["content"][1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+    }
+    assert fake.requests("gemini")[-1].body["contents"][0]["parts"][1] == {
+        "inlineData": {"mimeType": "image/png", "data": PNG}
+    }
+
+
+@pytest.mark.parametrize(("first", "then"), [("anthropic", "gemini"), ("gemini", "anthropic")])
+def test_sdk_tool_conversation_moves_to_the_other_provider(
+    client: openai.OpenAI, fake: FakeProviders, first: str, then: str
+) -> None:
+    fake.reset()
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    asked = sdk_ask(client, MODELS[first], question, stream=False, tools=SDK_TOOLS)
+    (call,) = asked.tool_calls
+    answered = [
+        *question,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call["id"], "content": "light rain"},
+    ]
+    fake.fail(first, 503, times=None)
+    try:
+        answer = sdk_ask(
+            client,
+            MODELS[first],
+            answered,
+            stream=True,
+            tools=SDK_TOOLS,
+            extra_body={"goblin": {"fallbacks": [MODELS[then]]}},
+        )
     finally:
         fake.reset(first)
     assert answer.model == MODELS[then]
