@@ -10,12 +10,11 @@ previous model turn, function declarations whose schema leaves Gemini's OpenAPI 
 properties, a ``toolConfig`` with a bad mode or ``allowedFunctionNames`` outside mode ANY, and a
 ``responseSchema`` without ``responseMimeType: application/json``.
 
-Answers are deterministic and driven by the request: when functions may be called (mode AUTO or ANY;
-ANY with ``allowedFunctionNames`` calls the first allowed) and the last turn is not function
-responses, the answer is ``functionCall`` parts (two when AUTO offers two or more functions) whose
-args fit their schema; after function responses it is text quoting them; with
-``responseMimeType: application/json`` it is JSON fitting ``responseSchema``; otherwise the fake's
-reply text.
+Answers are deterministic and driven by the request: with mode ANY, a call of the first function
+(of ``allowedFunctionNames`` if set), or of the last one once function responses came back; with AUTO
+and no responses yet, calls of the first two functions; the calls' args fit their schema. Otherwise,
+with ``responseMimeType: application/json``, JSON fitting ``responseSchema``; after function
+responses, text quoting them; else the fake's reply text.
 """
 
 from __future__ import annotations
@@ -245,13 +244,16 @@ def plan(body: Mapping[str, Any], reply: str) -> Plan:
     config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
     mode = config.get("mode", "AUTO")
     responses = function_responses(body)
-    if declarations and mode != "NONE" and not responses:
-        allowed = config.get("allowedFunctionNames")
-        chosen = (
-            [d for d in declarations if d["name"] in allowed][:1]
-            if allowed
-            else declarations[: 2 if mode == "AUTO" else 1]
-        )
+    allowed = config.get("allowedFunctionNames")
+    callable_ = [d for d in declarations if d["name"] in allowed] if allowed else declarations
+    chosen: list[Mapping[str, Any]] = []
+    if callable_ and mode == "ANY":
+        # A call is a must: the first function, or the last once answers came back (where an
+        # OpenAI-style gateway puts its response-format function).
+        chosen = [callable_[-1] if responses else callable_[0]]
+    elif callable_ and mode == "AUTO" and not responses:
+        chosen = callable_[:2]
+    if chosen:
         return Plan(calls=[(d["name"], example(d.get("parameters") or {"type": "OBJECT"})) for d in chosen])
     generation = body.get("generationConfig") or {}
     if generation.get("responseMimeType") == "application/json":

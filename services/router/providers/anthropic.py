@@ -16,7 +16,8 @@ Translation (OpenAI shape -> Anthropic, and back):
   through :func:`~services.router.providers.tool_ids.wire_id`, so ids another provider issued fit.
 - Image parts -> ``image`` blocks: a ``data:`` URL as a ``base64`` source, an https URL as a ``url``
   source (Anthropic fetches it; Goblin does not).
-- ``response_format`` -> a forced tool whose input is the answer (:func:`response_tool` says why).
+- ``response_format`` -> a forced tool whose input is the answer
+  (:mod:`~services.router.providers.format_tool` says why).
 - Answers: ``tool_use`` blocks -> ``tool_calls`` (streamed: ``content_block_start`` gives the call's id
   and name, each ``input_json_delta`` a piece of its arguments); ``stop_reason: tool_use`` ->
   ``finish_reason: tool_calls``.
@@ -49,6 +50,7 @@ from services.router.providers.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
+from services.router.providers.format_tool import ResponseTool, response_tool
 from services.router.providers.http import HttpProvider, parse_json
 from services.router.providers.tool_ids import arguments_object, wire_id
 
@@ -68,54 +70,6 @@ STOP_REASONS = {
     "refusal": "content_filter",
 }
 TOOL_CHOICES = {"auto": "auto", "required": "any", "function": "tool", "none": "none"}
-
-
-# -- response_format ----------------------------------------------------------------------------
-#
-# Anthropic's one way to constrain an answer to a JSON Schema that every Claude model with tools
-# supports is a tool: its input_schema is the schema and tool_choice forces the call, so the call's
-# input is the answer (Anthropic's own advice for JSON output). Its newer structured outputs
-# (output_format) are a beta for a few recent models only. With other tools in the request the
-# choice is "any": the model calls one of them or answers through the format's tool, never with
-# free text, which is what OpenAI's response_format promises for the final answer.
-
-FORMAT_TOOL_DESCRIPTION = (
-    "Give your final answer by calling this tool: its input is the whole answer, a JSON value that "
-    "follows the input schema exactly."
-)
-
-
-@dataclass(frozen=True, eq=False)
-class ResponseTool:
-    """The tool that carries a ``response_format`` answer. ``wrapped``: the schema is not an object
-    (tool inputs must be), so the answer travels as ``{"value": ...}``."""
-
-    name: str
-    definition: dict[str, Any]
-    wrapped: bool = False
-
-    def answer(self, value: Any) -> str:
-        """The answer's JSON text from the tool's input."""
-        if self.wrapped:
-            value = value.get("value") if isinstance(value, Mapping) else None
-        return json.dumps(value if value is not None else {})
-
-
-def response_tool(options: ChatOptions) -> ResponseTool | None:
-    """The forced tool for ``options.response_format`` (None when the answer is free text)."""
-    fmt = options.response_format
-    if fmt is None or fmt.type not in ("json_object", "json_schema"):
-        return None
-    schema: dict[str, Any] = dict(fmt.schema or {}) if fmt.type == "json_schema" else {"type": "object"}
-    name = fmt.name if fmt.type == "json_schema" else "json_answer"
-    if any(tool.name == name for tool in options.tools):
-        name = f"{name[:57]}_answer"
-    wrapped = schema.get("type") != "object"
-    if wrapped:
-        defs = {k: schema.pop(k) for k in ("$defs", "definitions") if k in schema}
-        schema = {"type": "object", "properties": {"value": schema}, "required": ["value"], **defs}
-    definition = {"name": name, "description": FORMAT_TOOL_DESCRIPTION, "input_schema": schema}
-    return ResponseTool(name=name, definition=definition, wrapped=wrapped)
 
 
 # -- request ------------------------------------------------------------------------------------
@@ -205,9 +159,10 @@ def tool_fields(options: ChatOptions, fmt_tool: ResponseTool | None) -> dict[str
     if fmt_tool is not None:
         if mode == "none":
             tools = []  # the answer must be the JSON, and no other tool may be called
+        definition = {"name": fmt_tool.name, "description": fmt_tool.description, "input_schema": fmt_tool.schema}
         if not tools:
-            return {"tools": [fmt_tool.definition], "tool_choice": {"type": "tool", "name": fmt_tool.name}}
-        tools.append(fmt_tool.definition)
+            return {"tools": [definition], "tool_choice": {"type": "tool", "name": fmt_tool.name}}
+        tools.append(definition)
         if mode == "auto":
             # Call one of the tools, or answer through the format's tool: never plain text.
             mode = "required"

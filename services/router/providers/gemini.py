@@ -19,7 +19,9 @@ Translation (OpenAI shape -> Gemini, and back):
   parts of one user turn, in the order of the calls they answer. Gemini has no call ids: its calls
   get ``call_...`` ids here, and a ``tool`` message's ``tool_call_id`` is mapped back to the function
   name (and call order) through the conversation's assistant turns, so ids issued by any provider work.
-- ``response_format`` -> ``generationConfig.responseMimeType`` ``application/json`` (+ ``responseSchema``).
+- ``response_format`` -> ``generationConfig.responseMimeType`` ``application/json`` (+ ``responseSchema``);
+  with functions to call as well, a JSON schema travels as a function instead
+  (:mod:`~services.router.providers.format_tool`), whose call is the answer.
 - Image parts -> ``inlineData``: a ``data:`` URL's bytes, or an https URL's, fetched by
   :mod:`~services.router.providers.image_fetch` (public https only, deadline, size cap).
 - Answers: ``functionCall`` parts -> ``tool_calls`` (streamed as a call's first piece, then its whole
@@ -52,6 +54,7 @@ from services.router.providers.errors import (
     ProviderError,
     ProviderUnavailable,
 )
+from services.router.providers.format_tool import ResponseTool, response_tool
 from services.router.providers.gemini_schema import gemini_schema
 from services.router.providers.http import HttpProvider, error_from_response, parse_json
 from services.router.providers.image_fetch import fetch_image
@@ -177,26 +180,47 @@ def gemini_contents(messages: Sequence[Message], images: Mapping[str, ImageData]
     return contents
 
 
-def tool_fields(options: ChatOptions) -> dict[str, Any]:
-    """``tools`` and ``toolConfig`` for the request's tools and tool choice."""
+def format_tool(options: ChatOptions) -> ResponseTool | None:
+    """The tool that carries a JSON-schema answer when the request also has functions Gemini may call
+    (before Gemini 3 it refuses JSON mode with function calling; see
+    :mod:`~services.router.providers.format_tool`); None: JSON mode answers."""
+    tool = response_tool(options)
+    choice = options.tool_choice
+    if tool is None or options.response_format.type != "json_schema" or not options.tools:
+        return None
+    if (choice is not None and choice.mode == "none") or not tool.schema.get("properties"):
+        return None
+    return tool
+
+
+def tool_fields(options: ChatOptions, fmt_tool: ResponseTool | None = None) -> dict[str, Any]:
+    """``tools`` and ``toolConfig`` for the request's tools, tool choice and format tool."""
     if not options.tools:
         return {}
     declarations = []
-    for i, tool in enumerate(options.tools):
-        declaration: dict[str, Any] = {"name": tool.name}
-        if tool.description:
-            declaration["description"] = tool.description
-        parameters = gemini_schema(tool.parameters, f"tools[{i}].function.parameters")
+    tools = [
+        (t.name, t.description, t.parameters, f"tools[{i}].function.parameters") for i, t in enumerate(options.tools)
+    ]
+    if fmt_tool is not None:
+        tools.append((fmt_tool.name, fmt_tool.description, fmt_tool.schema, "response_format.json_schema.schema"))
+    for name, description, schema, where in tools:
+        declaration: dict[str, Any] = {"name": name}
+        if description:
+            declaration["description"] = description
+        parameters = gemini_schema(schema, where)
         # Gemini refuses an OBJECT without properties: a function without parameters declares none.
         if parameters.get("properties") or parameters.get("type") not in (None, "OBJECT"):
             declaration["parameters"] = parameters
         declarations.append(declaration)
     fields: dict[str, Any] = {"tools": [{"functionDeclarations": declarations}]}
     choice = options.tool_choice
-    if choice is not None:
-        config: dict[str, Any] = {"mode": CALLING_MODES[choice.mode]}
-        if choice.mode == "function":
+    mode = choice.mode if choice is not None else ("required" if fmt_tool is not None else "")
+    if mode:
+        config: dict[str, Any] = {"mode": CALLING_MODES[mode]}
+        if mode == "function":
             config["allowedFunctionNames"] = [choice.function]
+        elif mode == "auto" and fmt_tool is not None:
+            config["mode"] = "ANY"  # a call, or the answer through the format's tool: never free text
         fields["toolConfig"] = {"functionCallingConfig": config}
     return fields
 
@@ -217,7 +241,8 @@ def generate_body(
     body: dict[str, Any] = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": [{"text": system}]}
-    body.update(tool_fields(options))
+    fmt_tool = format_tool(options)
+    body.update(tool_fields(options, fmt_tool))
     config: dict[str, Any] = {}
     if params.max_tokens is not None:
         config["maxOutputTokens"] = params.max_tokens
@@ -230,7 +255,7 @@ def generate_body(
     if params.seed is not None and "seed" not in spec.drop_params:
         config["seed"] = params.seed
     fmt = options.response_format
-    if fmt is not None and fmt.type in ("json_object", "json_schema"):
+    if fmt is not None and fmt.type in ("json_object", "json_schema") and fmt_tool is None:
         config["responseMimeType"] = "application/json"
         if fmt.type == "json_schema" and fmt.schema is not None:
             config["responseSchema"] = gemini_schema(fmt.schema, "response_format.json_schema.schema", ordered=True)
@@ -252,9 +277,10 @@ def parse_usage(data: Any) -> Usage | None:
     )
 
 
-def parse_candidate(data: Any) -> tuple[str, list[ToolCall], str]:
+def parse_candidate(data: Any, fmt_tool: ResponseTool | None = None) -> tuple[str, list[ToolCall], str]:
     """(text, function calls, finish reason or "") of the first candidate; thought parts are not answer
-    text. Each call gets the id Gemini gave it, if any, else a new one."""
+    text. Each call gets the id Gemini gave it, if any, else a new one; a call of the format's tool is
+    the answer's text."""
     candidates = data.get("candidates")
     if not candidates:
         blocked = (data.get("promptFeedback") or {}).get("blockReason")
@@ -267,6 +293,9 @@ def parse_candidate(data: Any) -> tuple[str, list[ToolCall], str]:
         call = part.get("functionCall")
         if call is None:
             continue
+        if fmt_tool is not None and call.get("name") == fmt_tool.name:
+            text += fmt_tool.answer(call.get("args"))
+            continue
         given = call.get("id")
         call_id = given if isinstance(given, str) and WIRE_ID.match(given) else new_call_id()
         calls.append(ToolCall(id=call_id, name=call["name"], arguments=json.dumps(call.get("args") or {})))
@@ -278,7 +307,7 @@ def parse_response(
     provider: str, spec: ModelInfo, messages: list[Message], data: Any, options: ChatOptions = NO_OPTIONS
 ) -> ChatResult:
     try:
-        text, calls, finish = parse_candidate(data)
+        text, calls, finish = parse_candidate(data, format_tool(options))
         usage = parse_usage(data.get("usageMetadata"))
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
         raise ProviderBadResponse(provider, "the answer is not a GenerateContentResponse") from None
@@ -335,6 +364,7 @@ class GeminiProvider(HttpProvider):
         options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]:
         finish, usage, streamed, calls = "", None, [], 0
+        fmt_tool = format_tool(options)
         body = await self._body(spec, messages, params, options)
         path = model_path(spec.model, "streamGenerateContent")
         try:
@@ -348,7 +378,7 @@ class GeminiProvider(HttpProvider):
                             self.name, int(data["error"].get("code") or 500), {}, event.data.encode()
                         )
                     try:
-                        piece, new_calls, reason = parse_candidate(data)
+                        piece, new_calls, reason = parse_candidate(data, fmt_tool)
                     except (KeyError, TypeError, AttributeError):
                         raise ProviderBadResponse(self.name, "a stream event is not a response") from None
                     usage = parse_usage(data.get("usageMetadata")) or usage

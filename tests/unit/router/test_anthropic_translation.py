@@ -13,8 +13,9 @@ from services.common.chat import Message, SamplingParams
 from services.common.chat_content import ChatOptions, ContentPart, ResponseFormat, Tool, ToolCall, ToolChoice
 from services.common.errors import InvalidArgument
 from services.router.models import ModelInfo
-from services.router.providers.anthropic import AnthropicProvider, messages_body, response_tool
+from services.router.providers.anthropic import AnthropicProvider, messages_body
 from services.router.providers.base import CallContext
+from services.router.providers.format_tool import FORMAT_TOOL_DESCRIPTION
 from services.router.providers.http import HttpOptions
 from services.router.providers.tool_ids import wire_id
 
@@ -133,7 +134,7 @@ def test_response_format_is_a_forced_tool_and_with_other_tools_any() -> None:
     assert sent["tools"] == [
         {
             "name": "Weather",
-            "description": response_tool(ChatOptions(response_format=fmt)).definition["description"],
+            "description": FORMAT_TOOL_DESCRIPTION,
             "input_schema": SCHEMA,
         }
     ]

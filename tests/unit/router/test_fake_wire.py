@@ -186,3 +186,24 @@ async def test_a_provider_refusal_is_a_rejected_request(providers) -> None:
             "/v1beta/models/gemini-2.5-flash:generateContent",
             {"contents": [{"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {}}}]}]},
         )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("family", ["anthropic", "gemini"])
+async def test_tools_with_a_json_schema_call_then_answer_json(providers, family: str, stream: bool) -> None:
+    provider, spec = providers[family]
+    options = ChatOptions(
+        tools=(WEATHER,), response_format=ResponseFormat(type="json_schema", name="Forecast", schema=FORECAST)
+    )
+    question = [Message("user", "Forecast for Paris")]
+    first = await ask(provider, spec, question, options, stream=stream)
+    (call,) = first.tool_calls
+    assert call.name == "get_weather" and first.finish_reason == "tool_calls"
+    follow_up = [
+        *question,
+        Message("assistant", "", tool_calls=first.tool_calls),
+        Message("tool", "18", tool_call_id=call.id),
+    ]
+    second = await ask(provider, spec, follow_up, options, stream=stream)
+    assert second.finish_reason == "stop" and not second.tool_calls
+    jsonschema.validate(json.loads(second.text), FORECAST)

@@ -284,3 +284,38 @@ async def test_https_images_are_fetched_before_the_request_and_private_ones_refu
     with pytest.raises(InvalidArgument, match="not a public address"):
         await gemini.chat(GEMINI, [message], SamplingParams(), CTX)
     assert not sent  # nothing reached Gemini
+
+
+def test_with_functions_a_json_schema_travels_as_a_function_whose_call_is_the_answer() -> None:
+    fmt = ResponseFormat(type="json_schema", name="Forecast", schema=Forecast.model_json_schema())
+    sent = body([Message("user", "hi")], ChatOptions(tools=(WEATHER,), response_format=fmt))
+    assert [d["name"] for d in sent["tools"][0]["functionDeclarations"]] == ["get_weather", "Forecast"]
+    assert sent["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+    assert "responseMimeType" not in sent.get("generationConfig", {})  # no JSON mode with function calling
+    # Without callable functions, JSON mode.
+    off = body(
+        [Message("user", "hi")], ChatOptions(tools=(WEATHER,), tool_choice=ToolChoice("none"), response_format=fmt)
+    )
+    assert off["generationConfig"]["responseMimeType"] == "application/json"
+    assert off["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
+
+
+async def test_the_format_functions_call_is_answer_text_unary_and_streamed() -> None:
+    fmt = ChatOptions(
+        tools=(WEATHER,),
+        response_format=ResponseFormat(type="json_schema", name="Forecast", schema=Forecast.model_json_schema()),
+    )
+    value = {"place": {"name": "Paris", "country": None}, "days": [18], "kind": "daily"}
+    payload = candidate([{"functionCall": {"name": "Forecast", "args": value}}])
+    result = await provider(lambda r: httpx.Response(200, json=payload)).chat(
+        GEMINI, [Message("user", "hi")], SamplingParams(), CTX, fmt
+    )
+    assert json.loads(result.text) == value and not result.tool_calls and result.finish_reason == "stop"
+    content = f"data: {json.dumps(payload)}\r\n\r\n".encode()
+    streamed = httpx.Response(200, content=content, headers={"content-type": "text/event-stream"})
+    deltas = [
+        d
+        async for d in provider(lambda r: streamed).stream(GEMINI, [Message("user", "hi")], SamplingParams(), CTX, fmt)
+    ]
+    assert json.loads("".join(d.text for d in deltas)) == value
+    assert not any(d.tool_calls for d in deltas) and deltas[-1].finish_reason == "stop"
