@@ -14,8 +14,8 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -36,7 +36,9 @@ MAX_TOOLS = 128
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_TOOL_ARGUMENTS_BYTES = 256 * 1024
 MAX_IMAGE_PARTS = 16
-MAX_IMAGE_BYTES = 10 * 1024 * 1024  # decoded bytes of one data: URL image
+# Decoded bytes of one data: URL image: Anthropic's limit, the smallest of the vision providers', so
+# an image accepted here is one every vision model takes (a fallback never fails on it).
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_URL_CHARS = 8192  # an https URL
 MAX_TOP_LOGPROBS = 20
 MAX_USER_CHARS = 256
@@ -259,6 +261,47 @@ def required_capabilities(options: ChatOptions, messages: Sequence[Any], params:
     if params is not None and getattr(params, "logprobs", False):
         needed.add(CAP_LOGPROBS)
     return frozenset(needed)
+
+
+# -- secret scanning ------------------------------------------------------------------------------
+
+M = TypeVar("M")
+
+
+def message_texts(messages: Sequence[Any]) -> list[str]:
+    """Every text of chat messages (:class:`services.common.chat.Message`) a person or a tool wrote, to be
+    scanned for secrets: content, text parts, tool call arguments (image URLs are not text a person
+    wrote). In the order :func:`with_message_texts` reads them."""
+    texts = []
+    for m in messages:
+        texts.append(m.content)
+        texts.extend(p.text for p in m.parts if p.type == "text")
+        texts.extend(c.arguments for c in m.tool_calls)
+    return texts
+
+
+def with_message_texts(messages: Sequence[M], texts: Sequence[str]) -> list[M]:
+    """``messages`` with the texts of :func:`message_texts` replaced by ``texts`` (scanned); a message
+    none of whose texts changed is returned as it was."""
+    out, at = [], 0
+    for m in messages:
+        content = texts[at]
+        at += 1
+        parts = []
+        for p in m.parts:
+            if p.type == "text":
+                parts.append(replace(p, text=texts[at]) if texts[at] is not p.text else p)
+                at += 1
+            else:
+                parts.append(p)
+        calls = []
+        for c in m.tool_calls:
+            calls.append(replace(c, arguments=texts[at]) if texts[at] is not c.arguments else c)
+            at += 1
+        changed = content is not m.content or any(a is not b for a, b in zip(parts, m.parts, strict=True))
+        changed = changed or any(a is not b for a, b in zip(calls, m.tool_calls, strict=True))
+        out.append(replace(m, content=content, parts=tuple(parts), tool_calls=tuple(calls)) if changed else m)
+    return out
 
 
 # -- protobuf -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from services.common.chat import (
     check_messages,
     new_completion_id,
 )
+from services.common.chat_content import message_texts, with_message_texts
 from services.common.errors import Cancelled, GoblinError, InvalidArgument
 from services.common.secrets import SecretGuard
 from services.router.attempts import Attempts, BudgetExceeded, RetryPolicy, Tally
@@ -96,40 +97,6 @@ def validate_chat(call: ChatCall) -> None:
     check_messages(call.messages)
 
 
-def outbound_texts(messages: list[Message]) -> list[str]:
-    """Every text of ``messages`` a person or a tool wrote, in the order :func:`with_texts` reads."""
-    texts = []
-    for m in messages:
-        texts.append(m.content)
-        texts.extend(p.text for p in m.parts if p.type == "text")
-        texts.extend(c.arguments for c in m.tool_calls)
-    return texts
-
-
-def with_texts(messages: list[Message], texts: list[str]) -> list[Message]:
-    """``messages`` with the texts of :func:`outbound_texts` replaced by ``texts`` (scanned); a message
-    none of whose texts changed is returned as it was."""
-    out, at = [], 0
-    for m in messages:
-        content = texts[at]
-        at += 1
-        parts = []
-        for p in m.parts:
-            if p.type == "text":
-                parts.append(replace(p, text=texts[at]) if texts[at] is not p.text else p)
-                at += 1
-            else:
-                parts.append(p)
-        calls = []
-        for c in m.tool_calls:
-            calls.append(replace(c, arguments=texts[at]) if texts[at] is not c.arguments else c)
-            at += 1
-        changed = content is not m.content or any(a is not b for a, b in zip(parts, m.parts, strict=True))
-        changed = changed or any(a is not b for a, b in zip(calls, m.tool_calls, strict=True))
-        out.append(replace(m, content=content, parts=tuple(parts), tool_calls=tuple(calls)) if changed else m)
-    return out
-
-
 def failed_outcome(exc: GoblinError) -> str:
     """The ledger's outcome for a request that ended in ``exc`` (budget refusals are counted here)."""
     if isinstance(exc, BudgetExceeded):
@@ -177,8 +144,8 @@ class RouterService:
     async def _outbound_messages(self, call: ChatCall, plan: Plan) -> list[Message]:
         """The messages as an external provider may see them: every text scanned (content, text parts,
         tool call arguments); image URLs are not text a person wrote and are passed as they are."""
-        texts = await self._scan_outbound(outbound_texts(call.messages), plan, call.context)
-        return with_texts(call.messages, texts)
+        texts = await self._scan_outbound(message_texts(call.messages), plan, call.context)
+        return with_message_texts(call.messages, texts)
 
     # -- catalog ----------------------------------------------------------------------------------
     @property
