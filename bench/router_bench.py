@@ -11,7 +11,9 @@ scheduled send time:
 - skeleton: the same hops and transports with nothing on them (bench/skeleton.py): what the
   architecture costs on this machine before Goblin does any work;
 - in-process skeleton: the skeleton's gateway calling the skeleton's router code in its own process,
-  to price the gRPC hop between them.
+  to price the gRPC hop between them;
+- direct tools / gateway tools: the same request with a tool (a JSON-schema function the fake
+  answers by calling), directly and through the whole path: what tools add to Goblin's share.
 
 Added latency = gateway minus direct (goal: p50 < 2 ms, p99 < 6 ms on 2 cores); skeleton minus direct
 is the part of it no code on the hops can remove. The load generator is
@@ -60,6 +62,20 @@ MODEL = "gpt-4o-mini"
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Say hello to the benchmark."},
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a word up",
+            "parameters": {
+                "type": "object",
+                "properties": {"word": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}},
+                "required": ["word"],
+            },
+        },
+    }
 ]
 
 
@@ -174,6 +190,8 @@ async def measure(
     """The interleaved open-loop runs, then each path's CPU per request."""
     direct_body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
     gateway_body = {"model": f"openai/{MODEL}", "messages": MESSAGES, "max_tokens": 16}
+    direct_tools_body = {**direct_body, "tools": TOOLS}
+    gateway_tools_body = {**gateway_body, "tools": TOOLS}
     request = common_pb2.ChatRequest(
         model=f"openai/{MODEL}",
         messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES],
@@ -217,12 +235,20 @@ async def measure(
         async def via_in_process() -> None:
             await post(in_process_url, gateway_body, {})
 
+        async def via_direct_tools() -> None:
+            await post(direct_url, direct_tools_body, direct_headers)
+
+        async def via_gateway_tools() -> None:
+            await post(gateway_url, gateway_tools_body, gateway_headers)
+
         variants = {
             "direct": via_direct,
             "router": via_router,
             "gateway": via_gateway,
             "skeleton": via_skeleton,
             "in-process skeleton": via_in_process,
+            "direct tools": via_direct_tools,
+            "gateway tools": via_gateway_tools,
         }
         await interleaved_load(variants, RATE, WARM_UP_S)
         runs: dict[str, list[list[float]]] = {name: [] for name in variants}
@@ -291,12 +317,15 @@ def main() -> None:
 
     direct, router, gateway, skeleton = stats("direct"), stats("router"), stats("gateway"), stats("skeleton")
     in_process = stats("in-process skeleton")
+    direct_tools, gateway_tools = stats("direct tools"), stats("gateway tools")
     labels = {
         "direct": "direct: client -> fake provider",
         "router": "router: gRPC Router/Chat -> router -> fake provider",
         "gateway": "gateway: HTTPS -> gateway -> router -> fake provider",
         "skeleton": "skeleton: the same hops doing nothing else",
         "in-process skeleton": "in-process skeleton: the skeleton without its gRPC hop",
+        "direct tools": "direct tools: client -> fake provider, with a tool",
+        "gateway tools": "gateway tools: HTTPS -> gateway -> router -> fake provider, with a tool",
     }
     rows = {name: stats(name) for name in labels}
     latency_table = "\n".join(
@@ -314,8 +343,8 @@ def main() -> None:
     verdict = "met" if added_p50 < 2 and added_p99 < 6 else "not met"
     body = f"""
 Non-streaming chat completion (16 tokens) of `openai/{MODEL}` from a fake OpenAI provider in its own
-process. Open loop at {RATE} requests/s in total, the five paths interleaved request by request
-({RATE // 5}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
+process. Open loop at {RATE} requests/s in total, the {len(labels)} paths interleaved request by request
+({RATE / len(labels):.0f}/s each), {RUNS} runs of {DURATION_S} s after a {WARM_UP_S} s warm-up; latency from each
 request's scheduled send time; medians over the runs of each run's p50 and p99. Load generator
 (aiohttp + grpc.aio on one uvloop loop) on the same 2 cores as the suite. The router reaches the
 provider over HTTP/1.1 keep-alive (aiohttp's transport under httpx; HTTP/2 is for `https://` providers).
@@ -330,6 +359,9 @@ Added by Goblin (gateway - direct): p50 **{added_p50:+.2f} ms**, p99 **{added_p9
 (gateway - skeleton) p50 {gateway[0] - skeleton[0]:+.2f} ms, p99 {gateway[1] - skeleton[1]:+.2f} ms.
 The gRPC hop between gateway and router (skeleton - in-process skeleton): p50
 {skeleton[0] - in_process[0]:+.2f} ms, p99 {skeleton[1] - in_process[1]:+.2f} ms.
+With a tool (one JSON-schema function; the fake answers with a call of it), Goblin adds
+(gateway tools - direct tools) p50 {gateway_tools[0] - direct_tools[0]:+.2f} ms,
+p99 {gateway_tools[1] - direct_tools[1]:+.2f} ms.
 The router's share (router - direct): p50 {router[0] - direct[0]:+.2f} ms,
 p99 {router[1] - direct[1]:+.2f} ms. The router's own accounting
 (`goblin_router_overhead_seconds`, handling time minus time waiting on the provider, {own_n} requests,

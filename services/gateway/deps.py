@@ -113,6 +113,13 @@ async def optional_principal(request: Request) -> auth_pb2.Principal | None:
     return await current_principal(request)
 
 
+def resign_principal(principal: auth_pb2.Principal) -> None:
+    """A fresh assertion for the backend calls made from here on in this context: one request that
+    makes several calls of the same RPC (``n`` choices) needs one each, as a backend admits an
+    assertion once (a second use is a replay)."""
+    outgoing_principal_var.set(sign_principal(principal))
+
+
 PrincipalDep = Annotated[auth_pb2.Principal, Depends(current_principal)]
 OptionalPrincipalDep = Annotated[auth_pb2.Principal | None, Depends(optional_principal)]
 

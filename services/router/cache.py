@@ -23,7 +23,7 @@ from services.router.metrics import CACHE_ERRORS
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "goblin:router:cache:v2:"
+KEY_PREFIX = "goblin:router:cache:v1:"
 
 
 def cacheable(params: SamplingParams, ttl_s: int, bypass: bool) -> bool:

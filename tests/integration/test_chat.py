@@ -154,10 +154,14 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI, suite: Suite) -> None:
         client.chat.completions.create(model="local", messages=[], max_tokens=4)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="local", messages=HELLO, max_tokens=4, temperature=3)
+    with pytest.raises(openai.BadRequestError) as lacking:  # the local model has no vision
+        image = {"type": "image_url", "image_url": {"url": "https://images.example/a.png"}}
+        client.chat.completions.create(model="local", messages=[{"role": "user", "content": [image]}], max_tokens=4)
+    assert "vision" in lacking.value.response.json()["message"]
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="local", messages=HELLO, max_tokens=10_000_000)
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="local", messages=HELLO, n=2)
+        client.chat.completions.create(model="local", messages=HELLO, n=9)  # at most 8 choices
     bad_key = openai.OpenAI(
         base_url=f"{suite.gateway_url}/v1",
         api_key="gk_wrong_key",

@@ -19,7 +19,7 @@ from services.common.chat import Message, check_messages, new_completion_id
 from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.gateway.api.chat_wire import chat_request, sampling
 from services.gateway.api.routes.openai import (
-    CHAT_TIMEOUT_S,
+    ask_router,
     bypass_cache,
     count_answer,
     ignored_header,
@@ -27,6 +27,7 @@ from services.gateway.api.routes.openai import (
     require_rag_scope,
     scan_messages,
     sse_answer,
+    start_streams,
     usage_json,
 )
 from services.gateway.api.schemas.openai import CompletionRequest
@@ -77,7 +78,7 @@ async def completions(body: CompletionRequest, principal: ChatDep, state: StateD
     label = provider_label(body.model)
     echo = messages[0].content if body.echo else ""
     if body.stream:
-        streams = [state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S) for _ in range(body.n)]
+        streams = start_streams(state, request, principal, body.n)
         echoed: set[int] = set()
 
         def render(index: int, chunk: common_pb2.ChatChunk) -> dict[str, Any]:
@@ -96,9 +97,7 @@ async def completions(body: CompletionRequest, principal: ChatDep, state: StateD
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await sse_answer(streams, render, "text_completion", include_usage, label, headers)
     try:
-        replies = await all_or_none(
-            [state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S) for _ in range(body.n)]
-        )
+        replies = await all_or_none([ask_router(state, request, principal, i) for i in range(body.n)])
     except ApiError as error:
         CHAT_ERRORS.labels(label, error.error).inc()
         raise
