@@ -48,6 +48,9 @@ async def checked_address(url: httpx.URL, where: str, resolver: Resolver) -> str
     """The public address to connect to for ``url``; InvalidArgument for any other URL."""
     if url.scheme != "https" or not url.host:
         raise InvalidArgument(f"{where}: only https:// image URLs can be fetched")
+    if url.userinfo:
+        # Credentials in a URL would be sent on the client's behalf, from inside Goblin's network.
+        raise InvalidArgument(f"{where}: an image URL with credentials is not fetched")
     try:
         addresses = [url.host] if _is_ip(url.host) else await resolver(url.host, url.port or 443)
     except OSError:

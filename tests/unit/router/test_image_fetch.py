@@ -73,6 +73,7 @@ async def test_a_public_image_is_fetched_from_the_checked_address_with_the_host_
         ("https://[::1]/cat.png", {}, "not a public address"),
         ("https://internal.example.com/x.png", {"internal.example.com": [PUBLIC, "10.0.0.5"]}, "not a public address"),
         ("https://nowhere.example.com/x.png", {}, "does not resolve"),
+        ("https://user:pw@img.example.com/x.png", {"img.example.com": [PUBLIC]}, "credentials"),
     ],
 )
 async def test_non_public_or_non_https_urls_are_refused_before_any_connection(url, table, match) -> None:
