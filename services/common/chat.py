@@ -283,6 +283,7 @@ def template_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
 
 
 def messages_from_proto(messages: Sequence[common_pb2.ChatMessage]) -> list[Message]:
+    # Text-only turns (most of them) skip the empty repeated fields: this runs on every request.
     return [
         Message(
             role=m.role,
@@ -292,6 +293,8 @@ def messages_from_proto(messages: Sequence[common_pb2.ChatMessage]) -> list[Mess
             tool_calls=tool_calls_from_proto(m.tool_calls),
             tool_call_id=m.tool_call_id,
         )
+        if m.parts or m.tool_calls or m.tool_call_id
+        else Message(m.role, m.content, m.name)
         for m in messages
     ]
 
@@ -306,6 +309,8 @@ def messages_to_proto(messages: Sequence[Message]) -> list[common_pb2.ChatMessag
             tool_calls=tool_calls_to_proto(m.tool_calls),
             tool_call_id=m.tool_call_id,
         )
+        if m.parts or m.tool_calls or m.tool_call_id
+        else common_pb2.ChatMessage(role=m.role, content=m.content, name=m.name)
         for m in messages
     ]
 
@@ -327,9 +332,11 @@ def params_from_proto(params: common_pb2.SamplingParams) -> SamplingParams:
 
 
 def params_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
-    message = common_pb2.SamplingParams(
-        stop=list(params.stop), logit_bias=dict(params.logit_bias), logprobs=params.logprobs
-    )
+    message = common_pb2.SamplingParams(stop=params.stop)
+    if params.logit_bias:
+        message.logit_bias.update(params.logit_bias)
+    if params.logprobs:
+        message.logprobs = True
     if params.max_tokens is not None:
         message.max_tokens = params.max_tokens
     if params.temperature is not None:

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from jsonschema import Draft202012Validator
@@ -157,15 +158,25 @@ def check_json_schema(schema: Any, where: str) -> Mapping[str, Any]:
     """``schema``, if it is a JSON Schema (draft 2020-12) object of bounded size; else InvalidArgument."""
     if not isinstance(schema, Mapping):
         raise InvalidArgument(f"{where}: a JSON Schema must be an object")
-    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+    text = json.dumps(schema, sort_keys=True)
+    if len(text) > MAX_SCHEMA_BYTES:
         raise InvalidArgument(f"{where}: a JSON Schema of at most {MAX_SCHEMA_BYTES // 1024} KiB")
+    problem = _schema_problem(text)
+    if problem:
+        raise InvalidArgument(f"{where}: not a valid JSON Schema ({problem})")
+    return schema
+
+
+@lru_cache(maxsize=1024)
+def _schema_problem(text: str) -> str:
+    """Why the schema (canonical JSON text) is not a valid JSON Schema; "" when it is. Checking one takes
+    milliseconds and clients send the same tools with every request (each hop checks them): cached."""
     try:
-        Draft202012Validator.check_schema(schema)
+        Draft202012Validator.check_schema(json.loads(text))
     except SchemaError as exc:
         path = "/".join(str(p) for p in exc.path)
-        at = f" at {path}" if path else ""
-        raise InvalidArgument(f"{where}: not a valid JSON Schema ({exc.message[:200]}{at})") from None
-    return schema
+        return f"{exc.message[:200]} at {path}" if path else exc.message[:200]
+    return ""
 
 
 def decode_data_url(url: str, where: str = "image_url") -> ImageData:
@@ -275,9 +286,16 @@ def message_texts(messages: Sequence[Any]) -> list[str]:
     texts = []
     for m in messages:
         texts.append(m.content)
-        texts.extend(p.text for p in m.parts if p.type == "text")
-        texts.extend(c.arguments for c in m.tool_calls)
+        if m.parts:
+            texts.extend(p.text for p in m.parts if p.type == "text")
+        if m.tool_calls:
+            texts.extend(c.arguments for c in m.tool_calls)
     return texts
+
+
+def unchanged(texts: Sequence[str], scanned: Sequence[str]) -> bool:
+    """Whether the scan returned every text as it was (nothing redacted: the usual case)."""
+    return all(a is b for a, b in zip(texts, scanned, strict=True))
 
 
 def with_message_texts(messages: Sequence[M], texts: Sequence[str]) -> list[M]:

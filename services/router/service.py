@@ -26,7 +26,7 @@ from services.common.chat import (
     check_messages,
     new_completion_id,
 )
-from services.common.chat_content import message_texts, with_message_texts
+from services.common.chat_content import message_texts, unchanged, with_message_texts
 from services.common.errors import Cancelled, GoblinError, InvalidArgument
 from services.common.secrets import SecretGuard
 from services.router.attempts import Attempts, BudgetExceeded, RetryPolicy, Tally
@@ -144,8 +144,9 @@ class RouterService:
     async def _outbound_messages(self, call: ChatCall, plan: Plan) -> list[Message]:
         """The messages as an external provider may see them: every text scanned (content, text parts,
         tool call arguments); image URLs are not text a person wrote and are passed as they are."""
-        texts = await self._scan_outbound(message_texts(call.messages), plan, call.context)
-        return with_message_texts(call.messages, texts)
+        texts = message_texts(call.messages)
+        scanned = await self._scan_outbound(texts, plan, call.context)
+        return call.messages if unchanged(texts, scanned) else with_message_texts(call.messages, scanned)
 
     # -- catalog ----------------------------------------------------------------------------------
     @property

@@ -39,6 +39,7 @@ from services.gateway.api.schemas.openai import (
 )
 
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+PLAIN_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def _parts(message: ChatMessageIn) -> tuple[ContentPart, ...]:
@@ -62,6 +63,10 @@ def chat_messages(body_messages: Sequence[ChatMessageIn]) -> list[Message]:
     messages: list[Message] = []
     legacy_ids: dict[str, str] = {}  # function name -> id of the assistant's last call of it
     for i, m in enumerate(body_messages):
+        if isinstance(m.content, str) and m.role in PLAIN_ROLES and not (m.tool_calls or m.function_call):
+            # A text turn (most of them): nothing to translate.
+            messages.append(Message(m.role, m.content, m.name or "", tool_call_id=m.tool_call_id or ""))
+            continue
         role = {"developer": "system", "function": "tool"}.get(m.role, m.role)
         calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
         if m.function_call is not None:

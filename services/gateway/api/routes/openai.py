@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import RAG_SCOPE, Message, new_completion_id
-from services.common.chat_content import message_texts, with_message_texts
+from services.common.chat_content import message_texts, unchanged, with_message_texts
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.secrets import SecretGuard
 from services.common.topology import KNOWN_PROVIDERS
@@ -85,7 +85,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 async def scan_messages(guard: SecretGuard, messages: list[Message], principal: auth_pb2.Principal) -> list[Message]:
     """``messages`` with every text a person or tool wrote scanned (content, text parts, tool arguments)."""
-    return with_message_texts(messages, await scan(guard, message_texts(messages), principal))
+    texts = message_texts(messages)
+    scanned = await scan(guard, texts, principal)
+    return messages if unchanged(texts, scanned) else with_message_texts(messages, scanned)
 
 
 def ignored_header(body: OpenAIBody) -> dict[str, str]:
