@@ -34,32 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from goblin_tools.fakes import openai_chat
+from goblin_tools.fakes import anthropic, gemini, openai_chat
 
 OPENAI_COMPATIBLE = ("openai", "deepseek", "grok", "moonshot", "siliconflow")
 ANTHROPIC_VERSION = "2023-06-01"
 OPENAI_FIELDS = openai_chat.CHAT_FIELDS
-ANTHROPIC_FIELDS = {
-    "model",
-    "messages",
-    "max_tokens",
-    "system",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop_sequences",
-    "stream",
-    "metadata",
-}
-GEMINI_CONFIG_FIELDS = {
-    "maxOutputTokens",
-    "temperature",
-    "topP",
-    "topK",
-    "stopSequences",
-    "seed",
-    "candidateCount",
-}
 EMBEDDING_DIMENSIONS = 8
 
 
@@ -111,6 +90,11 @@ class BadRequest(Exception):
 
 def words(text: str) -> int:
     return len(text.split())
+
+
+def split_words(text: str) -> list[str]:
+    """``text`` as stream pieces, a word each (the fake's tokens)."""
+    return [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
 
 
 class FakeProviders:
@@ -420,29 +404,10 @@ class FakeProviders:
             raise BadRequest(401, "use x-api-key, not Authorization", "authentication_error")
         if request.headers.get("anthropic-version") != ANTHROPIC_VERSION:
             raise BadRequest(400, "anthropic-version: header is required")
-        if not isinstance(body, dict):
-            raise BadRequest(400, "request body must be a JSON object")
-        unknown = set(body) - ANTHROPIC_FIELDS
-        if unknown:
-            raise BadRequest(400, f"{sorted(unknown)[0]}: Extra inputs are not permitted")
-        if not isinstance(body.get("max_tokens"), int):
-            raise BadRequest(400, "max_tokens: Field required")
-        if "system" in body and not isinstance(body["system"], str | list):
-            raise BadRequest(400, "system: Input should be a valid string")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest(400, "messages: at least one message is required")
-        for i, m in enumerate(messages):
-            if m.get("role") not in ("user", "assistant"):
-                raise BadRequest(400, f'messages.{i}.role: Input should be "user" or "assistant"')
-            if not m.get("content"):
-                raise BadRequest(400, f"messages.{i}: text content blocks must be non-empty")
-        temperature = body.get("temperature")
-        if temperature is not None and not 0 <= temperature <= 1:
-            raise BadRequest(400, "temperature: Input should be less than or equal to 1")
-        if "temperature" in body and "top_p" in body:
-            raise BadRequest(400, "`temperature` and `top_p` cannot both be specified for this model.")
-        return body
+        try:
+            return anthropic.check_body(body)
+        except anthropic.WireError as exc:
+            raise BadRequest(exc.status, exc.message, exc.kind) from None
 
     async def _anthropic_messages(self, request: Request) -> Response:
         tag, body, fault = await self._begin(request)
@@ -460,9 +425,12 @@ class FakeProviders:
             return self._anthropic_error(exc.status, exc.kind, exc.message)
         model = body["model"]
         pieces, finish = self._text(tag, model, body["max_tokens"])
-        stop_reason = "max_tokens" if finish == "length" else "end_turn"
-        system = body.get("system") or ""
-        prompt = words(system if isinstance(system, str) else "") + sum(words(m["content"]) for m in body["messages"])
+        plan = anthropic.plan(body, "".join(pieces))
+        if not plan.calls and plan.text != "".join(pieces):
+            pieces, finish = split_words(plan.text), "stop"
+        stop_reason = plan.stop_reason if finish != "length" else "max_tokens"
+        prompt = anthropic.prompt_words(body)
+        output_tokens = len(pieces) if not plan.calls else sum(len(json.dumps(c[2]).split()) for c in plan.calls)
         message_id = f"msg_{uuid.uuid4().hex[:20]}"
         if not body.get("stream"):
             return JSONResponse(
@@ -471,10 +439,10 @@ class FakeProviders:
                     "type": "message",
                     "role": "assistant",
                     "model": model,
-                    "content": [{"type": "text", "text": "".join(pieces)}],
+                    "content": anthropic.content(plan, pieces),
                     "stop_reason": stop_reason,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": prompt, "output_tokens": len(pieces)},
+                    "usage": {"input_tokens": prompt, "output_tokens": output_tokens},
                 }
             )
 
@@ -498,28 +466,24 @@ class FakeProviders:
                     },
                 },
             )
-            yield event(
-                "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            )
-            yield event("ping", {"type": "ping"})
-            for i, piece in enumerate(pieces):
-                await self._pace(fault, i)
+            sent = 0
+            for index, (start, deltas) in enumerate(anthropic.stream_blocks(plan, pieces)):
                 yield event(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
-                    },
+                    "content_block_start", {"type": "content_block_start", "index": index, "content_block": start}
                 )
-            yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                if index == 0:
+                    yield event("ping", {"type": "ping"})
+                for delta in deltas:
+                    await self._pace(fault, sent)
+                    sent += 1
+                    yield event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+                yield event("content_block_stop", {"type": "content_block_stop", "index": index})
             yield event(
                 "message_delta",
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                    "usage": {"output_tokens": len(pieces)},
+                    "usage": {"output_tokens": output_tokens},
                 },
             )
             yield event("message_stop", {"type": "message_stop"})
@@ -535,25 +499,10 @@ class FakeProviders:
         key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
         if key != self.key(tag):
             raise BadRequest(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT")
-        if not isinstance(body, dict):
-            raise BadRequest(400, "Invalid JSON payload received.", "INVALID_ARGUMENT")
-        contents = body.get("contents")
-        if not isinstance(contents, list) or not contents:
-            raise BadRequest(400, "* GenerateContentRequest.contents: contents is not specified", "INVALID_ARGUMENT")
-        for i, content in enumerate(contents):
-            if content.get("role") not in ("user", "model"):
-                raise BadRequest(400, f"Please use a valid role: user, model. (contents[{i}])", "INVALID_ARGUMENT")
-            parts = content.get("parts")
-            if not isinstance(parts, list) or not parts or not all(isinstance(p.get("text"), str) for p in parts):
-                raise BadRequest(400, f"contents[{i}].parts must hold text parts", "INVALID_ARGUMENT")
-        unknown = set(body.get("generationConfig") or {}) - GEMINI_CONFIG_FIELDS
-        if unknown:
-            raise BadRequest(
-                400, f'Invalid JSON payload received. Unknown name "{sorted(unknown)[0]}"', "INVALID_ARGUMENT"
-            )
-        if set(body) - {"contents", "systemInstruction", "generationConfig", "safetySettings"}:
-            raise BadRequest(400, "Invalid JSON payload received. Unknown name", "INVALID_ARGUMENT")
-        return body
+        try:
+            return gemini.check_body(body)
+        except gemini.WireError as exc:
+            raise BadRequest(400, exc.message, "INVALID_ARGUMENT") from None
 
     async def _gemini(self, request: Request) -> Response:
         tag, body, fault = await self._begin(request)
@@ -574,33 +523,39 @@ class FakeProviders:
             return self._gemini_error(exc.status, exc.message, exc.kind)
         config = body.get("generationConfig") or {}
         pieces, finish = self._text(tag, model, config.get("maxOutputTokens"))
+        plan = gemini.plan(body, "".join(pieces))
+        if not plan.calls and plan.text != "".join(pieces):
+            pieces, finish = split_words(plan.text), "stop"
         reason = "MAX_TOKENS" if finish == "length" else "STOP"
-        system = " ".join(p["text"] for p in (body.get("systemInstruction") or {}).get("parts", []))
-        prompt = words(system) + sum(words(p["text"]) for c in body["contents"] for p in c["parts"])
+        prompt = gemini.prompt_words(body)
+        calls = [{"functionCall": {"name": name, "args": args}} for name, args in plan.calls]
+        output = len(pieces) if not calls else sum(len(json.dumps(c).split()) for c in calls)
 
-        def response(text: str, finish_reason: str | None, with_usage: bool) -> dict[str, Any]:
-            candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        def response(parts: list[dict[str, Any]], finish_reason: str | None, with_usage: bool) -> dict[str, Any]:
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
             if finish_reason:
                 candidate["finishReason"] = finish_reason
             payload: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
             if with_usage:
                 payload["usageMetadata"] = {
                     "promptTokenCount": prompt,
-                    "candidatesTokenCount": len(pieces),
-                    "totalTokenCount": prompt + len(pieces),
+                    "candidatesTokenCount": output,
+                    "totalTokenCount": prompt + output,
                 }
             return payload
 
         if method == "generateContent":
-            return JSONResponse(response("".join(pieces), reason, True))
+            return JSONResponse(response(calls or [{"text": "".join(pieces)}], reason, True))
         if request.query_params.get("alt") != "sse":
             return self._gemini_error(400, "this fake only streams with alt=sse", "INVALID_ARGUMENT")
+        # The real API streams text in pieces and each function call whole, in its own event.
+        chunks = [[call] for call in calls] or [[{"text": piece}] for piece in pieces]
 
         async def events() -> AsyncIterator[str]:
-            for i, piece in enumerate(pieces):
+            for i, parts in enumerate(chunks):
                 await self._pace(fault, i)
-                last = i == len(pieces) - 1
-                yield f"data: {json.dumps(response(piece, reason if last else None, last))}\r\n\r\n"
+                last = i == len(chunks) - 1
+                yield f"data: {json.dumps(response(parts, reason if last else None, last))}\r\n\r\n"
 
         return self._sse(events())
 

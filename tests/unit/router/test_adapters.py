@@ -346,7 +346,7 @@ MESSAGE = {
     "model": "claude-haiku-4-5",
     "content": [
         {"type": "text", "text": "Why "},
-        {"type": "tool_use", "id": "t"},
+        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "joke"}},
         {"type": "text", "text": "did"},
     ],
     "stop_reason": "max_tokens",
@@ -377,6 +377,9 @@ async def test_anthropic_request_puts_system_on_top_and_always_sends_max_tokens(
         "stop_sequences": ["END"],
     }
     assert result.text == "Why did"
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in result.tool_calls] == [
+        ("toolu_1", "lookup", {"q": "joke"})
+    ]
     assert result.finish_reason == "length"
     assert result.usage == Usage(prompt_tokens=15, completion_tokens=2)
 
