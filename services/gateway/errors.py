@@ -130,7 +130,10 @@ def api_error_from_grpc(error: grpc.aio.AioRpcError, *, service: str = "") -> Ap
         headers["Retry-After"] = str(seconds)
         extra["retry_after"] = seconds
     message = error.details() or error.code().name.lower()
-    if status >= 500 and error.code() == grpc.StatusCode.UNAVAILABLE:
+    own_code = _trailer(error, ERROR_CODE_KEY) is not None
+    if status >= 500 and error.code() == grpc.StatusCode.UNAVAILABLE and not own_code:
+        # The transport's words (no connection to the service): name the service instead. A service that
+        # answered with its own code (a provider's circuit is open, a store is away) keeps its message.
         message = f"{service or 'a backend service'} is unavailable"
     elif error.code() not in GRPC_TO_HTTP and _trailer(error, ERROR_CODE_KEY) is None:
         # UNKNOWN, INTERNAL, DATA_LOSS without the service's own error code: not a GoblinError it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -105,10 +106,12 @@ class Attempts:
             )
         breaker = self.states.breaker(model.provider)
         if not breaker.allow():
+            wait = breaker.retry_after()
             return CircuitOpen(
                 model.provider,
-                f"circuit open after {breaker.consecutive_failures} consecutive failures",
-                retry_after=breaker.retry_after(),
+                f"circuit open after {breaker.consecutive_failures} consecutive failures; "
+                f"tried again in {math.ceil(wait)} s",
+                retry_after=wait,
             )
         return None
 

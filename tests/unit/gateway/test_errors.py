@@ -54,3 +54,20 @@ def test_unavailable_names_the_service_not_the_transport() -> None:
         rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"), service="auth"
     )
     assert error.message == "auth is unavailable"
+
+
+def test_a_cooling_provider_is_named_with_when_it_is_tried_again_not_the_router() -> None:
+    """The router answered (its own error code): its message says which provider and when, so an
+    operator is not sent to the router, which is fine."""
+    error = api_error_from_grpc(
+        rpc_error(
+            grpc.StatusCode.UNAVAILABLE,
+            "acme: circuit open after 5 consecutive failures; tried again in 27 s",
+            ((ERROR_CODE_KEY, "circuit_open"), (RETRY_AFTER_KEY, "26.4")),
+        ),
+        service="router",
+    )
+    assert error.status_code == 503 and error.error == "circuit_open"
+    assert error.message == "acme: circuit open after 5 consecutive failures; tried again in 27 s"
+    assert "router" not in error.message
+    assert error.headers["Retry-After"] == "27"
