@@ -29,7 +29,8 @@ owns llama.cpp: scheduling, decoding, sampling), :mod:`.admission` (queue limits
 from services.inference.engine.admission import QueueFull
 from services.inference.engine.chat_engine import ChatEngine
 from services.inference.engine.observer import EngineObserver, EngineStats, FinishReason, RequestStats
-from services.inference.engine.worker import CHATML_TEMPLATE, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from services.inference.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from services.inference.engine.worker import CHATML_TEMPLATE
 
 __all__ = [
     "CHATML_TEMPLATE",
