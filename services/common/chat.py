@@ -18,6 +18,24 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from goblin.v1 import common_pb2
+from services.common.chat_content import (
+    MAX_IMAGE_PARTS,
+    MAX_TOP_LOGPROBS,
+    ContentPart,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+    check_part,
+    check_tool_calls,
+    logprobs_from_proto,
+    logprobs_to_proto,
+    parts_from_proto,
+    parts_to_proto,
+    tool_call_deltas_from_proto,
+    tool_call_deltas_to_proto,
+    tool_calls_from_proto,
+    tool_calls_to_proto,
+)
 from services.common.errors import InvalidArgument
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -32,6 +50,11 @@ TOP_P_MAX = 1.0
 MAX_STOP_SEQUENCES = 4
 SEED_MIN = -(2**63)  # the range of the proto's int64
 SEED_MAX = 2**63 - 1
+PENALTY_MIN = -2.0  # presence_penalty and frequency_penalty, as OpenAI bounds them
+PENALTY_MAX = 2.0
+LOGIT_BIAS_MIN = -100.0
+LOGIT_BIAS_MAX = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 1024
 # Bounds of retrieval on a chat (goblin.v1.RagOptions), checked by the router and the gateway's schemas.
 RAG_TOP_K_DEFAULT = 4
 RAG_TOP_K_MAX = 20
@@ -42,11 +65,21 @@ RAG_SCOPE = "rag"
 
 @dataclass(frozen=True)
 class Message:
-    """One turn of a conversation."""
+    """One turn of a conversation. ``content`` is its text; when the client sent the content as parts,
+    ``parts`` has them all (text and images) and ``content`` the text parts joined, so a text-only hop
+    (a cache key, a token estimate) needs no second case. An assistant turn may carry ``tool_calls``;
+    a ``tool`` turn answers the call ``tool_call_id``."""
 
     role: str
     content: str
     name: str = ""
+    parts: tuple[ContentPart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+    @property
+    def has_images(self) -> bool:
+        return any(part.is_image for part in self.parts)
 
 
 @dataclass(frozen=True)
@@ -60,6 +93,12 @@ class SamplingParams:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # token id -> bias; a sorted tuple of pairs so that the params stay hashable (cache keys).
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -67,6 +106,10 @@ class SamplingParams:
         if not isinstance(self.stop, tuple):
             # Hashable and immutable like the rest, whatever sequence the caller had.
             object.__setattr__(self, "stop", tuple(self.stop))
+        bias = self.logit_bias
+        if isinstance(bias, dict):
+            bias = bias.items()
+        object.__setattr__(self, "logit_bias", tuple(sorted((k, float(v)) for k, v in bias)))
         check_sampling_params(self)
 
 
@@ -94,15 +137,21 @@ class ChatResult:
     provider: str = ""
     id: str = field(default_factory=lambda: new_completion_id())
     created: int = field(default_factory=lambda: int(time.time()))
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class ChatDelta:
-    """One piece of a streamed answer; the last one has ``finish_reason`` and ``usage``, and no text."""
+    """One piece of a streamed answer; the last one has ``finish_reason`` and ``usage``, and no text.
+    ``tool_calls`` are pieces of calls as OpenAI streams them (the first piece of a call has its index,
+    id and name; later ones more of its arguments); ``logprobs`` those of this piece's tokens."""
 
     text: str = ""
     finish_reason: str = ""
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,17 +216,61 @@ def check_sampling_params(params: SamplingParams) -> None:
         raise InvalidArgument("stop must be a list of non-empty strings")
     if params.seed is not None and (not isinstance(params.seed, int) or not SEED_MIN <= params.seed <= SEED_MAX):
         raise InvalidArgument("seed must be a 64-bit integer")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(params, name)
+        if value is not None and not PENALTY_MIN <= value <= PENALTY_MAX:
+            raise InvalidArgument(f"{name} must be between {PENALTY_MIN:g} and {PENALTY_MAX:g}")
+    if len(params.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise InvalidArgument(f"logit_bias: at most {MAX_LOGIT_BIAS_ENTRIES} tokens")
+    for token, bias in params.logit_bias:
+        if not isinstance(token, int) or not 0 <= token < 2**31:
+            raise InvalidArgument("logit_bias keys must be token ids (non-negative integers)")
+        if not LOGIT_BIAS_MIN <= bias <= LOGIT_BIAS_MAX:
+            raise InvalidArgument(f"logit_bias values must be between {LOGIT_BIAS_MIN:g} and {LOGIT_BIAS_MAX:g}")
+    if params.top_logprobs is not None:
+        if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+        if not params.logprobs:
+            raise InvalidArgument("top_logprobs needs logprobs: true")
 
 
 def check_messages(messages: Sequence[Message]) -> None:
-    """Raise ``InvalidArgument`` unless ``messages`` is a non-empty conversation of known roles."""
+    """Raise ``InvalidArgument`` unless ``messages`` is a non-empty conversation of known roles whose
+    content parts, tool calls and tool answers are well formed: images only from the user, calls only
+    by the assistant, and every ``tool`` message answering a call an earlier assistant turn made."""
     if not messages:
         raise InvalidArgument("messages must not be empty")
+    calls: set[str] = set()
+    images = 0
     for i, message in enumerate(messages):
+        where = f"messages[{i}]"
         if message.role not in ROLES:
-            raise InvalidArgument(f"messages[{i}].role must be one of {sorted(ROLES)}")
+            raise InvalidArgument(f"{where}.role must be one of {sorted(ROLES)}")
         if not isinstance(message.content, str):
-            raise InvalidArgument(f"messages[{i}].content must be a string")
+            raise InvalidArgument(f"{where}.content must be a string")
+        for j, part in enumerate(message.parts):
+            check_part(part, f"{where}.content[{j}]")
+            if part.is_image:
+                if message.role != "user":
+                    raise InvalidArgument(f"{where}.content[{j}]: image parts only in user messages")
+                images += 1
+        if message.tool_calls:
+            if message.role != "assistant":
+                raise InvalidArgument(f"{where}.tool_calls: only an assistant message makes tool calls")
+            check_tool_calls(message.tool_calls, where)
+            calls.update(call.id for call in message.tool_calls)
+        if message.role == "tool":
+            if not message.tool_call_id:
+                raise InvalidArgument(f"{where}.tool_call_id: a tool message must name the call it answers")
+            if message.tool_call_id not in calls:
+                raise InvalidArgument(
+                    f"{where}.tool_call_id: {message.tool_call_id[:64]!r} answers no tool call of an earlier "
+                    "assistant message"
+                )
+        elif message.tool_call_id:
+            raise InvalidArgument(f"{where}.tool_call_id: only a tool message answers a call")
+    if images > MAX_IMAGE_PARTS:
+        raise InvalidArgument(f"messages: at most {MAX_IMAGE_PARTS} images")
 
 
 def template_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
@@ -190,11 +283,31 @@ def template_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
 
 
 def messages_from_proto(messages: Sequence[common_pb2.ChatMessage]) -> list[Message]:
-    return [Message(role=m.role, content=m.content, name=m.name) for m in messages]
+    return [
+        Message(
+            role=m.role,
+            content=m.content,
+            name=m.name,
+            parts=parts_from_proto(m.parts),
+            tool_calls=tool_calls_from_proto(m.tool_calls),
+            tool_call_id=m.tool_call_id,
+        )
+        for m in messages
+    ]
 
 
 def messages_to_proto(messages: Sequence[Message]) -> list[common_pb2.ChatMessage]:
-    return [common_pb2.ChatMessage(role=m.role, content=m.content, name=m.name) for m in messages]
+    return [
+        common_pb2.ChatMessage(
+            role=m.role,
+            content=m.content,
+            name=m.name,
+            parts=parts_to_proto(m.parts),
+            tool_calls=tool_calls_to_proto(m.tool_calls),
+            tool_call_id=m.tool_call_id,
+        )
+        for m in messages
+    ]
 
 
 def params_from_proto(params: common_pb2.SamplingParams) -> SamplingParams:
@@ -205,11 +318,18 @@ def params_from_proto(params: common_pb2.SamplingParams) -> SamplingParams:
         top_p=params.top_p if params.HasField("top_p") else None,
         stop=tuple(params.stop),
         seed=params.seed if params.HasField("seed") else None,
+        presence_penalty=params.presence_penalty if params.HasField("presence_penalty") else None,
+        frequency_penalty=params.frequency_penalty if params.HasField("frequency_penalty") else None,
+        logit_bias=tuple(params.logit_bias.items()),
+        logprobs=params.logprobs,
+        top_logprobs=params.top_logprobs if params.HasField("top_logprobs") else None,
     )
 
 
 def params_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
-    message = common_pb2.SamplingParams(stop=list(params.stop))
+    message = common_pb2.SamplingParams(
+        stop=list(params.stop), logit_bias=dict(params.logit_bias), logprobs=params.logprobs
+    )
     if params.max_tokens is not None:
         message.max_tokens = params.max_tokens
     if params.temperature is not None:
@@ -218,6 +338,12 @@ def params_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
         message.top_p = params.top_p
     if params.seed is not None:
         message.seed = params.seed
+    if params.presence_penalty is not None:
+        message.presence_penalty = params.presence_penalty
+    if params.frequency_penalty is not None:
+        message.frequency_penalty = params.frequency_penalty
+    if params.top_logprobs is not None:
+        message.top_logprobs = params.top_logprobs
     return message
 
 
@@ -238,10 +364,13 @@ def result_to_proto(result: ChatResult) -> common_pb2.ChatResponse:
         id=result.id,
         model=result.model,
         provider=result.provider,
-        message=common_pb2.ChatMessage(role="assistant", content=result.text),
+        message=common_pb2.ChatMessage(
+            role="assistant", content=result.text, tool_calls=tool_calls_to_proto(result.tool_calls)
+        ),
         finish_reason=result.finish_reason,
         usage=usage_to_proto(result.usage),
         created=result.created,
+        logprobs=logprobs_to_proto(result.logprobs),
     )
 
 
@@ -254,6 +383,8 @@ def result_from_proto(response: common_pb2.ChatResponse) -> ChatResult:
         model=response.model,
         provider=response.provider,
         created=response.created,
+        tool_calls=tool_calls_from_proto(response.message.tool_calls),
+        logprobs=logprobs_from_proto(response.logprobs),
     )
 
 
@@ -279,6 +410,8 @@ def delta_to_proto(delta: ChatDelta, header: ChunkHeader, *, first: bool) -> com
         delta=delta.text,
         finish_reason=delta.finish_reason,
         created=header.created,
+        tool_calls=tool_call_deltas_to_proto(delta.tool_calls),
+        logprobs=logprobs_to_proto(delta.logprobs),
     )
     if delta.usage is not None:
         chunk.usage.CopyFrom(usage_to_proto(delta.usage))
@@ -290,6 +423,8 @@ def delta_from_proto(chunk: common_pb2.ChatChunk) -> ChatDelta:
         text=chunk.delta,
         finish_reason=chunk.finish_reason,
         usage=usage_from_proto(chunk.usage) if chunk.HasField("usage") else None,
+        tool_calls=tool_call_deltas_from_proto(chunk.tool_calls),
+        logprobs=logprobs_from_proto(chunk.logprobs),
     )
 
 

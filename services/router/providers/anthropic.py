@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
+from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.common.errors import InvalidArgument
 from services.router.models import ModelInfo
 from services.router.providers.base import CallContext, Embeddings, estimate_usage
@@ -113,13 +114,23 @@ class AnthropicProvider(HttpProvider):
         return {"x-api-key": self.api_key or "", "anthropic-version": ANTHROPIC_VERSION}
 
     async def chat(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> ChatResult:
         data = await self.post_json("/v1/messages", messages_body(spec, messages, params, stream=False))
         return parse_message(self.name, spec, messages, data)
 
     async def stream(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]:
         prompt = completion = 0
         finish, seen_usage, stopped, text = "", False, False, []

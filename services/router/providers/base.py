@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
+from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.router.models import ModelInfo
 
 
@@ -60,11 +61,21 @@ class Provider(Protocol):
         """Models the provider announces itself (``local``); catalog-driven providers return none."""
 
     async def chat(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> ChatResult: ...
 
     def stream(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]: ...
 
     async def embed(self, spec: ModelInfo, inputs: list[str], context: CallContext) -> Embeddings: ...

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
+from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.common.errors import InvalidArgument
 from services.router.models import ModelInfo
 from services.router.providers.base import CallContext, Embeddings, estimate_tokens, estimate_usage
@@ -125,13 +126,23 @@ class GeminiProvider(HttpProvider):
             raise _key_error(self.name, exc) from None
 
     async def chat(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> ChatResult:
         data = await self._post(model_path(spec.model, "generateContent"), generate_body(spec, messages, params))
         return parse_response(self.name, spec, messages, data)
 
     async def stream(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]:
         finish, usage, text = "", None, []
         path = model_path(spec.model, "streamGenerateContent")

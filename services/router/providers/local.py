@@ -20,6 +20,7 @@ from services.common.chat import (
     params_to_proto,
     result_from_proto,
 )
+from services.common.chat_content import NO_OPTIONS, ChatOptions, options_to_proto
 from services.common.errors import error_from_rpc
 from services.router.models import ModelInfo
 from services.router.providers.base import CallContext, Embeddings
@@ -53,29 +54,46 @@ class LocalProvider:
         return self._models
 
     def _request(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> common_pb2.ChatRequest:
-        return common_pb2.ChatRequest(
+        request = common_pb2.ChatRequest(
             model=spec.id,
             messages=messages_to_proto(messages),
             params=params_to_proto(params),
             # The correlation id goes along as call metadata (the channel's interceptor), not in here.
             context=common_pb2.RequestContext(),
         )
+        options_to_proto(options, request)
+        return request
 
     async def chat(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> ChatResult:
-        request = self._request(spec, messages, params, context)
+        request = self._request(spec, messages, params, context, options)
         try:
             return result_from_proto(await self.stub.Chat(request))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
 
     async def stream(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]:
-        request = self._request(spec, messages, params, context)
+        request = self._request(spec, messages, params, context, options)
         call = self.stub.ChatStream(request)
         try:
             async for chunk in call:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
+from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.router.models import ModelInfo
 from services.router.providers.base import CallContext, Embeddings, estimate_tokens, estimate_usage
 from services.router.providers.errors import ProviderBadResponse, ProviderError, ProviderUnavailable
@@ -139,13 +140,23 @@ class OpenAICompatibleProvider(HttpProvider):
         )
 
     async def chat(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> ChatResult:
         data = await self.post_json("/chat/completions", self._body(spec, messages, params, stream=False))
         return parse_chat(self.name, spec, messages, data)
 
     async def stream(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]:
         finish, usage, text, done = "", None, [], False
         async with self.post_sse("/chat/completions", self._body(spec, messages, params, stream=True)) as events:
