@@ -79,11 +79,7 @@ class TokenSampler:
         if logits is not None and self._shaping.top_logprobs is not None:
             logprobs = _log_softmax(logits)
         if logits is not None:
-            if self._bias_ids.size:
-                logits[self._bias_ids] += self._bias_values
-            if self._counts is not None:
-                logits -= self._shaping.frequency_penalty * self._counts
-                logits -= self._shaping.presence_penalty * (self._counts > 0)
+            shape_logits(logits, self._bias_ids, self._bias_values, self._counts, self._shaping)
         token = llama.llama_sampler_sample(self.chain, context, output_index)
         if self._counts is not None and 0 <= token < self._n_vocab:
             self._counts[token] += 1
@@ -91,6 +87,18 @@ class TokenSampler:
 
     def free(self) -> None:
         llama.llama_sampler_free(self.chain)
+
+
+def shape_logits(
+    logits: np.ndarray, bias_ids: np.ndarray, bias_values: np.ndarray, counts: np.ndarray | None, shaping: Shaping
+) -> None:
+    """Add the logit bias, then subtract OpenAI's penalties (``counts``: how often each token was
+    generated so far), in place."""
+    if bias_ids.size:
+        logits[bias_ids] += bias_values
+    if counts is not None:
+        logits -= shaping.frequency_penalty * counts
+        logits -= shaping.presence_penalty * (counts > 0)
 
 
 def token_logprob(logprobs: np.ndarray, token: int, top: int, text_of: Any) -> TokenLogprob:
