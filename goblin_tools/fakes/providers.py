@@ -34,25 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from goblin_tools.fakes import openai_chat
+
 OPENAI_COMPATIBLE = ("openai", "deepseek", "grok", "moonshot", "siliconflow")
 ANTHROPIC_VERSION = "2023-06-01"
-OPENAI_ROLES = {"system", "developer", "user", "assistant", "tool"}
-OPENAI_FIELDS = {
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "stream",
-    "stream_options",
-    "n",
-    "user",
-    "presence_penalty",
-    "frequency_penalty",
-}
+OPENAI_FIELDS = openai_chat.CHAT_FIELDS
 ANTHROPIC_FIELDS = {
     "model",
     "messages",
@@ -305,12 +291,10 @@ class FakeProviders:
             raise BadRequest(400, f"Unrecognized request argument supplied: {sorted(unknown)[0]}")
         if not isinstance(body.get("model"), str):
             raise BadRequest(400, "you must provide a model parameter")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest(400, "'messages' must contain at least one message")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in OPENAI_ROLES or not isinstance(m.get("content"), str):
-                raise BadRequest(400, f"Invalid value for 'messages[{i}]'")
+        try:
+            openai_chat.check_chat(body)
+        except openai_chat.Refused as exc:
+            raise BadRequest(400, exc.message) from None
         if "stream_options" in body and not body.get("stream"):
             raise BadRequest(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
         if "max_tokens" in body and "max_completion_tokens" in body:
@@ -331,7 +315,9 @@ class FakeProviders:
             return self._openai_error(exc.status, exc.message, exc.kind, code)
         model = body["model"]
         pieces, finish = self._text(tag, model, body.get("max_completion_tokens") or body.get("max_tokens"))
-        prompt = sum(words(m["content"]) for m in body["messages"])
+        planned = openai_chat.answer(body, pieces, finish)
+        pieces, finish, calls = planned.pieces, planned.finish, planned.tool_calls
+        prompt = sum(words(json.dumps(m.get("content"))) for m in body["messages"])
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": len(pieces),
@@ -348,8 +334,15 @@ class FakeProviders:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
-                            "logprobs": None,
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(pieces) if not calls else None,
+                                "refusal": None,
+                                **({"tool_calls": calls} if calls else {}),
+                            },
+                            "logprobs": {"content": planned.logprob_items(pieces), "refusal": None}
+                            if planned.logprobs
+                            else None,
                             "finish_reason": finish,
                         }
                     ],
@@ -359,22 +352,25 @@ class FakeProviders:
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> str:
             payload = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-                **extra,
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
             }
             return f"data: {json.dumps(payload)}\n\n"
 
         async def events() -> AsyncIterator[str]:
-            yield chunk({"role": "assistant", "content": ""})
-            for i, piece in enumerate(pieces):
+            yield chunk({"role": "assistant", "content": None if calls else ""})
+            for i, fragment in enumerate(openai_chat.tool_call_fragments(calls)):
                 await self._pace(fault, i)
-                yield chunk({"content": piece})
+                yield chunk({"tool_calls": [fragment]})
+            for i, piece in enumerate(pieces if not calls else []):
+                await self._pace(fault, i)
+                items = planned.logprob_items([piece]) if planned.logprobs else None
+                yield chunk({"content": piece}, logprobs={"content": items, "refusal": None} if items else None)
             yield chunk({}, finish)
             if include_usage:
                 payload = {

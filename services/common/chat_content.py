@@ -14,8 +14,8 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -36,9 +36,12 @@ MAX_TOOLS = 128
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_TOOL_ARGUMENTS_BYTES = 256 * 1024
 MAX_IMAGE_PARTS = 16
-MAX_IMAGE_BYTES = 10 * 1024 * 1024  # decoded bytes of one data: URL image
+# Decoded bytes of one data: URL image: Anthropic's limit, the smallest of the vision providers', so
+# an image accepted here is one every vision model takes (a fallback never fails on it).
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_URL_CHARS = 8192  # an https URL
 MAX_TOP_LOGPROBS = 20
+MAX_USER_CHARS = 256
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 IMAGE_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 DATA_URL = re.compile(r"^data:(?P<type>[a-z]+/[a-z0-9.+-]+);base64,(?P<data>.*)$", re.DOTALL)
@@ -130,6 +133,8 @@ class ChatOptions:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # The client's own end-user id (OpenAI's ``user``), passed on to providers that take one.
+    user: str = ""
 
     @property
     def wants_tools(self) -> bool:
@@ -229,6 +234,8 @@ def check_options(options: ChatOptions) -> None:
             raise InvalidArgument(f"tool_choice: {choice.mode!r} needs tools")
         if choice.mode == "function" and choice.function not in names:
             raise InvalidArgument(f"tool_choice.function.name: {choice.function[:64]!r} is not one of the tools")
+    if len(options.user) > MAX_USER_CHARS:
+        raise InvalidArgument(f"user: at most {MAX_USER_CHARS} characters")
     fmt = options.response_format
     if fmt is not None:
         if fmt.type not in RESPONSE_FORMATS:
@@ -254,6 +261,47 @@ def required_capabilities(options: ChatOptions, messages: Sequence[Any], params:
     if params is not None and getattr(params, "logprobs", False):
         needed.add(CAP_LOGPROBS)
     return frozenset(needed)
+
+
+# -- secret scanning ------------------------------------------------------------------------------
+
+M = TypeVar("M")
+
+
+def message_texts(messages: Sequence[Any]) -> list[str]:
+    """Every text of chat messages (:class:`services.common.chat.Message`) a person or a tool wrote, to be
+    scanned for secrets: content, text parts, tool call arguments (image URLs are not text a person
+    wrote). In the order :func:`with_message_texts` reads them."""
+    texts = []
+    for m in messages:
+        texts.append(m.content)
+        texts.extend(p.text for p in m.parts if p.type == "text")
+        texts.extend(c.arguments for c in m.tool_calls)
+    return texts
+
+
+def with_message_texts(messages: Sequence[M], texts: Sequence[str]) -> list[M]:
+    """``messages`` with the texts of :func:`message_texts` replaced by ``texts`` (scanned); a message
+    none of whose texts changed is returned as it was."""
+    out, at = [], 0
+    for m in messages:
+        content = texts[at]
+        at += 1
+        parts = []
+        for p in m.parts:
+            if p.type == "text":
+                parts.append(replace(p, text=texts[at]) if texts[at] is not p.text else p)
+                at += 1
+            else:
+                parts.append(p)
+        calls = []
+        for c in m.tool_calls:
+            calls.append(replace(c, arguments=texts[at]) if texts[at] is not c.arguments else c)
+            at += 1
+        changed = content is not m.content or any(a is not b for a, b in zip(parts, m.parts, strict=True))
+        changed = changed or any(a is not b for a, b in zip(calls, m.tool_calls, strict=True))
+        out.append(replace(m, content=content, parts=tuple(parts), tool_calls=tuple(calls)) if changed else m)
+    return out
 
 
 # -- protobuf -----------------------------------------------------------------------------------
@@ -332,6 +380,7 @@ def options_from_proto(request: common_pb2.ChatRequest) -> ChatOptions:
         tool_choice=choice,
         parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None,
         response_format=fmt,
+        user=request.user,
     )
     check_options(options)
     return options
@@ -357,3 +406,4 @@ def options_to_proto(options: ChatOptions, request: common_pb2.ChatRequest) -> N
         request.response_format.name = fmt.name
         request.response_format.schema_json = json.dumps(fmt.schema) if fmt.schema is not None else ""
         request.response_format.strict = fmt.strict
+    request.user = options.user

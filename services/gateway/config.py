@@ -40,6 +40,8 @@ class GatewaySettings(GoblinSettings, DatabaseSettings, RedisSettings, SecretSca
     # Document uploads (POST /v1/collections/{c}/documents): the rag service refuses documents over 10 MiB;
     # a multipart or JSON body holding one is a little larger.
     max_document_body_bytes: int = Field(11 * 1024 * 1024, alias="GOBLIN_MAX_DOCUMENT_BODY_BYTES", ge=1024)
+    # Chat completions may carry images as data: URLs (up to 5 MiB each, services.common.chat_content).
+    max_chat_body_bytes: int = Field(16 * 1024 * 1024, alias="GOBLIN_MAX_CHAT_BODY_BYTES", ge=1024)
     request_timeout_s: float = Field(30.0, alias="GOBLIN_REQUEST_TIMEOUT_S", gt=0)
     chat_timeout_s: float = Field(600.0, alias="GOBLIN_CHAT_TIMEOUT_S", gt=0)
 

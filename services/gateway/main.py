@@ -11,7 +11,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from services.common.process import freeze_startup_heap
 from services.common.telemetry import exporting
-from services.gateway.api.routes import auth, collections, docqa, health, jwks, openai, operator, tasks
+from services.gateway.api.routes import auth, collections, completions, docqa, health, jwks, openai, operator, tasks
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
 from services.gateway.middleware import (
@@ -73,6 +73,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     # Routes are matched in order: the OpenAI API, the hot path, first.
     app.include_router(openai.router)
+    app.include_router(completions.router)
     app.include_router(docqa.router)
     app.include_router(health.router)
     app.include_router(auth.router)
@@ -101,7 +102,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
     app.add_middleware(TimeoutMiddleware, default_s=settings.request_timeout_s, chat_s=settings.chat_timeout_s)
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, document_bytes=settings.max_document_body_bytes
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        document_bytes=settings.max_document_body_bytes,
+        chat_bytes=settings.max_chat_body_bytes,
     )
     if settings.cors_origin_list:
         app.add_middleware(

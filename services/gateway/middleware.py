@@ -204,6 +204,9 @@ class InternalErrorMiddleware:
             await _send_error(send, 500, "internal_error", "internal error; quote the correlation id to report it")
 
 
+CHAT_BODY_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+
 def is_document_upload(scope: Scope) -> bool:
     """``POST /v1/collections/{c}/documents``: a larger body, and the time to embed it."""
     path = scope.get("path", "")
@@ -213,21 +216,29 @@ def is_document_upload(scope: Scope) -> bool:
 class BodyLimitMiddleware:
     """413 for bodies over the limit: at once from Content-Length; a body without one (chunked) is read
     here up to the limit and handed on whole, since FastAPI reads whole bodies anyway. Document uploads
-    have a limit of their own (``document_bytes``)."""
+    have a limit of their own (``document_bytes``), and so have chat completions, which may carry
+    images (``chat_bytes``)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, document_bytes: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, document_bytes: int | None = None, chat_bytes: int | None = None
+    ) -> None:
         self.app = app
         self.default_bytes = max_bytes
         self.document_bytes = document_bytes or max_bytes
+        self.chat_bytes = chat_bytes or max_bytes
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self._limited(
-            scope, receive, send, self.document_bytes if is_document_upload(scope) else self.default_bytes
-        )
+        if is_document_upload(scope):
+            limit = self.document_bytes
+        elif scope.get("path", "") in CHAT_BODY_PATHS:
+            limit = self.chat_bytes
+        else:
+            limit = self.default_bytes
+        await self._limited(scope, receive, send, limit)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         declared: int | None = None

@@ -50,7 +50,15 @@ class RouteClass(StrEnum):
 USER_NAMESPACE = "user"
 # Where the resolved client address is kept on the request (scope["state"]) for the routes.
 CLIENT_IP_STATE = "client_ip"
-CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/invoke", "/v1/embeddings", "/api/query")
+CHAT_PATHS = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/completions",
+    "/completions",
+    "/invoke",
+    "/v1/embeddings",
+    "/api/query",
+)
 
 
 def classify(path: str) -> RouteClass:

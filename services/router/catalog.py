@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.yaml")
 PROVIDER_KINDS = ("openai", "openai_compatible", "anthropic", "gemini")
-CAPABILITIES = ("chat", "streaming", "embeddings")
+# What a model can do; the last five are what a request may need (services.common.chat_content).
+CAPABILITIES = ("chat", "streaming", "embeddings", "tools", "json", "json_schema", "vision", "logprobs")
 DEFAULT_CAPABILITIES = ("chat", "streaming")
 SAMPLING_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed")
 LOCAL = LOCAL_PROVIDER

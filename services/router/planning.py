@@ -11,7 +11,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from services.common.chat import Message, SamplingParams
+from services.common.chat_content import NO_OPTIONS, ChatOptions, required_capabilities
 from services.common.errors import InvalidArgument, NotFound
+from services.router.capabilities import refusal, serves
 from services.router.catalog import LOCAL, Catalog, PolicySpec
 from services.router.models import ModelInfo
 from services.router.policy import STRATEGIES, Candidate, order
@@ -34,6 +36,12 @@ class ChatCall:
     policy: str = ""  # a strategy or a named policy; empty: the tenant's default, else explicit
     fallbacks: tuple[str, ...] = ()
     bypass_cache: bool = False
+    options: ChatOptions = NO_OPTIONS  # tools, tool choice, response format (services.common.chat_content)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The capabilities a model must have to serve this call (tools, json, vision, ...)."""
+        return required_capabilities(self.options, self.messages, self.params)
 
 
 @dataclass
@@ -126,6 +134,7 @@ class Planner:
     async def plan(self, call: ChatCall, capability: str = "chat") -> Plan:
         """The candidates of ``call`` in the order they are tried."""
         tenant = call.context.tenant_id
+        needed = call.needs if capability == "chat" else frozenset()
         named: PolicySpec | None = None
         if call.policy and call.policy not in STRATEGIES:
             named = self.catalog.policy(call.policy, tenant)
@@ -141,9 +150,18 @@ class Planner:
             primary = [m for m in primary if m is not None]
             if not primary:
                 raise NotFound(f"policy '{named.name}' has no model that supports {capability}", code="model_not_found")
+            able = [m for m in primary if serves(m, needed)]
+            if not able:
+                raise refusal(primary, needed, f"policy {named.name}")
+            primary = able
             weights = dict(zip(named.models, named.weights, strict=False))
         else:
-            primary = await self.resolve(call.model or DEFAULT_ALIAS, capability)
+            wanted = call.model or DEFAULT_ALIAS
+            resolved = await self.resolve(wanted, capability)
+            # An alias may name models of different abilities: keep those that serve the request.
+            primary = [m for m in resolved if serves(m, needed)]
+            if not primary:
+                raise refusal(resolved, needed, wanted)
             weights = {}
         if call.policy in STRATEGIES:
             strategy = call.policy
@@ -162,7 +180,8 @@ class Planner:
         seen = {c.model.id for c in candidates}
         for fallback in call.fallbacks:
             for model in await self.resolve(fallback, capability):
-                if model.id not in seen:
+                # A fallback that could not serve the request is no fallback: skipped, not an error.
+                if model.id not in seen and serves(model, needed):
                     seen.add(model.id)
                     candidates.append(self.candidate(model, None))
         return Plan(strategy=strategy, policy=named.name if named else strategy, candidates=candidates)

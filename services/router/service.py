@@ -26,6 +26,7 @@ from services.common.chat import (
     check_messages,
     new_completion_id,
 )
+from services.common.chat_content import message_texts, with_message_texts
 from services.common.errors import Cancelled, GoblinError, InvalidArgument
 from services.common.secrets import SecretGuard
 from services.router.attempts import Attempts, BudgetExceeded, RetryPolicy, Tally
@@ -141,8 +142,10 @@ class RouterService:
         )
 
     async def _outbound_messages(self, call: ChatCall, plan: Plan) -> list[Message]:
-        texts = await self._scan_outbound([m.content for m in call.messages], plan, call.context)
-        return [replace(m, content=t) if t is not m.content else m for m, t in zip(call.messages, texts, strict=True)]
+        """The messages as an external provider may see them: every text scanned (content, text parts,
+        tool call arguments); image URLs are not text a person wrote and are passed as they are."""
+        texts = await self._scan_outbound(message_texts(call.messages), plan, call.context)
+        return with_message_texts(call.messages, texts)
 
     # -- catalog ----------------------------------------------------------------------------------
     @property
@@ -242,6 +245,7 @@ class RouterService:
                     sorted(c.model.id for c in plan.candidates),
                     call.messages,
                     call.params,
+                    call.options,
                 )
                 hit = await self.cache.get(key)
                 if hit is not None:
@@ -255,7 +259,7 @@ class RouterService:
             async def ask(candidate: Candidate, provider: Provider) -> ChatResult:
                 params = with_defaults(call.params, candidate.model)
                 messages = call.messages if provider.name == LOCAL else outbound
-                return await provider.chat(candidate.model, messages, params, call.context)
+                return await provider.chat(candidate.model, messages, params, call.context, call.options)
 
             candidate, result = await self.attempts.run(call, plan, tally, budget, ask)
         except GoblinError as exc:
@@ -291,7 +295,7 @@ class RouterService:
                 # The attempt is the stream up to its first delta: that much may be retried or moved.
                 params = with_defaults(call.params, cand.model)
                 messages = call.messages if provider.name == LOCAL else outbound
-                source = provider.stream(cand.model, messages, params, call.context)
+                source = provider.stream(cand.model, messages, params, call.context, call.options)
                 try:
                     first = await anext(source)
                 except StopAsyncIteration:

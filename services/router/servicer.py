@@ -22,6 +22,7 @@ from services.common.chat import (
     result_to_proto,
     usage_to_proto,
 )
+from services.common.chat_content import options_from_proto
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.errors import InvalidArgument, PermissionDenied, Unavailable
 from services.common.principal import current_principal
@@ -62,6 +63,7 @@ def call_from_proto(request: common_pb2.ChatRequest) -> ChatCall:
         policy=routing.policy.strip(),
         fallbacks=tuple(f for f in routing.fallbacks if f.strip()),
         bypass_cache=routing.bypass_cache,
+        options=options_from_proto(request),
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
+from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.router.catalog import Catalog, build_catalog, check_layer, merge_layers
 from services.router.ledger import RoutingRecord
 from services.router.models import ModelInfo
@@ -38,6 +39,7 @@ class ScriptedProvider:
     configured: bool = True
     script: list[Any] = field(default_factory=list)
     calls: list[tuple[str, SamplingParams]] = field(default_factory=list)
+    options: list[ChatOptions] = field(default_factory=list)
     usage: Usage = field(default_factory=lambda: Usage(prompt_tokens=100, completion_tokens=20))
     closed_streams: int = 0
 
@@ -48,9 +50,15 @@ class ScriptedProvider:
         return []
 
     async def chat(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> ChatResult:
         self.calls.append((spec.id, params))
+        self.options.append(options)
         outcome = self._next()
         if isinstance(outcome, BaseException):
             raise outcome
@@ -63,9 +71,15 @@ class ScriptedProvider:
         )
 
     async def stream(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]:
         self.calls.append((spec.id, params))
+        self.options.append(options)
         outcome = self._next()
         try:
             if isinstance(outcome, BaseException):

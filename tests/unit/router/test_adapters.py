@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from services.common.chat import ChatDelta, Message, SamplingParams, Usage
+from services.common.chat_content import ToolCall
 from services.common.errors import InvalidArgument
 from services.router.models import ModelInfo
 from services.router.providers.anthropic import AnthropicProvider
@@ -150,13 +151,22 @@ async def test_openai_request_has_bearer_auth_and_the_chat_completions_body() ->
 async def test_compatible_providers_use_max_tokens_and_reasoning_models_drop_sampling() -> None:
     capture = Capture(httpx.Response(200, json=COMPLETION))
     provider = openai(capture, field="max_tokens")
-    await provider.chat(
-        O4, [Message("user", "hi"), Message("tool", "42")], SamplingParams(max_tokens=9, temperature=1.5), CTX
-    )
+    call = ToolCall("call_1", "answer", "{}")
+    messages = [
+        Message("user", "hi"),
+        Message("assistant", "", tool_calls=(call,)),
+        Message("tool", "42", tool_call_id="call_1"),
+    ]
+    await provider.chat(O4, messages, SamplingParams(max_tokens=9, temperature=1.5), CTX)
     body = capture.body
     assert body["max_tokens"] == 9 and "max_completion_tokens" not in body
     assert "temperature" not in body and "top_p" not in body
-    assert body["messages"][1] == {"role": "user", "content": "42"}  # tool results travel as user turns
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "answer", "arguments": "{}"}}],
+    }
+    assert body["messages"][2] == {"role": "tool", "content": "42", "tool_call_id": "call_1"}
 
 
 async def test_openai_stream_yields_pieces_then_finish_with_usage() -> None:

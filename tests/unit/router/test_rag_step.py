@@ -13,6 +13,7 @@ import pytest
 
 from goblin.v1 import common_pb2
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, Usage
+from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.principal import PRINCIPAL_METADATA_KEY, Principal, verified_principal_var
 from services.router.catalog import Catalog
@@ -209,13 +210,23 @@ class CitingProvider(ScriptedProvider):
     seen: list[list[Message]] = field(default_factory=list)
 
     async def chat(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> ChatResult:
         self.seen.append(messages)
         return ChatResult(text=self.answer, finish_reason="stop", usage=Usage(50, 8), model=spec.id, provider=self.name)
 
     async def stream(
-        self, spec: ModelInfo, messages: list[Message], params: SamplingParams, context: CallContext
+        self,
+        spec: ModelInfo,
+        messages: list[Message],
+        params: SamplingParams,
+        context: CallContext,
+        options: ChatOptions = NO_OPTIONS,
     ) -> AsyncIterator[ChatDelta]:
         self.seen.append(messages)
         for piece in ("Run goblin", " keys rotate [", "1]."):

@@ -11,18 +11,30 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
-from services.common.chat import RAG_SCOPE, new_completion_id
+from services.common.chat import RAG_SCOPE, Message, new_completion_id
+from services.common.chat_content import message_texts, with_message_texts
 from services.common.context import current_correlation_id, hash_user_id
 from services.common.secrets import SecretGuard
 from services.common.topology import KNOWN_PROVIDERS
-from services.gateway.api.schemas.openai import ChatCompletionRequest, EmbeddingRequest, InvokeRequest
+from services.gateway.api.chat_wire import (
+    chat_messages,
+    chat_options,
+    chat_request,
+    choice_json,
+    delta_json,
+    finish_reason,
+    logprobs_json,
+    sampling,
+)
+from services.gateway.api.schemas.openai import ChatCompletionRequest, EmbeddingRequest, InvokeRequest, OpenAIBody
+from services.gateway.api.streams import all_or_none, first_chunks, merged
 from services.gateway.clients import ChatStream
 from services.gateway.deps import ChatDep, ChatReadDep, StateDep, has_scope, principal_context
 from services.gateway.errors import ApiError, error_body
@@ -63,36 +75,21 @@ EMBED_TIMEOUT_S = 120
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def chat_request_to_proto(
-    body: ChatCompletionRequest, principal: auth_pb2.Principal, http: Request
-) -> common_pb2.ChatRequest:
-    messages = []
-    for i, message in enumerate(body.messages):
-        try:
-            text = message.text()
-        except ValueError as exc:
-            raise ApiError(400, "invalid_request", f"messages[{i}].content: {exc}") from None
-        role = "system" if message.role == "developer" else message.role
-        messages.append(common_pb2.ChatMessage(role=role, content=text, name=message.name or ""))
-    params = common_pb2.SamplingParams(stop=body.stop or [])
-    if body.token_limit is not None:
-        params.max_tokens = body.token_limit
-    if body.temperature is not None:
-        params.temperature = body.temperature
-    if body.top_p is not None:
-        params.top_p = body.top_p
-    if body.seed is not None:
-        params.seed = body.seed
-    request = common_pb2.ChatRequest(
-        model=body.model, messages=messages, params=params, context=principal_context(principal, http)
-    )
-    if body.goblin is not None:
-        request.routing.policy = body.goblin.policy or ""
-        request.routing.fallbacks.extend(body.goblin.fallbacks)
-        if body.goblin.rag is not None:
-            request.rag.collection = body.goblin.rag.collection
-            request.rag.top_k = body.goblin.rag.top_k
-    return request
+async def scan_messages(guard: SecretGuard, messages: list[Message], principal: auth_pb2.Principal) -> list[Message]:
+    """``messages`` with every text a person or tool wrote scanned (content, text parts, tool arguments)."""
+    return with_message_texts(messages, await scan(guard, message_texts(messages), principal))
+
+
+def ignored_header(body: OpenAIBody) -> dict[str, str]:
+    """``X-Goblin-Ignored-Params``: the unknown top-level fields the request sent (ignored, not an error)."""
+    ignored = body.ignored
+    return {"X-Goblin-Ignored-Params": ",".join(name[:64] for name in ignored[:32])} if ignored else {}
+
+
+def bypass_cache(http: Request) -> bool:
+    """Cache-Control: no-cache (or no-store) asks for a fresh answer: the router's response cache is skipped."""
+    directives = {d.strip().lower() for d in http.headers.get("cache-control", "").split(",")}
+    return bool(directives & {"no-cache", "no-store"})
 
 
 def require_rag_scope(principal: auth_pb2.Principal) -> None:
@@ -125,12 +122,11 @@ def citations_json(citations: Sequence[common_pb2.Citation]) -> list[dict[str, A
     ]
 
 
-def usage_json(usage: common_pb2.Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }
+def usage_json(*usages: common_pb2.Usage) -> dict[str, int]:
+    """The usage of one answer, or the sum of several (``n`` choices are ``n`` model calls)."""
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream: true for SSE)")
@@ -139,102 +135,104 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
     rag = body.goblin is not None and body.goblin.rag is not None
     if rag:
         require_rag_scope(principal)
-    request = chat_request_to_proto(body, principal, http)
-    # Cache-Control: no-cache (or no-store) asks for a fresh answer: the router's response cache is skipped.
-    directives = {d.strip().lower() for d in http.headers.get("cache-control", "").split(",")}
-    request.routing.bypass_cache = bool(directives & {"no-cache", "no-store"})
-    cleaned = await scan(state.secret_guard, [m.content for m in request.messages], principal)
-    for message, text in zip(request.messages, cleaned, strict=True):
-        message.content = text
+    # Every check (messages, tools, schemas, images, parameters) before anything leaves the gateway.
+    messages = chat_messages(body.messages)
+    options = chat_options(body)
+    params = sampling(body, max_tokens=body.token_limit, logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs)
+    messages = await scan_messages(state.secret_guard, messages, principal)
+    request = chat_request(messages, params, options, body.model, body)
+    request.context.CopyFrom(principal_context(principal, http))
+    request.routing.bypass_cache = bypass_cache(http)
+    legacy, logprobs = body.legacy_functions, bool(body.logprobs)
+    headers = ignored_header(body)
+    label = provider_label(body.model)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream(
-            state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S),
-            include_usage,
-            provider_label(body.model),
-            rag=rag,
-        )
-    try:
-        reply = await state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S)
-    except ApiError as error:
-        CHAT_ERRORS.labels(provider_label(body.model), error.error).inc()
-        raise
-    count_answer(reply.provider, reply.model, reply.usage)
-    answer: dict[str, Any] = {
-        "id": reply.id or new_completion_id(),
-        "object": "chat.completion",
-        "created": reply.created or int(time.time()),
-        "model": reply.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": reply.message.content, "refusal": None},
-                "finish_reason": reply.finish_reason or "stop",
-                "logprobs": None,
+        streams = [state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S) for _ in range(body.n)]
+
+        def render(index: int, chunk: common_pb2.ChatChunk) -> dict[str, Any]:
+            payload: dict[str, Any] = {
+                "object": "chat.completion.chunk",
+                "model": chunk.model,
+                "choices": [
+                    {
+                        "index": index,
+                        "delta": delta_json(chunk, legacy),
+                        "finish_reason": finish_reason(chunk.finish_reason, legacy) if chunk.finish_reason else None,
+                        "logprobs": logprobs_json(chunk.logprobs) if logprobs and chunk.logprobs else None,
+                    }
+                ],
             }
-        ],
-        "usage": usage_json(reply.usage),
+            if rag and chunk.finish_reason:
+                payload["citations"] = citations_json(chunk.citations)
+                payload["rag_hit"] = chunk.rag_hit
+            return payload
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await sse_answer(streams, render, "chat.completion.chunk", include_usage, label, headers)
+    try:
+        replies = await all_or_none(
+            [state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S) for _ in range(body.n)]
+        )
+    except ApiError as error:
+        CHAT_ERRORS.labels(label, error.error).inc()
+        raise
+    for reply in replies:
+        count_answer(reply.provider, reply.model, reply.usage)
+    first = replies[0]
+    answer: dict[str, Any] = {
+        "id": first.id or new_completion_id(),
+        "object": "chat.completion",
+        "created": first.created or int(time.time()),
+        "model": first.model,
+        "choices": [choice_json(r, i, legacy=legacy, logprobs=logprobs) for i, r in enumerate(replies)],
+        "usage": usage_json(*[r.usage for r in replies]),
         "system_fingerprint": None,
     }
     if rag:
-        answer["citations"] = citations_json(reply.citations)
-        answer["rag_hit"] = reply.rag_hit
+        answer["citations"] = citations_json(first.citations)
+        answer["rag_hit"] = first.rag_hit
     # A response, not a dict: a returned dict would go through FastAPI's jsonable_encoder first.
-    return JSONResponse(answer)
+    return JSONResponse(answer, headers=headers)
 
 
-async def _stream(
-    stream: ChatStream, include_usage: bool, requested_provider: str, *, rag: bool = False
+async def sse_answer(
+    streams: list[ChatStream],
+    render: Callable[[int, common_pb2.ChatChunk], dict[str, Any]],
+    kind: str,
+    include_usage: bool,
+    requested_provider: str,
+    headers: dict[str, str],
 ) -> StreamingResponse:
-    # Wait for the first chunk before answering, so refusals (unknown model, full queue, budget) get
+    """The SSE answer of one or more streams (``n`` choices): ``render`` makes each chunk's payload
+    (``id`` and ``created`` are added here, the same on every chunk); the usage of all of them in one
+    last chunk when ``include_usage``; then ``[DONE]``."""
+    # Wait for the first chunks before answering, so refusals (unknown model, full queue, budget) get
     # their real HTTP status instead of a 200 followed by an error event.
     try:
-        first = await stream.read()
+        firsts = await first_chunks(streams)
     except ApiError as error:
         CHAT_ERRORS.labels(requested_provider, error.error).inc()
         raise
-    completion_id, created = new_completion_id(), int(time.time())
+    if any(first is None for first in firsts):
+        for stream in streams:
+            stream.cancel()
+        raise ApiError(502, "upstream_error", "the model returned an empty stream")
+    completion_id = new_completion_id("chatcmpl" if kind.startswith("chat") else "cmpl")
+    created = int(time.time())
 
     def event(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
-    def chunk_event(chunk: common_pb2.ChatChunk) -> str:
-        delta: dict[str, Any] = {}
-        if chunk.role:
-            delta["role"] = chunk.role
-        if chunk.delta or chunk.role:
-            delta["content"] = chunk.delta
-        payload: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": chunk.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": delta,
-                    "finish_reason": chunk.finish_reason or None,
-                    "logprobs": None,
-                }
-            ],
-        }
-        if rag and chunk.finish_reason:
-            payload["citations"] = citations_json(chunk.citations)
-            payload["rag_hit"] = chunk.rag_hit
-        return event(payload)
-
     async def events() -> AsyncIterator[str]:
-        chunk = first
         model, provider = "", ""
-        usage = None
+        usages: dict[int, common_pb2.Usage] = {}
         try:
-            while chunk is not None:
+            async for index, chunk in merged(streams, firsts):
                 model = chunk.model or model
                 provider = chunk.provider or provider
                 if chunk.HasField("usage"):
-                    usage = chunk.usage
-                yield chunk_event(chunk)
-                chunk = await stream.read()
+                    usages[index] = chunk.usage
+                yield event({"id": completion_id, "created": created, **render(index, chunk)})
         except ApiError as error:
             CHAT_ERRORS.labels(provider or requested_provider, error.error).inc()
             # Mid-stream the status line is already sent: OpenAI's in-stream error object, which SDKs raise.
@@ -242,25 +240,18 @@ async def _stream(
             yield event({"error": {**body, "type": error.error, "code": error.error}})
             return
         finally:
-            stream.cancel()  # no-op when finished; frees the model when the client went away
-        if usage is not None:
+            for stream in streams:
+                stream.cancel()  # no-op when finished; frees the model when the client went away
+        for usage in usages.values():
             count_answer(provider, model, usage)
-        if include_usage and usage is not None:
+        if include_usage and usages:
+            usage = usage_json(*usages.values())
             yield event(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": usage_json(usage),
-                }
+                {"id": completion_id, "object": kind, "created": created, "model": model, "choices": [], "usage": usage}
             )
         yield "data: [DONE]\n\n"
 
-    if first is None:
-        raise ApiError(502, "upstream_error", "the model returned an empty stream")
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(events(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
 @router.get("/v1/models", summary="Every model the router can reach")
