@@ -96,7 +96,9 @@ def test_the_local_model_lists_what_it_can_do(client: openai.OpenAI) -> None:
 # Some 1,100 tokens in all: seconds on an idle machine, minutes on a shared, loaded one.
 @pytest.mark.timeout(1200)
 async def test_fifty_json_schema_answers_all_validate(suite: Suite) -> None:
-    room = asyncio.Semaphore(6)  # within the inference queue, so none is refused with a 429
+    # As many at once as the engine decodes together (4): none waits in its queue or is refused with a
+    # 429, and none is in flight long enough on a loaded machine to meet the gRPC GOAWAY seen at ~120 s.
+    room = asyncio.Semaphore(4)
 
     async def ask(api: openai.AsyncOpenAI, i: int) -> tuple[str, str]:
         async with room:
@@ -188,7 +190,7 @@ def test_a_schema_the_grammar_cannot_enforce_is_a_400(client: openai.OpenAI) -> 
             response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
             max_tokens=8,
         )  # type: ignore[arg-type]
-    assert isinstance(refused.value.body, dict) and "'minimum'" in refused.value.body["message"]
+    assert "'minimum'" in refused.value.response.json()["message"]
 
 
 async def test_grammar_and_free_requests_run_together_on_inference(suite: Suite) -> None:

@@ -65,6 +65,9 @@ _SUBSCHEMA_LISTS = ("anyOf", "allOf", "prefixItems")
 _SUBSCHEMAS = ("items", "additionalProperties")
 
 Kind = Literal["json", "tool"]
+# A character of a JSON string. The converter's own rule lets raw control characters (a newline) in,
+# which JSON forbids inside strings: json.loads would refuse the answer. This is llama.cpp's newer rule.
+JSON_CHAR_RULE = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,12 @@ def constraint_for(options: ChatOptions) -> Constraint | None:
     if fmt.type == "json_object":
         converter = _converter()
         converter._add_rule("root", converter._add_primitive("object", PRIMITIVE_RULES["object"]))
-        return Constraint(gbnf=converter.format_grammar(), kind="json")
+        return Constraint(gbnf=_grammar(converter), kind="json")
     if fmt.schema is None:
         raise InvalidArgument("response_format.json_schema.schema is required")
     converter = _converter()
     _visit(converter, fmt.schema, "", "response_format.json_schema.schema")
-    return Constraint(gbnf=converter.format_grammar(), kind="json")
+    return Constraint(gbnf=_grammar(converter), kind="json")
 
 
 def _tool_constraint(tools: Sequence[Tool]) -> Constraint:
@@ -118,7 +121,13 @@ def _tool_constraint(tools: Sequence[Tool]) -> Constraint:
         rule = _visit(converter, tool.parameters, f"tool{i}-args", f"tools[{tool.name}].function.parameters")
         alternatives.append(f"{converter._format_literal(tool_call_prefix(tool.name))} {rule}")
     converter._add_rule("root", "(" + " | ".join(alternatives) + ') "}"')
-    return Constraint(gbnf=converter.format_grammar(), kind="tool", tools=tuple(t.name for t in tools))
+    return Constraint(gbnf=_grammar(converter), kind="tool", tools=tuple(t.name for t in tools))
+
+
+def _grammar(converter: SchemaConverter) -> str:
+    if "char" in converter._rules:
+        converter._rules["char"] = JSON_CHAR_RULE
+    return converter.format_grammar()
 
 
 def _converter() -> SchemaConverter:

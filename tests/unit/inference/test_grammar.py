@@ -217,3 +217,11 @@ def test_logit_bias_then_openai_penalties() -> None:
     untouched = np.array([1.0, 2.0], dtype=np.float32)
     shape_logits(untouched, np.array([], dtype=np.int64), np.array([], dtype=np.float32), None, Shaping())
     assert untouched.tolist() == [1.0, 2.0]
+
+
+def test_json_strings_never_hold_raw_control_characters() -> None:
+    """JSON forbids a raw newline inside a string: json.loads would refuse such an answer."""
+    for options in (schema_format(PERSON), ChatOptions(response_format=ResponseFormat(type="json_object"))):
+        constraint = constraint_for(options)
+        assert constraint is not None
+        assert rules(constraint.gbnf)["char"].startswith(r'[^"\\\x7F\x00-\x1F]')
