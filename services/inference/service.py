@@ -8,12 +8,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, new_completion_id
+from services.common.chat_content import CAP_JSON, CAP_JSON_SCHEMA, CAP_LOGPROBS, CAP_TOOLS, NO_OPTIONS, ChatOptions
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.inference.embeddings import Embedder, EmbeddingResult
 from services.inference.engine import ChatEngine, EngineStats
 
 PROVIDER = "local"
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+# What the local chat model can do. tools: tool_choice "required" or a named function is enforced by
+# grammar, "auto" answers in text (README.md); json, json_schema: by grammar; logprobs: from the logits.
+# No vision: the GGUF text models have no image encoder.
+CHAT_CAPABILITIES = ("chat", "completion", "streaming", CAP_TOOLS, CAP_JSON, CAP_JSON_SCHEMA, CAP_LOGPROBS)
 MAX_EMBED_INPUTS = 2048
 MAX_EMBED_CHARS = 100_000
 
@@ -47,7 +52,7 @@ class InferenceService:
         self.engine = engine
         self._embedder_factory = embedder_factory
         self.embedder: Embedder | None = None
-        self.chat_model = LocalModel(chat_model_id, ("chat", "completion", "streaming"), engine.n_ctx)
+        self.chat_model = LocalModel(chat_model_id, CHAT_CAPABILITIES, engine.n_ctx)
         self.embedding_model = LocalModel(EMBEDDING_MODEL_ID, ("embeddings",), 256)
 
     @property
@@ -79,17 +84,19 @@ class InferenceService:
             raise NotFound(f"model '{requested}' not found", code="model_not_found")
 
     def stream_chat(
-        self, model: str, messages: list[Message], params: SamplingParams
+        self, model: str, messages: list[Message], params: SamplingParams, options: ChatOptions = NO_OPTIONS
     ) -> AsyncGenerator[ChatDelta, None]:
         """The engine's stream; the caller must close it (``contextlib.aclosing``) so that a caller
         that goes away frees its place in the batch at once."""
         self._check_model(model, self.chat_model)
-        return self.engine.stream_chat(messages, params)
+        return self.engine.stream_chat(messages, params, options)
 
-    async def chat(self, model: str, messages: list[Message], params: SamplingParams) -> ChatResult:
+    async def chat(
+        self, model: str, messages: list[Message], params: SamplingParams, options: ChatOptions = NO_OPTIONS
+    ) -> ChatResult:
         """The whole answer, named as this service's chat model."""
         self._check_model(model, self.chat_model)
-        result = await self.engine.chat(messages, params)
+        result = await self.engine.chat(messages, params, options)
         return replace(result, model=self.chat_model.id, provider=PROVIDER)
 
     async def complete(self, model: str, prompt: str, params: SamplingParams) -> ChatResult:

@@ -21,6 +21,7 @@ from services.common.chat import (
     result_to_proto,
     usage_to_proto,
 )
+from services.common.chat_content import options_from_proto
 from services.inference.service import PROVIDER, InferenceService
 
 
@@ -30,7 +31,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Chat(self, request: common_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> common_pb2.ChatResponse:
         result = await self.service.chat(
-            request.model, messages_from_proto(request.messages), params_from_proto(request.params)
+            request.model,
+            messages_from_proto(request.messages),
+            params_from_proto(request.params),
+            options_from_proto(request),
         )
         return result_to_proto(result)
 
@@ -39,7 +43,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> AsyncIterator[common_pb2.ChatChunk]:
         header = ChunkHeader(model=self.service.chat_model.id, provider=PROVIDER, id=new_completion_id())
         stream = self.service.stream_chat(
-            request.model, messages_from_proto(request.messages), params_from_proto(request.params)
+            request.model,
+            messages_from_proto(request.messages),
+            params_from_proto(request.params),
+            options_from_proto(request),
         )
         first = True
         # aclosing: when the client goes away gRPC cancels this coroutine, and the engine must hear of it

@@ -7,7 +7,8 @@ How it works:
   through ``loop.call_soon_threadsafe``; nothing on the event loop waits for the model.
 - Up to ``max_sequences`` requests decode together. Each is its own sequence (``seq_id``) in the KV cache;
   every step puts each running sequence's newest token (or the next chunk of its prompt) into one
-  ``llama_batch`` and runs one ``llama_decode``, then samples every sequence with its own sampler chain.
+  ``llama_batch`` and runs one ``llama_decode``, then samples every sequence with its own sampler chain
+  (a sequence under a JSON or tool-call grammar sits beside free ones).
   On a CPU a step over four sequences costs little more than a step over one, so concurrent requests
   share the cores instead of waiting for each other.
 - Between steps, finished and cancelled sequences leave and the oldest waiting requests take their
@@ -22,14 +23,18 @@ How it works:
 Modules: :mod:`.chat_engine` (the asyncio-facing :class:`ChatEngine`), :mod:`.worker` (the thread that
 owns llama.cpp: scheduling, decoding, sampling), :mod:`.admission` (queue limits and retry-after),
 :mod:`.stops` (stop strings in streamed text), :mod:`.commands` (what crosses between the two threads),
-:mod:`.observer` (stats and metric hooks). Requests, answers and parameters are the shared chat types of
-:mod:`services.common.chat`.
+:mod:`.observer` (stats and metric hooks), :mod:`.sampling` (each sequence's sampler chain, logit bias,
+penalties, logprobs), :mod:`.grammar` (grammars for response formats and forced tool calls),
+:mod:`.toolcalls` (a forced call as streamed tool-call deltas), :mod:`.prompt` (chat-template turns),
+:mod:`.llama_log` (llama.cpp's log lines). Requests, answers and parameters are the shared chat types
+of :mod:`services.common.chat`.
 """
 
 from services.inference.engine.admission import QueueFull
 from services.inference.engine.chat_engine import ChatEngine
 from services.inference.engine.observer import EngineObserver, EngineStats, FinishReason, RequestStats
-from services.inference.engine.worker import CHATML_TEMPLATE, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from services.inference.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from services.inference.engine.worker import CHATML_TEMPLATE
 
 __all__ = [
     "CHATML_TEMPLATE",

@@ -19,12 +19,17 @@ from typing import Any
 import jinja2
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams, template_messages
+from services.common.chat import ChatDelta, ChatResult, Message, SamplingParams
+from services.common.chat_content import NO_OPTIONS, ChatOptions, TokenLogprob, ToolCall
 from services.common.errors import GoblinError, InvalidArgument, Unavailable
 from services.common.process import usable_cores
 from services.inference.engine.admission import Admission
-from services.inference.engine.commands import Call, Cancel, Command, LoadedModel, Request, Shutdown, Submit
+from services.inference.engine.commands import Call, Cancel, Command, LoadedModel, Output, Request, Shutdown, Submit
+from services.inference.engine.grammar import constraint_for
 from services.inference.engine.observer import EngineObserver, EngineStats
+from services.inference.engine.prompt import template_turns
+from services.inference.engine.sampling import Shaping
+from services.inference.engine.toolcalls import ToolCallReader
 from services.inference.engine.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -74,6 +79,7 @@ class ChatEngine:
         self._thread: threading.Thread | None = None
         self._worker: Worker | None = None
         self._formatter: Jinja2ChatFormatter | None = None
+        self._tool_role = False  # whether the model's chat template has a "tool" role
         self._loaded = False
 
     @property
@@ -104,6 +110,7 @@ class ChatEngine:
         self._formatter = Jinja2ChatFormatter(
             template=info.chat_template, eos_token=info.eos_text, bos_token=info.bos_text
         )
+        self._tool_role = "tool" in info.chat_template
         self._loaded = True
         logger.info(
             "chat model loaded",
@@ -135,13 +142,14 @@ class ChatEngine:
             max_sequences=self.max_sequences,
         )
 
-    def render_chat(self, messages: Sequence[Message]) -> str:
+    def render_chat(self, messages: Sequence[Message], options: ChatOptions = NO_OPTIONS) -> str:
         """The prompt for ``messages``, made with the model's own chat template (from the GGUF metadata),
-        ending with the opening of the assistant's turn."""
+        ending with the opening of the assistant's turn. Under ``options`` that constrain the answer the
+        model is told the tools or the schema (see :mod:`.prompt`)."""
         formatter = self._formatter
         if formatter is None:
             raise Unavailable("the local model is not loaded")
-        turns = template_messages(messages)
+        turns = template_turns(messages, options, constraint_for(options), tool_role=self._tool_role)
         try:
             return formatter(messages=turns).prompt
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
@@ -155,23 +163,31 @@ class ChatEngine:
         return await asyncio.wrap_future(result)
 
     def stream_chat(
-        self, messages: Sequence[Message], params: SamplingParams | None = None
+        self, messages: Sequence[Message], params: SamplingParams | None = None, options: ChatOptions = NO_OPTIONS
     ) -> AsyncGenerator[ChatDelta, None]:
-        """Stream the answer to ``messages``: text deltas, then one event with finish reason and usage.
+        """Stream the answer to ``messages``: text (or tool-call) deltas, then one event with finish
+        reason and usage.
+
+        ``options`` may constrain the answer by grammar: ``response_format`` json_object or json_schema
+        (the text is JSON in the schema's language), or a forced tool call (``tool_choice`` required or
+        a named function: tool-call deltas instead of text, finish reason "tool_calls"). Cut by
+        ``max_tokens``, either ends with finish reason "length" and what was written so far.
 
         Errors surface on the first iteration: :class:`QueueFull` at once when the queue is full,
         ``InvalidArgument`` for bad input or a prompt that does not fit the context. Closing the
         iterator, or cancelling the task iterating it, drops the request.
         """
-        return self._stream(messages=messages, prompt=None, params=params or SamplingParams())
+        return self._stream(messages=messages, prompt=None, params=params or SamplingParams(), options=options)
 
     def stream_complete(self, prompt: str, params: SamplingParams | None = None) -> AsyncGenerator[ChatDelta, None]:
         """Stream a plain continuation of ``prompt`` (no chat template), like :meth:`stream_chat`."""
-        return self._stream(messages=None, prompt=prompt, params=params or SamplingParams())
+        return self._stream(messages=None, prompt=prompt, params=params or SamplingParams(), options=NO_OPTIONS)
 
-    async def chat(self, messages: Sequence[Message], params: SamplingParams | None = None) -> ChatResult:
-        """The whole answer to ``messages``."""
-        return await _collect(self.stream_chat(messages, params))
+    async def chat(
+        self, messages: Sequence[Message], params: SamplingParams | None = None, options: ChatOptions = NO_OPTIONS
+    ) -> ChatResult:
+        """The whole answer to ``messages`` (see :meth:`stream_chat`)."""
+        return await _collect(self.stream_chat(messages, params, options))
 
     async def complete(self, prompt: str, params: SamplingParams | None = None) -> ChatResult:
         """The whole continuation of ``prompt``."""
@@ -183,12 +199,16 @@ class ChatEngine:
         messages: Sequence[Message] | None,
         prompt: str | None,
         params: SamplingParams,
+        options: ChatOptions,
     ) -> AsyncGenerator[ChatDelta, None]:
         self._require_worker()
         _check_max_tokens(params, self.n_ctx)
+        shaping = _shaping(params, options)
         if messages is not None:
+            if any(m.has_images for m in messages):
+                raise InvalidArgument("the local model cannot read images")
             # The template writes any special tokens (BOS included) itself.
-            text, add_special = self.render_chat(messages), False
+            text, add_special = self.render_chat(messages, options), False
         else:
             if not isinstance(prompt, str):
                 raise InvalidArgument("prompt must be a string")
@@ -200,7 +220,10 @@ class ChatEngine:
             loop=asyncio.get_running_loop(),
             events=asyncio.Queue(),
             submitted_at=time.perf_counter(),
+            shaping=shaping,
         )
+        constraint = shaping.constraint
+        reader = ToolCallReader(constraint.tools) if constraint is not None and constraint.is_tool_call else None
         self._admission.reserve()
         self._report_queue()
         self._inbox.put(Submit(request))
@@ -212,7 +235,9 @@ class ChatEngine:
                     ended = True
                     raise item
                 ended = bool(item.finish_reason)
-                yield item
+                delta = _delta(item, reader)
+                if delta is not None:
+                    yield delta
                 if ended:
                     return
         finally:
@@ -241,15 +266,60 @@ class ChatEngine:
             loop.call_soon_threadsafe(callback, *args)
 
 
+def _shaping(params: SamplingParams, options: ChatOptions) -> Shaping:
+    """What ``params`` and ``options`` ask of sampling, in the engine's terms."""
+    return Shaping(
+        constraint=constraint_for(options),
+        logit_bias=dict(params.logit_bias),
+        presence_penalty=params.presence_penalty or 0.0,
+        frequency_penalty=params.frequency_penalty or 0.0,
+        top_logprobs=(params.top_logprobs or 0) if params.logprobs else None,
+    )
+
+
+def _delta(output: Output, reader: ToolCallReader | None) -> ChatDelta | None:
+    """The worker's output as a stream event: text as it is, or, under a forced tool call, the pieces
+    of the call (and finish reason "tool_calls" once it is whole). None when it adds nothing."""
+    if reader is None:
+        if not (output.text or output.logprobs or output.finish_reason):
+            return None
+        return ChatDelta(
+            text=output.text, finish_reason=output.finish_reason, usage=output.usage, logprobs=output.logprobs
+        )
+    calls = tuple(reader.feed(output.text))
+    reason = output.finish_reason
+    if reason:
+        calls += tuple(reader.finish())
+        if reason == "stop" and reader.complete:
+            reason = "tool_calls"
+    if not (calls or output.logprobs or reason):
+        return None
+    return ChatDelta(tool_calls=calls, finish_reason=reason, usage=output.usage, logprobs=output.logprobs)
+
+
 async def _collect(stream: AsyncGenerator[ChatDelta, None]) -> ChatResult:
     """Join a stream's deltas into one :class:`ChatResult`."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
     async with contextlib.aclosing(stream) as events:
         async for event in events:
             parts.append(event.text)
+            logprobs.extend(event.logprobs)
+            for piece in event.tool_calls:
+                call = calls.setdefault(piece.index, ["", "", ""])
+                call[0] = call[0] or piece.id
+                call[1] = call[1] or piece.name
+                call[2] += piece.arguments
             if event.finish_reason:
                 assert event.usage is not None
-                return ChatResult(text="".join(parts), finish_reason=event.finish_reason, usage=event.usage)
+                return ChatResult(
+                    text="".join(parts),
+                    finish_reason=event.finish_reason,
+                    usage=event.usage,
+                    tool_calls=tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in calls.values()),
+                    logprobs=tuple(logprobs),
+                )
     raise GoblinError("the stream ended without a finish event")
 
 

@@ -12,7 +12,20 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.chat import ChatDelta, SamplingParams
+from services.common.chat import SamplingParams, Usage
+from services.common.chat_content import TokenLogprob
+from services.inference.engine.sampling import NO_SHAPING, Shaping
+
+
+@dataclass(frozen=True)
+class Output:
+    """What the worker streams for a request: text (with its tokens' logprobs when asked for), and last
+    one event with the finish reason and usage."""
+
+    text: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: str = ""
+    usage: Usage | None = None
 
 
 @dataclass(eq=False)
@@ -23,8 +36,9 @@ class Request:
     add_special: bool
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[ChatDelta | BaseException]
+    events: asyncio.Queue[Output | BaseException]
     submitted_at: float
+    shaping: Shaping = NO_SHAPING
     # Set on the event loop when the consumer leaves; the worker then stops sending events.
     cancelled: bool = False
 

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import llama_cpp.llama_cpp as llama
 
-from services.common.chat import ChatDelta, SamplingParams, Usage
-from services.common.errors import GoblinError, Unavailable
+from services.common.chat import Usage
+from services.common.errors import GoblinError, InvalidArgument, Unavailable
 from services.inference.engine.admission import fit_to_context
-from services.inference.engine.commands import Call, Cancel, LoadedModel, Request, Submit
+from services.inference.engine.commands import Call, Cancel, LoadedModel, Output, Request, Submit
+from services.inference.engine.llama_log import log_from_llama
 from services.inference.engine.observer import FinishReason, RequestStats
+from services.inference.engine.sampling import TokenSampler, check_grammar, token_logprob
 from services.inference.engine.stops import StopMatcher
 
 if TYPE_CHECKING:
@@ -40,10 +42,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-# What a request that leaves temperature or top_p unset samples with.
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.95
 
 
 @dataclass(eq=False)
@@ -63,7 +61,7 @@ class _Sequence:
     seq_id: int
     prompt_tokens: list[int]
     max_tokens: int
-    sampler: Any  # a llama_sampler chain pointer
+    sampler: TokenSampler
     admitted_at: float
     stop: StopMatcher
     decoder: codecs.IncrementalDecoder
@@ -79,24 +77,6 @@ class _Sequence:
 
     def usage(self) -> Usage:
         return Usage(prompt_tokens=len(self.prompt_tokens), completion_tokens=self.completion_tokens)
-
-
-# llama.cpp logs through one process-wide callback; route it to Python logging. Kept at module level
-# because llama.cpp holds only a raw pointer to it. ggml's levels: 1 debug, 2 info, 3 warn, 4 error,
-# 5 continues the previous message. Its info level dumps the whole model at every load: debug here.
-_LLAMA_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
-_llama_logger = logging.getLogger("llama_cpp")
-_last_llama_level = logging.DEBUG
-
-
-@llama.llama_log_callback
-def _log_from_llama(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-    global _last_llama_level
-    python_level = _last_llama_level if level == 5 else _LLAMA_LOG_LEVELS.get(level, logging.DEBUG)
-    _last_llama_level = python_level
-    message = text.decode("utf-8", errors="replace").rstrip()
-    if message and _llama_logger.isEnabledFor(python_level):
-        _llama_logger.log(python_level, message)
 
 
 class Worker:
@@ -118,6 +98,7 @@ class Worker:
         self._context: Any = None
         self._memory: Any = None
         self._vocab: Any = None
+        self._n_vocab = 0
         self._batch: Any = None
 
     def run(self, ready: Future[LoadedModel]) -> None:
@@ -161,7 +142,7 @@ class Worker:
     # Loading and freeing
 
     def _load(self) -> LoadedModel:
-        llama.llama_log_set(_log_from_llama, ctypes.c_void_p(0))
+        llama.llama_log_set(log_from_llama, ctypes.c_void_p(0))
         llama.llama_backend_init()
         engine = self._engine
         params = llama.llama_model_default_params()
@@ -175,6 +156,7 @@ class Worker:
             raise RuntimeError(f"llama.cpp could not load {engine.model_path} (is it a GGUF model?)")
         self._model = model
         self._vocab = llama.llama_model_get_vocab(model)
+        self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         n_ctx_train = llama.llama_model_n_ctx_train(model)
         if self._n_ctx > n_ctx_train:
             logger.warning("n_ctx %d is beyond the %d tokens the model was trained on", self._n_ctx, n_ctx_train)
@@ -252,12 +234,22 @@ class Worker:
         try:
             tokens = self.tokenize(request.prompt, request.add_special, True)
             max_tokens = fit_to_context(len(tokens), request.params.max_tokens, self._n_ctx)
+            self._check_shaping(request)
         except GoblinError as exc:
             self._admission.release_waiting()
             self._engine._call_in_loop(self._engine._report_queue)
             self._send(request, exc)
             return
         self._waiting.append(_Waiting(request=request, prompt_tokens=tokens, max_tokens=max_tokens))
+
+    def _check_shaping(self, request: Request) -> None:
+        """InvalidArgument for a grammar llama.cpp refuses or a logit_bias naming a token not in the vocabulary."""
+        shaping = request.shaping
+        if shaping.constraint is not None:
+            check_grammar(self._vocab, shaping.constraint)
+        for token in shaping.logit_bias:
+            if not 0 <= token < self._n_vocab:
+                raise InvalidArgument(f"logit_bias: token {token} is not in the vocabulary (0-{self._n_vocab - 1})")
 
     def _cancel(self, request: Request) -> None:
         for sequence in self._active:
@@ -288,14 +280,17 @@ class Worker:
             seq_id = self._free_seq_ids.pop()
             # Whatever an earlier owner left in this sequence must not leak into the new one.
             llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
-            stops = waiting.request.params.stop
+            request = waiting.request
+            # Stop strings shape content; a forced tool call has none, and cutting it would break it.
+            constraint = request.shaping.constraint
+            stops = () if constraint is not None and constraint.is_tool_call else request.params.stop
             self._active.append(
                 _Sequence(
                     request=waiting.request,
                     seq_id=seq_id,
                     prompt_tokens=waiting.prompt_tokens,
                     max_tokens=waiting.max_tokens,
-                    sampler=self._new_sampler(waiting.request.params),
+                    sampler=TokenSampler(self._vocab, self._n_vocab, request.params, request.shaping),
                     admitted_at=time.perf_counter(),
                     stop=StopMatcher(stops),
                     decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
@@ -303,23 +298,6 @@ class Worker:
             )
             self._admission.admit()
             self._engine._call_in_loop(self._engine._report_queue)
-
-    @staticmethod
-    def _new_sampler(params: SamplingParams) -> Any:
-        """A sampler chain for ``params``: greedy at temperature 0, else top-p, temperature, then a draw
-        seeded by ``params.seed`` (a fresh seed when it is None)."""
-        temperature = DEFAULT_TEMPERATURE if params.temperature is None else params.temperature
-        top_p = DEFAULT_TOP_P if params.top_p is None else params.top_p
-        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-        if temperature == 0.0:
-            llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
-            return chain
-        # LLAMA_DEFAULT_SEED asks llama.cpp for a random seed, so a caller's seed is kept below it.
-        seed = llama.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % llama.LLAMA_DEFAULT_SEED
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(top_p, 1))
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(temperature))
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
-        return chain
 
     # Decoding
 
@@ -387,7 +365,7 @@ class Worker:
 
     def _advance(self, sequence: _Sequence) -> None:
         """Sample ``sequence``'s next token and stream what it adds."""
-        token = llama.llama_sampler_sample(sequence.sampler, self._context, sequence.output_index)
+        token, logprobs = sequence.sampler.sample(self._context, sequence.output_index)
         if sequence.first_token_at is None:
             sequence.first_token_at = time.perf_counter()
             self._engine._call_in_loop(
@@ -399,12 +377,19 @@ class Worker:
         sequence.completion_tokens += 1
         sequence.last_token = token
         text = sequence.stop.feed(sequence.decoder.decode(self._piece(token)))
-        if text:
-            self._send(sequence.request, ChatDelta(text=text))
+        top = sequence.request.shaping.top_logprobs
+        if logprobs is not None and top is not None:
+            logprob = token_logprob(logprobs, token, top, self._text_of)
+            self._send(sequence.request, Output(text=text, logprobs=(logprob,)))
+        elif text:
+            self._send(sequence.request, Output(text=text))
         if sequence.stop.matched:
             self._finish(sequence, "stop")
         elif sequence.completion_tokens >= sequence.max_tokens:
             self._finish(sequence, "length")
+
+    def _text_of(self, token: int) -> str:
+        return self._piece(token).decode("utf-8", errors="replace")
 
     def _piece(self, token: int) -> bytes:
         """The bytes of one token; control tokens give none."""
@@ -420,7 +405,7 @@ class Worker:
         request = sequence.request
         self._active.remove(sequence)
         llama.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
-        llama.llama_sampler_free(sequence.sampler)
+        sequence.sampler.free()
         self._free_seq_ids.append(sequence.seq_id)
         # Released and reported before the last event goes out, so that a caller who has seen the end
         # finds the place free and the observer told.
@@ -439,12 +424,12 @@ class Worker:
             assert reason is not None
             tail = sequence.stop.feed(sequence.decoder.decode(b"", final=True)) + sequence.stop.flush()
             if tail:
-                self._send(request, ChatDelta(text=tail))
-            self._send(request, ChatDelta(finish_reason=reason, usage=sequence.usage()))
+                self._send(request, Output(text=tail))
+            self._send(request, Output(finish_reason=reason, usage=sequence.usage()))
 
     # Talking to the event loop
 
-    def _send(self, request: Request, item: ChatDelta | BaseException) -> None:
+    def _send(self, request: Request, item: Output | BaseException) -> None:
         if request.cancelled:
             return  # nobody is listening
         try:
@@ -481,7 +466,7 @@ class Worker:
             self._admission.release_waiting()
             self._report_finished(waiting.request, "cancelled", len(waiting.prompt_tokens), 0, None, None)
             usage = Usage(prompt_tokens=len(waiting.prompt_tokens), completion_tokens=0)
-            self._send(waiting.request, ChatDelta(finish_reason="cancelled", usage=usage))
+            self._send(waiting.request, Output(finish_reason="cancelled", usage=usage))
         while True:
             try:
                 command = self._inbox.get(block=False)
