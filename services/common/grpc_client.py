@@ -15,6 +15,11 @@ from services.common.context import CORRELATION_METADATA_KEY, current_correlatio
 from services.common.principal import PRINCIPAL_METADATA_KEY, outgoing_principal_var
 from services.common.tls import GrpcTls
 
+# Clients ping an idle connection this often, so a dead peer is noticed; servers must accept pings at
+# that rate (grpc_server.server_options), or gRPC's default policy answers the third with GOAWAY
+# "too_many_pings" and every call still open on that connection fails as UNAVAILABLE after ~2 minutes.
+KEEPALIVE_MS = 30_000
+
 
 def _with_correlation_id(client_call_details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
     correlation_id = current_correlation_id()
@@ -83,7 +88,7 @@ def open_channel(address: str, service: str, tls: GrpcTls) -> grpc.aio.Channel:
             # Reconnect quickly after a peer restarts, so readiness recovers within a second or two.
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.ssl_target_name_override", service),
         ],
     )

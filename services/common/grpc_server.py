@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.context import CORRELATION_METADATA_KEY, correlation_id_var, new_correlation_id
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError, Unavailable
+from services.common.grpc_client import KEEPALIVE_MS
 from services.common.logs import configure_logging
 from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
 from services.common.principal import PrincipalInterceptor
@@ -103,6 +104,20 @@ def _code_of(context: grpc.aio.ServicerContext, failed: BaseException | None) ->
     if failed is not None:
         return grpc.StatusCode.INTERNAL.name if not isinstance(failed, asyncio.CancelledError) else "CANCELLED"
     return grpc.StatusCode.OK.name
+
+
+def server_options(client_keepalive_ms: int = KEEPALIVE_MS) -> list[tuple[str, int]]:
+    """The gRPC server's options: message sizes, and a ping policy that accepts our clients' keepalive
+    pings (every ``client_keepalive_ms``, with or without calls in flight) instead of gRPC's default,
+    which allows one ping per 5 minutes and then closes the connection with GOAWAY "too_many_pings"."""
+    return [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", client_keepalive_ms // 2),
+        ("grpc.http2.max_ping_strikes", 0),  # never GOAWAY a peer for pinging
+    ]
 
 
 def _store_away(method: str, exc: BaseException) -> Unavailable:
@@ -237,12 +252,7 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
     start_metrics_server(settings.bind_host, settings.metrics_port)
 
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(), PrincipalInterceptor.for_this_process()],
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[ServiceInterceptor(), PrincipalInterceptor.for_this_process()], options=server_options()
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
