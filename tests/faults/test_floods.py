@@ -14,11 +14,13 @@ import httpx
 import pytest
 
 from goblin_tools.suite import Suite
+from services.gateway.config import GatewaySettings
 from services.gateway.http_protocol import HEAD_TIMEOUT_S
 
 pytestmark = pytest.mark.faults
 
-MAX_BODY = 1024 * 1024  # GOBLIN_MAX_BODY_BYTES' default
+# The chat route's own limit (GOBLIN_MAX_CHAT_BODY_BYTES' default: images travel as data: URLs).
+MAX_BODY = GatewaySettings.model_fields["max_chat_body_bytes"].default
 
 
 def post_raw(suite: Suite, body: bytes, content_type: str = "application/json") -> httpx.Response:

@@ -38,6 +38,7 @@ def edge(
         GOBLIN_RATE_LIMIT_DEFAULT="4/minute",
         GOBLIN_RATE_LIMIT_AUTH="3/minute",
         GOBLIN_MAX_BODY_BYTES="65536",
+        GOBLIN_MAX_CHAT_BODY_BYTES="65536",
     )
     # wait_ready polls /health/ready; with 3/second that is fine at its 5 polls a second plus retries.
     try:

@@ -92,8 +92,12 @@ def test_no_input_gets_a_server_error(fuzz_suite: Suite, http: requests.Session)
             if response.status_code >= 500:
                 failures.append(where)
             elif response.status_code >= 400:
-                body = response.json()
-                if not {"error", "message", "correlation_id"} <= set(body):
+                try:
+                    body = response.json()
+                except ValueError:
+                    failures.append(f"{where} (not JSON)")
+                    return
+                if not isinstance(body, dict) or not {"error", "message", "correlation_id"} <= set(body):
                     failures.append(f"{where} (not the JSON error shape)")
 
         exercise()

@@ -122,11 +122,16 @@ def test_sign_in_refuses_non_admins_without_a_cookie(
 
     # An unknown credential goes to auth; here a stand-in that refuses it, as auth would.
     client.app.state.gateway.clients = SimpleNamespace(auth=SimpleNamespace(authenticate=unknown))
-    reply = client.post(SESSION_PATH, data={"credential": credential}, follow_redirects=False)
+    browser = {"Accept": "text/html,application/xhtml+xml"}  # a form submitted by a browser
+    reply = client.post(SESSION_PATH, data={"credential": credential}, headers=browser, follow_redirects=False)
     assert reply.status_code == status, reply.text
     assert "set-cookie" not in reply.headers
     assert reply.headers["content-type"].startswith("text/html")
     assert_page_is_sealed(reply)
+    # Any other client gets the JSON error every route answers, and no cookie either.
+    reply = client.post(SESSION_PATH, data={"credential": credential}, follow_redirects=False)
+    assert reply.status_code == status and "set-cookie" not in reply.headers
+    assert {"error", "message", "correlation_id"} <= set(reply.json())
 
 
 def test_hostile_text_in_the_sign_in_message_is_escaped(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

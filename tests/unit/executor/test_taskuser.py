@@ -16,8 +16,10 @@ from tests.unit.executor.processes import spec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root can run tasks as other users")
 
-# Six background processes and the shell under a limit of 8 each: three such tasks sharing one uid
-# would need 21 under one budget of 8, and their forks would fail.
+# Six background processes and the shell (plus bubblewrap's own two under bwrap) under a limit of 12
+# each: three such tasks sharing one uid would need 21 to 27 under one budget of 12, and their forks
+# would fail; each on its own uid fits with room to spare (a limit of 8 left bwrap none, and failed
+# now and then when the machine was busy).
 FORKS = "for i in 1 2 3 4 5 6; do sleep 1 & done; id -u; wait"
 
 
@@ -29,7 +31,7 @@ async def test_each_running_task_has_a_uid_and_a_process_budget_of_its_own(
         pytest.skip("bubblewrap is not available here")
     monkeypatch.setenv(RUN_AS_RANGE_ENV, "61000-61003")
     results = await asyncio.gather(
-        *(run(spec(work_root, "/bin/bash", "-c", FORKS, mode=mode, max_processes=8)) for _ in range(3))
+        *(run(spec(work_root, "/bin/bash", "-c", FORKS, mode=mode, max_processes=12)) for _ in range(3))
     )
     assert [r.status for r in results] == ["succeeded"] * 3, [r.stderr_tail for r in results]
     uids = [int(r.stdout_tail) for r in results] if mode == "rlimits" else None

@@ -174,12 +174,17 @@ async def sign_in(request: Request, credential: Annotated[str, Form(max_length=M
     if not same_origin(request):
         raise ApiError(403, "forbidden", "cross-site sign-in refused")
     credential = credential.strip()
+    # A browser's form (it asks for HTML) gets the form again with the reason; anything else gets the
+    # JSON error every other route answers.
+    browser = "text/html" in request.headers.get("accept", "").lower()
     if not credential:
-        return sign_in_page(400, "Paste an admin API key or access token.")
+        if browser:
+            return sign_in_page(400, "Paste an admin API key or access token.")
+        raise ApiError(400, "invalid_request", "credential is required")
     try:
         await admin_principal(request, credential)
     except ApiError as error:
-        if error.status_code in (401, 403):
+        if browser and error.status_code in (401, 403):
             return sign_in_page(error.status_code, error.message)
         raise
     response = RedirectResponse(DASHBOARD_PATH, status_code=303, headers=NO_STORE)
