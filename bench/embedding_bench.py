@@ -16,7 +16,7 @@ from services.common.process import usable_cores
 from services.inference.embeddings import Embedder
 from services.inference.models import embedding_model_files
 
-CHUNKS = 64
+CHUNKS = 16
 RUNS = 3
 WORDS = (
     "retrieval augmented generation splits each document into chunks of about two hundred and fifty six "
