@@ -226,13 +226,19 @@ async def in_thread(action: Callable[[], Any]) -> Any:
 
 
 async def wait_serving(suite: Suite, name: str, clock: Callable[[], float], timeout_s: float = 90.0) -> float:
-    """Poll /health/ready until ``name`` answers SERVING; ``clock()`` then."""
+    """Poll /health/ready until ``name`` is back (the gateway: it answers 200; any other part: the
+    gateway reports it SERVING); ``clock()`` then."""
+
+    def back(reply: httpx.Response) -> bool:
+        if name == "gateway":
+            return reply.status_code == 200
+        return reply.json().get("services", {}).get(name) == "SERVING"
+
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(base_url=suite.gateway_url, verify=suite.ssl_context(), timeout=5) as client:
         while time.monotonic() < deadline:
             try:
-                reply = await client.get("/health/ready")
-                if reply.json().get("services", {}).get(name) == "SERVING":
+                if back(await client.get("/health/ready")):
                     return clock()
             except (httpx.HTTPError, ValueError):
                 pass
@@ -329,25 +335,9 @@ def signal_service(suite: Suite, service: str, sig: signal.Signals) -> Fault:
     async def fault(clock: Callable[[], float]) -> float:
         os.kill(suite.service_process(service).pid, sig)
         await asyncio.sleep(0.5)  # the supervisor notices and restarts it
-        if service == "gateway":
-            return await wait_ready(suite, clock)
         return await wait_serving(suite, service, clock)
 
     return fault
-
-
-async def wait_ready(suite: Suite, clock: Callable[[], float], timeout_s: float = 90.0) -> float:
-    """Poll /health/ready until it answers 200; ``clock()`` then."""
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=suite.gateway_url, verify=suite.ssl_context(), timeout=5) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get("/health/ready")).status_code == 200:
-                    return clock()
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"the gateway was not ready again within {timeout_s}s")
 
 
 def store_away(suite: Suite, stop: Callable[[], None], start: Callable[[], None], name: str, away_s: float) -> Fault:
