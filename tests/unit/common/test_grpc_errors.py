@@ -10,27 +10,20 @@ import redis.exceptions
 
 from services.common.errors import ERROR_CODE_KEY
 from services.common.grpc_server import ServiceInterceptor
+from tests.unit.common.one_method import METHOD, one_method_server
 
 
 async def call_broken(exc: BaseException) -> grpc.aio.AioRpcError:
-    """A one-method service (raw bytes in and out) whose handler raises ``exc``, called once."""
+    """A one-method service whose handler raises ``exc``, behind our interceptor, called once."""
 
     async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise exc
 
-    server = grpc.aio.server(interceptors=[ServiceInterceptor()])
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("test.Broken", {"Do": grpc.unary_unary_rpc_method_handler(handler)})]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with one_method_server(handler, interceptors=[ServiceInterceptor()]) as address:
+        async with grpc.aio.insecure_channel(address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await channel.unary_unary("/test.Broken/Do")(b"", timeout=5)
-        return caught.value
-    finally:
-        await server.stop(None)
+                await channel.unary_unary(METHOD)(b"", timeout=5)
+    return caught.value
 
 
 @pytest.mark.parametrize(

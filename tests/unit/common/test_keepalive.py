@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from services.common.grpc_server import server_options
+from tests.unit.common.one_method import METHOD, one_method_server
 
 CLIENT_KEEPALIVE_MS = 1000
 CALL_S = 6.0
@@ -21,23 +22,18 @@ async def slow_call(options: list[tuple[str, int]]) -> grpc.StatusCode:
         await asyncio.sleep(CALL_S)
         return b"done"
 
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("test.Slow", {"Do": grpc.unary_unary_rpc_method_handler(handler)})]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    client_options = [("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_MS), ("grpc.keepalive_timeout_ms", 5000)]
-    client_options.append(("grpc.http2.max_pings_without_data", 0))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=client_options) as channel:
+    client_options = [
+        ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", 5000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    async with one_method_server(handler, options=options) as address:
+        async with grpc.aio.insecure_channel(address, options=client_options) as channel:
             try:
-                await channel.unary_unary("/test.Slow/Do")(b"", timeout=CALL_S + 10)
+                await channel.unary_unary(METHOD)(b"", timeout=CALL_S + 10)
             except grpc.aio.AioRpcError as exc:
                 return exc.code()
             return grpc.StatusCode.OK
-    finally:
-        await server.stop(None)
 
 
 @pytest.mark.parametrize(
