@@ -16,12 +16,15 @@ import json
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from services.gateway.errors import error_body
+
 MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_S = 10.0
 
 
 def _error_response(status: int, reason: bytes, code: str, message: str) -> bytes:
-    body = json.dumps({"error": code, "message": message}).encode()
+    # The gateway's one error shape; no request exists yet, so its correlation id is empty.
+    body = json.dumps(error_body(code, message)).encode()
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
         % (status, reason, len(body))
