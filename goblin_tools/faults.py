@@ -38,7 +38,7 @@ import httpx
 
 from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis
 from goblin_tools.fakes.providers import FakeProviders
-from goblin_tools.suite import Suite, start_suite
+from goblin_tools.suite import Suite, catalog_suite
 
 # What each kind of request needs besides the gateway (a refusal is clear only when one of these is down).
 NEEDS: dict[str, frozenset[str]] = {
@@ -309,21 +309,18 @@ def fault_suite(base: Path) -> Iterator[tuple[Suite, Stores, FakeProviders]]:
     """The whole suite on stores of its own (so cases can stop them) and a fake provider, ready."""
     stores = Stores(base / "stores")
     try:
-        with FakeProviders() as fake:
-            (base / "catalog.yaml").write_text(CATALOG.format(port=fake.port))
-            suite = start_suite(
-                base / "suite",
+        with (
+            FakeProviders() as fake,
+            catalog_suite(
+                base,
+                CATALOG.format(port=fake.port),
                 DATABASE_URL=stores.database_url,
                 REDIS_URL=stores.redis_url,
-                GOBLIN_CATALOG_FILE=str(base / "catalog.yaml"),
                 ACME_API_KEY=fake.key("acme"),
                 **SUITE_ENV,
-            )
-            try:
-                suite.wait_ready()
-                yield suite, stores, fake
-            finally:
-                suite.stop()
+            ) as suite,
+        ):
+            yield suite, stores, fake
     finally:
         stores.close()
 

@@ -10,6 +10,8 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,3 +203,18 @@ def start_suite(home: Path, **extra: str) -> Suite:
             stderr=subprocess.STDOUT,
         )
     return Suite(home=home, env=env, process=process, log_path=log_path, extra=extra)
+
+
+@contextmanager
+def catalog_suite(home: Path, catalog: str, **extra: str) -> Iterator[Suite]:
+    """The suite in ``home`` with ``catalog`` (the router's catalog, YAML) as its GOBLIN_CATALOG_FILE and
+    ``extra`` in its environment, ready; stopped afterwards."""
+    home.mkdir(parents=True, exist_ok=True)
+    catalog_file = home / "catalog.yaml"
+    catalog_file.write_text(catalog)
+    suite = start_suite(home / "suite", GOBLIN_CATALOG_FILE=str(catalog_file), **extra)
+    try:
+        suite.wait_ready()
+        yield suite
+    finally:
+        suite.stop()

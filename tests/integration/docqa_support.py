@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from goblin_tools.fakes.providers import FakeProviders
-from goblin_tools.suite import Suite, start_suite
+from goblin_tools.suite import Suite, catalog_suite
 from tests.integration.auth_support import ADMIN_EMAIL, ADMIN_PASSWORD
 
 REMOTE_MODEL = "acme/acme-chat"
@@ -54,9 +53,8 @@ def docqa_suite(
     redis_url: str,
     docqa_fake: FakeProviders,
 ) -> Iterator[Suite]:
-    home = tmp_path_factory.mktemp("docqa")
-    catalog = Path(home) / "catalog.yaml"
-    catalog.write_text(
+    with catalog_suite(
+        tmp_path_factory.mktemp("docqa"),
         f"""
 providers:
   acme:
@@ -65,22 +63,14 @@ providers:
 models:
   {REMOTE_MODEL}:
     context_length: 8000
-"""
-    )
-    suite = start_suite(
-        home / "suite",
+""",
         DATABASE_URL=new_database(),
         REDIS_URL=redis_url,
-        GOBLIN_CATALOG_FILE=str(catalog),
         ACME_API_KEY=docqa_fake.key("acme"),
         GOBLIN_ADMIN_PASSWORD=ADMIN_PASSWORD,  # registering a user takes a signed-in admin session
         **docqa_fake.env(),
-    )
-    try:
-        suite.wait_ready()
+    ) as suite:
         yield suite
-    finally:
-        suite.stop()
 
 
 def client_with(suite: Suite, credential: str) -> httpx.Client:

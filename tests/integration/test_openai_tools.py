@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import jsonschema
@@ -22,7 +21,7 @@ import pydantic
 import pytest
 
 from goblin_tools.fakes.providers import FakeProviders
-from goblin_tools.suite import Suite, start_suite
+from goblin_tools.suite import Suite, catalog_suite
 from tests.integration.test_router import SUITE_ENV, flush_redis, redis_db, sdk
 
 FAMILY = {
@@ -65,10 +64,11 @@ def fake() -> Iterator[FakeProviders]:
 def tools_suite(
     tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str], redis_url: str, fake: FakeProviders
 ) -> Iterator[Suite]:
-    home = tmp_path_factory.mktemp("tools")
-    catalog = Path(home) / "catalog.yaml"
+    url = redis_db(redis_url, 6)
+    flush_redis(url)
     # acme: an OpenAI-compatible provider whose model declares no capabilities beyond chat.
-    catalog.write_text(
+    with catalog_suite(
+        tmp_path_factory.mktemp("tools"),
         f"""
 providers:
   acme:
@@ -83,24 +83,14 @@ policies:
   thrifty:
     strategy: cheapest
     models: [acme/plain, moonshot/moonshot-v1-32k, openai/gpt-4.1]
-"""
-    )
-    url = redis_db(redis_url, 6)
-    flush_redis(url)
-    suite = start_suite(
-        home / "suite",
+""",
         DATABASE_URL=new_database(),
         REDIS_URL=url,
-        GOBLIN_CATALOG_FILE=str(catalog),
         ACME_API_KEY=fake.key("acme"),
         **SUITE_ENV,
         **fake.env(),
-    )
-    try:
-        suite.wait_ready()
+    ) as suite:
         yield suite
-    finally:
-        suite.stop()
 
 
 @pytest.fixture(scope="module")

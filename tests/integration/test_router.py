@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,7 +26,7 @@ import redis
 
 from goblin.v1 import router_pb2, router_pb2_grpc
 from goblin_tools.fakes.providers import FakeProviders
-from goblin_tools.suite import Suite, start_suite
+from goblin_tools.suite import Suite, catalog_suite
 from services.router.catalog import build_catalog, load_file_layers
 from tests.integration.principals import as_caller
 
@@ -171,9 +170,10 @@ def router_suite(
     redis_url: str,
     fake: FakeProviders,
 ) -> Iterator[Suite]:
-    home = tmp_path_factory.mktemp("router")
-    catalog = Path(home) / "catalog.yaml"
-    catalog.write_text(
+    url = redis_db(redis_url, 4)
+    flush_redis(url)
+    with catalog_suite(
+        tmp_path_factory.mktemp("router"),
         f"""
 providers:
   acme:
@@ -189,26 +189,16 @@ models:
     input_price_per_mtok: 1.0
     output_price_per_mtok: 2.0
   nokey/some-model: {{}}
-"""
-    )
-    url = redis_db(redis_url, 4)
-    flush_redis(url)
-    suite = start_suite(
-        home / "suite",
+""",
         DATABASE_URL=new_database(),
         REDIS_URL=url,
-        GOBLIN_CATALOG_FILE=str(catalog),
         ACME_API_KEY=fake.key("acme"),
         LLM_CACHE_TTL="60",
         GOBLIN_DAILY_BUDGET_USD="1000",
         **SUITE_ENV,
         **fake.env(),
-    )
-    try:
-        suite.wait_ready()
+    ) as suite:
         yield suite
-    finally:
-        suite.stop()
 
 
 @pytest.fixture(scope="module")
