@@ -53,6 +53,8 @@ CHECK_S = 1.0  # how often, at most, the parent is checked while nothing happens
 MIN_WAIT_S = 0.01  # the shortest wait: no loop iteration can be a busy one
 GIVE_UP_S = 5.0  # after the final SIGKILL, how long the first process may take to be reaped
 
+PARENT_DIED = "the executor (or its zygote) died: the task is stopped (SIGTERM, then SIGKILL after the grace)"
+
 # Where the reasons go (the executor's ``report`` pipe); -1 when there is none.
 REPORT_FD = -1
 
@@ -154,7 +156,7 @@ def report(text: str) -> None:
             pass  # the executor is gone: nobody to tell
 
 
-def _start_task(config: dict, argv: list[str], status_fd: int) -> None:
+def _start_task(config: dict, argv: list[str], env, status_fd: int) -> None:
     """In the forked child: confine, then exec. Never returns. ``status_fd`` (close-on-exec) gets
     "x" just before the exec, then the error if there is one: the launcher learns how far it got."""
     try:
@@ -188,7 +190,7 @@ def _start_task(config: dict, argv: list[str], status_fd: int) -> None:
         os._exit(SETUP_FAILED)
     _tell(status_fd, "x")
     try:
-        os.execve(argv[0], argv, os.environ)
+        os.execve(argv[0], argv, env)
     except OSError as exc:
         message = f"goblin sandbox: cannot run {argv[0]}: {exc.strerror}"
         os.write(2, f"{message}\n".encode())
@@ -266,7 +268,7 @@ class Supervisor:
         while self.main not in REAPED:
             now = time.monotonic()
             if self.kill_at is None and self.orphaned():
-                self.terminate("the executor died: the task is stopped (SIGTERM, then SIGKILL after the grace)")
+                self.terminate(PARENT_DIED)
                 continue
             if self.kill_at is not None and not self.killed and now >= self.kill_at:
                 _kill_everything()
@@ -287,13 +289,14 @@ class Supervisor:
                 elif info.si_signo == signal.SIGTERM:
                     self.terminate()
                 elif info.si_signo == signal.SIGHUP:  # the parent-death signal (or a hang-up: the same)
-                    self.terminate("the executor died: the task is stopped (SIGTERM, then SIGKILL after the grace)")
+                    self.terminate(PARENT_DIED)
             _reap()
         return True
 
 
-def supervise(config: dict, argv: list[str]) -> None:
-    """Start the task and wait for it and every descendant; see the module docstring."""
+def supervise(config: dict, argv: list[str], env=None) -> None:
+    """Start the task with ``env`` (default: this process's environment) and wait for it and every
+    descendant; see the module docstring. Never returns."""
     global REPORT_FD
     if "report" in config:
         REPORT_FD = int(config["report"])
@@ -302,7 +305,7 @@ def supervise(config: dict, argv: list[str]) -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
     parent = int(config.get("parent", os.getppid()))
     if os.getppid() != parent:
-        report("the executor died before the task started")
+        report("the executor (or its zygote) died before the task started")
         os._exit(SETUP_FAILED)  # the executor died before the line above: nobody would supervise us
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
@@ -317,7 +320,7 @@ def supervise(config: dict, argv: list[str]) -> None:
         os._exit(SETUP_FAILED)
     if main == 0:
         os.close(status_read)
-        _start_task(config, argv, status_write)
+        _start_task(config, argv, os.environ if env is None else env, status_write)
     os.close(status_write)
     forked_at = time.monotonic()
     supervisor = Supervisor(main, parent, float(config.get("kill_grace_s", 2.0)))

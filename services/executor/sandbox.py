@@ -32,8 +32,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.executor import prefork
 from services.executor.limits import Limits
-from services.executor.spawn import Child, spawn
+from services.executor.prefork import LaunchedTask
 from services.executor.taskuser import (
     SAFE_PATH,
     TASK_DIR_PREFIX,
@@ -102,9 +103,11 @@ def _bwrap_argv(task_dir: str, network: bool) -> list[str]:
     return argv
 
 
-def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None, report_fd: int | None = None) -> list[str]:
-    """The full command line: the launcher, its configuration, then (bwrap and) the task's argv.
-    ``report_fd``: the descriptor the launcher writes its reasons to (see :func:`run`)."""
+def _launch_config(
+    spec: RunSpec, task_dir: str, user: tuple[int, int] | None, report_fd: int | None = None
+) -> tuple[dict[str, object], list[str]]:
+    """The launcher's settings and the argv it runs ((bwrap and) the task's). ``report_fd``: the
+    descriptor the launcher writes its reasons to (see :func:`run`)."""
     if spec.mode not in MODES:
         raise ValueError(f"unknown sandbox mode {spec.mode!r} (expected one of {', '.join(MODES)})")
     if not spec.argv:
@@ -123,7 +126,14 @@ def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None, report_
         "parent": os.getpid(),
         "report": report_fd,
     }
-    wrapped = [*(_bwrap_argv(task_dir, spec.network) if spec.mode == "bwrap" else []), *spec.argv]
+    return config, [*(_bwrap_argv(task_dir, spec.network) if spec.mode == "bwrap" else []), *spec.argv]
+
+
+def _command(spec: RunSpec, task_dir: str, user: tuple[int, int] | None, report_fd: int | None = None) -> list[str]:
+    """The launcher as a command line of its own: its configuration, then (bwrap and) the task's argv.
+    Tasks are started by the zygote, which runs the same launcher with the same settings in a fork of
+    itself (prefork.py); this form is the bwrap probe's and the dry-run plan's."""
+    config, wrapped = _launch_config(spec, task_dir, user, report_fd)
     settings = [f"{key}={'' if value is None else value}" for key, value in config.items()]
     return [sys.executable, "-I", "-S", LAUNCHER, *settings, "--", *wrapped]
 
@@ -195,11 +205,6 @@ class _Stream:
         return bytes(self.tail).decode("utf-8", "replace")
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 def _describe(status: str, code: int | None, sig: int | None, limits: Limits) -> str | None:
     if status == "timed_out":
         return f"timed out after {limits.timeout_s:g} s"
@@ -263,11 +268,9 @@ async def _run_as(
     # output cannot forge them, and they survive a task that floods or closes its stderr.
     report_read, report_write = os.pipe()
     try:
-        command = _command(spec, task_dir, user, report_write)
+        config, argv = _launch_config(spec, task_dir, user, report_write)
         try:
-            proc = await spawn(
-                command, env=_task_env(spec, task_dir), cwd=task_dir, stdin=spec.stdin, pass_fds=(report_write,)
-            )
+            proc = await prefork.launch(config, argv, env=_task_env(spec, task_dir), cwd=task_dir, stdin=spec.stdin)
         except OSError as exc:  # no process at all (EAGAIN, ENOMEM...): the task failed, and says why
             return RunResult("failed", None, None, "", "", 0, 0, time.monotonic() - started, f"cannot start it: {exc}")
         finally:
@@ -277,7 +280,7 @@ async def _run_as(
         finally:
             # Whatever happened above (on_output failing, our own cancellation), nothing of the task
             # outlives run(): SIGINT makes the launcher SIGKILL every descendant at once.
-            if proc.returncode is None:
+            if not proc.ended:
                 await _kill_now(proc)
     finally:
         os.close(report_read)
@@ -285,7 +288,7 @@ async def _run_as(
 
 
 async def _supervise(
-    proc: Child,
+    proc: LaunchedTask,
     spec: RunSpec,
     started: float,
     on_output: OutputCallback | None,
@@ -336,18 +339,19 @@ async def _supervise(
         stdout_bytes=out.total,
         stderr_bytes=err.total,
         duration_s=time.monotonic() - started,
-        error=_with_report(_describe(status, exit_code, sig, limits), status, _read_report(report_fd), code),
+        error=_with_report(_describe(status, exit_code, sig, limits), status, _read_report(report_fd, proc.lost), code),
     )
 
 
-def _read_report(fd: int) -> list[str]:
-    """The launcher's lines (it has exited: its end of the pipe is closed, so this cannot block long)."""
+def _read_report(fd: int, lost: str | None = None) -> list[str]:
+    """The launcher's lines (it has exited: its end of the pipe is closed, so this cannot block long),
+    and ``lost``, the reason its zygote gave when it died before it could report the launcher's end."""
     os.set_blocking(fd, False)
     data = bytearray()
     with contextlib.suppress(BlockingIOError, OSError):
         while chunk := os.read(fd, 65536):
             data += chunk
-    return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+    return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()] + ([lost] if lost else [])
 
 
 def _with_report(reason: str | None, status: str, lines: list[str], code: int | None) -> str | None:
@@ -361,29 +365,29 @@ def _with_report(reason: str | None, status: str, lines: list[str], code: int | 
     return "; ".join(filter(None, [reason, *said]))
 
 
-async def _kill_now(proc: Child) -> None:
-    _killpg(proc.pid, signal.SIGINT)
+async def _kill_now(proc: LaunchedTask) -> None:
+    proc.signal_group(signal.SIGINT)
     try:
         await asyncio.wait_for(proc.wait(), DRAIN_AFTER_KILL_S)
     except TimeoutError:
-        _killpg(proc.pid, signal.SIGKILL)
+        proc.signal_group(signal.SIGKILL)
         await proc.wait()
 
 
-async def _finish(proc: Child, pumps: list[asyncio.Task]) -> None:
+async def _finish(proc: LaunchedTask, pumps: list[asyncio.Task]) -> None:
     """The process has ended and its output is read to the end (an on_output error ends it early)."""
     await asyncio.gather(*pumps)
     await proc.wait()
 
 
-async def _terminate(proc: Child, grace: float) -> None:
+async def _terminate(proc: LaunchedTask, grace: float) -> None:
     """SIGTERM to the group (the launcher forwards it to escaped descendants), SIGKILL after ``grace``."""
-    _killpg(proc.pid, signal.SIGTERM)
+    proc.signal_group(signal.SIGTERM)
     try:
         # The launcher itself SIGKILLs the stragglers at the end of the grace; give it time to.
         await asyncio.wait_for(proc.wait(), grace + LAUNCHER_MARGIN_S)
     except TimeoutError:
-        _killpg(proc.pid, signal.SIGKILL)
+        proc.signal_group(signal.SIGKILL)
         await proc.wait()
 
 

@@ -24,7 +24,7 @@ import asyncpg
 
 from services.common.secrets import SecretGuard
 from services.common.telemetry import SpanKind, context_from, set_attributes, span
-from services.executor import sandbox
+from services.executor import prefork, sandbox
 from services.executor.config import ExecutorSettings
 from services.executor.metrics import QUEUE_DEPTH, START_LATENCY, TASK_DURATION, TASKS
 from services.executor.notifier import Notifier
@@ -73,6 +73,10 @@ class WorkerPool:
         notifier.on_cancel = self._cancel_local
 
     async def start(self) -> None:
+        # The zygote (prefork.py) is started now, not by the first task, which would wait for its
+        # interpreter. One that cannot start is retried by each task, which then fails with the reason.
+        with contextlib.suppress(OSError):
+            prefork.current()
         loops = [self._worker(i) for i in range(self.settings.concurrency)]
         loops += [self._heartbeat(), self._reaper()]
         self._tasks = [asyncio.create_task(loop, name=f"executor-{i}") for i, loop in enumerate(loops)]
@@ -95,6 +99,7 @@ class WorkerPool:
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.repository.release(self.owner)
+        prefork.stop()
 
     def _cancel_local(self, task_id: str) -> None:
         cancel = self._running.get(task_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.executor import sandbox
+from services.executor import prefork
 from services.executor.sandbox import run
 from tests.unit.executor.processes import gone, spec
 from tests.unit.executor.test_sandbox import REPO
@@ -32,7 +32,7 @@ import asyncio, collections, json, sys, threading
 from pathlib import Path
 import grpc, uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from services.executor import sandbox
+from services.executor import prefork
 from services.executor.sandbox import run
 from tests.unit.executor.processes import spec
 
@@ -71,7 +71,7 @@ with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
 ORPHANING_EXECUTOR = """
 import asyncio, sys
 from pathlib import Path
-from services.executor import sandbox
+from services.executor import prefork
 from services.executor.sandbox import run
 from tests.unit.executor.processes import spec
 from tests.unit.executor.test_sandbox import tree
@@ -160,7 +160,8 @@ async def test_an_orphaned_launcher_stops_its_task_after_the_grace_and_exits_wit
 async def test_a_launcher_that_cannot_be_started_fails_the_task_with_the_reason(
     work_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox.sys, "executable", "/nonexistent/python")
+    prefork.stop()  # the next task starts a new zygote, with this interpreter
+    monkeypatch.setattr(prefork.sys, "executable", "/nonexistent/python")
     result = await run(spec(work_root, "/bin/true"))
     assert result.status == "failed" and result.exit_code is None
     assert result.error.startswith("cannot start it: [Errno 2] No such file or directory")

@@ -1,0 +1,269 @@
+"""The executor's side of the zygote (zygote.py): start it once, hand it tasks, learn their pids and
+how they ended, route kills through it.
+
+One zygote per event loop (the executor has one). It is started through ``subprocess.Popen`` (vfork,
+see spawn.py: never a ``fork()`` of the gRPC executor) from the loop's thread, whose end would be its
+parent-death signal, with the tasks' clean environment. When it dies (killed, crashed) every task it
+was running ends as "lost" (its launcher, orphaned, stops it: the reason says so), and the next task
+starts a new zygote. A request that could not even be delivered to a dead zygote goes to the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from services.executor import spawn
+from services.executor.taskuser import SAFE_PATH
+
+ZYGOTE = str(Path(__file__).with_name("zygote.py"))
+# The zygote's own environment: nothing of the service's (no secrets), what a task would get.
+ZYGOTE_ENV = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+LOST = "the executor's zygote died while the task ran: its launcher stopped the task"
+
+
+class ZygoteGone(OSError):
+    """The zygote was dead before it got the request (nothing of the task ran)."""
+
+
+class LaunchedTask:
+    """A launcher forked by the zygote: its pid (also its process group and session), its output as
+    stream readers, ``wait()`` for its end, and ``signal_group()``.
+
+    ``returncode`` is None while it runs, then its exit code or minus the signal that ended it; it
+    stays None when the zygote died first (``lost`` then says so: its exit status went to init)."""
+
+    def __init__(self, zygote: Zygote, pid: int, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader) -> None:
+        self._zygote = zygote
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self.returncode: int | None = None
+        self.lost: str | None = None
+        self._ended = asyncio.get_running_loop().create_future()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.done()
+
+    async def wait(self) -> int | None:
+        """Until the zygote reaped it (or died)."""
+        await asyncio.shield(self._ended)
+        return self.returncode
+
+    def signal_group(self, sig: int) -> None:
+        """``sig`` to its process group, through the zygote, which only signals a launcher it has not
+        reaped: never a recycled pid. Nothing once it ended (or its zygote died: it stops itself)."""
+        if not self.ended:
+            with contextlib.suppress(OSError):  # a dead zygote: its launchers stop their tasks themselves
+                self._zygote.send({"op": "kill", "pid": self.pid, "sig": int(sig)})
+
+    def _end(self, returncode: int | None, lost: str | None = None) -> None:
+        if not self._ended.done():
+            self.returncode, self.lost = returncode, lost
+            self._ended.set_result(None)
+
+
+class Zygote:
+    """One running zygote and the conversation with it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.popen = spawn.start(
+                [sys.executable, "-I", "-S", ZYGOTE, str(os.getpid()), str(theirs.fileno())],
+                env=ZYGOTE_ENV,
+                cwd="/",
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        self.alive = True
+        self._next_id = 0
+        self._starting: dict[int, asyncio.Future] = {}
+        self._running: dict[int, LaunchedTask] = {}
+        self._exited: dict[int, int] = {}  # an end that arrived before its task object existed
+        self.loop.add_reader(ours.fileno(), self._readable)
+
+    def send(self, message: dict, fds: Sequence[int] = ()) -> None:
+        """One request; ZygoteGone when the zygote is dead. A full socket buffer (a zygote that
+        stopped reading) is an error too, never a wait that blocks the event loop."""
+        if not self.alive:
+            raise ZygoteGone("the zygote is gone")
+        data = json.dumps(message).encode()
+        try:
+            socket.send_fds(self.sock, [data], list(fds)) if fds else self.sock.send(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self._died()
+            raise ZygoteGone(f"the zygote is gone: {exc}") from None
+
+    async def launch(
+        self, config: Mapping[str, object], argv: Sequence[str], env: Mapping[str, str], cwd: str, stdin: bytes | None
+    ) -> LaunchedTask:
+        """Fork a launcher running ``argv`` with ``config`` (launch.py's settings), ``env`` and ``cwd``;
+        its stdout and stderr come back as readers, ``stdin`` (when given) is written to it, then closed.
+        ``config["report"]`` is the descriptor of the launcher's report pipe (passed, then closed here)."""
+        config = dict(config)
+        report = int(config.pop("report"))
+        pipes: list[int] = []
+        try:
+            stdin_read, stdin_write = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), -1)
+            pipes += [stdin_read, stdin_write]
+            out_read, out_write = os.pipe()
+            err_read, err_write = os.pipe()
+            pipes += [out_read, out_write, err_read, err_write]
+            self._next_id += 1
+            request_id = self._next_id
+            started = self.loop.create_future()
+            self._starting[request_id] = started
+            message = {"op": "run", "id": request_id, "config": config, "argv": list(argv), "env": dict(env)}
+            message["cwd"] = cwd
+            try:
+                self.send(message, [stdin_read, out_write, err_write, report])
+            except BaseException:
+                self._starting.pop(request_id, None)
+                raise
+            for fd in (stdin_read, out_write, err_write):  # the launcher has its own copies now
+                os.close(fd)
+                pipes.remove(fd)
+            pid = await started
+            pipes.remove(out_read)  # from here on owned by their readers
+            pipes.remove(err_read)
+            task = LaunchedTask(self, pid, await _reader(self.loop, out_read), await _reader(self.loop, err_read))
+            self._running[pid] = task
+            if pid in self._exited:
+                task._end(os.waitstatus_to_exitcode(self._exited.pop(pid)))
+            elif not self.alive:
+                task._end(None, LOST)
+            if stdin_write >= 0:
+                pipes.remove(stdin_write)
+                await _feed(self.loop, stdin_write, stdin or b"")
+            return task
+        finally:
+            for fd in pipes:
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._died()
+                return
+            self._dispatch(json.loads(data))
+
+    def _dispatch(self, message: dict) -> None:
+        op = message.get("op")
+        if op == "started":
+            future = self._starting.pop(message["id"], None)
+            if future is not None and not future.done():
+                future.set_result(int(message["pid"]))
+        elif op == "failed":
+            future = self._starting.pop(message["id"], None)
+            if future is not None and not future.done():
+                future.set_exception(OSError(f"the zygote could not fork the launcher: {message['error']}"))
+        elif op == "exited":
+            pid, status = int(message["pid"]), int(message["status"])
+            task = self._running.pop(pid, None)
+            if task is None:
+                self._exited[pid] = status
+            else:
+                task._end(os.waitstatus_to_exitcode(status))
+
+    def _died(self) -> None:
+        """The zygote is gone: what was starting failed, what was running is lost, and it is reaped."""
+        if not self.alive:
+            return
+        self.alive = False
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for future in self._starting.values():
+            if not future.done():
+                future.set_exception(OSError("the executor's zygote died while starting the task"))
+        self._starting.clear()
+        for task in self._running.values():
+            task._end(None, LOST)
+        self._running.clear()
+        self.reap()
+
+    def reap(self) -> None:
+        """Collect the zygote's exit status once it has exited (it exits at once without its socket)."""
+        if self.popen.poll() is None:
+            self.loop.call_later(0.05, self.reap)
+
+    def close(self) -> None:
+        """End the zygote (it exits on the end of file; its running launchers then stop their tasks)."""
+        self._died()
+
+
+_zygote: Zygote | None = None
+
+
+def current() -> Zygote:
+    """The event loop's zygote, started when there is none (or it died, or belongs to a finished loop)."""
+    global _zygote
+    loop = asyncio.get_running_loop()
+    if _zygote is not None and (not _zygote.alive or _zygote.loop is not loop):
+        if _zygote.loop is not loop:
+            _zygote.sock.close()  # its loop is gone: nobody reads it any more
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                _zygote.popen.wait(timeout=2)
+        _zygote = None
+    if _zygote is None:
+        _zygote = Zygote()
+    return _zygote
+
+
+async def launch(
+    config: Mapping[str, object], argv: Sequence[str], *, env: Mapping[str, str], cwd: str, stdin: bytes | None
+) -> LaunchedTask:
+    """Start a task's launcher through the zygote (see :meth:`Zygote.launch`); a zygote found dead when
+    the request was sent is replaced once, since it never saw the request."""
+    try:
+        return await current().launch(config, argv, env, cwd, stdin)
+    except ZygoteGone:
+        return await current().launch(config, argv, env, cwd, stdin)
+
+
+def stop() -> None:
+    """End this process's zygote, if any (the executor stops; a test wants a fresh one)."""
+    global _zygote
+    if _zygote is not None:
+        _zygote.close()
+        _zygote = None
+
+
+async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)  # a descriptor we hold: nothing here blocks
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader
+
+
+async def _feed(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
+    """Write ``data`` to the task's stdin and close it; the loop flushes it in the background. A task
+    that exits or closes stdin first only loses what it did not read."""
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
+    with contextlib.suppress(OSError, RuntimeError):
+        transport.write(data)
+    transport.close()
