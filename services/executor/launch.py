@@ -1,9 +1,9 @@
 """The first process of every task: it confines the task, then supervises it until every descendant is gone.
 
-Run as ``python -I -S launch.py KEY=VALUE... -- ARGV...`` (a file path, standard library only, so it
-needs neither the service's environment nor its packages; no json or re either, whose imports
-would double its start-up time). The
-executor starts it in a new session, so its process group is the task's.
+The executor's zygote (zygote.py) forks it per task, in a new session (its process group is the
+task's), and calls :func:`supervise`; it also runs on its own as ``python -I -S launch.py KEY=VALUE...
+-- ARGV...`` (the bwrap probe; what a dry run shows). Standard library only, so it needs neither the
+service's environment nor its packages.
 
 Why a launcher rather than ``preexec_fn``: ``preexec_fn`` runs Python in a forked copy of a
 multi-threaded asyncio service, which is not safe, and it cannot stay behind to supervise. This

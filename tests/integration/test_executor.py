@@ -149,6 +149,17 @@ def test_cancel_kills_a_running_task(admin: httpx.Client) -> None:
     assert admin.post(f"/v1/tasks/{task['id']}/cancel").json()["status"] == "cancelled"
 
 
+def test_a_killed_zygote_is_replaced_and_the_next_task_runs(exec_suite: Suite, admin: httpx.Client) -> None:
+    executor = exec_suite.service_process("executor")
+    zygotes = [p for p in executor.children() if _alive(p) and p.name() == "goblin-zygote"]
+    assert len(zygotes) == 1, [(p.name(), p.cmdline()) for p in executor.children()]
+    zygotes[0].kill()
+    done = wait_final(admin, script(admin, "echo after")["id"])
+    assert done["status"] == "succeeded" and done["stdout"].strip() == "after", done
+    now = [p for p in executor.children() if _alive(p) and p.name() == "goblin-zygote"]
+    assert len(now) == 1 and now[0].pid != zygotes[0].pid
+
+
 def test_a_dry_run_returns_the_plan_and_runs_nothing(admin: httpx.Client, tmp_path: Path) -> None:
     marker = Path("/tmp") / f"goblin-dry-run-{uuid.uuid4().hex}"
     task = script(admin, f"touch {marker}", dry_run=True)
@@ -357,8 +368,11 @@ def test_a_killed_executor_leaves_no_launcher_and_no_task_process(exec_suite: Su
             break
         assert time.monotonic() < deadline, [p.cmdline() for p in tree]
         time.sleep(0.1)
-    launchers = [p for p in tree if any(part.endswith("launch.py") for part in p.cmdline())]
-    assert len(launchers) == 1
+    # The zygote (one per executor) and the task's launcher, a fork of it (zygote.py names both).
+    zygotes = [p for p in tree if p.name() == "goblin-zygote"]
+    launchers = [p for p in tree if p.name() == "goblin-launch"]
+    assert len(zygotes) == 1 and len(launchers) == 1, [(p.name(), p.cmdline()) for p in tree]
+    assert launchers[0].ppid() == zygotes[0].pid
     cpu_before = {p.pid: _cpu_s(p) for p in launchers}
     os.kill(executor.pid, signal.SIGKILL)
     killed_at = time.monotonic()
