@@ -26,6 +26,7 @@ from services.executor.taskuser import SAFE_PATH
 ZYGOTE = str(Path(__file__).with_name("zygote.py"))
 # The zygote's own environment: nothing of the service's (no secrets), what a task would get.
 ZYGOTE_ENV = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+INLINE_MAX = 64 << 10  # a run request up to this size travels in the datagram itself
 LOST = "the executor's zygote died while the task ran: its launcher stopped the task"
 
 
@@ -110,6 +111,22 @@ class Zygote:
             self._died()
             raise ZygoteGone(f"the zygote is gone: {exc}") from None
 
+    def _send_run(self, message: dict, fds: list[int]) -> None:
+        """A run request; one larger than a datagram may be (a long argv: the kernel allows megabytes,
+        the socket a few hundred kilobytes) goes in a memory file passed beside the pipes."""
+        if len(json.dumps(message)) <= INLINE_MAX:
+            self.send(message, fds)
+            return
+        memfd = os.memfd_create("goblin-task-request", os.MFD_CLOEXEC)
+        try:
+            data = memoryview(json.dumps(message).encode())
+            while data:
+                data = data[os.write(memfd, data) :]
+            os.lseek(memfd, 0, os.SEEK_SET)
+            self.send({"op": "run", "memfd": True}, [*fds, memfd])
+        finally:
+            os.close(memfd)
+
     async def launch(
         self, config: Mapping[str, object], argv: Sequence[str], env: Mapping[str, str], cwd: str, stdin: bytes | None
     ) -> LaunchedTask:
@@ -132,7 +149,7 @@ class Zygote:
             message = {"op": "run", "id": request_id, "config": config, "argv": list(argv), "env": dict(env)}
             message["cwd"] = cwd
             try:
-                self.send(message, [stdin_read, out_write, err_write, report])
+                self._send_run(message, [stdin_read, out_write, err_write, report])
             except BaseException:
                 self._starting.pop(request_id, None)
                 raise

@@ -10,7 +10,8 @@ with the tasks' clean environment, in a session of its own. ``prefork.py`` is th
 The protocol, one JSON object per datagram on a ``SOCK_SEQPACKET`` socketpair:
 
 - the executor sends ``{"op": "run", "id": N, "config": {...}, "argv": [...], "env": {...}, "cwd": ...}``
-  with four descriptors (the task's stdin, stdout and stderr, and the launcher's report pipe); the
+  (when that is larger than a datagram may be, ``{"memfd": true}`` and the request in a memory file,
+  a fifth descriptor) with four descriptors (the task's stdin, stdout and stderr, and the launcher's report pipe); the
   zygote forks a child that ``setsid()``s, takes them as 0, 1, 2 and ``report``, enters ``cwd`` and
   runs exactly launch.py's :func:`launch.supervise` (subreaper, no_new_privs, rlimits, the run-as
   user drop in the task's own process, supervision, orphan handling). It answers ``{"op": "started",
@@ -32,6 +33,7 @@ and its socket and wake-up pipe are closed in every launcher before anything els
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -96,8 +98,11 @@ def _start(sock: socket.socket, data: bytes, fds: list[int], own_fds: list[int],
             _close_all(fds)
             _kill(int(request["pid"]), int(request["sig"]), live)
             return
+        if request.get("memfd") and fds:
+            # A request too large for one datagram came as a memory file, the last descriptor.
+            request = json.loads(_read_file(fds.pop()))
         request_id = request["id"]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
         _close_all(fds)
         return  # not from our executor's code: nothing to answer to
     if len(fds) != FDS:
@@ -124,6 +129,16 @@ def _start(sock: socket.socket, data: bytes, fds: list[int], own_fds: list[int],
         os.close(ready_read)
     live.add(pid)
     _send(sock, {"op": "started", "id": request_id, "pid": pid})
+
+
+def _read_file(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _kill(pid: int, sig: int, live: set[int]) -> None:
@@ -198,6 +213,9 @@ def main() -> None:
     launch._prctl(PR_SET_NAME, b"goblin-zygote")
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
+    # What is allocated now is shared with every fork: out of the collector's reach, a collection in a
+    # launcher does not write to (and so copy) those pages.
+    gc.freeze()
     serve(parent, sock)
     os._exit(0)
 

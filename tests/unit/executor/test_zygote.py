@@ -157,3 +157,10 @@ def test_the_zygote_exits_on_the_end_of_its_socket() -> None:
     theirs.close()
     ours.close()
     assert zygote.wait(timeout=10) == 0
+
+
+async def test_a_request_larger_than_a_datagram_still_starts_the_task(work_root) -> None:
+    # 800 KB of argv (one item may hold at most 128 KiB), far beyond the socket's datagram size.
+    items = ["x" * (100 << 10)] * 8
+    result = await run(spec(work_root, "/bin/sh", "-c", 'printf %s "$@" | wc -c', "sh", *items))
+    assert result.status == "succeeded" and result.stdout_tail.strip() == str(sum(map(len, items))), result
