@@ -99,12 +99,13 @@ class Zygote:
         self._exited: dict[int, int] = {}  # an end that arrived before its task object existed
         self.loop.add_reader(ours.fileno(), self._readable)
 
-    def send(self, message: dict, fds: Sequence[int] = ()) -> None:
-        """One request; ZygoteGone when the zygote is dead. A full socket buffer (a zygote that
-        stopped reading) is an error too, never a wait that blocks the event loop."""
+    def send(self, message: dict | bytes, fds: Sequence[int] = ()) -> None:
+        """One request (a dict, or one encoded already); ZygoteGone when the zygote is dead. A full
+        socket buffer (a zygote that stopped reading) is an error too, never a wait that blocks the
+        event loop."""
         if not self.alive:
             raise ZygoteGone("the zygote is gone")
-        data = json.dumps(message).encode()
+        data = message if isinstance(message, bytes) else json.dumps(message).encode()
         try:
             socket.send_fds(self.sock, [data], list(fds)) if fds else self.sock.send(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -114,12 +115,13 @@ class Zygote:
     def _send_run(self, message: dict, fds: list[int]) -> None:
         """A run request; one larger than a datagram may be (a long argv: the kernel allows megabytes,
         the socket a few hundred kilobytes) goes in a memory file passed beside the pipes."""
-        if len(json.dumps(message)) <= INLINE_MAX:
-            self.send(message, fds)
+        encoded = json.dumps(message).encode()
+        if len(encoded) <= INLINE_MAX:
+            self.send(encoded, fds)
             return
         memfd = os.memfd_create("goblin-task-request", os.MFD_CLOEXEC)
         try:
-            data = memoryview(json.dumps(message).encode())
+            data = memoryview(encoded)
             while data:
                 data = data[os.write(memfd, data) :]
             os.lseek(memfd, 0, os.SEEK_SET)
