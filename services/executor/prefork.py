@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,7 @@ class Zygote:
         self._starting: dict[int, asyncio.Future] = {}
         self._running: dict[int, LaunchedTask] = {}
         self._exited: dict[int, int] = {}  # an end that arrived before its task object existed
+        self._abandoned: set[int] = set()  # launchers killed because their caller went away
         self.loop.add_reader(ours.fileno(), self._readable)
 
     def send(self, message: dict | bytes, fds: Sequence[int] = ()) -> None:
@@ -159,23 +161,39 @@ class Zygote:
                 os.close(fd)
                 pipes.remove(fd)
             pid = await started
-            pipes.remove(out_read)  # from here on owned by their readers
-            pipes.remove(err_read)
-            task = LaunchedTask(self, pid, await _reader(self.loop, out_read), await _reader(self.loop, err_read))
-            self._running[pid] = task
-            if pid in self._exited:
-                task._end(os.waitstatus_to_exitcode(self._exited.pop(pid)))
-            elif not self.alive:
-                task._end(None, LOST)
-            if stdin_write >= 0:
-                pipes.remove(stdin_write)
-                await _feed(self.loop, stdin_write, stdin or b"")
+            try:
+                pipes.remove(out_read)  # from here on owned by their readers
+                pipes.remove(err_read)
+                task = LaunchedTask(self, pid, await _reader(self.loop, out_read), await _reader(self.loop, err_read))
+                self._running[pid] = task
+                if pid in self._exited:
+                    task._end(os.waitstatus_to_exitcode(self._exited.pop(pid)))
+                elif not self.alive:
+                    task._end(None, LOST)
+                if stdin_write >= 0:
+                    pipes.remove(stdin_write)
+                    await _feed(self.loop, stdin_write, stdin or b"")
+            except BaseException:  # cancelled (the executor stops) or failed: nobody would supervise it
+                self._abandon(pid)
+                raise
             return task
         finally:
             for fd in pipes:
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+
+    def _abandon(self, pid: int) -> None:
+        """A launcher whose caller went away before it got the task: SIGINT (every descendant of it
+        SIGKILLed at once), and its end is not waited for."""
+        self._running.pop(pid, None)
+        self._abandoned.add(pid)
+        if pid in self._exited:
+            self._abandoned.discard(pid)
+            del self._exited[pid]
+            return
+        with contextlib.suppress(OSError):
+            self.send({"op": "kill", "pid": pid, "sig": int(signal.SIGINT)})
 
     def _readable(self) -> None:
         while True:
@@ -196,6 +214,8 @@ class Zygote:
             future = self._starting.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(int(message["pid"]))
+            else:  # its launch() was cancelled while the zygote forked
+                self._abandon(int(message["pid"]))
         elif op == "failed":
             future = self._starting.pop(message["id"], None)
             if future is not None and not future.done():
@@ -203,7 +223,9 @@ class Zygote:
         elif op == "exited":
             pid, status = int(message["pid"]), int(message["status"])
             task = self._running.pop(pid, None)
-            if task is None:
+            if pid in self._abandoned:
+                self._abandoned.discard(pid)
+            elif task is None:
                 self._exited[pid] = status
             else:
                 task._end(os.waitstatus_to_exitcode(status))
@@ -227,7 +249,7 @@ class Zygote:
 
     def reap(self) -> None:
         """Collect the zygote's exit status once it has exited (it exits at once without its socket)."""
-        if self.popen.poll() is None:
+        if self.popen.poll() is None and not self.loop.is_closed():
             self.loop.call_later(0.05, self.reap)
 
     def close(self) -> None:

@@ -164,3 +164,31 @@ async def test_a_request_larger_than_a_datagram_still_starts_the_task(work_root)
     items = ["x" * (100 << 10)] * 8
     result = await run(spec(work_root, "/bin/sh", "-c", 'printf %s "$@" | wc -c', "sh", *items))
     assert result.status == "succeeded" and result.stdout_tail.strip() == str(sum(map(len, items))), result
+
+
+async def test_a_start_cancelled_while_the_zygote_forks_leaves_no_process(work_root) -> None:
+    marker = f"{os.getpid()}{id(work_root)}"
+    config = {"cwd": str(work_root), "cpu_s": 60, "memory_bytes": 1 << 30, "max_processes": 64}
+    config |= {"max_file_bytes": 1 << 20, "max_open_files": 64, "kill_grace_s": 1, "report": os.open(os.devnull, 1)}
+    try:
+        starting = asyncio.create_task(
+            prefork.current().launch(config, ["/bin/sleep", marker], {"PATH": "/bin"}, str(work_root), None)
+        )
+        await asyncio.sleep(0)  # the request is sent; the zygote forks while we no longer wait for it
+        starting.cancel()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            pass
+        else:  # it had started already: stopped the usual way
+            starting.result().signal_group(signal.SIGINT)
+        await asyncio.sleep(1.0)  # time enough for a launcher nobody stopped to exec its task
+        for _ in range(100):
+            if not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the task of a cancelled start still runs")
+    finally:
+        os.close(config["report"])
+    assert (await run(spec(work_root, "/bin/true"))).status == "succeeded"
