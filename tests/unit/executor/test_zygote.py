@@ -40,8 +40,8 @@ async def test_tasks_are_forks_of_one_zygote(work_root) -> None:
         parents.append(psutil.Process(pid).ppid())
 
     parents: list[int] = []
-    for _ in range(3):
-        result = await run(spec(work_root, "/bin/true"), on_start=on_start)
+    for _ in range(3):  # each lives long enough to be looked at in on_start
+        result = await run(spec(work_root, "/bin/sleep", "0.3"), on_start=on_start)
         assert result.status == "succeeded", result
     zygote = _zygote_pid()
     assert parents == [zygote] * 3 and len(set(pids)) == 3
