@@ -64,8 +64,7 @@ class LaunchedTask:
         """``sig`` to its process group, through the zygote, which only signals a launcher it has not
         reaped: never a recycled pid. Nothing once it ended (or its zygote died: it stops itself)."""
         if not self.ended:
-            with contextlib.suppress(OSError):  # a dead zygote: its launchers stop their tasks themselves
-                self._zygote.send({"op": "kill", "pid": self.pid, "sig": int(sig)})
+            self._zygote.kill(self.pid, sig)
 
     def _end(self, returncode: int | None, lost: str | None = None) -> None:
         if not self._ended.done():
@@ -99,6 +98,8 @@ class Zygote:
         self._running: dict[int, LaunchedTask] = {}
         self._exited: dict[int, int] = {}  # an end that arrived before its task object existed
         self._abandoned: set[int] = set()  # launchers killed because their caller went away
+        self._pending: set[asyncio.Task] = set()  # kills waiting for room in the socket's buffer
+        self._writable: asyncio.Future | None = None
         self.loop.add_reader(ours.fileno(), self._readable)
 
     def send(self, message: dict | bytes, fds: Sequence[int] = ()) -> None:
@@ -114,12 +115,37 @@ class Zygote:
             self._died()
             raise ZygoteGone(f"the zygote is gone: {exc}") from None
 
-    def _send_run(self, message: dict, fds: list[int]) -> None:
+    async def _send_waiting(self, message: dict | bytes, fds: Sequence[int] = ()) -> None:
+        """:meth:`send`, waiting (on the event loop) while the socket's buffer is full: a burst of
+        starts larger than it (GOBLIN_EXECUTOR_CONCURRENCY may be 64) waits for the zygote to read."""
+        while True:
+            try:
+                self.send(message, fds)
+                return
+            except BlockingIOError:
+                with contextlib.suppress(TimeoutError):  # and try again at least every second
+                    await asyncio.wait_for(asyncio.shield(self._room()), 1.0)
+
+    def _room(self) -> asyncio.Future:
+        """Done when the socket is writable again (one writer callback for every waiter)."""
+        if self._writable is None or self._writable.done():
+            writable = self._writable = self.loop.create_future()
+            fd = self.sock.fileno()
+
+            def ready() -> None:
+                self.loop.remove_writer(fd)
+                if not writable.done():
+                    writable.set_result(None)
+
+            self.loop.add_writer(fd, ready)
+        return self._writable
+
+    async def _send_run(self, message: dict, fds: list[int]) -> None:
         """A run request; one larger than a datagram may be (a long argv: the kernel allows megabytes,
         the socket a few hundred kilobytes) goes in a memory file passed beside the pipes."""
         encoded = json.dumps(message).encode()
         if len(encoded) <= INLINE_MAX:
-            self.send(encoded, fds)
+            await self._send_waiting(encoded, fds)
             return
         memfd = os.memfd_create("goblin-task-request", os.MFD_CLOEXEC)
         try:
@@ -127,7 +153,7 @@ class Zygote:
             while data:
                 data = data[os.write(memfd, data) :]
             os.lseek(memfd, 0, os.SEEK_SET)
-            self.send({"op": "run", "memfd": True}, [*fds, memfd])
+            await self._send_waiting({"op": "run", "memfd": True}, [*fds, memfd])
         finally:
             os.close(memfd)
 
@@ -153,7 +179,7 @@ class Zygote:
             message = {"op": "run", "id": request_id, "config": config, "argv": list(argv), "env": dict(env)}
             message["cwd"] = cwd
             try:
-                self._send_run(message, [stdin_read, out_write, err_write, report])
+                await self._send_run(message, [stdin_read, out_write, err_write, report])
             except BaseException:
                 self._starting.pop(request_id, None)
                 raise
@@ -183,6 +209,19 @@ class Zygote:
                     with contextlib.suppress(OSError):
                         os.close(fd)
 
+    def kill(self, pid: int, sig: int) -> None:
+        """Ask the zygote to signal launcher ``pid``'s group; queued on the loop when its buffer is full.
+        Nothing when it is dead: its launchers stop their tasks themselves."""
+        message = {"op": "kill", "pid": pid, "sig": int(sig)}
+        try:
+            self.send(message)
+        except BlockingIOError:
+            sending = self.loop.create_task(self._send_waiting(message))
+            self._pending.add(sending)
+            sending.add_done_callback(self._pending.discard)
+        except OSError:
+            pass
+
     def _abandon(self, pid: int) -> None:
         """A launcher whose caller went away before it got the task: SIGINT (every descendant of it
         SIGKILLed at once), and its end is not waited for."""
@@ -192,8 +231,7 @@ class Zygote:
             self._abandoned.discard(pid)
             del self._exited[pid]
             return
-        with contextlib.suppress(OSError):
-            self.send({"op": "kill", "pid": pid, "sig": int(signal.SIGINT)})
+        self.kill(pid, signal.SIGINT)
 
     def _readable(self) -> None:
         while True:
@@ -237,6 +275,9 @@ class Zygote:
         self.alive = False
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.sock.fileno())
+            self.loop.remove_writer(self.sock.fileno())
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)  # its waiters try again, and learn it is gone
         self.sock.close()
         for future in self._starting.values():
             if not future.done():

@@ -192,3 +192,19 @@ async def test_a_start_cancelled_while_the_zygote_forks_leaves_no_process(work_r
     finally:
         os.close(config["report"])
     assert (await run(spec(work_root, "/bin/true"))).status == "succeeded"
+
+
+async def test_starts_beyond_the_socket_buffer_wait_for_the_zygote_rather_than_fail(work_root) -> None:
+    # Ten requests of ~50 KB each, sent while the zygote does not read: more than the socket's buffer
+    # holds (~200 KB). The executor waits for room; every task starts once the zygote reads again.
+    zygote = prefork.current()
+    argv = ("/bin/sh", "-c", "exit 0", "sh", "x" * (50 << 10))
+    os.kill(zygote.popen.pid, signal.SIGSTOP)
+    try:
+        starting = [asyncio.create_task(run(spec(work_root, *argv))) for _ in range(10)]
+        await asyncio.sleep(0.5)
+        assert not any(task.done() for task in starting), [task.result() for task in starting if task.done()]
+    finally:
+        os.kill(zygote.popen.pid, signal.SIGCONT)
+    results = await asyncio.wait_for(asyncio.gather(*starting), 30)
+    assert [r.status for r in results] == ["succeeded"] * 10, [r.error for r in results if r.status != "succeeded"]
