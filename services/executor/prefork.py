@@ -27,6 +27,7 @@ from services.executor.taskuser import SAFE_PATH
 ZYGOTE = str(Path(__file__).with_name("zygote.py"))
 # The zygote's own environment: nothing of the service's (no secrets), what a task would get.
 ZYGOTE_ENV = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+START_TIMEOUT_S = 30.0  # a fork and an answer take milliseconds; this long means the zygote is stuck
 INLINE_MAX = 64 << 10  # a run request up to this size travels in the datagram itself
 LOST = "the executor's zygote died while the task ran: its launcher stopped the task"
 
@@ -186,7 +187,13 @@ class Zygote:
             for fd in (stdin_read, out_write, err_write):  # the launcher has its own copies now
                 os.close(fd)
                 pipes.remove(fd)
-            pid = await started
+            try:
+                pid = await asyncio.wait_for(started, START_TIMEOUT_S)
+            except TimeoutError:
+                # A zygote that does not answer (stopped, stuck) is replaced: killed, its end of file
+                # fails what else waited; a fork it does later is killed with it (its launcher's parent).
+                self.popen.kill()
+                raise OSError(f"the executor's zygote did not answer within {START_TIMEOUT_S:g} s") from None
             try:
                 pipes.remove(out_read)  # from here on owned by their readers
                 pipes.remove(err_read)

@@ -208,3 +208,14 @@ async def test_starts_beyond_the_socket_buffer_wait_for_the_zygote_rather_than_f
         os.kill(zygote.popen.pid, signal.SIGCONT)
     results = await asyncio.wait_for(asyncio.gather(*starting), 30)
     assert [r.status for r in results] == ["succeeded"] * 10, [r.error for r in results if r.status != "succeeded"]
+
+
+async def test_a_zygote_that_does_not_answer_is_replaced(work_root, monkeypatch) -> None:
+    stuck = prefork.current().popen
+    monkeypatch.setattr(prefork, "START_TIMEOUT_S", 1.0)
+    os.kill(stuck.pid, signal.SIGSTOP)
+    result = await run(spec(work_root, "/bin/true"))
+    assert result.status == "failed" and "did not answer within 1 s" in result.error, result
+    await _wait_gone(stuck.pid)
+    assert (await run(spec(work_root, "/bin/true"))).status == "succeeded"
+    assert prefork.current().popen.pid != stuck.pid
