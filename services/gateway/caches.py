@@ -4,7 +4,9 @@ verified principals (by credential digest) and the public JWKS document."""
 from __future__ import annotations
 
 import hashlib
+import math
 import time
+from collections.abc import Iterable
 
 from cachetools import TLRUCache
 
@@ -13,17 +15,34 @@ from goblin.v1 import auth_pb2
 PRINCIPAL_CACHE_SIZE = 10_000
 # The JWKS document is served from here for this long; verifiers cache it longer (Cache-Control).
 JWKS_LOCAL_CACHE_S = 5.0
+# While this replica cannot hear its peers' invalidations (services/gateway/invalidation.py), a cached
+# principal is trusted for this long at most, not the full TTL: a change made through another replica
+# then reaches this one within this bound, at the price of a round trip to auth per credential per second.
+UNSUBSCRIBED_TTL_S = 1.0
+# A principal naming an id forgotten this recently is not cached: an answer auth gave before the change,
+# still in flight when it was forgotten, must not be stored after it. At least the auth call's timeout.
+TOMBSTONE_S = 6.0
+TOMBSTONE_MAX = 10_000
 
 
 class PrincipalCache:
     """Verified principals by SHA-256 of their credential (the credential itself is never kept),
-    each for ``ttl_s`` or until the credential expires, whichever comes first."""
+    each for ``ttl_s`` or until the credential expires, whichever comes first; while the replica is not
+    known to hear its peers' invalidations (see :meth:`trust_until`), for ``UNSUBSCRIBED_TTL_S`` at most."""
 
     def __init__(self, ttl_s: float, maxsize: int = PRINCIPAL_CACHE_SIZE) -> None:
         self.ttl_s = ttl_s
-        self._entries: TLRUCache[bytes, auth_pb2.Principal] = TLRUCache(maxsize, ttu=self._expires)
+        self._entries: TLRUCache[bytes, tuple[auth_pb2.Principal, float]] = TLRUCache(maxsize, ttu=self._expires)
+        # Until when (monotonic) peers' invalidations are known to reach this replica. A cache nobody
+        # subscribes for (one process, no peers) keeps the full TTL; the gateway's subscriber
+        # (invalidation.py) distrusts it from the start until it hears its peers.
+        self._trusted_until = math.inf
+        # (kind, id) -> until when (monotonic) a principal naming it is not stored; insertion ordered.
+        self._tombstones: dict[tuple[str, str], float] = {}
+        self._store_nothing_until = 0.0
 
-    def _expires(self, _key: bytes, principal: auth_pb2.Principal, now: float) -> float:
+    def _expires(self, _key: bytes, entry: tuple[auth_pb2.Principal, float], now: float) -> float:
+        principal = entry[0]
         ttl = self.ttl_s
         if principal.expires_at:
             ttl = min(ttl, principal.expires_at - time.time())
@@ -36,28 +55,106 @@ class PrincipalCache:
 
     def get(self, credential: str) -> auth_pb2.Principal | None:
         """The cached principal of ``credential``, if it is still fresh."""
-        return self._entries.get(self.key(credential))
+        entry = self._entries.get(self.key(credential))
+        if entry is None:
+            return None
+        principal, stored_at = entry
+        now = time.monotonic()
+        if now > self._trusted_until and now - stored_at > UNSUBSCRIBED_TTL_S:
+            return None  # a peer's change may have been missed: ask auth (put replaces the entry)
+        return principal
 
     def put(self, credential: str, principal: auth_pb2.Principal) -> None:
-        """Keep ``principal`` (unless caching is off or the credential has already expired)."""
+        """Keep ``principal`` (unless caching is off, the credential has already expired, or one of its
+        ids was forgotten within ``TOMBSTONE_S``: auth may have answered before that change)."""
         if self.ttl_s <= 0 or (principal.expires_at and principal.expires_at <= time.time()):
             return
-        self._entries[self.key(credential)] = principal
+        now = time.monotonic()
+        if now < self._store_nothing_until or self._tombstoned(principal, now):
+            return
+        self._entries[self.key(credential)] = (principal, now)
 
-    def forget(self, *, api_key_id: str = "", session_id: str = "", tenant_id: str = "", user_id: str = "") -> None:
-        """Drop every cached principal of one API key or one session (revoked through this replica), of
-        one tenant (its quotas and budget, which principals carry, changed through this replica), or of
-        one account (switched off or its role changed through this replica)."""
+    def _tombstoned(self, principal: auth_pb2.Principal, now: float) -> bool:
+        if not self._tombstones:
+            return False
+        for kind, value in (
+            ("user", principal.user_id),
+            ("tenant", principal.tenant_id),
+            ("key", principal.api_key_id),
+            ("session", principal.session_id),
+        ):
+            if value and self._tombstones.get((kind, value), 0.0) > now:
+                return True
+        return False
+
+    def trust_until(self, deadline: float) -> None:
+        """Peers' invalidations are known to reach this replica until ``deadline`` (monotonic); past
+        it, and after :meth:`distrust`, cached principals live ``UNSUBSCRIBED_TTL_S`` at most."""
+        self._trusted_until = deadline
+
+    def distrust(self) -> None:
+        """Peers' invalidations no longer reach this replica (its subscription is lost)."""
+        self._trusted_until = 0.0
+
+    def clear(self) -> None:
+        """Forget everything, and store nothing for ``TOMBSTONE_S``: after invalidations may have been
+        missed, an answer auth gave before them may still be in flight."""
+        self._entries.clear()
+        self._store_nothing_until = time.monotonic() + TOMBSTONE_S
+
+    def forget(
+        self,
+        *,
+        api_key_id: str = "",
+        session_id: str = "",
+        tenant_id: str = "",
+        user_id: str = "",
+    ) -> int:
+        """Drop every cached principal of one API key or one session (revoked), of one tenant (its
+        quotas and budget, which principals carry, changed), or of one account (switched off or its role
+        changed); how many were dropped. See :meth:`forget_all`."""
+        return self.forget_all(
+            api_key_ids=(api_key_id,), session_ids=(session_id,), tenant_ids=(tenant_id,), user_ids=(user_id,)
+        )
+
+    def forget_all(
+        self,
+        *,
+        api_key_ids: Iterable[str] = (),
+        session_ids: Iterable[str] = (),
+        tenant_ids: Iterable[str] = (),
+        user_ids: Iterable[str] = (),
+    ) -> int:
+        """Drop every cached principal naming any of these ids, in one pass over the cache (a batch of
+        peers' invalidations costs one scan), and keep none naming them for ``TOMBSTONE_S``. Empty ids
+        name nothing."""
+        api_key_ids, session_ids = set(api_key_ids) - {""}, set(session_ids) - {""}
+        tenant_ids, user_ids = set(tenant_ids) - {""}, set(user_ids) - {""}
+        now = time.monotonic()
+        self._bury(now, [("key", i) for i in api_key_ids] + [("session", i) for i in session_ids])
+        self._bury(now, [("tenant", i) for i in tenant_ids] + [("user", i) for i in user_ids])
         stale = [
             key
-            for key, principal in list(self._entries.items())
-            if (api_key_id and principal.api_key_id == api_key_id)
-            or (session_id and principal.session_id == session_id)
-            or (tenant_id and principal.tenant_id == tenant_id)
-            or (user_id and principal.user_id == user_id)
+            for key, (principal, _) in list(self._entries.items())
+            if principal.api_key_id in api_key_ids
+            or principal.session_id in session_ids
+            or principal.tenant_id in tenant_ids
+            or principal.user_id in user_ids
         ]
         for key in stale:
             self._entries.pop(key, None)
+        return len(stale)
+
+    def _bury(self, now: float, names: list[tuple[str, str]]) -> None:
+        for name in names:
+            self._tombstones.pop(name, None)  # re-inserted last: the dict stays ordered by expiry
+            self._tombstones[name] = now + TOMBSTONE_S
+        # Oldest first: drop the lapsed ones, and past the bound the oldest (a flood buys nothing more).
+        while self._tombstones:
+            oldest, until = next(iter(self._tombstones.items()))
+            if until > now and len(self._tombstones) <= TOMBSTONE_MAX:
+                break
+            del self._tombstones[oldest]
 
 
 class JwksCache:
