@@ -95,7 +95,10 @@ async def logout(
         refresh_token=body.refresh_token if body else "",
         session_id=principal.session_id if principal is not None else "",
     )
-    if principal is not None and principal.session_id:
+    # Signed in with the session's access token: auth ended that session (or the one of the refresh
+    # token sent with it, usually the same). A refresh token alone names a session this gateway cannot
+    # see, so its access tokens are refused by auth but may stay cached for GOBLIN_AUTH_CACHE_TTL_S.
+    if revoked and principal is not None and principal.session_id:
         await state.invalidations.forget(session_id=principal.session_id)
     return LogoutOut(revoked=revoked)
 
