@@ -9,6 +9,10 @@ On the wire: ids only (user, tenant, API key, session), never a credential or a 
 message can only make a replica forget: a forged or garbled one costs round trips to auth, never
 grants anything (an unreadable one makes the replica forget everything, as it might name anyone).
 
+Auth publishes the same message when it ends a session on its own (a sign-out with a refresh token
+alone, a reused refresh token), so those reach every replica too. The format:
+services/common/principal_changes.py.
+
 A replica that cannot hear its peers (Redis away, the subscription silent for ``LIVENESS_S``) keeps
 cached principals for ``caches.UNSUBSCRIBED_TTL_S`` at most, and forgets everything each time it
 (re)subscribes, since it may have missed messages. Publishing never fails a request and holds it for
@@ -18,9 +22,7 @@ cached principals for ``caches.UNSUBSCRIBED_TTL_S`` at most, and forgets everyth
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
 import uuid
 from typing import Any
@@ -28,11 +30,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 
+from services.common.principal_changes import CHANNEL, KINDS, decode, encode
 from services.gateway.caches import PrincipalCache
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "goblin:gateway:principal-invalidations"
 # The subscriber pings this often; silent for LIVENESS_S, its peers are no longer known to reach it.
 PING_EVERY_S = 1.0
 LIVENESS_S = 3.0
@@ -42,10 +44,6 @@ RECONNECT_FIRST_S = 0.25
 RECONNECT_MAX_S = 5.0
 # Messages read in one go before the cache is scanned once for all of them.
 BATCH = 256
-MAX_MESSAGE_BYTES = 2048
-# Ids are compared, never interpreted; bounded and printable so that a log line quoting one stays one line.
-ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
-KINDS = ("user_id", "tenant_id", "api_key_id", "session_id")
 
 INVALIDATIONS = Counter(
     "goblin_gateway_principal_invalidations_total",
@@ -65,27 +63,6 @@ SUBSCRIBED = Gauge(
     "goblin_gateway_principal_invalidation_subscribed",
     "1 while this gateway hears its peers' invalidations, else 0 (cached principals then live 1 s at most).",
 )
-
-
-def encode(replica: str, ids: dict[str, str]) -> bytes:
-    """The message naming ``ids`` (kinds of :data:`KINDS` to one id each), sent by ``replica``."""
-    return json.dumps({"v": 1, "replica": replica, **{k: v for k, v in ids.items() if v}}).encode()
-
-
-def decode(data: Any) -> tuple[str, dict[str, str]] | None:
-    """The sender and the ids of a message; None when it is not one this version can read."""
-    if not isinstance(data, bytes | str) or len(data) > MAX_MESSAGE_BYTES:
-        return None
-    try:
-        message = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or message.get("v") != 1 or not isinstance(message.get("replica"), str):
-        return None
-    ids = {kind: message[kind] for kind in KINDS if kind in message}
-    if not ids or not all(isinstance(v, str) and ID_PATTERN.fullmatch(v) for v in ids.values()):
-        return None
-    return message["replica"], ids
 
 
 class Invalidations:

@@ -1,6 +1,6 @@
 """Two real gateway replicas over one auth service and one Redis: a change made through gateway A (an
-account switched off or demoted, an API key revoked, a sign-out) is refused by gateway B at once,
-although B had cached the credential and its cache lives a minute. With Redis stopped, B no longer
+account switched off or demoted, an API key revoked, a sign-out, a reused refresh token) is refused
+by gateway B at once, although B had cached the credential and its cache lives a minute. With Redis stopped, B no longer
 hears A and keeps cached principals for a second at most; when Redis is back, B resubscribes and
 forgets everything it cached. A non-admin cannot make the fleet forget anyone else's credentials."""
 
@@ -158,6 +158,32 @@ def test_a_sign_out_through_a_is_refused_by_b_at_once(
     assert a.post("/auth/logout", headers=bearer(pair["access_token"])).json() == {"revoked": True}
     assert refused_within(b, pair["access_token"], AT_ONCE_S) == 401
     assert status(b, key) == 200, "a sign-out ends the session, not the account's keys"
+
+
+def test_a_sign_out_by_refresh_token_alone_is_refused_by_b_at_once(
+    fleet: tuple[Suite, Suite, Stores], subscribed: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """No gateway saw which session the refresh token named: auth tells every replica itself."""
+    a, b = subscribed
+    pair, _ = user_with_key(a)
+    warm(fleet[0], a, pair["access_token"])
+    warm(fleet[0], b, pair["access_token"])
+    assert a.post("/auth/logout", json={"refresh_token": pair["refresh_token"]}).json() == {"revoked": True}
+    for replica in (a, b):
+        assert refused_within(replica, pair["access_token"], AT_ONCE_S) == 401
+
+
+def test_a_reused_refresh_token_ends_the_session_on_b_at_once(
+    fleet: tuple[Suite, Suite, Stores], subscribed: tuple[httpx.Client, httpx.Client]
+) -> None:
+    a, b = subscribed
+    pair, _ = user_with_key(a)
+    fresh = a.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert fresh.status_code == 200, fresh.text
+    warm(fleet[0], b, fresh.json()["access_token"])
+    reused = a.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert reused.status_code == 401 and reused.json()["error"] == "refresh_token_reused"
+    assert refused_within(b, fresh.json()["access_token"], AT_ONCE_S) == 401
 
 
 def test_a_demotion_through_a_takes_admin_rights_away_on_b_at_once(
