@@ -23,6 +23,20 @@ UNSUBSCRIBED_TTL_S = 1.0
 # still in flight when it was forgotten, must not be stored after it. At least the auth call's timeout.
 TOMBSTONE_S = 6.0
 TOMBSTONE_MAX = 10_000
+# The id index may hold this many times the cache's size in references (entries that lapsed or were
+# evicted leave theirs behind) before it is rebuilt from the live entries.
+INDEX_SLACK = 4
+
+
+def principal_ids(principal: auth_pb2.Principal) -> list[tuple[str, str]]:
+    """The (kind, id) names a principal can be forgotten by: its user, tenant, API key and session."""
+    names = (
+        ("user", principal.user_id),
+        ("tenant", principal.tenant_id),
+        ("key", principal.api_key_id),
+        ("session", principal.session_id),
+    )
+    return [name for name in names if name[1]]
 
 
 class PrincipalCache:
@@ -40,6 +54,10 @@ class PrincipalCache:
         # (kind, id) -> until when (monotonic) a principal naming it is not stored; insertion ordered.
         self._tombstones: dict[tuple[str, str], float] = {}
         self._store_nothing_until = 0.0
+        # (kind, id) -> the keys of the entries naming it, so forgetting costs what it forgets, not a
+        # scan of the whole cache (every sign-out on any replica forgets on every replica).
+        self._index: dict[tuple[str, str], set[bytes]] = {}
+        self._indexed = 0
 
     def _expires(self, _key: bytes, entry: tuple[auth_pb2.Principal, float], now: float) -> float:
         principal = entry[0]
@@ -70,22 +88,26 @@ class PrincipalCache:
         if self.ttl_s <= 0 or (principal.expires_at and principal.expires_at <= time.time()):
             return
         now = time.monotonic()
-        if now < self._store_nothing_until or self._tombstoned(principal, now):
+        names = principal_ids(principal)
+        if now < self._store_nothing_until or any(self._tombstones.get(name, 0.0) > now for name in names):
             return
-        self._entries[self.key(credential)] = (principal, now)
+        key = self.key(credential)
+        self._entries[key] = (principal, now)
+        for name in names:
+            bucket = self._index.setdefault(name, set())
+            if key not in bucket:
+                bucket.add(key)
+                self._indexed += 1
+        if self._indexed > INDEX_SLACK * self._entries.maxsize:
+            self._reindex()
 
-    def _tombstoned(self, principal: auth_pb2.Principal, now: float) -> bool:
-        if not self._tombstones:
-            return False
-        for kind, value in (
-            ("user", principal.user_id),
-            ("tenant", principal.tenant_id),
-            ("key", principal.api_key_id),
-            ("session", principal.session_id),
-        ):
-            if value and self._tombstones.get((kind, value), 0.0) > now:
-                return True
-        return False
+    def _reindex(self) -> None:
+        self._index = {}
+        self._indexed = 0
+        for key, (principal, _) in list(self._entries.items()):
+            for name in principal_ids(principal):
+                self._index.setdefault(name, set()).add(key)
+                self._indexed += 1
 
     def trust_until(self, deadline: float) -> None:
         """Peers' invalidations are known to reach this replica until ``deadline`` (monotonic); past
@@ -100,6 +122,8 @@ class PrincipalCache:
         """Forget everything, and store nothing for ``TOMBSTONE_S``: after invalidations may have been
         missed, an answer auth gave before them may still be in flight."""
         self._entries.clear()
+        self._index.clear()
+        self._indexed = 0
         self._store_nothing_until = time.monotonic() + TOMBSTONE_S
 
     def forget(
@@ -125,25 +149,26 @@ class PrincipalCache:
         tenant_ids: Iterable[str] = (),
         user_ids: Iterable[str] = (),
     ) -> int:
-        """Drop every cached principal naming any of these ids, in one pass over the cache (a batch of
-        peers' invalidations costs one scan), and keep none naming them for ``TOMBSTONE_S``. Empty ids
-        name nothing."""
-        api_key_ids, session_ids = set(api_key_ids) - {""}, set(session_ids) - {""}
-        tenant_ids, user_ids = set(tenant_ids) - {""}, set(user_ids) - {""}
-        now = time.monotonic()
-        self._bury(now, [("key", i) for i in api_key_ids] + [("session", i) for i in session_ids])
-        self._bury(now, [("tenant", i) for i in tenant_ids] + [("user", i) for i in user_ids])
-        stale = [
-            key
-            for key, (principal, _) in list(self._entries.items())
-            if principal.api_key_id in api_key_ids
-            or principal.session_id in session_ids
-            or principal.tenant_id in tenant_ids
-            or principal.user_id in user_ids
+        """Drop every cached principal naming any of these ids (through the id index: the cost is what
+        is forgotten), and keep none naming them for ``TOMBSTONE_S``. Empty ids name nothing."""
+        names = [
+            (kind, value)
+            for kind, values in (
+                ("key", api_key_ids),
+                ("session", session_ids),
+                ("tenant", tenant_ids),
+                ("user", user_ids),
+            )
+            for value in set(values)
+            if value
         ]
-        for key in stale:
-            self._entries.pop(key, None)
-        return len(stale)
+        self._bury(time.monotonic(), names)
+        forgotten = 0
+        for name in names:
+            for key in self._index.pop(name, ()):
+                if self._entries.pop(key, None) is not None:
+                    forgotten += 1
+        return forgotten
 
     def _bury(self, now: float, names: list[tuple[str, str]]) -> None:
         for name in names:

@@ -208,3 +208,18 @@ async def test_a_lone_cache_keeps_its_ttl() -> None:
     assert cache.get(CREDENTIAL) is not None
     cache.distrust()
     assert cache.get(CREDENTIAL) is None
+
+
+async def test_forgetting_goes_through_an_id_index_that_stays_bounded() -> None:
+    """Every sign-out on any replica forgets on every replica: it must cost what it forgets, not a
+    scan of the cache, and the index must not grow with entries that lapsed or were evicted."""
+    cache = PrincipalCache(ttl_s=30, maxsize=10)
+    for i in range(200):
+        cache.put(f"c{i}", principal(user_id=f"u{i}", api_key_id=f"k{i}"))
+    assert cache._indexed <= caches.INDEX_SLACK * 10 + 3
+    assert sum(len(keys) for keys in cache._index.values()) == cache._indexed
+    assert cache.get("c199") is not None and cache.get("c0") is None
+    assert cache.forget(api_key_id="k199") == 1 and cache.get("c199") is None
+    assert cache.forget(api_key_id="k0") == 0, "an evicted entry is not counted as forgotten"
+    assert cache.forget(tenant_id="acme") == 9
+    assert all(cache.get(f"c{i}") is None for i in range(200))
