@@ -161,8 +161,6 @@ class Invalidations:
                 if now - pinged >= PING_EVERY_S:
                     await pubsub.ping()
                     pinged = now
-                if now - heard > LIVENESS_S:
-                    raise ConnectionError(f"no answer from redis for {LIVENESS_S:.0f}s")
                 batch = [await pubsub.get_message(timeout=PING_EVERY_S)]
                 while batch[-1] is not None and len(batch) < BATCH:
                     batch.append(await pubsub.get_message(timeout=0))
@@ -170,6 +168,9 @@ class Invalidations:
                 if messages:
                     heard = time.monotonic()
                     self._apply(messages, heard)
+                # Judged after reading, so a busy event loop that left a pong waiting is not a silence.
+                elif time.monotonic() - heard > LIVENESS_S:
+                    raise ConnectionError(f"no answer from redis for {LIVENESS_S:.0f}s")
         finally:
             await pubsub.aclose()
             await client.aclose()

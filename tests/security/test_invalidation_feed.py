@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -198,6 +200,22 @@ async def test_redis_away_means_short_lived_principals_then_a_full_resync(
         assert b.cache.get("other") is None, "a resubscribed replica forgets what it may have missed"
     finally:
         again.stop()
+
+
+async def test_a_silent_redis_is_a_lost_subscription(
+    replicas: Callable[[], Awaitable[Invalidations]], redis_server: EmbeddedRedis
+) -> None:
+    """A connection that stays open but answers nothing (a frozen server, a dropped network path)
+    cannot be told from one with nothing to say, except by the pings going unanswered."""
+    b = await replicas()
+    fill(b.cache)
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        await eventually(lambda: not b._subscribed, timeout_s=invalidation.LIVENESS_S + 10)
+        await eventually(lambda: b.cache.get(CREDENTIAL) is None, timeout_s=caches.UNSUBSCRIBED_TTL_S + 5)
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    await eventually(lambda: b._subscribed, timeout_s=invalidation.RECONNECT_MAX_S + 10)
 
 
 async def test_a_lone_cache_keeps_its_ttl() -> None:
