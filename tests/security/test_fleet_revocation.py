@@ -7,6 +7,7 @@ forgets everything it cached. A non-admin cannot make the fleet forget anyone el
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -203,6 +204,29 @@ def test_a_demotion_through_a_takes_admin_rights_away_on_b_at_once(
         assert time.monotonic() < deadline, "B still holds the demoted admin's principal"
         time.sleep(0.05)
     assert status(b, token, "/auth/tenants") in (401, 403)
+
+
+def test_a_tenant_change_through_a_makes_b_forget_its_principals_at_once(
+    fleet: tuple[Suite, Suite, Stores], subscribed: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """Principals carry the tenant's quotas and budget: after a change B asks auth again."""
+    a, b = subscribed
+    admin = bearer(admin_token(a))
+    created = a.post("/auth/tenants", json={"name": f"fleet {uuid.uuid4().hex[:8]}"}, headers=admin)
+    assert created.status_code == 201, created.text
+    tenant = created.json()["id"]
+    _, pair = create_user(a, tenant_id=tenant)
+    warm(fleet[0], b, pair["access_token"])
+    changed = a.patch(f"/auth/tenants/{tenant}", json={"requests_per_day": 1000}, headers=admin)
+    assert changed.status_code == 200, changed.text
+    deadline = time.monotonic() + AT_ONCE_S
+    while True:
+        before = authenticate_calls(fleet[0])
+        assert status(b, pair["access_token"]) == 200
+        if authenticate_calls(fleet[0]) > before:
+            break  # B no longer had it: it asked auth, which answers with the new quota
+        assert time.monotonic() < deadline, "B still serves the principal cached before the change"
+        time.sleep(0.05)
 
 
 def test_a_non_admin_cannot_make_the_fleet_forget_anyone_else(
