@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Iterable
 
-from cachetools import TLRUCache
+from cachetools import TLRUCache, TTLCache
 
 from goblin.v1 import auth_pb2
 
@@ -19,10 +19,9 @@ JWKS_LOCAL_CACHE_S = 5.0
 # principal is trusted for this long at most, not the full TTL: a change made through another replica
 # then reaches this one within this bound, at the price of a round trip to auth per credential per second.
 UNSUBSCRIBED_TTL_S = 1.0
-# A principal naming an id forgotten this recently is not cached: an answer auth gave before the change,
-# still in flight when it was forgotten, must not be stored after it. At least the auth call's timeout.
-TOMBSTONE_S = 6.0
-TOMBSTONE_MAX = 10_000
+# A miss is remembered this long (at least the auth call's timeout): an answer auth gave to a request
+# that missed before a forget must not be stored after it (see PrincipalCache.put).
+MISS_MEMORY_S = 6.0
 # The id index may hold this many times the cache's size in references (entries that lapsed or were
 # evicted leave theirs behind) before it is rebuilt from the live entries.
 INDEX_SLACK = 4
@@ -51,9 +50,10 @@ class PrincipalCache:
         # subscribes for (one process, no peers) keeps the full TTL; the gateway's subscriber
         # (invalidation.py) distrusts it from the start until it hears its peers.
         self._trusted_until = math.inf
-        # (kind, id) -> until when (monotonic) a principal naming it is not stored; insertion ordered.
-        self._tombstones: dict[tuple[str, str], float] = {}
-        self._store_nothing_until = 0.0
+        # Bumped by every forget and clear; a miss remembers the generation it saw, and an answer to it
+        # is stored only if none came between (auth may have answered from before the change).
+        self._generation = 0
+        self._misses: TTLCache[bytes, int] = TTLCache(maxsize, ttl=MISS_MEMORY_S)
         # (kind, id) -> the keys of the entries naming it, so forgetting costs what it forgets, not a
         # scan of the whole cache (every sign-out on any replica forgets on every replica).
         self._index: dict[tuple[str, str], set[bytes]] = {}
@@ -73,27 +73,29 @@ class PrincipalCache:
 
     def get(self, credential: str) -> auth_pb2.Principal | None:
         """The cached principal of ``credential``, if it is still fresh."""
-        entry = self._entries.get(self.key(credential))
-        if entry is None:
-            return None
-        principal, stored_at = entry
-        now = time.monotonic()
-        if now > self._trusted_until and now - stored_at > UNSUBSCRIBED_TTL_S:
-            return None  # a peer's change may have been missed: ask auth (put replaces the entry)
-        return principal
+        key = self.key(credential)
+        entry = self._entries.get(key)
+        if entry is not None:
+            principal, stored_at = entry
+            now = time.monotonic()
+            # Unless peers' changes are known to reach this replica, trust an entry for a second only.
+            if now <= self._trusted_until or now - stored_at <= UNSUBSCRIBED_TTL_S:
+                return principal
+        self._misses[key] = self._generation
+        return None
 
     def put(self, credential: str, principal: auth_pb2.Principal) -> None:
-        """Keep ``principal`` (unless caching is off, the credential has already expired, or one of its
-        ids was forgotten within ``TOMBSTONE_S``: auth may have answered before that change)."""
+        """Keep ``principal`` (unless caching is off, the credential has already expired, or something
+        was forgotten since this credential's miss: auth may have answered from before that change,
+        and the next request asks again)."""
+        key = self.key(credential)
+        missed_at = self._misses.pop(key, self._generation)
         if self.ttl_s <= 0 or (principal.expires_at and principal.expires_at <= time.time()):
             return
-        now = time.monotonic()
-        names = principal_ids(principal)
-        if now < self._store_nothing_until or any(self._tombstones.get(name, 0.0) > now for name in names):
+        if missed_at != self._generation:
             return
-        key = self.key(credential)
-        self._entries[key] = (principal, now)
-        for name in names:
+        self._entries[key] = (principal, time.monotonic())
+        for name in principal_ids(principal):
             bucket = self._index.setdefault(name, set())
             if key not in bucket:
                 bucket.add(key)
@@ -119,12 +121,11 @@ class PrincipalCache:
         self._trusted_until = 0.0
 
     def clear(self) -> None:
-        """Forget everything, and store nothing for ``TOMBSTONE_S``: after invalidations may have been
-        missed, an answer auth gave before them may still be in flight."""
+        """Forget everything (after invalidations may have been missed), answers in flight included."""
+        self._generation += 1
         self._entries.clear()
         self._index.clear()
         self._indexed = 0
-        self._store_nothing_until = time.monotonic() + TOMBSTONE_S
 
     def forget(
         self,
@@ -150,7 +151,7 @@ class PrincipalCache:
         user_ids: Iterable[str] = (),
     ) -> int:
         """Drop every cached principal naming any of these ids (through the id index: the cost is what
-        is forgotten), and keep none naming them for ``TOMBSTONE_S``. Empty ids name nothing."""
+        is forgotten), and any answer in flight. Empty ids name nothing."""
         names = [
             (kind, value)
             for kind, values in (
@@ -162,24 +163,15 @@ class PrincipalCache:
             for value in set(values)
             if value
         ]
-        self._bury(time.monotonic(), names)
+        if not names:
+            return 0
+        self._generation += 1
         forgotten = 0
         for name in names:
             for key in self._index.pop(name, ()):
                 if self._entries.pop(key, None) is not None:
                     forgotten += 1
         return forgotten
-
-    def _bury(self, now: float, names: list[tuple[str, str]]) -> None:
-        for name in names:
-            self._tombstones.pop(name, None)  # re-inserted last: the dict stays ordered by expiry
-            self._tombstones[name] = now + TOMBSTONE_S
-        # Oldest first: drop the lapsed ones, and past the bound the oldest (a flood buys nothing more).
-        while self._tombstones:
-            oldest, until = next(iter(self._tombstones.items()))
-            if until > now and len(self._tombstones) <= TOMBSTONE_MAX:
-                break
-            del self._tombstones[oldest]
 
 
 class JwksCache:

@@ -104,13 +104,11 @@ def subscribed_now(client: httpx.Client) -> bool:
 
 
 def wait_subscribed(client: httpx.Client, timeout_s: float = 30) -> None:
-    """Until the replica's metrics say it hears its peers, and then past the TOMBSTONE_S in which a
-    (re)subscribed replica stores nothing (answers auth gave before may still be in flight)."""
+    """Until the replica's metrics say it hears its peers."""
     deadline = time.monotonic() + timeout_s
     while not subscribed_now(client):
         assert time.monotonic() < deadline, "the replica did not subscribe"
         time.sleep(0.1)
-    time.sleep(caches.TOMBSTONE_S + 0.2)
 
 
 @pytest.fixture
