@@ -9,6 +9,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from services.common.principal_changes import CHANNEL, encode
+
 PREFIX = "goblin:auth:"
 
 
@@ -30,8 +32,13 @@ class RedisEphemeral:
         return json.loads(raw) if raw else None
 
     async def revoke_session(self, session_id: str, ttl_s: int) -> None:
-        """Access tokens of this session are refused from now until they would have expired anyway."""
-        await self.redis.set(f"{PREFIX}revoked-session:{session_id}", b"1", ex=max(1, ttl_s))
+        """Access tokens of this session are refused from now until they would have expired anyway,
+        and every gateway replica is told to forget the principals it cached for them (a sign-out by
+        refresh token alone or a reused refresh token names a session no gateway saw end)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{PREFIX}revoked-session:{session_id}", b"1", ex=max(1, ttl_s))
+            pipe.publish(CHANNEL, encode("auth", {"session_id": session_id}))
+            await pipe.execute()
 
     async def session_revoked(self, session_id: str) -> bool:
         return bool(await self.redis.exists(f"{PREFIX}revoked-session:{session_id}"))

@@ -81,7 +81,24 @@ def test_demoting_an_admin_takes_the_power_away_at_once(client: httpx.Client) ->
         f"/auth/users/{pair['user']['id']}", json={"role": "user"}, headers=bearer(admin_token(client))
     )
     assert demoted.status_code == 200 and demoted.json()["role"] == "user"
-    assert client.get("/auth/tenants", headers=other).status_code == 403
+    assert client.get("/auth/tenants", headers=other).status_code in (401, 403)
+
+
+def test_a_demoted_admins_access_token_no_longer_claims_admin(client: httpx.Client) -> None:
+    """An access token carries the role it was issued with, and services take admin rights from the
+    principal alone: a demotion ends the account's sessions, as switching it off does, so no
+    principal says admin after it (its API keys read the role afresh and stay valid)."""
+    _, pair, key = user_with_key(client, role="admin")
+    token = bearer(pair["access_token"])
+    assert client.get("/auth/me", headers=token).json()["role"] == "admin"
+    demoted = client.patch(
+        f"/auth/users/{pair['user']['id']}", json={"role": "user"}, headers=bearer(admin_token(client))
+    )
+    assert demoted.status_code == 200, demoted.text
+    me = client.get("/auth/me", headers=token)
+    assert me.status_code == 401 or me.json()["role"] == "user", me.text
+    assert client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 401
+    assert client.get("/auth/me", headers=bearer(key)).json()["role"] == "user"
 
 
 def test_only_an_admin_with_an_admin_credential_changes_an_account(client: httpx.Client) -> None:

@@ -74,8 +74,10 @@ class UserRepository(PostgresRepository):
     ) -> UserRecord | None:
         """Switch an account on or off and/or change its role, in one transaction with its audit row.
         Switching it off also revokes every one of its sessions, so switching it back on later does
-        not revive them. None if there is no such account."""
+        not revive them; so does taking admin away, as an access token carries the role it was issued
+        with. None if there is no such account."""
         async with self.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchval("SELECT role FROM users WHERE id = $1 FOR UPDATE", user_id)
             row = await conn.fetchrow(
                 f"""UPDATE users
                        SET is_active = COALESCE($2, is_active), role = COALESCE($3, role), updated_at = now()
@@ -87,7 +89,7 @@ class UserRepository(PostgresRepository):
             )
             if row is None:
                 return None
-            if active is False:
+            if active is False or (before == "admin" and row["role"] != "admin"):
                 await conn.execute(
                     "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
                 )

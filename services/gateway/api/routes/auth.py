@@ -95,8 +95,11 @@ async def logout(
         refresh_token=body.refresh_token if body else "",
         session_id=principal.session_id if principal is not None else "",
     )
-    if principal is not None and principal.session_id:
-        state.principals.forget(session_id=principal.session_id)
+    # Signed in with the session's access token: auth ended that session (or the one of the refresh
+    # token sent with it, usually the same). A refresh token alone names a session this gateway cannot
+    # see, so its access tokens are refused by auth but may stay cached for GOBLIN_AUTH_CACHE_TTL_S.
+    if revoked and principal is not None and principal.session_id:
+        await state.invalidations.forget(session_id=principal.session_id)
     return LogoutOut(revoked=revoked)
 
 
@@ -125,10 +128,9 @@ async def list_api_keys(request: Request, principal: KeysDep, state: StateDep) -
 
 @router.delete("/api-keys/{key_id}", response_model=Revoked, summary="Revoke an API key")
 async def revoke_api_key(key_id: KeyId, request: Request, principal: KeysDep, state: StateDep) -> Revoked:
-    """Refused by the auth service and by this gateway at once; another gateway replica that cached
-    the key accepts it for at most GOBLIN_AUTH_CACHE_TTL_S more."""
+    """Refused by the auth service and by every gateway replica at once (invalidation.py)."""
     revoked = await state.clients.auth.revoke_api_key(principal_context(principal, request), key_id)
-    state.principals.forget(api_key_id=key_id)
+    await state.invalidations.forget(api_key_id=key_id)
     return Revoked(id=key_id, revoked=revoked)
 
 
@@ -212,12 +214,12 @@ async def create_tenant(body: TenantCreateBody, request: Request, principal: Adm
 async def update_tenant(
     tenant_id: TenantId, body: TenantUpdateBody, request: Request, principal: AdminDep, state: StateDep
 ) -> TenantOut:
-    """Quota and budget changes apply at once through this replica, within GOBLIN_AUTH_CACHE_TTL_S
-    (30 s) on the others, which cache verified principals (0 = unlimited)."""
+    """Quota and budget changes (0 = unlimited) apply at once on every gateway replica: each forgets
+    the tenant's cached principals (invalidation.py)."""
     tenant = await state.clients.auth.update_tenant(
         principal_context(principal, request), tenant_id, body.model_dump(exclude_none=True)
     )
-    state.principals.forget(tenant_id=tenant_id)
+    await state.invalidations.forget(tenant_id=tenant_id)
     return TenantOut.of(tenant)
 
 
@@ -227,13 +229,13 @@ async def update_tenant(
 async def update_user(
     user_id: UserId, body: UserUpdateBody, request: Request, principal: AdminDep, state: StateDep
 ) -> UserOut:
-    """Switching an account off ends its sessions and stops its API keys at once through this replica;
-    the other replicas refuse them within GOBLIN_AUTH_CACHE_TTL_S (30 s), the life of their cached
-    principals. A role change applies the same way."""
+    """Switching an account off ends its sessions and stops its API keys at once on every gateway
+    replica: each forgets the account's cached principals (invalidation.py). A role change applies
+    the same way."""
     user = await state.clients.auth.update_user(
         principal_context(principal, request), user_id, body.model_dump(exclude_none=True)
     )
-    state.principals.forget(user_id=user_id)
+    await state.invalidations.forget(user_id=user_id)
     return UserOut.of(user)
 
 
