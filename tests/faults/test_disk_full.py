@@ -21,189 +21,42 @@ and the keys, certificates and journals are intact (a service killed then comes 
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import json
 import os
-import shutil
 import signal
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
-import psutil
 import pytest
 
-from goblin_tools.fakes.providers import FakeProviders
 from goblin_tools.faults import (
-    CATALOG,
     RECOVERY_S,
-    ROUTE_TIMEOUT_S,
-    SUITE_ENV,
+    SMALL_FS_BYTES,
     CaseResult,
+    NoSmallFilesystem,
     Outcome,
-    Stores,
+    SmallHome,
     ledger_missing,
-    run_case,
+    run_disk_full,
+    service_pids,
+    small_home_suite,
 )
-from goblin_tools.suite import GOBLIN, ROOT, SERVICES, Suite, suite_env
+from goblin_tools.suite import Suite
 
 pytestmark = pytest.mark.faults
 
-SMALL_FS_BYTES = 64 << 20  # room for what the suite writes at start (Chroma's files the most), then filled
 FULL_HOLD_S = 5.0
-
-
-def _small_fs_prefixes(directory: Path, size: int) -> list[tuple[str, list[str]]]:
-    """Commands that run what follows them with a ``size``-byte tmpfs at ``directory``, best first."""
-    prefixes = []
-    if bwrap := shutil.which("bwrap"):
-        prefixes.append(
-            ("bubblewrap", [bwrap, "--dev-bind", "/", "/", "--size", str(size), "--tmpfs", str(directory), "--"])
-        )
-    if (unshare := shutil.which("unshare")) and os.geteuid() == 0:
-        mount = 'mount -t tmpfs -o size="$0" goblin-small "$1" && shift 2 && exec "$@"'
-        prefixes.append(
-            ("unshare -m", [unshare, "-m", "--propagation", "private", "sh", "-c", mount, str(size), str(directory)])
-        )
-    return prefixes
-
-
-def small_fs_prefix(directory: Path, size: int) -> tuple[str, list[str]]:
-    """The first method that works here (tried with ``df``), or a skip naming what was tried."""
-    tried = []
-    for name, prefix in _small_fs_prefixes(directory, size):
-        probe = subprocess.run([*prefix, "df", "-B1", "--output=size", str(directory)], capture_output=True, timeout=30)
-        if probe.returncode == 0 and str(size) in probe.stdout.decode():
-            return name, prefix
-        tried.append(f"{name}: {probe.stderr.decode().strip()[:200] or probe.stdout.decode().strip()[:200]}")
-    pytest.skip("no way to mount a small filesystem here: " + ("; ".join(tried) or "neither bwrap nor root"))
-
-
-@dataclass
-class SmallHome:
-    suite: Suite
-    method: str
-    inner_pid: int  # `goblin up`, inside the mount namespace
-    admin_key: str
-    kek: bytes
-
-    @property
-    def outside(self) -> Path:
-        """GOBLIN_HOME as this process reaches it (through the namespace's root)."""
-        return self.suite.home
-
-    def fill(self, until: threading.Event | None = None) -> int:
-        """Fill the filesystem to the last byte; with ``until``, keep taking every byte freed meanwhile
-        (as a runaway log would) until it is set. Returns how much was written."""
-        written = 0
-        with (self.outside / "filler").open("ab", buffering=0) as f:
-            while True:
-                for chunk in (1 << 20, 4096, 1):
-                    block = b"\0" * chunk
-                    while True:
-                        try:
-                            written += f.write(block) or 0
-                        except OSError as exc:
-                            if exc.errno != errno.ENOSPC:
-                                raise
-                            break
-                # A journal emptied in place gives its pages back: take them before it writes again.
-                if until is None or until.wait(0.002):
-                    return written
-
-    def free(self) -> None:
-        (self.outside / "filler").unlink()
-
-    def free_bytes(self) -> int:
-        return shutil.disk_usage(self.outside).free
-
-
-def service_pids(suite: Suite, inner_pid: int) -> dict[str, int]:
-    """Each service's pid (children of `goblin up`, which runs inside the namespace)."""
-    pids = {}
-    for child in psutil.Process(inner_pid).children():
-        try:
-            name = child.cmdline()[-1].removeprefix("services.")
-        except (psutil.NoSuchProcess, IndexError):
-            continue
-        if name in (*SERVICES, "gateway"):
-            pids[name] = child.pid
-    return pids
-
-
-def _inner_goblin(outer: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
-    """The `goblin up` process under the namespace launcher (bubblewrap forks it; unshare execs it)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        own = os.readlink("/proc/self/ns/mnt")
-        for process in [psutil.Process(outer.pid), *psutil.Process(outer.pid).children(recursive=True)]:
-            try:
-                # The launcher's own command line ends the same way: the one in another namespace is it.
-                inside = os.readlink(f"/proc/{process.pid}/ns/mnt") != own
-                if inside and process.cmdline()[-2:] == [str(GOBLIN), "up"]:
-                    return process.pid
-            except (psutil.NoSuchProcess, FileNotFoundError):
-                continue
-        if outer.poll() is not None:
-            raise RuntimeError(f"the namespace launcher exited with {outer.returncode}")
-        time.sleep(0.05)
-    raise TimeoutError("goblin up did not start under the namespace launcher")
 
 
 @pytest.fixture(scope="module")
 def small_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallHome]:
-    base = tmp_path_factory.mktemp("diskfull")
-    home = base / "home"  # inside the namespace: the small tmpfs; outside: an empty directory
-    home.mkdir()
-    method, prefix = small_fs_prefix(home, SMALL_FS_BYTES)
-    print(f"\nsmall GOBLIN_HOME ({SMALL_FS_BYTES >> 20} MiB tmpfs) by {method}")
-    stores = Stores(base / "stores")
-    log_path = base / "suite.log"
     try:
-        with FakeProviders() as fake:
-            catalog = base / "catalog.yaml"
-            catalog.write_text(CATALOG.format(port=fake.port))
-            extra = {
-                "GOBLIN_CATALOG_FILE": str(catalog),
-                "DATABASE_URL": stores.database_url,
-                "REDIS_URL": stores.redis_url,
-                "ACME_API_KEY": fake.key("acme"),
-                **SUITE_ENV,
-            }
-            env = suite_env(home, **extra)
-            with log_path.open("wb") as log:
-                outer = subprocess.Popen(
-                    [*prefix, str(GOBLIN), "up"],
-                    cwd=ROOT,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            inner = _inner_goblin(outer)
-            suite = Suite(
-                home=Path(f"/proc/{inner}/root{home}"), env=env, process=outer, log_path=log_path, extra=extra
-            )
-            try:
-                suite.wait_ready()
-                yield SmallHome(suite, method, inner, suite.admin_key, (suite.home / "auth-kek.key").read_bytes())
-            finally:
-                try:
-                    os.kill(inner, signal.SIGINT)  # `goblin up` stops its services; the launcher then exits
-                except ProcessLookupError:
-                    pass
-                try:
-                    outer.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    outer.kill()
-                    outer.wait()
-    finally:
-        stores.close()
+        with small_home_suite(tmp_path_factory.mktemp("diskfull")) as small:
+            print(f"\nsmall GOBLIN_HOME ({SMALL_FS_BYTES >> 20} MiB tmpfs) by {small.method}")
+            yield small
+    except NoSmallFilesystem as exc:
+        pytest.skip(str(exc))
 
 
 def metric_total(suite: Suite, service: str, name: str) -> float:
@@ -247,20 +100,7 @@ def test_a_full_goblin_home_under_load_answers_cleanly_and_loses_nothing(small_h
     suite = small_home.suite
     pids = service_pids(suite, small_home.inner_pid)
     before = metric_total(suite, "router", "goblin_journal_rows_unjournaled_total")
-
-    async def fault(clock: Callable[[], float]) -> float:
-        done = threading.Event()
-        hog = asyncio.create_task(asyncio.to_thread(small_home.fill, done))
-        await asyncio.sleep(FULL_HOLD_S)
-        done.set()
-        await hog
-        await asyncio.to_thread(small_home.free)
-        return clock()
-
-    result = asyncio.run(
-        run_case(suite, "GOBLIN_HOME full", broken=frozenset(), fault=fault, duration_s=12, timeout_s=ROUTE_TIMEOUT_S)
-    )
-    result.lost = ledger_missing(suite, result)
+    result = run_disk_full(small_home, FULL_HOLD_S)
     failures = result.failures()
     detail = "\n".join(f"  {o.kind} at {o.sent_at:.2f}s: {o.status} {o.error} hung={o.hung}" for o in failures[:20])
     print(f"\n({small_home.method}) {result.row()}\n{detail}")
