@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import httpx
@@ -540,14 +541,17 @@ def _inner_goblin(outer: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
 
 
 @contextmanager
-def small_home_suite(base: Path, size: int = SMALL_FS_BYTES) -> Iterator[SmallHome]:
+def small_home_suite(base: Path, size: int = SMALL_FS_BYTES, *, embedded_stores: bool = False) -> Iterator[SmallHome]:
     """The whole suite, ready, with its GOBLIN_HOME a ``size``-byte tmpfs in a mount namespace of its own
     (:func:`small_fs_prefix`), its stores, log and catalog outside it, and the fake provider of
-    :data:`CATALOG`; stopped afterwards. Raises :class:`NoSmallFilesystem` when no method works."""
+    :data:`CATALOG`; stopped afterwards. Raises :class:`NoSmallFilesystem` when no method works.
+    ``embedded_stores``: no DATABASE_URL/REDIS_URL, so `goblin up` starts its embedded PostgreSQL and
+    Redis in GOBLIN_HOME, on the small filesystem (a laptop's default)."""
     home = base / "home"  # inside the namespace: the small tmpfs; outside: an empty directory
     home.mkdir(parents=True)
     method, prefix = small_fs_prefix(home, size)
-    stores = Stores(base / "stores")
+    stores = None if embedded_stores else Stores(base / "stores")
+    urls = {} if stores is None else {"DATABASE_URL": stores.database_url, "REDIS_URL": stores.redis_url}
     log_path = base / "suite.log"
     try:
         with FakeProviders() as fake:
@@ -555,9 +559,8 @@ def small_home_suite(base: Path, size: int = SMALL_FS_BYTES) -> Iterator[SmallHo
             catalog.write_text(CATALOG.format(port=fake.port))
             extra = {
                 "GOBLIN_CATALOG_FILE": str(catalog),
-                "DATABASE_URL": stores.database_url,
-                "REDIS_URL": stores.redis_url,
                 "ACME_API_KEY": fake.key("acme"),
+                **urls,
                 **SUITE_ENV,
             }
             env = suite_env(home, **extra)
@@ -574,6 +577,10 @@ def small_home_suite(base: Path, size: int = SMALL_FS_BYTES) -> Iterator[SmallHo
             suite = Suite(
                 home=Path(f"/proc/{inner}/root{home}"), env=env, process=outer, log_path=log_path, extra=extra
             )
+            if stores is None:  # the embedded server's socket, reached through the namespace's root
+                suite.env["DATABASE_URL"] = (
+                    f"postgresql://postgres:@/goblin?host={quote(str(suite.home / 'pg'), safe='/')}"
+                )
             try:
                 suite.wait_ready()
                 yield SmallHome(suite, method, inner, suite.admin_key, (suite.home / "auth-kek.key").read_bytes())
@@ -588,7 +595,8 @@ def small_home_suite(base: Path, size: int = SMALL_FS_BYTES) -> Iterator[SmallHo
                     outer.kill()
                     outer.wait()
     finally:
-        stores.close()
+        if stores is not None:
+            stores.close()
 
 
 def disk_full_fault(small: SmallHome, hold_s: float = 5.0) -> Fault:
