@@ -49,9 +49,19 @@ QUEUE_LIMIT = 10_000
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 
-# Postgres is away: retry. Anything else from asyncpg is about the rows. Unavailable: the store's pool
-# is not open yet (Postgres was away when the service started).
-UNREACHABLE = (*STORE_UNREACHABLE, Unavailable)
+# Postgres is away, or there but unable to take any row now: retry. Unavailable: the store's pool is not
+# open yet (Postgres was away when the service started). InsufficientResourcesError (SQLSTATE class
+# 53): its disk is full ("could not extend file"), it is out of memory or of connections; Admin- and
+# CrashShutdownError: it is going down. Nothing is wrong with the rows then, and dropping them lost
+# answered requests from the ledger when the embedded PostgreSQL's disk (GOBLIN_HOME/pg) filled.
+# Anything else from asyncpg is about the rows.
+UNREACHABLE = (
+    *STORE_UNREACHABLE,
+    Unavailable,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 
 Row = Sequence[object]
 
@@ -153,10 +163,12 @@ class BatchWriter:
                 return True
             except UNREACHABLE as exc:
                 if self._stopping:
-                    log.warning("%s: Postgres unreachable while stopping (%s); rows stay journaled", self.table, exc)
+                    log.warning(
+                        "%s: Postgres cannot take rows while stopping (%s); rows stay journaled", self.table, exc
+                    )
                     return False
                 RETRIES.labels(self.table).inc()
-                log.warning("%s: Postgres unreachable (%s); retrying in %.1fs", self.table, exc, pause)
+                log.warning("%s: Postgres cannot take rows (%s); retrying in %.1fs", self.table, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX_S)
             except asyncpg.PostgresError:
@@ -167,11 +179,11 @@ class BatchWriter:
         for row in rows:
             try:
                 await self.store.pool.execute(self.insert_sql, *row)
+            except UNREACHABLE:  # before PostgresError: some of these are Postgres errors
+                return await self._insert(rows)  # went away mid-way: the whole batch again (idempotent)
             except asyncpg.PostgresError:
                 DROPPED.labels(self.table).inc()
                 log.exception("%s refused a row; dropped it", self.table)
-            except UNREACHABLE:
-                return await self._insert(rows)  # went away mid-way: the whole batch again (idempotent)
         return True
 
     async def _replay(self) -> None:
