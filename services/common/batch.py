@@ -7,8 +7,10 @@ While Postgres is unreachable the task retries the same batch with a growing pau
 ``RETRY_MAX_S``): nothing is dropped, rows wait in the bounded queue and the journal. A row the queue
 has no room for stays in the journal and is written from it once the writer has caught up (counted as
 deferred). A row Postgres refuses (a constraint) is dropped alone, counted, and logged; the rest of its
-batch is written. A row that could neither be queued nor journaled is dropped and counted: never
-silently. At start, rows that an earlier process journaled and did not commit (it was killed, or
+batch is written. A row that could neither be queued nor journaled is dropped and counted, never
+silently, and so is a row the journal refused (a full disk) that Postgres could not take before the
+process stopped (a SIGKILL meanwhile loses such rows uncounted: the journal counted them as
+unjournaled when it refused them). At start, rows that an earlier process journaled and did not commit (it was killed, or
 stopped while Postgres was away) are written first.
 
 With a journal, ``insert_sql`` must be idempotent on a row id (``ON CONFLICT (id) DO NOTHING``): a
@@ -78,6 +80,7 @@ class BatchWriter:
         self._queue: asyncio.Queue[tuple[int, Row]] = asyncio.Queue(QUEUE_LIMIT)
         self._held: list[tuple[int, Row]] = []  # taken off the queue, not yet committed in Postgres
         self._seq = 0
+        self._unjournaled: set[int] = set()  # queued rows the journal refused (disk full): memory only
         self._replay_due = journal is not None
         self._stopping = False
         self._queued = QUEUED.labels(table)
@@ -91,6 +94,8 @@ class BatchWriter:
         try:
             self._queue.put_nowait((self._seq, row))
             self._queued.inc()
+            if self.journal is not None and not journaled:
+                self._unjournaled.add(self._seq)
         except asyncio.QueueFull:
             if journaled:
                 assert self.journal is not None
@@ -118,15 +123,24 @@ class BatchWriter:
     async def flush(self) -> None:
         """Write everything queued now, in batches."""
         if self._held and not await self._write(self._held):
-            return self._close_journal(keep=True)
+            return self._give_up()
         self._held = []
         while not self._queue.empty():
             self._held = self._take(BATCH_SIZE)
             if not await self._write(self._held):
-                return self._close_journal(keep=True)
+                return self._give_up()
             self._held = []
         if self._stopping:
             self._close_journal(keep=False)
+
+    def _give_up(self) -> None:
+        """Stopping with rows Postgres cannot take: the journaled ones stay for the next start; the ones
+        the journal refused (a full disk) go with this process: counted and logged."""
+        if lost := len(self._unjournaled):
+            DROPPED.labels(self.table).inc(lost)
+            log.error("%s: %d rows neither journaled nor written (disk full, Postgres away at stop)", self.table, lost)
+            self._unjournaled.clear()
+        self._close_journal(keep=True)
 
     def _close_journal(self, *, keep: bool) -> None:
         if self.journal is not None:
@@ -144,6 +158,8 @@ class BatchWriter:
         committed; False when stopping left it unwritten."""
         if not await self._insert([row for _, row in batch]):
             return False
+        if self._unjournaled:
+            self._unjournaled = {seq for seq in self._unjournaled if seq > batch[-1][0]}
         if self.journal is not None:
             self.journal.committed(batch[-1][0])
             if self._queue.empty():
