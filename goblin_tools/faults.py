@@ -21,9 +21,13 @@ Every loop here is bounded in count and time, and only 127.0.0.1 is contacted.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
+import shutil
 import signal
+import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -32,13 +36,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import httpx
+import psutil
 
 from goblin_tools.embedded import EmbeddedPostgres, EmbeddedRedis
 from goblin_tools.fakes.providers import FakeProviders
-from goblin_tools.suite import Suite, catalog_suite
+from goblin_tools.suite import GOBLIN, ROOT, SERVICES, Suite, catalog_suite, suite_env
 
 # What each kind of request needs besides the gateway (a refusal is clear only when one of these is down).
 NEEDS: dict[str, frozenset[str]] = {
@@ -412,4 +418,214 @@ def run(suite: Suite, stores: Stores, case: Case) -> CaseResult:
         )
     )
     result.lost = ledger_missing(suite, result)
+    return result
+
+
+# -- disk full for GOBLIN_HOME (issue 19, case 7) ----------------------------------------------------
+# The suite with its GOBLIN_HOME on a small filesystem of its own, filled under load and freed. On it:
+# all of GOBLIN_HOME (TLS files, the admin key and the key-encryption key, the journals, the locks,
+# RAG's Chroma and keyword index, the executor's work directories). Not on it: PostgreSQL and Redis
+# (their own data directories, as a deployment's servers are) and the suite's log.
+# The filesystem is a tmpfs in a mount namespace of the suite's own, by bubblewrap (as root, or as a
+# user where unprivileged user namespaces are allowed) or ``unshare -m`` as root; this process reaches
+# it through ``/proc/<pid>/root``. Nothing of the machine's own mounts is touched.
+
+SMALL_FS_BYTES = 64 << 20  # room for what the suite writes at start (Chroma's files the most), then filled
+FULL_HOLD_S = 5.0
+
+
+def _small_fs_prefixes(directory: Path, size: int) -> list[tuple[str, list[str]]]:
+    """Commands that run what follows them with a ``size``-byte tmpfs at ``directory``, best first."""
+    prefixes = []
+    if bwrap := shutil.which("bwrap"):
+        prefixes.append(
+            ("bubblewrap", [bwrap, "--dev-bind", "/", "/", "--size", str(size), "--tmpfs", str(directory), "--"])
+        )
+    if (unshare := shutil.which("unshare")) and os.geteuid() == 0:
+        mount = 'mount -t tmpfs -o size="$0" goblin-small "$1" && shift 2 && exec "$@"'
+        prefixes.append(
+            ("unshare -m", [unshare, "-m", "--propagation", "private", "sh", "-c", mount, str(size), str(directory)])
+        )
+    return prefixes
+
+
+def small_fs_prefix(directory: Path, size: int) -> tuple[str, list[str]]:
+    """The first method that works here (tried with ``df``), or :class:`NoSmallFilesystem` naming what
+    was tried."""
+    tried = []
+    for name, prefix in _small_fs_prefixes(directory, size):
+        probe = subprocess.run([*prefix, "df", "-B1", "--output=size", str(directory)], capture_output=True, timeout=30)
+        if probe.returncode == 0 and str(size) in probe.stdout.decode():
+            return name, prefix
+        tried.append(f"{name}: {probe.stderr.decode().strip()[:200] or probe.stdout.decode().strip()[:200]}")
+    raise NoSmallFilesystem(
+        "no way to mount a small filesystem here: " + ("; ".join(tried) or "neither bwrap nor root")
+    )
+
+
+class NoSmallFilesystem(RuntimeError):
+    """Neither bubblewrap nor ``unshare -m`` (as root) can mount a small filesystem here."""
+
+
+@dataclass
+class SmallHome:
+    """A running suite whose GOBLIN_HOME is a small filesystem of its own (:func:`small_home_suite`)."""
+
+    suite: Suite
+    method: str
+    inner_pid: int  # `goblin up`, inside the mount namespace
+    admin_key: str
+    kek: bytes
+
+    @property
+    def outside(self) -> Path:
+        """GOBLIN_HOME as this process reaches it (through the namespace's root)."""
+        return self.suite.home
+
+    def fill(self, until: threading.Event | None = None) -> int:
+        """Fill the filesystem to the last byte; with ``until``, keep taking every byte freed meanwhile
+        (as a runaway log would) until it is set. Returns how much was written."""
+        written = 0
+        with (self.outside / "filler").open("ab", buffering=0) as f:
+            while True:
+                for chunk in (1 << 20, 4096, 1):
+                    block = b"\0" * chunk
+                    while True:
+                        try:
+                            written += f.write(block) or 0
+                        except OSError as exc:
+                            if exc.errno != errno.ENOSPC:
+                                raise
+                            break
+                # A journal emptied in place gives its pages back: take them before it writes again.
+                if until is None or until.wait(0.002):
+                    return written
+
+    def free(self) -> None:
+        (self.outside / "filler").unlink()
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.outside).free
+
+
+def service_pids(suite: Suite, inner_pid: int) -> dict[str, int]:
+    """Each service's pid (children of `goblin up`, which runs inside the namespace)."""
+    pids = {}
+    for child in psutil.Process(inner_pid).children():
+        try:
+            name = child.cmdline()[-1].removeprefix("services.")
+        except (psutil.NoSuchProcess, IndexError):
+            continue
+        if name in (*SERVICES, "gateway"):
+            pids[name] = child.pid
+    return pids
+
+
+def _inner_goblin(outer: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+    """The `goblin up` process under the namespace launcher (bubblewrap forks it; unshare execs it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        own = os.readlink("/proc/self/ns/mnt")
+        for process in [psutil.Process(outer.pid), *psutil.Process(outer.pid).children(recursive=True)]:
+            try:
+                # The launcher's own command line ends the same way: the one in another namespace is it.
+                inside = os.readlink(f"/proc/{process.pid}/ns/mnt") != own
+                if inside and process.cmdline()[-2:] == [str(GOBLIN), "up"]:
+                    return process.pid
+            except (psutil.NoSuchProcess, FileNotFoundError):
+                continue
+        if outer.poll() is not None:
+            raise RuntimeError(f"the namespace launcher exited with {outer.returncode}")
+        time.sleep(0.05)
+    raise TimeoutError("goblin up did not start under the namespace launcher")
+
+
+@contextmanager
+def small_home_suite(base: Path, size: int = SMALL_FS_BYTES, *, embedded_stores: bool = False) -> Iterator[SmallHome]:
+    """The whole suite, ready, with its GOBLIN_HOME a ``size``-byte tmpfs in a mount namespace of its own
+    (:func:`small_fs_prefix`), its stores, log and catalog outside it, and the fake provider of
+    :data:`CATALOG`; stopped afterwards. Raises :class:`NoSmallFilesystem` when no method works.
+    ``embedded_stores``: no DATABASE_URL/REDIS_URL, so `goblin up` starts its embedded PostgreSQL and
+    Redis in GOBLIN_HOME, on the small filesystem (a laptop's default)."""
+    home = base / "home"  # inside the namespace: the small tmpfs; outside: an empty directory
+    home.mkdir(parents=True)
+    method, prefix = small_fs_prefix(home, size)
+    stores = None if embedded_stores else Stores(base / "stores")
+    urls = {} if stores is None else {"DATABASE_URL": stores.database_url, "REDIS_URL": stores.redis_url}
+    log_path = base / "suite.log"
+    try:
+        with FakeProviders() as fake:
+            catalog = base / "catalog.yaml"
+            catalog.write_text(CATALOG.format(port=fake.port))
+            extra = {
+                "GOBLIN_CATALOG_FILE": str(catalog),
+                "ACME_API_KEY": fake.key("acme"),
+                **urls,
+                **SUITE_ENV,
+            }
+            env = suite_env(home, **extra)
+            with log_path.open("wb") as log:
+                outer = subprocess.Popen(
+                    [*prefix, str(GOBLIN), "up"],
+                    cwd=ROOT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            inner = _inner_goblin(outer)
+            suite = Suite(
+                home=Path(f"/proc/{inner}/root{home}"), env=env, process=outer, log_path=log_path, extra=extra
+            )
+            if stores is None:  # the embedded server's socket, reached through the namespace's root
+                suite.env["DATABASE_URL"] = (
+                    f"postgresql://postgres:@/goblin?host={quote(str(suite.home / 'pg'), safe='/')}"
+                )
+            try:
+                suite.wait_ready()
+                yield SmallHome(suite, method, inner, suite.admin_key, (suite.home / "auth-kek.key").read_bytes())
+            finally:
+                try:
+                    os.kill(inner, signal.SIGINT)  # `goblin up` stops its services; the launcher then exits
+                except ProcessLookupError:
+                    pass
+                try:
+                    outer.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    outer.kill()
+                    outer.wait()
+    finally:
+        if stores is not None:
+            stores.close()
+
+
+def disk_full_fault(small: SmallHome, hold_s: float = 5.0) -> Fault:
+    """GOBLIN_HOME filled to the last byte, and kept full (every byte freed is taken again) for
+    ``hold_s``, then freed; the case's clock when the space is back."""
+
+    async def fault(clock: Callable[[], float]) -> float:
+        done = threading.Event()
+        hog = asyncio.create_task(asyncio.to_thread(small.fill, done))
+        await asyncio.sleep(hold_s)
+        done.set()
+        await hog
+        await asyncio.to_thread(small.free)
+        return clock()
+
+    return fault
+
+
+def run_disk_full(small: SmallHome, hold_s: float = 5.0) -> CaseResult:
+    """The disk-full case under the mixed load, with what it lost from the books."""
+    result = asyncio.run(
+        run_case(
+            small.suite,
+            "GOBLIN_HOME full",
+            broken=frozenset(),  # nothing may answer 503: a full disk must not take a route away
+            fault=disk_full_fault(small, hold_s),
+            duration_s=12,
+            timeout_s=ROUTE_TIMEOUT_S,
+        )
+    )
+    result.lost = ledger_missing(small.suite, result)
     return result

@@ -7,8 +7,10 @@ While Postgres is unreachable the task retries the same batch with a growing pau
 ``RETRY_MAX_S``): nothing is dropped, rows wait in the bounded queue and the journal. A row the queue
 has no room for stays in the journal and is written from it once the writer has caught up (counted as
 deferred). A row Postgres refuses (a constraint) is dropped alone, counted, and logged; the rest of its
-batch is written. A row that could neither be queued nor journaled is dropped and counted: never
-silently. At start, rows that an earlier process journaled and did not commit (it was killed, or
+batch is written. A row that could neither be queued nor journaled is dropped and counted, never
+silently, and so is a row the journal refused (a full disk) that Postgres could not take before the
+process stopped (a SIGKILL meanwhile loses such rows uncounted: the journal counted them as
+unjournaled when it refused them). At start, rows that an earlier process journaled and did not commit (it was killed, or
 stopped while Postgres was away) are written first.
 
 With a journal, ``insert_sql`` must be idempotent on a row id (``ON CONFLICT (id) DO NOTHING``): a
@@ -49,9 +51,19 @@ QUEUE_LIMIT = 10_000
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 
-# Postgres is away: retry. Anything else from asyncpg is about the rows. Unavailable: the store's pool
-# is not open yet (Postgres was away when the service started).
-UNREACHABLE = (*STORE_UNREACHABLE, Unavailable)
+# Postgres is away, or there but unable to take any row now: retry. Unavailable: the store's pool is not
+# open yet (Postgres was away when the service started). InsufficientResourcesError (SQLSTATE class
+# 53): its disk is full ("could not extend file"), it is out of memory or of connections; Admin- and
+# CrashShutdownError: it is going down. Nothing is wrong with the rows then, and dropping them lost
+# answered requests from the ledger when the embedded PostgreSQL's disk (GOBLIN_HOME/pg) filled.
+# Anything else from asyncpg is about the rows.
+UNREACHABLE = (
+    *STORE_UNREACHABLE,
+    Unavailable,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 
 Row = Sequence[object]
 
@@ -68,6 +80,7 @@ class BatchWriter:
         self._queue: asyncio.Queue[tuple[int, Row]] = asyncio.Queue(QUEUE_LIMIT)
         self._held: list[tuple[int, Row]] = []  # taken off the queue, not yet committed in Postgres
         self._seq = 0
+        self._unjournaled: set[int] = set()  # queued rows the journal refused (disk full): memory only
         self._replay_due = journal is not None
         self._stopping = False
         self._queued = QUEUED.labels(table)
@@ -81,6 +94,8 @@ class BatchWriter:
         try:
             self._queue.put_nowait((self._seq, row))
             self._queued.inc()
+            if self.journal is not None and not journaled:
+                self._unjournaled.add(self._seq)
         except asyncio.QueueFull:
             if journaled:
                 assert self.journal is not None
@@ -108,15 +123,24 @@ class BatchWriter:
     async def flush(self) -> None:
         """Write everything queued now, in batches."""
         if self._held and not await self._write(self._held):
-            return self._close_journal(keep=True)
+            return self._give_up()
         self._held = []
         while not self._queue.empty():
             self._held = self._take(BATCH_SIZE)
             if not await self._write(self._held):
-                return self._close_journal(keep=True)
+                return self._give_up()
             self._held = []
         if self._stopping:
             self._close_journal(keep=False)
+
+    def _give_up(self) -> None:
+        """Stopping with rows Postgres cannot take: the journaled ones stay for the next start; the ones
+        the journal refused (a full disk) go with this process: counted and logged."""
+        if lost := len(self._unjournaled):
+            DROPPED.labels(self.table).inc(lost)
+            log.error("%s: %d rows neither journaled nor written (disk full, Postgres away at stop)", self.table, lost)
+            self._unjournaled.clear()
+        self._close_journal(keep=True)
 
     def _close_journal(self, *, keep: bool) -> None:
         if self.journal is not None:
@@ -134,6 +158,8 @@ class BatchWriter:
         committed; False when stopping left it unwritten."""
         if not await self._insert([row for _, row in batch]):
             return False
+        if self._unjournaled:
+            self._unjournaled = {seq for seq in self._unjournaled if seq > batch[-1][0]}
         if self.journal is not None:
             self.journal.committed(batch[-1][0])
             if self._queue.empty():
@@ -153,10 +179,12 @@ class BatchWriter:
                 return True
             except UNREACHABLE as exc:
                 if self._stopping:
-                    log.warning("%s: Postgres unreachable while stopping (%s); rows stay journaled", self.table, exc)
+                    log.warning(
+                        "%s: Postgres cannot take rows while stopping (%s); rows stay journaled", self.table, exc
+                    )
                     return False
                 RETRIES.labels(self.table).inc()
-                log.warning("%s: Postgres unreachable (%s); retrying in %.1fs", self.table, exc, pause)
+                log.warning("%s: Postgres cannot take rows (%s); retrying in %.1fs", self.table, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_MAX_S)
             except asyncpg.PostgresError:
@@ -167,11 +195,11 @@ class BatchWriter:
         for row in rows:
             try:
                 await self.store.pool.execute(self.insert_sql, *row)
+            except UNREACHABLE:  # before PostgresError: some of these are Postgres errors
+                return await self._insert(rows)  # went away mid-way: the whole batch again (idempotent)
             except asyncpg.PostgresError:
                 DROPPED.labels(self.table).inc()
                 log.exception("%s refused a row; dropped it", self.table)
-            except UNREACHABLE:
-                return await self._insert(rows)  # went away mid-way: the whole batch again (idempotent)
         return True
 
     async def _replay(self) -> None:

@@ -14,12 +14,17 @@ process that was killed, or that stopped while Postgres was away) so their rows 
 writers insert with ``ON CONFLICT DO NOTHING`` on a row id, so a row that did reach Postgres before
 the kill is not written twice.
 
-Disk is bounded (``max_bytes`` over all of a name's segments): past it a row is not journaled and the
-caller counts it, never silently.
+Disk is bounded (``max_bytes`` over all of a name's segments): past it a row is not journaled. Nor is
+it when the filesystem is full (``ENOSPC``): a row cut short by a full disk is taken back (the segment
+is truncated to its last whole row, so the rows after it are not torn), the writer keeps the row in
+memory and writes it to Postgres as usual, and journaling resumes by itself once there is space. Each
+row not journaled is counted (``goblin_journal_rows_unjournaled_total``) and an episode is logged
+once when it starts and once when it ends, never silently and never one line per row.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -29,7 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 log = logging.getLogger(__name__)
+
+UNJOURNALED = Counter(
+    "goblin_journal_rows_unjournaled_total",
+    "Rows not written to the local journal (still written to Postgres from memory), by journal and reason: "
+    "disk_full (ENOSPC or quota), bound (the journal's own size bound), error (any other OS error).",
+    ["journal", "reason"],
+)
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 SEGMENT_BYTES = 1 << 20  # a new segment after 1 MiB, so committed rows are deleted while busy
 MAX_BYTES = 64 << 20  # per writer: a router has two, inside the chart's 256Mi GOBLIN_HOME emptyDir
@@ -56,6 +71,7 @@ class Journal:
         self._count = 0
         self._bytes = 0
         self.released = False  # a pinned segment was closed: orphans() now finds it in this process too
+        self._failing: str | None = None  # the reason appends fail now (logged once per episode)
 
     # -- this process's segments ------------------------------------------------------------------
     def _open_segment(self) -> _Segment:
@@ -67,24 +83,46 @@ class Journal:
         return _Segment(path, fd)
 
     def append(self, seq: int, row: Sequence[Any]) -> bool:
-        """Journal row number ``seq`` (increasing). False when the disk bound or an OS error stops it:
-        the caller still has the row in memory and counts the miss."""
+        """Journal row number ``seq`` (increasing). False when the disk bound, a full disk or another OS
+        error stops it (counted and logged): the caller still has the row in memory."""
         line = (json.dumps(list(row), separators=(",", ":")) + "\n").encode()
         if self._bytes + len(line) > self.max_bytes:
-            return False
+            return self._refused("bound", f"its bound of {self.max_bytes} bytes is reached")
         try:
             if self._current is None or self._current.size >= SEGMENT_BYTES:
                 self._rotate()
             segment = self._current
             assert segment is not None
-            os.write(segment.fd, line)
-        except OSError:
-            log.exception("journal %s: could not append a row", self.name)
-            return False
+            written = os.write(segment.fd, line)
+            if written < len(line):
+                # The filesystem ran out mid-row: take the part back, or the next row would be glued to
+                # it and both unreadable at replay.
+                os.ftruncate(segment.fd, segment.size)
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+        except OSError as exc:
+            reason = "disk_full" if exc.errno in _DISK_FULL else "error"
+            return self._refused(reason, f"{exc.strerror or exc} in {self.directory}")
         segment.size += len(line)
         segment.last_seq = seq
         self._bytes += len(line)
+        if self._failing is not None:
+            log.warning("journal %s: journaling again (it had stopped: %s)", self.name, self._failing)
+            self._failing = None
         return True
+
+    def _refused(self, reason: str, detail: str) -> bool:
+        UNJOURNALED.labels(self.name, reason).inc()
+        if self._failing != reason:
+            self._failing = reason
+            log.error(
+                "journal %s: rows are not journaled (%s: %s); they are still written to Postgres, but one "
+                "answered while this lasts is lost if the process is killed before that. "
+                "Free space under GOBLIN_HOME; journaling resumes by itself (goblin_journal_rows_unjournaled_total)",
+                self.name,
+                "no space left" if reason == "disk_full" else reason,
+                detail,
+            )
+        return False
 
     def pin(self) -> None:
         """Keep the open segment (a row in it never reached the writer's queue): it is released for
@@ -93,9 +131,12 @@ class Journal:
             self._current.pinned = True
 
     def _rotate(self) -> None:
+        # Open the new segment first: if that fails (a full disk), the open one stays where it was and
+        # is not listed twice.
+        segment = self._open_segment()
         if self._current is not None:
             self._closed.append(self._current)
-        self._current = self._open_segment()
+        self._current = segment
 
     def committed(self, seq: int) -> None:
         """Every row up to ``seq`` is in Postgres: delete the segments holding only those."""

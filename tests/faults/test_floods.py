@@ -15,12 +15,14 @@ import pytest
 
 from goblin_tools.suite import Suite
 from services.gateway.config import GatewaySettings
-from services.gateway.http_protocol import HEAD_TIMEOUT_S
+from services.gateway.http_protocol import HEAD_TIMEOUT_S, MAX_HEAD_BYTES
 
 pytestmark = pytest.mark.faults
 
 # The chat route's own limit (GOBLIN_MAX_CHAT_BODY_BYTES' default: images travel as data: URLs).
 MAX_BODY = GatewaySettings.model_fields["max_chat_body_bytes"].default
+# Every other route's (GOBLIN_MAX_BODY_BYTES' default).
+MAX_OTHER_BODY = GatewaySettings.model_fields["max_body_bytes"].default
 
 
 def post_raw(suite: Suite, body: bytes, content_type: str = "application/json") -> httpx.Response:
@@ -41,15 +43,62 @@ def test_a_body_over_the_limit_is_413_and_one_at_the_limit_is_not_a_5xx(suite: S
     assert_clean_4xx(at)
 
 
+def test_a_chunked_body_over_the_limit_is_413(suite: Suite) -> None:
+    # No Content-Length to refuse it by: the gateway counts the chunks as they come.
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "local", "messages": [], "pad": "'
+        for _ in range(MAX_BODY // (1 << 20) + 1):
+            yield b"x" * (1 << 20)
+        yield b'"}'
+
+    with suite.client(timeout=60, headers={"Authorization": f"Bearer {suite.admin_key}"}) as client:
+        try:
+            reply = client.post("/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"})
+        except (httpx.RemoteProtocolError, httpx.WriteError):
+            pytest.fail("the gateway dropped the connection instead of answering 413")
+    assert reply.status_code == 413, reply.text[:300]
+    assert_clean_4xx(reply)
+
+
+def test_a_body_over_the_other_routes_limit_is_413(suite: Suite) -> None:
+    # Not a chat: the 1 MiB limit, well under the chat route's.
+    with suite.admin_client() as client:
+        reply = client.post("/v1/embeddings", json={"model": "local", "input": "x" * (MAX_OTHER_BODY + 1)})
+    assert reply.status_code == 413, reply.text[:300]
+    assert_clean_4xx(reply)
+
+
 @pytest.mark.parametrize("depth", [1000, 100_000])
-def test_deeply_nested_json_is_a_400(suite: Suite, depth: int) -> None:
-    body = b'{"model": "local", "messages": ' + b"[" * depth + b"]" * depth + b"}"
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_deeply_nested_json_is_a_400(suite: Suite, depth: int, opener: bytes) -> None:
+    closer = b"]" if opener == b"[" else b"}"
+    body = b'{"model": "local", "messages": ' + opener * depth + b"1" + closer * depth + b"}"
     assert_clean_4xx(post_raw(suite, body))
 
 
 def test_invalid_utf8_is_a_400(suite: Suite) -> None:
     body = b'{"model": "local", "messages": [{"role": "user", "content": "\xff\xfe\xc3\x28"}]}'
     assert_clean_4xx(post_raw(suite, body))
+
+
+def test_invalid_utf8_in_a_header_or_the_path_is_never_a_5xx(suite: Suite) -> None:
+    with suite.client(timeout=30, headers={"Authorization": f"Bearer {suite.admin_key}"}) as client:
+        in_header = client.get("/v1/models", headers={"X-Correlation-ID": b"\xff\xfe\xc3\x28"})
+        in_path = client.get("/v1/models/%ff%fe%c3%28")
+    assert in_header.status_code < 500, in_header.text[:300]
+    assert_clean_4xx(in_path)
+
+
+def test_100_kb_of_small_headers_is_refused_with_a_431(suite: Suite) -> None:
+    headers = {f"X-Many-{i}": "a" * 40 for i in range(100_000 // 50)}
+    assert sum(len(k) + len(v) for k, v in headers.items()) > MAX_HEAD_BYTES
+    with suite.client(timeout=30) as client:
+        try:
+            reply = client.get("/health", headers=headers)
+        except httpx.RemoteProtocolError:
+            pytest.fail("the gateway dropped the connection instead of answering 4xx")
+    assert reply.status_code == 431, reply.status_code
+    assert reply.json()["error"] == "headers_too_large"
 
 
 def test_a_100_kb_header_is_refused_with_a_4xx(suite: Suite) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
@@ -71,3 +72,39 @@ async def test_a_row_postgres_refuses_is_dropped_alone_and_counted_and_writing_g
     writer.add((8,))
     await writer.flush()
     assert await written(store) == [7, 8]
+
+
+@pytest.mark.parametrize("error", ["DiskFullError", "TooManyConnectionsError", "AdminShutdownError"])
+async def test_a_postgres_that_cannot_take_rows_now_is_retried_not_dropped(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    # Its disk full (SQLSTATE 53100 "could not extend file"), out of connections, shutting down: nothing
+    # is wrong with the rows, so they wait and are written once it can take them.
+    monkeypatch.setattr(batch, "RETRY_FIRST_S", 0.01)
+    failures = 3
+    real = store.pool
+
+    class Failing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def executemany(self, sql: str, rows: list) -> None:
+            self.calls += 1
+            if self.calls <= failures:
+                raise getattr(asyncpg.exceptions, error)("could not extend file: No space left on device")
+            await real.executemany(sql, rows)
+
+        async def execute(self, sql: str, *args: object) -> None:
+            raise getattr(asyncpg.exceptions, error)("could not extend file: No space left on device")
+
+    failing = Failing()
+    monkeypatch.setattr(store, "_pool", failing)
+    before = dropped("batch_rows")
+    writer = BatchWriter(store, "batch_rows", INSERT)
+    writer.add((1,))
+    writer.add((2,))
+    await writer.flush()
+    assert failing.calls == failures + 1
+    assert dropped("batch_rows") == before
+    monkeypatch.undo()
+    assert await written(store) == [1, 2]

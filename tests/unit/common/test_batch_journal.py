@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from goblin_tools.embedded import EmbeddedPostgres
 from services.common import batch
+from services.common import journal as journal_module
 from services.common.batch import BatchWriter
 from services.common.journal import Journal
 from services.common.stores import PostgresStore
@@ -166,3 +167,24 @@ async def test_without_a_journal_a_full_queue_drops_and_counts(dsn: str, monkeyp
     for n in range(5):
         writer.add((n, "x"))
     assert metric("goblin_batch_rows_dropped_total") == dropped + 3
+
+
+async def test_rows_neither_journaled_nor_written_at_stop_are_counted_as_dropped(
+    dsn: str, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    # GOBLIN_HOME full (the journal refuses every row) and Postgres away when the service stops: the rows
+    # it answered meanwhile are gone with the process. Counted and logged, never silently.
+    def no_space(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    store = PostgresStore(dsn, run_migrations=False)  # never started: its pool is Unavailable
+    journal = Journal(tmp_path, "w")
+    writer = BatchWriter(store, "books", INSERT, journal=journal)
+    writer.add((1, "journaled"))
+    monkeypatch.setattr(journal_module.os, "write", no_space)
+    for n in range(2, 5):
+        writer.add((n, "not journaled"))
+    dropped = metric("goblin_batch_rows_dropped_total")
+    await writer.stop()
+    assert metric("goblin_batch_rows_dropped_total") == dropped + 3
+    assert any("neither journaled nor written" in r.getMessage() for r in caplog.records)

@@ -109,3 +109,69 @@ def test_close_keeps_or_deletes(tmp_path: Path) -> None:
     journal.append(1, ["a"])
     journal.close(keep=False)
     assert [p.name.split(".")[0] for p in segments(tmp_path)] == ["t"]
+
+
+def _unjournaled(journal: str, reason: str) -> float:
+    return journal_module.UNJOURNALED.labels(journal, reason)._value.get()
+
+
+def test_a_full_disk_refuses_the_row_counts_it_and_says_so_once(tmp_path: Path, monkeypatch, caplog) -> None:
+    journal = Journal(tmp_path, "full")
+    assert journal.append(1, ["before", 1])
+    real_write = os.write
+
+    def no_space(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    before = _unjournaled("full", "disk_full")
+    monkeypatch.setattr(journal_module.os, "write", no_space)
+    caplog.set_level("INFO", logger=journal_module.__name__)
+    assert not any(journal.append(seq, ["during", seq]) for seq in range(2, 12))
+    assert _unjournaled("full", "disk_full") - before == 10
+    full = [r for r in caplog.records if "no space" in r.getMessage().lower()]
+    assert len(full) == 1 and full[0].levelname == "ERROR"  # one line for the episode, not one per row
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    assert journal.append(12, ["after", 12])
+    assert any("journaling again" in r.getMessage() for r in caplog.records)
+    [segment] = segments(tmp_path)
+    assert segment.read_text().splitlines() == ['["before",1]', '["after",12]']
+
+
+def test_a_short_write_is_taken_back_so_the_next_row_is_not_torn(tmp_path: Path, monkeypatch) -> None:
+    # A filesystem that runs out mid-row writes part of it and returns the count (no OSError).
+    journal = Journal(tmp_path, "short")
+    assert journal.append(1, ["whole", 1])
+    real_write = os.write
+    monkeypatch.setattr(journal_module.os, "write", lambda fd, data: real_write(fd, data[:5]))
+    assert not journal.append(2, ["cut", 2])
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    assert journal.append(3, ["next", 3])
+    journal.close(keep=True)
+    assert [rows for _, rows in Journal(tmp_path, "short").orphans()] == [[["whole", 1], ["next", 3]]]
+
+
+def test_a_segment_that_cannot_be_created_leaves_the_open_one_in_place(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 16)
+    journal = Journal(tmp_path, "rot")
+    assert journal.append(1, ["x" * 20, 1])  # the segment is full: the next row needs a new one
+    real_open = os.open
+
+    def no_space(path, flags, mode=0o777):  # noqa: ANN001, ANN202
+        if "rot." in str(path):
+            raise OSError(28, "No space left on device")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(journal_module.os, "open", no_space)
+    assert not journal.append(2, ["y", 2])
+    assert not journal.append(3, ["y", 3])
+    monkeypatch.setattr(journal_module.os, "open", real_open)
+    assert journal.append(4, ["z", 4])
+    journal.committed(4)  # each segment closed once: a double close would hit an fd reused meanwhile
+    assert [p.read_text() for p in segments(tmp_path)] == [""]
+
+
+def test_the_disk_bound_is_counted(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "bound", max_bytes=10)
+    before = _unjournaled("bound", "bound")
+    assert not journal.append(1, ["a" * 20])
+    assert _unjournaled("bound", "bound") - before == 1
