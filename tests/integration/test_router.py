@@ -365,13 +365,17 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     assert len(fake.requests("deepseek")) == 3
     state = provider_state(router_suite, "deepseek")
     assert state.circuit == "open" and state.consecutive_failures == 3 and state.configured
-    assert router_metric(router_suite, "goblin_router_circuit_state", provider="deepseek") == 2
+    # HTTP 503s name a model: its deployment's circuit opens, not the provider-wide one.
+    deployment = {"provider": "deepseek", "model": "deepseek/deepseek-chat"}
+    assert router_metric(router_suite, "goblin_router_circuit_state", **deployment) == 2
+    assert router_metric(router_suite, "goblin_router_circuit_state", provider="deepseek", model="*") == 0
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'open'",
+            "SELECT 1 FROM router.deployment_circuits WHERE provider = 'deepseek' "
+            "AND model = 'deepseek/deepseek-chat' AND circuit_state = 'open' AND open_until > opened_at",
         ),
-        what="the open circuit in provider_metrics",
+        what="the open circuit in deployment_circuits",
     )
 
     reply = client.chat.completions.create(**ask, extra_body=grok, extra_headers={"X-Correlation-ID": "circuit-1"})
@@ -387,6 +391,9 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
         )
     assert refused.status_code == 503 and refused.json()["error"] == "circuit_open"
     assert 1 <= int(refused.headers["Retry-After"]) <= 4
+    message = refused.json()["message"]
+    assert message.startswith("deepseek: circuit open for deepseek/deepseek-chat after 3 consecutive failures")
+    assert "tried again in" in message and "router" not in message
 
     fake.reset("deepseek")  # the provider recovers; after the cooldown one probe goes through
     time.sleep(4.1)
@@ -399,7 +406,15 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
             "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'closed' "
             "AND failure_count >= 3 AND success_count >= 1",
         ),
-        what="the closed circuit in provider_metrics",
+        what="the books in provider_metrics",
+    )
+    wait_for(
+        lambda: query(
+            router_suite,
+            "SELECT 1 FROM router.deployment_circuits WHERE model = 'deepseek/deepseek-chat' "
+            "AND circuit_state = 'closed' AND opened_at IS NULL",
+        ),
+        what="the closed circuit in deployment_circuits",
     )
 
 
