@@ -41,6 +41,7 @@ from goblin_tools.faults import (
     SUITE_ENV,
     CaseResult,
     Outcome,
+    Stores,
     ledger_missing,
     run_case,
 )
@@ -112,12 +113,16 @@ class ProviderFakes:
 
 @contextmanager
 def provider_fault_suite(base: Path) -> Iterator[tuple[Suite, ProviderFakes]]:
-    """The whole suite routing to the two fake providers, ready."""
+    """The whole suite routing to the two fake providers, on stores of its own (the books are read from
+    them), ready."""
+    stores = Stores(base / "stores")
     fakes = ProviderFakes().start()
     try:
         with catalog_suite(
             base,
             CATALOG.format(flaky=fakes.flaky.port, backup=fakes.backup.port),
+            DATABASE_URL=stores.database_url,
+            REDIS_URL=stores.redis_url,
             FLAKY_API_KEY=fakes.flaky.key(FLAKY),
             BACKUP_API_KEY=fakes.backup.key(BACKUP),
             **PROVIDER_SUITE_ENV,
@@ -125,6 +130,7 @@ def provider_fault_suite(base: Path) -> Iterator[tuple[Suite, ProviderFakes]]:
             yield suite, fakes
     finally:
         fakes.stop()
+        stores.close()
 
 
 # -- what a case saw besides the load --------------------------------------------------------------

@@ -11,9 +11,10 @@ answering, after it was sent a request names a model, and counts against that mo
 
 All of it lives in memory for the hot path and is written by one background task: at once (well,
 within a loop turn) when a circuit changes state, every few seconds otherwise: the provider-wide
-circuit, latency and counts to ``provider_metrics``, each deployment's circuit to
-``deployment_circuits``. A restarted router, or another replica starting, takes up the persisted
-circuits, each on its own wall-clock schedule (opened at + its cooldown), and latencies.
+circuit, latency and counts to the provider's ``provider_metrics`` row (model ``''``), each
+deployment's circuit to a row of its own (model ``<provider>/<model>``). A restarted router, or another
+replica starting, takes up the persisted circuits, each on its own wall-clock schedule (opened at + its
+cooldown), and latencies.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ProviderSnapshot:
 
 @dataclass(frozen=True)
 class DeploymentSnapshot:
-    """One model deployment's circuit, as ``deployment_circuits`` keeps it."""
+    """One model deployment's circuit, as its ``provider_metrics`` row keeps it."""
 
     provider: str
     model: str  # the catalog's model id, "<provider>/<model>"
@@ -333,7 +334,7 @@ class ProviderStates:
             if deployments:
                 await self.store.save_deployment_circuits(deployments)
         except Exception:
-            log.exception("could not write deployment_circuits for %s", [d.model for d in deployments])
+            log.exception("could not write the circuits of %s", [d.model for d in deployments])
             self._dirty_deployments.update((d.provider, d.model) for d in deployments)
 
     async def start(self) -> None:

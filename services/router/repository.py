@@ -19,7 +19,7 @@ UPSERT_PROVIDER_METRICS = """
 INSERT INTO provider_metrics (provider, circuit_state, consecutive_failures, opened_at, p50_latency_ms,
                               success_count, failure_count, open_until, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-ON CONFLICT (provider) DO UPDATE SET
+ON CONFLICT (provider, model) DO UPDATE SET
     circuit_state = EXCLUDED.circuit_state,
     consecutive_failures = EXCLUDED.consecutive_failures,
     opened_at = EXCLUDED.opened_at,
@@ -30,8 +30,8 @@ ON CONFLICT (provider) DO UPDATE SET
     updated_at = now()
 """
 UPSERT_DEPLOYMENT_CIRCUIT = """
-INSERT INTO deployment_circuits (provider, model, circuit_state, consecutive_failures, opened_at, open_until,
-                                 updated_at)
+INSERT INTO provider_metrics (provider, model, circuit_state, consecutive_failures, opened_at, open_until,
+                              updated_at)
 VALUES ($1, $2, $3, $4, $5, $6, now())
 ON CONFLICT (provider, model) DO UPDATE SET
     circuit_state = EXCLUDED.circuit_state,
@@ -101,7 +101,7 @@ class RouterRepository:
     async def load_provider_metrics(self) -> list[Mapping[str, Any]]:
         rows = await self.store.pool.fetch(
             """SELECT provider, circuit_state, consecutive_failures, opened_at, open_until, p50_latency_ms
-                 FROM provider_metrics"""
+                 FROM provider_metrics WHERE model = ''"""
         )
         return [dict(r) for r in rows]
 
@@ -126,7 +126,7 @@ class RouterRepository:
     async def load_deployment_circuits(self) -> list[Mapping[str, Any]]:
         rows = await self.store.pool.fetch(
             """SELECT provider, model, circuit_state, consecutive_failures, opened_at, open_until
-                 FROM deployment_circuits"""
+                 FROM provider_metrics WHERE model <> ''"""
         )
         return [dict(r) for r in rows]
 

@@ -59,7 +59,7 @@ async def _persist_long_expired_circuits(suite: Suite) -> None:
     conn = await asyncpg.connect(suite.database_url)
     try:
         await conn.execute(
-            """INSERT INTO router.deployment_circuits
+            """INSERT INTO router.provider_metrics
                    (provider, model, circuit_state, consecutive_failures, opened_at, open_until)
                VALUES ($1, $2, 'open', 7, $3, $4)
                ON CONFLICT (provider, model) DO UPDATE SET circuit_state = 'open', consecutive_failures = 7,
@@ -70,9 +70,9 @@ async def _persist_long_expired_circuits(suite: Suite) -> None:
             opened + timedelta(seconds=3),
         )
         await conn.execute(
-            """INSERT INTO router.provider_metrics (provider, circuit_state, consecutive_failures, opened_at)
-               VALUES ($1, 'half_open', 7, $2)
-               ON CONFLICT (provider) DO UPDATE SET circuit_state = 'half_open', consecutive_failures = 7,
+            """INSERT INTO router.provider_metrics (provider, model, circuit_state, consecutive_failures, opened_at)
+               VALUES ($1, '', 'half_open', 7, $2)
+               ON CONFLICT (provider, model) DO UPDATE SET circuit_state = 'half_open', consecutive_failures = 7,
                    opened_at = EXCLUDED.opened_at, open_until = NULL""",
             FLAKY,
             opened,

@@ -372,10 +372,10 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM router.deployment_circuits WHERE provider = 'deepseek' "
+            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' "
             "AND model = 'deepseek/deepseek-chat' AND circuit_state = 'open' AND open_until > opened_at",
         ),
-        what="the open circuit in deployment_circuits",
+        what="the deployment's open circuit in provider_metrics",
     )
 
     reply = client.chat.completions.create(**ask, extra_body=grok, extra_headers={"X-Correlation-ID": "circuit-1"})
@@ -403,18 +403,18 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'closed' "
-            "AND failure_count >= 3 AND success_count >= 1",
+            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND model = '' "
+            "AND circuit_state = 'closed' AND failure_count >= 3 AND success_count >= 1",
         ),
         what="the books in provider_metrics",
     )
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM router.deployment_circuits WHERE model = 'deepseek/deepseek-chat' "
+            "SELECT 1 FROM router.provider_metrics WHERE model = 'deepseek/deepseek-chat' "
             "AND circuit_state = 'closed' AND opened_at IS NULL",
         ),
-        what="the closed circuit in deployment_circuits",
+        what="the deployment's closed circuit in provider_metrics",
     )
 
 
