@@ -45,17 +45,6 @@ EMBEDDING_DIMENSIONS = 8
 
 
 @dataclass
-class Recorded:
-    tag: str
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-    at: float = 0.0  # time.monotonic() when it arrived
-
-
-@dataclass
 class Fault:
     """What to do to the next ``times`` requests (None: every request until reset) for ``model`` (None:
     any model of the tag)."""
@@ -69,6 +58,18 @@ class Fault:
     reset: bool = False  # close the connection with a TCP reset, no response at all
     times: int | None = 1
     model: str | None = None
+
+
+@dataclass
+class Recorded:
+    tag: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    at: float = 0.0  # time.monotonic() when it arrived
+    fault: Fault | None = None  # what was done to it
 
 
 @dataclass
@@ -269,6 +270,7 @@ class FakeProviders:
         if "call" in request.path_params:  # Gemini names the model in the path
             model = request.path_params["call"].partition(":")[0]
         with self._lock:
+            fault = self._behaviours[tag].next(model) if tag in self._behaviours else None
             self._requests.append(
                 Recorded(
                     tag=tag,
@@ -278,9 +280,9 @@ class FakeProviders:
                     headers={k.lower(): v for k, v in request.headers.items()},
                     body=body,
                     at=time.monotonic(),
+                    fault=fault,
                 )
             )
-            fault = self._behaviours[tag].next(model) if tag in self._behaviours else None
         if fault is not None and fault.delay_s:
             await asyncio.sleep(fault.delay_s)
         if fault is not None and fault.reset:

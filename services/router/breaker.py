@@ -86,6 +86,14 @@ class CircuitBreaker:
         return max(0.0, self.open_for - (self.clock() - self.opened_at))
 
     def success(self) -> None:
+        """A call answered. While the circuit is open this is a call let through before it opened: the
+        opening stands (above all one a provider asked for with Retry-After); the probe decides."""
+        if self.state is CircuitState.open:
+            return
+        self.close()
+
+    def close(self) -> None:
+        """Closed, with nothing counted: a probe answered, or the provider is known to answer again."""
         self.consecutive_failures = 0
         self._probe_started = None
         if self.state is not CircuitState.closed:

@@ -186,9 +186,9 @@ class ProviderStates:
 
     def success_without_latency(self, provider: str) -> None:
         """The provider is known to answer again (its health says so): close its circuits."""
-        self.breaker(provider).success()
+        self.breaker(provider).close()
         for deployment in self.deployments(provider):
-            deployment.success()
+            deployment.close()
 
     def failure(self, provider: str, model_id: str = PROVIDER_WIDE, *, hold_s: float | None = None) -> None:
         """A call failed in a way that counts against a circuit: deployment ``model_id``'s, or with no

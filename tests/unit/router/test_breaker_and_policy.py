@@ -109,6 +109,16 @@ def test_a_restored_circuit_whose_time_is_up_starts_closed_with_nothing_counted(
     assert stale.state == "closed" and stale.allow() and stale.allow()
 
 
+def test_a_success_from_a_call_let_through_before_the_opening_does_not_close_it() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    b.hold(90)  # a 429 asked for 90 s while another call was still out
+    b.success()  # that call answers now
+    assert b.state == "open" and b.retry_after() == pytest.approx(90)
+    b.close()  # the provider is known to answer (its health): closed at once
+    assert b.state == "closed" and b.allow()
+
+
 def test_hold_opens_at_once_for_at_least_what_the_provider_asked() -> None:
     clock = Clock()
     b = breaker(clock)

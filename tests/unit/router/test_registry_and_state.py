@@ -154,6 +154,7 @@ async def test_failures_are_written_at_once_successes_at_the_interval_or_when_st
             break
         await asyncio.sleep(0.005)
     assert [(r.provider, r.circuit_state, r.success_delta) for r in store.saved] == [("q", "open", 1)]
+    states.success_without_latency("q")  # its health says it answers again
     states.success("q", "q/m", 0.1)
     await states.stop()
     assert not await states.healthy()
