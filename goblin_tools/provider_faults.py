@@ -104,7 +104,8 @@ class ProviderFakes:
         self.flaky.start(self._flaky_port)
 
     def heal(self) -> None:
-        self.flaky.reset()
+        """flaky answers normally again; what it was asked stays recorded."""
+        self.flaky.clear_faults()
 
     def stop(self) -> None:
         self.flaky.stop()
@@ -326,7 +327,7 @@ async def retry_after_honoured(suite: Suite, fakes: ProviderFakes, seen: Seen, i
         if chats(rate_limited=True):
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.2)  # a few in flight at that moment may still meet the 429
+    await refusal(suite, seen)  # asked at once, while the wait is surely on
     fakes.heal()
     first = min(chats(rate_limited=True), default=time.monotonic())
     async with _client(suite) as client:
@@ -334,7 +335,6 @@ async def retry_after_honoured(suite: Suite, fakes: ProviderFakes, seen: Seen, i
             "/v1/chat/completions", json={"model": FLAKY_OTHER, "messages": [{"role": "user", "content": "hi"}]}
         )
         seen.sibling_status = reply.status_code
-    await refusal(suite, seen)
     for _ in range(int((RETRY_AFTER_S + 3) / 0.1)):  # until flaky-chat is asked again, or well past it
         if [at for at in chats(rate_limited=False) if at > first] or time.monotonic() > first + RETRY_AFTER_S + 3:
             break

@@ -168,6 +168,14 @@ class FakeProviders:
         """Read the request, then drop the connection with a TCP reset and no response."""
         self.add_fault(tag, Fault(reset=True, times=times, model=model))
 
+    def clear_faults(self, tag: str | None = None) -> None:
+        """Answer normally again (``tag``'s requests, or every tag's), keeping the recorded requests."""
+        with self._lock:
+            if tag is None:
+                self._behaviours.clear()
+            else:
+                self._behaviours.pop(tag, None)
+
     def reset(self, tag: str | None = None) -> None:
         with self._lock:
             if tag is None:

@@ -119,6 +119,7 @@ class ProviderStates:
         self._failures: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._dirty_deployments: set[tuple[str, str]] = set()
+        self._logged: dict[tuple[str, str], CircuitState] = {}  # the state last logged, per circuit
         # A circuit changing state wakes the writer at once; stopping writes what is still unwritten.
         self._writer = BackgroundLoop(
             "provider-metrics-writer", self.flush, every_s=stats_flush_s, final=self.flush, logger=log
@@ -234,7 +235,10 @@ class ProviderStates:
 
     def _state_changed(self, breaker: CircuitBreaker) -> None:
         self._gauge(breaker)
-        if breaker.state is CircuitState.open:
+        key = (breaker.provider, breaker.model)
+        if self._logged.get(key, CircuitState.closed) is breaker.state:
+            pass  # a count changed, not the state (a late failure of a call let through before it opened)
+        elif breaker.state is CircuitState.open:
             log.warning(
                 "circuit opened for %s after %d failures; next probe in %.0fs",
                 breaker.name,
@@ -243,6 +247,7 @@ class ProviderStates:
             )
         elif breaker.state is CircuitState.closed:
             log.info("circuit closed for %s", breaker.name)
+        self._logged[key] = breaker.state
         if breaker.model == PROVIDER_WIDE:
             self._dirty.add(breaker.provider)
         else:
