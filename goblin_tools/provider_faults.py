@@ -227,10 +227,12 @@ def _client(suite: Suite, timeout_s: float = ROUTE_TIMEOUT_S + 5) -> httpx.Async
     )
 
 
-async def circuit_states(suite: Suite) -> dict[str, int]:
+async def circuit_states(suite: Suite, client: httpx.AsyncClient | None = None) -> dict[str, int]:
     """``goblin_router_circuit_state`` of flaky's circuits, by model ("*": the provider-wide one)."""
-    async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(suite.metrics_url("router"))).text
+    if client is None:
+        async with httpx.AsyncClient(timeout=5) as own:
+            return await circuit_states(suite, own)
+    text = (await client.get(suite.metrics_url("router"))).text
     states = {}
     for line in text.splitlines():
         match = re.match(r"^goblin_router_circuit_state\{(.*)\} (\S+)$", line)
@@ -252,15 +254,16 @@ async def admin_circuit(suite: Suite) -> str:
 
 
 async def watch_circuit(suite: Suite, seen: Seen, until: float) -> None:
-    """Poll the circuit metric until ``until`` (time.monotonic()); the first open circuit seen is
-    recorded, with what the admin view says then."""
-    while time.monotonic() < until:
-        states = await circuit_states(suite)
-        opened = [model for model, value in states.items() if value == 2]
-        if opened and not seen.circuit_opened:
-            seen.circuit_opened = "*" if "*" in opened else sorted(opened)[0]
-            seen.admin_circuit = await admin_circuit(suite)
-        await asyncio.sleep(0.2)
+    """Poll the circuit metric until ``until`` (time.monotonic()); the first circuit seen open (or
+    half-open, which it only is after opening) is recorded, with what the admin view says then."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < until:
+            states = await circuit_states(suite, client)
+            opened = [model for model, value in states.items() if value >= 1]
+            if opened and not seen.circuit_opened:
+                seen.circuit_opened = "*" if "*" in opened else sorted(opened)[0]
+                seen.admin_circuit = await admin_circuit(suite)
+            await asyncio.sleep(0.1)
 
 
 async def refusal(suite: Suite, seen: Seen) -> None:
@@ -411,12 +414,15 @@ def _fault(suite: Suite, fakes: ProviderFakes, case: ProviderCase, seen: Seen):
     async def fault(clock: Callable[[], float]) -> float:
         injected = time.monotonic()
         await asyncio.to_thread(case.inject, fakes)
-        watching = asyncio.create_task(watch_circuit(suite, seen, injected + case.fault_s))
+        # Watched past the healing: a circuit opened near its end stays open for its cooldown.
+        watching = asyncio.create_task(watch_circuit(suite, seen, injected + case.fault_s + COOLDOWN_S))
         if case.probe is not None:
             await case.probe(suite, fakes, seen, injected)
-        await watching
+        await asyncio.sleep(max(0.0, injected + case.fault_s - time.monotonic()))
         await asyncio.to_thread(case.heal, fakes)
-        return clock()
+        healed_at = clock()
+        await watching
+        return healed_at
 
     return fault
 
