@@ -193,7 +193,11 @@ class Attempts:
             return
         hint = getattr(exc, "retry_after", None)
         hold = hint if hint is not None and hint > self.retry.max_s else None
-        self.states.failure(provider, "" if policy.provider_wide else model_id, hold_s=hold)
+        if policy.provider_wide:
+            self.states.breaker(provider, model_id).release()  # a probe it reserved goes to the next caller
+            self.states.failure(provider, hold_s=hold)
+        else:
+            self.states.failure(provider, model_id, hold_s=hold)
 
     async def run(
         self,

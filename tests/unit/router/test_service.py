@@ -209,6 +209,19 @@ async def test_connection_failures_open_the_provider_wide_circuit_for_every_mode
     assert len(gamma.calls) == 3, "neither model is called while connections fail"
 
 
+async def test_a_connection_failure_during_a_models_probe_frees_the_probe(catalog: Catalog) -> None:
+    gamma = ScriptedProvider("gamma", script=[ProviderUnavailable("gamma", "HTTP 500")] * 3)
+    service, _ = make(catalog, gamma, failures=3)
+    with pytest.raises(ProviderUnavailable):
+        await service.chat(call("gamma/mid"))
+    deployment = service.states.breaker("gamma", "gamma/mid")
+    deployment.opened_at -= 61  # its cooldown is over: the next call is its probe
+    gamma.script = [ProviderUnavailable("gamma", "refused", provider_wide=True)]
+    with pytest.raises(ProviderUnavailable):
+        await service.chat(call("gamma/mid"))
+    assert deployment.state == "half_open" and deployment.allow(), "the next caller may probe the model"
+
+
 async def test_a_429s_long_retry_after_cools_the_deployment_at_least_that_long(catalog: Catalog) -> None:
     """Longer than a retry would wait: the next candidate answers, and the model is not asked again
     before the provider said, after a single failure."""
