@@ -70,7 +70,7 @@ def provider() -> None:
                 print(f"  problem: {problem}", flush=True)
     body = f"""
 {load_note()} The provider chats go to the policy `resilient` (flaky/flaky-chat, then backup/backup-chat)
-with a fallback, to flaky/flaky-chat alone without; flaky breaks 1 s in, for 4 s. Circuits open after 3
+with a fallback, to flaky/flaky-chat alone without; flaky breaks 1 s in, for 5 s. Circuits open after 3
 failures for {COOLDOWN_S:.0f} s; the attempt timeout is 1 s. "Refused clearly" also admits a provider chat
 refused with a provider error code (`circuit_open`, `provider_*`); with a fallback there must be none.
 "Circuit opened" is the circuit seen open in `goblin_router_circuit_state` (`*`: provider-wide).
