@@ -256,7 +256,7 @@ def circuit_open(breaker: CircuitBreaker) -> CircuitOpen:
     """The refusal for a cooling circuit: which provider (and model), why, and when it is tried again."""
     wait = breaker.retry_after()
     what = f"circuit open for {breaker.model}" if breaker.model else "circuit open for every model"
-    if breaker.open_for > breaker.cooldown_s:
+    if breaker.held:
         why = f"the provider asked to wait {math.ceil(breaker.open_for)} s"
     else:
         why = f"{breaker.consecutive_failures} consecutive failures"

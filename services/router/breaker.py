@@ -51,7 +51,8 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.opened_at: float | None = None  # clock() time
         self.opened_at_wall: float | None = None  # time.time(), for the books and a restart
-        self.open_for = cooldown_s  # this opening's cooldown: cooldown_s, or a provider's longer ask
+        self.open_for = cooldown_s  # this opening's cooldown: cooldown_s, or what the provider asked
+        self.held = False  # this opening is the provider's ask (Retry-After), not a count of failures
         self._probe_started: float | None = None
 
     @property
@@ -99,6 +100,7 @@ class CircuitBreaker:
         if self.state is not CircuitState.closed:
             self.opened_at = self.opened_at_wall = None
             self.open_for = self.cooldown_s
+            self.held = False
             self._set(CircuitState.closed)
 
     def failure(self) -> None:
@@ -107,7 +109,7 @@ class CircuitBreaker:
         if self.state is CircuitState.half_open or (
             self.state is CircuitState.closed and self.consecutive_failures >= self.failure_threshold
         ):
-            self._open(self.cooldown_s)
+            self._open(self.cooldown_s, held=False)
         elif self.on_change is not None:
             self.on_change(self)
 
@@ -120,7 +122,7 @@ class CircuitBreaker:
             if self.on_change is not None:
                 self.on_change(self)
             return
-        self._open(max(seconds, 0.0))
+        self._open(max(seconds, 0.0), held=True)
 
     def release(self) -> None:
         """The call ended without saying anything about the provider (the caller's own error, a
@@ -150,12 +152,14 @@ class CircuitBreaker:
         self.consecutive_failures = consecutive_failures
         self.state = CircuitState.open
         self.open_for = until - opened_at_wall
+        self.held = self.open_for > self.cooldown_s  # the provider asked for longer than our own cooldown
         self.opened_at = self.clock() - (now_wall - opened_at_wall)
         self.opened_at_wall = opened_at_wall
 
-    def _open(self, seconds: float) -> None:
+    def _open(self, seconds: float, *, held: bool) -> None:
         self.opened_at, self.opened_at_wall = self.clock(), time.time()
         self.open_for = seconds
+        self.held = held
         self._set(CircuitState.open)
 
     def _set(self, state: CircuitState) -> None:

@@ -123,7 +123,7 @@ def test_hold_opens_at_once_for_at_least_what_the_provider_asked() -> None:
     clock = Clock()
     b = breaker(clock)
     b.hold(90)
-    assert b.state == "open" and not b.allow() and b.retry_after() == pytest.approx(90)
+    assert b.state == "open" and not b.allow() and b.retry_after() == pytest.approx(90) and b.held
     b.hold(10)  # a shorter ask does not shorten the wait already promised
     assert b.retry_after() == pytest.approx(90)
     clock.now += 90
@@ -133,6 +133,10 @@ def test_hold_opens_at_once_for_at_least_what_the_provider_asked() -> None:
     b.failure()
     b.failure()
     assert b.retry_after() == pytest.approx(30), "the next opening has the usual cooldown"
+    assert not b.held
+    short = breaker(clock)
+    short.hold(5)  # shorter than the cooldown: still what the provider asked, and only that long
+    assert short.held and short.retry_after() == pytest.approx(5)
 
 
 def model(model_id: str, inp: float, out: float) -> ModelInfo:
