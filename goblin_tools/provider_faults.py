@@ -265,12 +265,12 @@ async def watch_circuit(suite: Suite, seen: Seen, until: float) -> None:
                 opened = [model for model, value in (await circuit_states(suite, client)).items() if value >= 1]
                 if opened:
                     seen.circuit_opened = "*" if "*" in opened else sorted(opened)[0]
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.2)
 
     async def admin() -> None:
         while time.monotonic() < until and seen.admin_circuit in ("", "closed", "absent"):
             seen.admin_circuit = await admin_circuit(suite)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # a whole document each time: the load generator shares this loop
 
     await asyncio.gather(metric(), admin())
 
