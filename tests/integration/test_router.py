@@ -459,6 +459,15 @@ def test_provider_errors_reach_the_client_typed(client: openai.OpenAI, fake: Fak
     assert limited.value.response.json()["error"] == "provider_rate_limited"
     assert limited.value.response.headers["Retry-After"] == "60"
     assert len(fake.requests("grok")) == 1, "a long Retry-After is not waited for"
+    # ... but honoured: the model cools for the minute the provider asked for, and says so.
+    with pytest.raises(openai.InternalServerError) as cooling:
+        client.chat.completions.create(model="grok/grok-3-mini", messages=messages(), max_tokens=2)
+    assert cooling.value.status_code == 503 and cooling.value.response.json()["error"] == "circuit_open"
+    assert cooling.value.response.json()["message"].startswith(
+        "grok: circuit open for grok/grok-3-mini after the provider asked to wait 60 s; tried again in"
+    )
+    assert 55 <= int(cooling.value.response.headers["Retry-After"]) <= 60
+    assert len(fake.requests("grok")) == 1, "a cooling model is not called"
 
     fake.malformed("siliconflow")
     with pytest.raises(openai.InternalServerError) as garbled:
@@ -468,8 +477,8 @@ def test_provider_errors_reach_the_client_typed(client: openai.OpenAI, fake: Fak
     good_key = fake.keys.get("grok")
     fake.keys["grok"] = "rotated-elsewhere"
     try:
-        with pytest.raises(openai.InternalServerError) as denied:
-            client.chat.completions.create(model="grok/grok-3-mini", messages=messages(), max_tokens=2)
+        with pytest.raises(openai.InternalServerError) as denied:  # its sibling is not held back by it
+            client.chat.completions.create(model="grok/grok-4", messages=messages(), max_tokens=2)
     finally:
         if good_key is None:
             del fake.keys["grok"]
