@@ -8,7 +8,8 @@ Every provider lives under its own path prefix (the *tag*), so one server stands
 
 It checks what real providers check (auth header style and key, required fields, roles, the shape of
 the body) and answers bad requests the way they do, records every request for assertions, and can be
-told to fail (any status, with Retry-After), slow down, answer garbage or break a stream midway.
+told to fail (any status, with Retry-After), slow down, answer garbage, break a stream midway or reset
+the connection without answering; a fault may be limited to one model.
 
 In tests: ``with FakeProviders() as fake: ...`` runs it in a thread. For benchmarks:
 ``python -m goblin_tools.fakes.providers --port 8999`` runs it in its own process (``--certfile``/``--keyfile``:
@@ -21,10 +22,11 @@ import argparse
 import asyncio
 import json
 import socket
+import struct
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,18 +45,9 @@ EMBEDDING_DIMENSIONS = 8
 
 
 @dataclass
-class Recorded:
-    tag: str
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
 class Fault:
-    """What to do to the next ``times`` requests (None: every request until reset)."""
+    """What to do to the next ``times`` requests (None: every request until reset) for ``model`` (None:
+    any model of the tag)."""
 
     status: int = 0
     retry_after: str | None = None
@@ -62,22 +55,42 @@ class Fault:
     token_delay_s: float = 0.0
     malformed: bool = False
     break_after: int | None = None
+    reset: bool = False  # close the connection with a TCP reset, no response at all
     times: int | None = 1
+    model: str | None = None
+
+
+@dataclass
+class Recorded:
+    tag: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    at: float = 0.0  # time.monotonic() when it arrived
+    fault: Fault | None = None  # what was done to it
 
 
 @dataclass
 class Behaviour:
     faults: list[Fault] = field(default_factory=list)
 
-    def next(self) -> Fault | None:
-        if not self.faults:
-            return None
-        fault = self.faults[0]
-        if fault.times is not None:
-            fault.times -= 1
-            if fault.times <= 0:
-                self.faults.pop(0)
-        return fault
+    def next(self, model: str | None = None) -> Fault | None:
+        """The first fault for ``model``, used up once its ``times`` are."""
+        for index, fault in enumerate(self.faults):
+            if fault.model is not None and fault.model != model:
+                continue
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.pop(index)
+            return fault
+        return None
+
+
+class ConnectionReset(Exception):
+    """A handler reset its connection on purpose (:meth:`FakeProviders.reset_connection`)."""
 
 
 class BadRequest(Exception):
@@ -116,6 +129,7 @@ class FakeProviders:
                 Route("/{tag}/v1beta/models/{call}", self._gemini, methods=["POST"]),
             ]
         )
+        self.asgi = self._with_reset(self.app)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -128,17 +142,39 @@ class FakeProviders:
         with self._lock:
             self._behaviours.setdefault(tag, Behaviour()).faults.append(fault)
 
-    def fail(self, tag: str, status: int = 500, *, times: int | None = 1, retry_after: str | None = None) -> None:
-        self.add_fault(tag, Fault(status=status, times=times, retry_after=retry_after))
+    def fail(
+        self,
+        tag: str,
+        status: int = 500,
+        *,
+        times: int | None = 1,
+        retry_after: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        self.add_fault(tag, Fault(status=status, times=times, retry_after=retry_after, model=model))
 
-    def slow(self, tag: str, seconds: float, *, times: int | None = None, per_token: float = 0.0) -> None:
-        self.add_fault(tag, Fault(delay_s=seconds, token_delay_s=per_token, times=times))
+    def slow(
+        self, tag: str, seconds: float, *, times: int | None = None, per_token: float = 0.0, model: str | None = None
+    ) -> None:
+        self.add_fault(tag, Fault(delay_s=seconds, token_delay_s=per_token, times=times, model=model))
 
-    def malformed(self, tag: str, *, times: int | None = 1) -> None:
-        self.add_fault(tag, Fault(malformed=True, times=times))
+    def malformed(self, tag: str, *, times: int | None = 1, model: str | None = None) -> None:
+        self.add_fault(tag, Fault(malformed=True, times=times, model=model))
 
-    def break_stream(self, tag: str, after_tokens: int, *, times: int | None = 1) -> None:
-        self.add_fault(tag, Fault(break_after=after_tokens, times=times))
+    def break_stream(self, tag: str, after_tokens: int, *, times: int | None = 1, model: str | None = None) -> None:
+        self.add_fault(tag, Fault(break_after=after_tokens, times=times, model=model))
+
+    def reset_connection(self, tag: str, *, times: int | None = 1, model: str | None = None) -> None:
+        """Read the request, then drop the connection with a TCP reset and no response."""
+        self.add_fault(tag, Fault(reset=True, times=times, model=model))
+
+    def clear_faults(self, tag: str | None = None) -> None:
+        """Answer normally again (``tag``'s requests, or every tag's), keeping the recorded requests."""
+        with self._lock:
+            if tag is None:
+                self._behaviours.clear()
+            else:
+                self._behaviours.pop(tag, None)
 
     def reset(self, tag: str | None = None) -> None:
         with self._lock:
@@ -177,7 +213,7 @@ class FakeProviders:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(self.asgi, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="fake-providers"
@@ -203,6 +239,34 @@ class FakeProviders:
         self.stop()
 
     # -- shared -----------------------------------------------------------------------------------
+    @staticmethod
+    def _with_reset(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        """``app`` with a way for a handler to reset its connection (``scope["fake.reset"]``).
+
+        ASGI gives an application no socket; uvicorn's ``send`` is a method of its request cycle, which
+        holds the connection's transport. SO_LINGER 0 makes the close a TCP reset (RST), as a crashed
+        peer or a middlebox dropping the connection would, rather than an orderly FIN."""
+
+        async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+
+                def reset() -> None:
+                    transport = getattr(getattr(send, "__self__", None), "transport", None)
+                    if transport is None:
+                        raise RuntimeError("this server gives no transport to reset")
+                    sock = transport.get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    transport.abort()
+
+                scope["fake.reset"] = reset
+            try:
+                await app(scope, receive, send)
+            except ConnectionReset:
+                pass  # on purpose: nothing to answer, nothing to log
+
+        return asgi
+
     async def _begin(self, request: Request) -> tuple[str, Any, Fault | None]:
         tag = request.path_params["tag"]
         raw = await request.body()
@@ -210,7 +274,11 @@ class FakeProviders:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
+        model = body.get("model") if isinstance(body, dict) else None
+        if "call" in request.path_params:  # Gemini names the model in the path
+            model = request.path_params["call"].partition(":")[0]
         with self._lock:
+            fault = self._behaviours[tag].next(model) if tag in self._behaviours else None
             self._requests.append(
                 Recorded(
                     tag=tag,
@@ -219,11 +287,15 @@ class FakeProviders:
                     query=dict(request.query_params),
                     headers={k.lower(): v for k, v in request.headers.items()},
                     body=body,
+                    at=time.monotonic(),
+                    fault=fault,
                 )
             )
-            fault = self._behaviours[tag].next() if tag in self._behaviours else None
         if fault is not None and fault.delay_s:
             await asyncio.sleep(fault.delay_s)
+        if fault is not None and fault.reset:
+            request.scope["fake.reset"]()
+            raise ConnectionReset()
         return tag, body, fault
 
     def _text(self, tag: str, model: str, max_tokens: int | None) -> tuple[list[str], str]:
@@ -593,7 +665,7 @@ def main() -> None:
     scheme = "https" if args.certfile else "http"
     print(f"fake providers listening on {scheme}://127.0.0.1:{args.port}", flush=True)
     config = uvicorn.Config(
-        fake.app,
+        fake.asgi,
         log_level="warning",
         lifespan="off",
         access_log=False,

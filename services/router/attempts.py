@@ -1,10 +1,12 @@
 """The attempt loop: a plan's candidates tried in turn until one answers.
 
-Each candidate is skipped without a call when its provider has no key, its circuit is open, the prompt
-cannot fit its context, or a dollar budget is spent and the model is not free. A call that fails with a
-retryable error is repeated at the same provider with jittered exponential backoff (tenacity); one that
-fails otherwise, or runs out of retries, moves the request to the next candidate unless the failure was
-the caller's own. Every call keeps the provider's books: breaker, latency, error counts.
+Each candidate is skipped without a call when its provider has no key, its circuit (the provider's or
+the model deployment's) is open, the prompt cannot fit its context, or a dollar budget is spent and the
+model is not free. A call that fails with a retryable error is repeated at the same provider with
+jittered exponential backoff (tenacity); one that fails otherwise, or runs out of retries, moves the
+request to the next candidate unless the failure was the caller's own. A failure whose Retry-After is
+longer than a retry would wait cools the deployment for at least that long. Every call keeps the
+provider's books: breakers, latency, error counts.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from services.common.errors import GoblinError, InvalidArgument, NotFound, ResourceExhausted
 from services.common.telemetry import annotate_usage, provider_attributes, span
-from services.router.breaker import CircuitState
+from services.router.breaker import CircuitBreaker
 from services.router.budget import BudgetStatus
 from services.router.catalog import Catalog
 from services.router.metrics import FALLBACKS, PROVIDER_ERRORS, RETRIES, child
@@ -104,21 +106,15 @@ class Attempts:
                 f"{model.context_length} tokens",
                 code="context_length_exceeded",
             )
-        breaker = self.states.breaker(model.provider)
-        if not breaker.allow():
-            wait = breaker.retry_after()
-            return CircuitOpen(
-                model.provider,
-                f"circuit open after {breaker.consecutive_failures} consecutive failures; "
-                f"tried again in {math.ceil(wait)} s",
-                retry_after=wait,
-            )
+        breaker = self.states.blocking(model.provider, model.id)
+        if breaker is not None:
+            return circuit_open(breaker)
         return None
 
-    def _retryable(self, provider: str, exc: BaseException) -> bool:
-        """Worth asking the same provider again: a retryable error, a closed circuit, and no Retry-After
+    def _retryable(self, model_id: str, provider: str, exc: BaseException) -> bool:
+        """Worth asking the same provider again: a retryable error, closed circuits, and no Retry-After
         longer than we would wait anyway (then the next candidate is the better bet)."""
-        if not failure_policy(exc).retryable or self.states.breaker(provider).state is not CircuitState.closed:
+        if not failure_policy(exc).retryable or not self.states.closed(provider, model_id):
             return False
         hint = getattr(exc, "retry_after", None)
         return hint is None or hint <= self.retry.max_s
@@ -134,11 +130,11 @@ class Attempts:
     ) -> T:
         """The first attempt runs bare, so the common case pays nothing for retrying; after a retryable
         failure tenacity drives the remaining attempts."""
-        provider = candidate.model.provider
+        provider, model_id = candidate.model.provider, candidate.model.id
         try:
             return await self._call(candidate, tally, call_once)
         except GoblinError as exc:
-            if self.retry.retries == 0 or not self._retryable(provider, exc):
+            if self.retry.retries == 0 or not self._retryable(model_id, provider, exc):
                 raise
             first_failure = exc
 
@@ -153,7 +149,7 @@ class Attempts:
             wait=lambda state: self._backoff(
                 state.attempt_number, state.outcome.exception() if state.outcome is not None else None
             ),
-            retry=retry_if_exception(lambda exc: self._retryable(provider, exc)),
+            retry=retry_if_exception(lambda exc: self._retryable(model_id, provider, exc)),
             sleep=sleep,
             reraise=True,
         )
@@ -171,28 +167,37 @@ class Attempts:
                 annotate_usage(s, getattr(result, "usage", None))
         except GoblinError as exc:
             tally.provider_s += time.perf_counter() - started
-            self._failed(provider.name, exc)
+            self.failed(provider.name, model.id, exc)
             raise
         except asyncio.CancelledError:
-            self.states.breaker(provider.name).release()
+            self.states.release(provider.name, model.id)
             raise
         except Exception as exc:
             tally.provider_s += time.perf_counter() - started
             log.exception("%s adapter failed on %s", provider.name, model.id)
             error = ProviderBadResponse(provider.name, f"unexpected answer ({type(exc).__name__})")
-            self._failed(provider.name, error)
+            self.failed(provider.name, model.id, error)
             raise error from exc
         latency = time.perf_counter() - started
         tally.provider_s += latency
         self.states.success(provider.name, model.id, latency)
         return result
 
-    def _failed(self, provider: str, exc: GoblinError) -> None:
+    def failed(self, provider: str, model_id: str, exc: GoblinError) -> None:
+        """Count a failed call against the right circuit: the provider's when no connection was made,
+        else the deployment's, opened at once for a Retry-After longer than a retry would wait."""
         child(PROVIDER_ERRORS, provider, exc.code).inc()
-        if failure_policy(exc).breaker:
-            self.states.failure(provider)
+        policy = failure_policy(exc)
+        if not policy.breaker:
+            self.states.release(provider, model_id)
+            return
+        hint = getattr(exc, "retry_after", None)
+        hold = hint if hint is not None and hint > self.retry.max_s else None
+        if policy.provider_wide:
+            self.states.breaker(provider, model_id).release()  # a probe it reserved goes to the next caller
+            self.states.failure(provider, hold_s=hold)
         else:
-            self.states.breaker(provider).release()
+            self.states.failure(provider, model_id, hold_s=hold)
 
     async def run(
         self,
@@ -245,3 +250,14 @@ class Attempts:
                     return min(matching, key=lambda e: e.retry_after or 0.0)
                 return matching[0]
         return NotFound("no model to route to", code="model_not_found")
+
+
+def circuit_open(breaker: CircuitBreaker) -> CircuitOpen:
+    """The refusal for a cooling circuit: which provider (and model), why, and when it is tried again."""
+    wait = breaker.retry_after()
+    what = f"circuit open for {breaker.model}" if breaker.model else "circuit open for every model"
+    if breaker.held:
+        why = f"the provider asked to wait {math.ceil(breaker.open_for)} s"
+    else:
+        why = f"{breaker.consecutive_failures} consecutive failures"
+    return CircuitOpen(breaker.provider, f"{what} after {why}; tried again in {math.ceil(wait)} s", retry_after=wait)

@@ -27,8 +27,9 @@ ROUTER_OVERHEAD = Histogram(
 )
 CIRCUIT_STATE = Gauge(
     "goblin_router_circuit_state",
-    "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
-    ["provider"],
+    'Circuit breaker per model deployment (model: the catalog\'s model id; "*": the provider-wide circuit '
+    "for connection and TLS failures): 0 closed, 1 half-open, 2 open.",
+    ["provider", "model"],
 )
 RETRIES = Counter("goblin_router_retries_total", "Calls repeated at the same provider.", ["provider"])
 PROVIDER_ERRORS = Counter(

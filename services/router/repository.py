@@ -13,19 +13,31 @@ from typing import Any
 
 from services.common.stores import PostgresStore
 from services.router.budget import Spent
-from services.router.provider_state import ProviderSnapshot
+from services.router.provider_state import DeploymentSnapshot, ProviderSnapshot
 
 UPSERT_PROVIDER_METRICS = """
 INSERT INTO provider_metrics (provider, circuit_state, consecutive_failures, opened_at, p50_latency_ms,
-                              success_count, failure_count, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-ON CONFLICT (provider) DO UPDATE SET
+                              success_count, failure_count, open_until, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+ON CONFLICT (provider, model) DO UPDATE SET
     circuit_state = EXCLUDED.circuit_state,
     consecutive_failures = EXCLUDED.consecutive_failures,
     opened_at = EXCLUDED.opened_at,
+    open_until = EXCLUDED.open_until,
     p50_latency_ms = COALESCE(EXCLUDED.p50_latency_ms, provider_metrics.p50_latency_ms),
     success_count = provider_metrics.success_count + EXCLUDED.success_count,
     failure_count = provider_metrics.failure_count + EXCLUDED.failure_count,
+    updated_at = now()
+"""
+UPSERT_DEPLOYMENT_CIRCUIT = """
+INSERT INTO provider_metrics (provider, model, circuit_state, consecutive_failures, opened_at, open_until,
+                              updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, now())
+ON CONFLICT (provider, model) DO UPDATE SET
+    circuit_state = EXCLUDED.circuit_state,
+    consecutive_failures = EXCLUDED.consecutive_failures,
+    opened_at = EXCLUDED.opened_at,
+    open_until = EXCLUDED.open_until,
     updated_at = now()
 """
 
@@ -88,8 +100,8 @@ class RouterRepository:
 
     async def load_provider_metrics(self) -> list[Mapping[str, Any]]:
         rows = await self.store.pool.fetch(
-            """SELECT provider, circuit_state, consecutive_failures, opened_at, p50_latency_ms
-                 FROM provider_metrics"""
+            """SELECT provider, circuit_state, consecutive_failures, opened_at, open_until, p50_latency_ms
+                 FROM provider_metrics WHERE model = ''"""
         )
         return [dict(r) for r in rows]
 
@@ -105,7 +117,24 @@ class RouterRepository:
                     s.p50_latency_ms,
                     s.success_delta,
                     s.failure_delta,
+                    s.open_until,
                 )
+                for s in snapshots
+            ],
+        )
+
+    async def load_deployment_circuits(self) -> list[Mapping[str, Any]]:
+        rows = await self.store.pool.fetch(
+            """SELECT provider, model, circuit_state, consecutive_failures, opened_at, open_until
+                 FROM provider_metrics WHERE model <> ''"""
+        )
+        return [dict(r) for r in rows]
+
+    async def save_deployment_circuits(self, snapshots: list[DeploymentSnapshot]) -> None:
+        await self.store.pool.executemany(
+            UPSERT_DEPLOYMENT_CIRCUIT,
+            [
+                (s.provider, s.model, s.circuit_state, s.consecutive_failures, s.opened_at, s.open_until)
                 for s in snapshots
             ],
         )

@@ -51,7 +51,7 @@ from services.router.planning import DEFAULT_ALIAS, ChatCall, Plan, Planner, Pro
 from services.router.policy import Candidate
 from services.router.provider_state import ProviderStates
 from services.router.providers.base import CallContext, Embeddings, Provider, estimate_usage
-from services.router.providers.errors import ProviderBadResponse, ProviderError, failure_policy
+from services.router.providers.errors import ProviderBadResponse, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,8 @@ class RouterService:
             outcome, error_code = "ok", ""
         except GoblinError as exc:
             outcome, error_code = failed_outcome(exc), exc.code
-            if text and candidate is not None and isinstance(exc, ProviderError) and failure_policy(exc).breaker:
-                self.states.failure(candidate.model.provider)  # it broke mid-stream
+            if text and candidate is not None and isinstance(exc, ProviderError):
+                self.attempts.failed(candidate.model.provider, candidate.model.id, exc)  # it broke mid-stream
             raise
         finally:
             if deltas is not None:
@@ -376,7 +376,7 @@ class RouterService:
     def provider_states(self) -> list[ProviderStatus]:
         statuses = []
         for provider in self.providers.all():
-            breaker = self.states.breaker(provider.name)
+            breaker = self.states.worst(provider.name)  # the views show one state per provider
             statuses.append(
                 ProviderStatus(
                     name=provider.name,

@@ -365,13 +365,17 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     assert len(fake.requests("deepseek")) == 3
     state = provider_state(router_suite, "deepseek")
     assert state.circuit == "open" and state.consecutive_failures == 3 and state.configured
-    assert router_metric(router_suite, "goblin_router_circuit_state", provider="deepseek") == 2
+    # HTTP 503s name a model: its deployment's circuit opens, not the provider-wide one.
+    deployment = {"provider": "deepseek", "model": "deepseek/deepseek-chat"}
+    assert router_metric(router_suite, "goblin_router_circuit_state", **deployment) == 2
+    assert router_metric(router_suite, "goblin_router_circuit_state", provider="deepseek", model="*") == 0
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'open'",
+            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' "
+            "AND model = 'deepseek/deepseek-chat' AND circuit_state = 'open' AND open_until > opened_at",
         ),
-        what="the open circuit in provider_metrics",
+        what="the deployment's open circuit in provider_metrics",
     )
 
     reply = client.chat.completions.create(**ask, extra_body=grok, extra_headers={"X-Correlation-ID": "circuit-1"})
@@ -387,6 +391,9 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
         )
     assert refused.status_code == 503 and refused.json()["error"] == "circuit_open"
     assert 1 <= int(refused.headers["Retry-After"]) <= 4
+    message = refused.json()["message"]
+    assert message.startswith("deepseek: circuit open for deepseek/deepseek-chat after 3 consecutive failures")
+    assert "tried again in" in message and "router" not in message
 
     fake.reset("deepseek")  # the provider recovers; after the cooldown one probe goes through
     time.sleep(4.1)
@@ -396,10 +403,18 @@ def test_the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     wait_for(
         lambda: query(
             router_suite,
-            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND circuit_state = 'closed' "
-            "AND failure_count >= 3 AND success_count >= 1",
+            "SELECT 1 FROM router.provider_metrics WHERE provider = 'deepseek' AND model = '' "
+            "AND circuit_state = 'closed' AND failure_count >= 3 AND success_count >= 1",
         ),
-        what="the closed circuit in provider_metrics",
+        what="the books in provider_metrics",
+    )
+    wait_for(
+        lambda: query(
+            router_suite,
+            "SELECT 1 FROM router.provider_metrics WHERE model = 'deepseek/deepseek-chat' "
+            "AND circuit_state = 'closed' AND opened_at IS NULL",
+        ),
+        what="the deployment's closed circuit in provider_metrics",
     )
 
 
@@ -444,6 +459,15 @@ def test_provider_errors_reach_the_client_typed(client: openai.OpenAI, fake: Fak
     assert limited.value.response.json()["error"] == "provider_rate_limited"
     assert limited.value.response.headers["Retry-After"] == "60"
     assert len(fake.requests("grok")) == 1, "a long Retry-After is not waited for"
+    # ... but honoured: the model cools for the minute the provider asked for, and says so.
+    with pytest.raises(openai.InternalServerError) as cooling:
+        client.chat.completions.create(model="grok/grok-3-mini", messages=messages(), max_tokens=2)
+    assert cooling.value.status_code == 503 and cooling.value.response.json()["error"] == "circuit_open"
+    assert cooling.value.response.json()["message"].startswith(
+        "grok: circuit open for grok/grok-3-mini after the provider asked to wait 60 s; tried again in"
+    )
+    assert 55 <= int(cooling.value.response.headers["Retry-After"]) <= 60
+    assert len(fake.requests("grok")) == 1, "a cooling model is not called"
 
     fake.malformed("siliconflow")
     with pytest.raises(openai.InternalServerError) as garbled:
@@ -453,8 +477,8 @@ def test_provider_errors_reach_the_client_typed(client: openai.OpenAI, fake: Fak
     good_key = fake.keys.get("grok")
     fake.keys["grok"] = "rotated-elsewhere"
     try:
-        with pytest.raises(openai.InternalServerError) as denied:
-            client.chat.completions.create(model="grok/grok-3-mini", messages=messages(), max_tokens=2)
+        with pytest.raises(openai.InternalServerError) as denied:  # its sibling is not held back by it
+            client.chat.completions.create(model="grok/grok-4", messages=messages(), max_tokens=2)
     finally:
         if good_key is None:
             del fake.keys["grok"]

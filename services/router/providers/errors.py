@@ -5,7 +5,10 @@ three flags the router acts on:
 
 - ``retryable``: the same provider may well answer if asked again shortly (5xx, timeouts, 429);
 - ``fallback``: the next candidate model may answer (anything that is not the caller's own fault);
-- ``breaker``: the failure counts against the provider's circuit breaker.
+- ``breaker``: the failure counts against a circuit breaker: the model deployment's, or, when
+  ``provider_wide`` (no connection could be made: refused, unreachable, DNS, a connect timeout, TLS),
+  the provider's own. A request that reached the provider names a model; a connection that was never
+  made says nothing about any one model, and would fail the same for all of them.
 """
 
 from __future__ import annotations
@@ -30,11 +33,21 @@ class ProviderError(GoblinError):
     retryable = False
     fallback = True
     breaker = True
+    provider_wide = False
 
-    def __init__(self, provider: str, message: str, *, retry_after: float | None = None, http_status: int = 0) -> None:
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        http_status: int = 0,
+        provider_wide: bool = False,
+    ) -> None:
         super().__init__(f"{provider}: {message}", retry_after=retry_after)
         self.provider = provider
         self.http_status = http_status
+        self.provider_wide = provider_wide  # no connection was made: no model was asked
 
 
 class ProviderUnavailable(ProviderError, Unavailable):
@@ -96,6 +109,7 @@ class FailurePolicy:
     retryable: bool
     fallback: bool
     breaker: bool
+    provider_wide: bool = False
 
 
 _CALLER_FAULT = FailurePolicy(retryable=False, fallback=False, breaker=False)
@@ -103,9 +117,10 @@ _CALLER_FAULT = FailurePolicy(retryable=False, fallback=False, breaker=False)
 
 def failure_policy(exc: BaseException) -> FailurePolicy:
     """What to do after ``exc``: provider errors say it themselves; errors relayed from the local
-    inference service are judged by their kind."""
+    inference service are judged by their kind, and count against its provider-wide circuit: one
+    process serves the local models, and when it fails they all do."""
     if isinstance(exc, ProviderError):
-        return FailurePolicy(exc.retryable, exc.fallback, exc.breaker)
+        return FailurePolicy(exc.retryable, exc.fallback, exc.breaker, exc.provider_wide)
     if isinstance(
         exc, InvalidArgument | NotFound | FailedPrecondition | PermissionDenied | Unauthenticated | Cancelled
     ):
@@ -114,7 +129,7 @@ def failure_policy(exc: BaseException) -> FailurePolicy:
         # The local queue is full: backpressure, not a fault. Asking again at once only adds load.
         return FailurePolicy(retryable=False, fallback=True, breaker=False)
     if isinstance(exc, DeadlineExceeded):
-        return FailurePolicy(retryable=False, fallback=True, breaker=True)
+        return FailurePolicy(retryable=False, fallback=True, breaker=True, provider_wide=True)
     if isinstance(exc, Unavailable):
-        return FailurePolicy(retryable=True, fallback=True, breaker=True)
-    return FailurePolicy(retryable=False, fallback=True, breaker=True)
+        return FailurePolicy(retryable=True, fallback=True, breaker=True, provider_wide=True)
+    return FailurePolicy(retryable=False, fallback=True, breaker=True, provider_wide=True)

@@ -188,13 +188,28 @@ def error_from_response(provider: str, status: int, headers: Mapping[str, str], 
 TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, asyncio.TimeoutError)
 
 
+# No connection was made, so no model was asked: the provider-wide circuit's business. aiohttp's
+# ClientConnectorError covers refused, unreachable, DNS and TLS (its SSL and certificate errors);
+# ConnectionTimeoutError is its connect timeout; httpx's own (the HTTP/2 transport) says ConnectError,
+# ConnectTimeout or ProxyError.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ProxyError,
+)
+
+
 def transport_error(provider: str, exc: BaseException) -> ProviderError:
     # The aiohttp transport maps every lost connection to httpx.ConnectTimeout; the cause says what it was.
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    name = type(cause).__name__
+    wide = isinstance(cause, CONNECT_ERRORS)
     timed_out = isinstance(cause, asyncio.TimeoutError) or (cause is exc and isinstance(exc, httpx.TimeoutException))
     if timed_out:
-        return ProviderTimeout(provider, f"no answer in time ({type(cause).__name__})")
-    return ProviderUnavailable(provider, f"cannot reach the provider ({type(cause).__name__})")
+        return ProviderTimeout(provider, f"no answer in time ({name})", provider_wide=wide)
+    return ProviderUnavailable(provider, f"cannot reach the provider ({name})", provider_wide=wide)
 
 
 @dataclass(frozen=True)

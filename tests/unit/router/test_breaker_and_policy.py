@@ -83,14 +83,60 @@ def test_a_released_or_abandoned_probe_lets_another_caller_probe() -> None:
     assert b.allow()
 
 
-def test_restore_takes_up_a_persisted_open_circuit() -> None:
+def test_restore_takes_up_a_persisted_open_circuit_on_its_own_schedule() -> None:
     clock = Clock()
     b = breaker(clock)
-    b.restore("open", 5, opened_ago_s=10)
+    b.restore("open", 5, opened_at_wall=5000.0, now_wall=5010.0)
     assert b.state == "open" and not b.allow() and b.retry_after() == pytest.approx(20)
-    fresh = breaker(clock)
-    fresh.restore("open", 5, opened_ago_s=100)
-    assert fresh.allow() and fresh.state == "half_open"
+    assert b.open_until_wall == pytest.approx(5030.0)
+    held = breaker(clock)  # a Retry-After made this opening longer than the cooldown: kept
+    held.restore("open", 1, opened_at_wall=5000.0, open_until_wall=5300.0, now_wall=5100.0)
+    assert held.state == "open" and held.retry_after() == pytest.approx(200)
+
+
+def test_a_restored_circuit_whose_time_is_up_starts_closed_with_nothing_counted() -> None:
+    """Not half-open: a half-open circuit lets one probe through and refuses everyone else until it
+    answers, and one failure would open it again for a whole cooldown."""
+    clock = Clock()
+    b = breaker(clock)
+    b.restore("open", 5, opened_at_wall=5000.0, now_wall=5000.0 + 3600)
+    assert b.state == "closed" and b.consecutive_failures == 0
+    assert b.allow() and b.allow() and b.allow(), "every caller, not one probe"
+    b.failure()
+    assert b.state == "closed", "one failure after a fresh start is one failure"
+    stale = breaker(clock)
+    stale.restore("half_open", 3, opened_at_wall=5000.0, open_until_wall=5030.0, now_wall=6000.0)
+    assert stale.state == "closed" and stale.allow() and stale.allow()
+
+
+def test_a_success_from_a_call_let_through_before_the_opening_does_not_close_it() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    b.hold(90)  # a 429 asked for 90 s while another call was still out
+    b.success()  # that call answers now
+    assert b.state == "open" and b.retry_after() == pytest.approx(90)
+    b.close()  # the provider is known to answer (its health): closed at once
+    assert b.state == "closed" and b.allow()
+
+
+def test_hold_opens_at_once_for_at_least_what_the_provider_asked() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    b.hold(90)
+    assert b.state == "open" and not b.allow() and b.retry_after() == pytest.approx(90) and b.held
+    b.hold(10)  # a shorter ask does not shorten the wait already promised
+    assert b.retry_after() == pytest.approx(90)
+    clock.now += 90
+    assert b.allow() and b.state == "half_open"
+    b.success()
+    b.failure()
+    b.failure()
+    b.failure()
+    assert b.retry_after() == pytest.approx(30), "the next opening has the usual cooldown"
+    assert not b.held
+    short = breaker(clock)
+    short.hold(5)  # shorter than the cooldown: still what the provider asked, and only that long
+    assert short.held and short.retry_after() == pytest.approx(5)
 
 
 def model(model_id: str, inp: float, out: float) -> ModelInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from services.common.settings import env_name
 from services.common.topology import REMOTE_PROVIDERS
 from services.router.catalog import build_catalog, check_layer, load_file_layers, merge_layers
 from services.router.config import RouterSettings, env_prefix
-from services.router.provider_state import ProviderSnapshot, ProviderStates
+from services.router.provider_state import DeploymentSnapshot, ProviderSnapshot, ProviderStates
 from services.router.providers.anthropic import AnthropicProvider
 from services.router.providers.gemini import GeminiProvider
 from services.router.providers.http import HttpOptions
@@ -97,14 +98,25 @@ def test_every_known_remote_provider_has_its_key_and_address_settings() -> None:
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(
+        self, providers: list[dict[str, Any]] | None = None, deployments: list[dict[str, Any]] | None = None
+    ) -> None:
         self.saved: list[ProviderSnapshot] = []
+        self.saved_deployments: list[DeploymentSnapshot] = []
+        self.providers = providers or []
+        self.deployments = deployments or []
 
     async def load_provider_metrics(self) -> list[dict[str, Any]]:
-        return []
+        return self.providers
 
     async def save_provider_metrics(self, snapshots: list[ProviderSnapshot]) -> None:
         self.saved.extend(snapshots)
+
+    async def load_deployment_circuits(self) -> list[dict[str, Any]]:
+        return self.deployments
+
+    async def save_deployment_circuits(self, snapshots: list[DeploymentSnapshot]) -> None:
+        self.saved_deployments.extend(snapshots)
 
 
 async def test_state_changes_and_counts_are_persisted_in_one_row_per_provider() -> None:
@@ -114,7 +126,7 @@ async def test_state_changes_and_counts_are_persisted_in_one_row_per_provider() 
     states.success("p", "p/m", 0.4)
     states.failure("p")
     states.failure("p")
-    assert metric("goblin_router_circuit_state", provider="p") == 2
+    assert metric("goblin_router_circuit_state", provider="p", model="*") == 2
     await states.flush()
     [row] = store.saved
     assert (row.provider, row.circuit_state, row.consecutive_failures) == ("p", "open", 2)
@@ -142,7 +154,68 @@ async def test_failures_are_written_at_once_successes_at_the_interval_or_when_st
             break
         await asyncio.sleep(0.005)
     assert [(r.provider, r.circuit_state, r.success_delta) for r in store.saved] == [("q", "open", 1)]
+    states.success_without_latency("q")  # its health says it answers again
     states.success("q", "q/m", 0.1)
     await states.stop()
     assert not await states.healthy()
     assert [(r.circuit_state, r.success_delta) for r in store.saved[1:]] == [("closed", 1)], "stopping writes the rest"
+
+
+async def test_deployment_circuits_are_persisted_apart_from_the_provider_wide_one() -> None:
+    store = MemoryStore()
+    states = ProviderStates(failure_threshold=2, cooldown_s=30, store=store)
+    states.failure("d", "d/one")
+    states.failure("d", "d/one")
+    states.failure("d", hold_s=120)  # connections fail: the provider-wide circuit, held by a Retry-After
+    await states.flush()
+    [deployment] = store.saved_deployments
+    assert (deployment.provider, deployment.model, deployment.circuit_state) == ("d", "d/one", "open")
+    assert (deployment.open_until - deployment.opened_at).total_seconds() == pytest.approx(30)
+    [provider] = store.saved
+    assert (provider.provider, provider.circuit_state) == ("d", "open")
+    assert (provider.open_until - provider.opened_at).total_seconds() == pytest.approx(120)
+    assert metric("goblin_router_circuit_state", provider="d", model="d/one") == 2
+    assert metric("goblin_router_circuit_state", provider="d", model="*") == 2
+
+
+async def test_persisted_circuits_come_back_on_their_own_wall_clock_schedule() -> None:
+    now = datetime.now(UTC)
+    store = MemoryStore(
+        providers=[
+            # opened a day ago with a 30 s cooldown: long over
+            {
+                "provider": "old",
+                "circuit_state": "open",
+                "consecutive_failures": 5,
+                "opened_at": now - timedelta(days=1),
+            },
+        ],
+        deployments=[
+            {
+                "provider": "r",
+                "model": "r/held",
+                "circuit_state": "open",
+                "consecutive_failures": 1,
+                "opened_at": now - timedelta(seconds=10),
+                "open_until": now + timedelta(seconds=50),  # a 429 asked for 60 s
+            },
+            {
+                "provider": "r",
+                "model": "r/stale",
+                "circuit_state": "open",
+                "consecutive_failures": 5,
+                "opened_at": now - timedelta(hours=2),
+                "open_until": now - timedelta(hours=2) + timedelta(seconds=30),
+            },
+        ],
+    )
+    states = ProviderStates(failure_threshold=5, cooldown_s=30, store=store)
+    await states.restore()
+    assert states.breaker("old").state == "closed" and states.breaker("old").consecutive_failures == 0
+    assert states.blocking("old", "old/m") is None and states.blocking("old", "old/m") is None
+    held = states.breaker("r", "r/held")
+    assert held.state == "open" and 48 <= held.retry_after() <= 50
+    assert states.blocking("r", "r/held") is held
+    assert states.blocking("r", "r/stale") is None and states.blocking("r", "r/stale") is None
+    assert metric("goblin_router_circuit_state", provider="r", model="r/held") == 2
+    assert metric("goblin_router_circuit_state", provider="r", model="r/stale") == 0

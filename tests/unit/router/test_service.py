@@ -143,9 +143,9 @@ async def test_the_circuit_opens_skips_the_provider_then_probes_and_closes(catal
     beta = ScriptedProvider("beta")
     service, _ = make(catalog, alpha, beta, failures=3)
     await service.chat(call(fallbacks=("beta/small",)))  # three failures open alpha's circuit
-    breaker = service.states.breaker("alpha")
+    breaker = service.states.breaker("alpha", "alpha/big")
     assert breaker.state == "open"
-    assert metric("goblin_router_circuit_state", provider="alpha") == 2
+    assert metric("goblin_router_circuit_state", provider="alpha", model="alpha/big") == 2
     routed = await service.chat(call(fallbacks=("beta/small",)))
     assert len(alpha.calls) == 3, "an open circuit is not called"
     assert routed.result.provider == "beta"
@@ -157,19 +157,99 @@ async def test_the_circuit_opens_skips_the_provider_then_probes_and_closes(catal
     routed = await service.chat(call())
     assert routed.result.provider == "alpha"
     assert breaker.state == "closed"
-    assert metric("goblin_router_circuit_state", provider="alpha") == 0
+    assert metric("goblin_router_circuit_state", provider="alpha", model="alpha/big") == 0
 
 
 async def test_a_failed_probe_reopens_the_circuit(catalog: Catalog) -> None:
     alpha = ScriptedProvider("alpha", script=[ProviderUnavailable("alpha", "down")] * 4)
     service, _ = make(catalog, alpha, ScriptedProvider("beta"), failures=3)
     await service.chat(call(fallbacks=("beta/small",)))
-    breaker = service.states.breaker("alpha")
+    breaker = service.states.breaker("alpha", "alpha/big")
     breaker.opened_at -= 61
     routed = await service.chat(call(fallbacks=("beta/small",)))
     assert len(alpha.calls) == 4, "the probe is not retried"
     assert routed.result.provider == "beta"
     assert breaker.state == "open" and breaker.retry_after() > 59
+
+
+async def test_one_failing_model_does_not_cut_off_its_providers_other_models(catalog: Catalog) -> None:
+    """Circuits are per model deployment: gamma/mid failing opens gamma/mid's only."""
+    gamma = ScriptedProvider("gamma", script=[ProviderUnavailable("gamma", "HTTP 500")] * 3)
+    service, _ = make(catalog, gamma, ScriptedProvider("alpha"), failures=3)
+    with pytest.raises(ProviderUnavailable):
+        await service.chat(call("gamma/mid"))  # a try and two retries: three failures open it
+    assert service.states.breaker("gamma", "gamma/mid").state == "open"
+    assert service.states.breaker("gamma").state == "closed"
+    assert (await service.chat(call("gamma/free"))).result.provider == "gamma"
+    assert metric("goblin_router_circuit_state", provider="gamma", model="gamma/mid") == 2
+    assert metric("goblin_router_circuit_state", provider="gamma", model="gamma/free") == 0
+    with pytest.raises(CircuitOpen) as info:
+        await service.chat(call("gamma/mid"))
+    refusal = info.value
+    assert refusal.code == "circuit_open" and 59 <= refusal.retry_after <= 60
+    assert refusal.message.startswith("gamma: circuit open for gamma/mid after 3 consecutive failures")
+    assert refusal.message.endswith("tried again in 60 s")
+    assert [row.name for row in service.provider_states() if row.circuit == "open"] == ["gamma"]
+
+
+async def test_connection_failures_open_the_provider_wide_circuit_for_every_model(catalog: Catalog) -> None:
+    refused = ProviderUnavailable("gamma", "cannot connect to the provider (ClientConnectorError)", provider_wide=True)
+    gamma = ScriptedProvider("gamma", script=[refused] * 3)
+    service, _ = make(catalog, gamma, ScriptedProvider("alpha"), failures=3)
+    with pytest.raises(ProviderUnavailable):
+        await service.chat(call("gamma/mid"))
+    assert service.states.breaker("gamma").state == "open"
+    assert service.states.breaker("gamma", "gamma/mid").consecutive_failures == 0
+    for model in ("gamma/mid", "gamma/free"):
+        with pytest.raises(CircuitOpen) as info:
+            await service.chat(call(model))
+        assert "gamma: circuit open for every model" in info.value.message
+        assert "tried again in 60 s" in info.value.message
+    assert metric("goblin_router_circuit_state", provider="gamma", model="*") == 2
+    assert len(gamma.calls) == 3, "neither model is called while connections fail"
+
+
+async def test_a_connection_failure_during_a_models_probe_frees_the_probe(catalog: Catalog) -> None:
+    gamma = ScriptedProvider("gamma", script=[ProviderUnavailable("gamma", "HTTP 500")] * 3)
+    service, _ = make(catalog, gamma, failures=3)
+    with pytest.raises(ProviderUnavailable):
+        await service.chat(call("gamma/mid"))
+    deployment = service.states.breaker("gamma", "gamma/mid")
+    deployment.opened_at -= 61  # its cooldown is over: the next call is its probe
+    gamma.script = [ProviderUnavailable("gamma", "refused", provider_wide=True)]
+    with pytest.raises(ProviderUnavailable):
+        await service.chat(call("gamma/mid"))
+    assert deployment.state == "half_open" and deployment.allow(), "the next caller may probe the model"
+
+
+async def test_a_429s_long_retry_after_cools_the_deployment_at_least_that_long(catalog: Catalog) -> None:
+    """Longer than a retry would wait: the next candidate answers, and the model is not asked again
+    before the provider said, after a single failure."""
+    gamma = ScriptedProvider("gamma", script=[ProviderRateLimited("gamma", "HTTP 429", retry_after=90)])
+    service, _ = make(catalog, gamma, ScriptedProvider("alpha"), failures=3)
+    routed = await service.chat(call("gamma/mid", fallbacks=("alpha/big",)))
+    assert routed.result.provider == "alpha" and len(gamma.calls) == 1
+    breaker = service.states.breaker("gamma", "gamma/mid")
+    assert breaker.state == "open" and 89 <= breaker.retry_after() <= 90
+    with pytest.raises(CircuitOpen) as info:
+        await service.chat(call("gamma/mid"))
+    assert info.value.retry_after >= 89
+    assert "gamma: circuit open for gamma/mid after the provider asked to wait 90 s" in info.value.message
+    assert (await service.chat(call("gamma/free"))).result.provider == "gamma", "its sibling still serves"
+    breaker.opened_at -= 61
+    with pytest.raises(CircuitOpen):
+        await service.chat(call("gamma/mid")), "the usual 60 s cooldown is not enough"
+
+
+async def test_a_stream_that_breaks_midway_counts_against_its_model_only(catalog: Catalog) -> None:
+    gamma = ScriptedProvider("gamma", script=[Break(1, ProviderUnavailable("gamma", "reset"))])
+    service, _ = make(catalog, gamma, failures=1)
+    with pytest.raises(ProviderUnavailable):
+        async for _ in service.stream(call("gamma/mid", fallbacks=("gamma/free",))):
+            pass
+    assert len(gamma.calls) == 1, "a stream that has started is not sent again"
+    assert service.states.breaker("gamma", "gamma/mid").state == "open"
+    assert service.states.breaker("gamma").state == "closed"
 
 
 async def test_a_stream_falls_back_before_its_first_token(catalog: Catalog) -> None:
