@@ -46,7 +46,7 @@ from bench.results import write_section
 from bench.router_bench import FAKE_KEY, MESSAGES, MODEL, fake_base_url, start_fake
 from bench.throughput_litellm import LiteLLM
 from bench.throughput_load import MIN_SERVED, P99_LIMIT_MS, Generator, Step, Target, failure
-from bench.throughput_report import holding_rates, sweep_plot, sweep_table
+from bench.throughput_report import error_examples, holding_rates, sweep_plot, sweep_table
 from goblin_tools.suite import Suite, free_ports, start_suite
 
 BENCH = Path(__file__).resolve().parent
@@ -180,6 +180,8 @@ def sweep(generator: Generator, paths: list[Endpoint], rates: list[float], durat
                 f"lag p99 {step.send_lag_p99_ms:.1f} ms: {why or 'holds'}",
                 flush=True,
             )
+            for kind, example in step.error_kinds and step.error_examples:
+                print(f"    {kind}: {example}", flush=True)
             if why is not None:
                 alive.remove(path)
                 wait_idle(path)
@@ -245,6 +247,8 @@ min) at the start {loads[0]}, at the end {loads[1]}.
 Highest rate held: {summary}.{ratio}
 
 {sweep_table(steps)}
+
+{error_examples(steps)}
 
 Plot: `bench/{plot.name}` (p99 solid, p50 dashed, x a failed step).
 """

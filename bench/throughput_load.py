@@ -63,6 +63,7 @@ class Samples:
     send_lag_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
     last_done_s: float = 0.0  # when the last request finished, from the schedule's start
+    examples: dict[str, str] = field(default_factory=dict)  # an error of each kind, the start of its body
 
     def merge(self, other: Samples) -> Samples:
         errors = dict(self.errors)
@@ -75,6 +76,7 @@ class Samples:
             send_lag_ms=self.send_lag_ms + other.send_lag_ms,
             cpu_s=self.cpu_s + other.cpu_s,
             last_done_s=max(self.last_done_s, other.last_done_s),
+            examples={**other.examples, **self.examples},
         )
 
 
@@ -95,6 +97,7 @@ class Step:
     send_lag_p99_ms: float
     target_cpu_ms: float = float("nan")  # the target's processes' CPU per request sent
     error_kinds: tuple[tuple[str, int], ...] = ()
+    error_examples: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, target: str, offered: float, duration_s: float, samples: Samples, target_cpu_s: float) -> Step:
@@ -115,6 +118,7 @@ class Step:
             send_lag_p99_ms=percentile(samples.send_lag_ms, 99),
             target_cpu_ms=target_cpu_s * 1000 / sent,
             error_kinds=tuple(sorted(samples.errors.items())),
+            error_examples=tuple(sorted(samples.examples.items())),
         )
 
 
@@ -166,18 +170,21 @@ async def _worker(plan: Plan) -> Samples:
         # The wall-clock start, as this process's perf_counter: every worker shares one schedule.
         start = time.perf_counter() + (plan.start_at - time.time())
 
+        def error(kind: str, example: str) -> None:
+            samples.errors[kind] = samples.errors.get(kind, 0) + 1
+            samples.examples.setdefault(kind, example)
+
         async def one(scheduled: float) -> None:
             try:
                 async with http.post(plan.target.url, data=plan.target.body, headers=headers) as reply:
-                    await reply.read()
+                    answer = await reply.read()
                     status = reply.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                kind = type(exc).__name__
-                samples.errors[kind] = samples.errors.get(kind, 0) + 1
+                error(type(exc).__name__, repr(exc))
                 return
             done = time.perf_counter()
             if status != 200:
-                samples.errors[f"HTTP {status}"] = samples.errors.get(f"HTTP {status}", 0) + 1
+                error(f"HTTP {status}", answer[:300].decode("utf-8", "replace"))
                 return
             samples.latencies_ms.append((done - scheduled) * 1000)
             samples.last_done_s = max(samples.last_done_s, done - start)

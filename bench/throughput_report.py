@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on a server or in CI
 
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from bench.throughput_load import Step, failure, highest_holding  # noqa: E402
 
@@ -44,6 +45,18 @@ def sweep_table(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
+def error_examples(steps: list[Step]) -> str:
+    """A line per target and error kind: the first error's text (its body's start, or the exception)."""
+    seen: dict[tuple[str, str], str] = {}
+    for step in steps:
+        for kind, example in step.error_examples:
+            seen.setdefault((step.target, kind), example)
+    return "\n".join(
+        f"- {target}, {kind}: `{' '.join(example.split())[:200].replace('`', chr(39))}`"
+        for (target, kind), example in seen.items()
+    )
+
+
 def holding_rates(steps: list[Step]) -> dict[str, float]:
     """Each target's highest offered rate that held."""
     targets = list(dict.fromkeys(step.target for step in steps))
@@ -60,11 +73,14 @@ def sweep_plot(steps: list[Step], path: Path, title: str) -> Path:
         mine = sorted((s for s in steps if s.target == target), key=lambda s: s.offered)
         rates = [s.offered for s in mine]
         axes.plot(rates, [s.p99_ms for s in mine], "-o", color=color, label=f"{target} p99")
-        axes.plot(rates, [s.p50_ms for s in mine], "--", color=color, label=f"{target} p50")
+        axes.plot(rates, [s.p50_ms for s in mine], "--.", color=color, label=f"{target} p50")
         failed = [s for s in mine if failure(s) is not None]
         axes.plot([s.offered for s in failed], [s.p99_ms for s in failed], "x", color=color, markersize=12)
     axes.axhline(100, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xscale("log", base=2)
+    offered = sorted({s.offered for s in steps})
+    axes.set_xticks(offered, [f"{r:g}" for r in offered])
+    axes.xaxis.set_minor_locator(NullLocator())
     axes.set_yscale("log")
     axes.set_xlabel("offered rate (requests/s)")
     axes.set_ylabel("latency (ms, from scheduled send)")
