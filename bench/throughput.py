@@ -21,7 +21,8 @@ Output: a section of bench/RESULTS.md and bench/throughput.png (p50/p99 against 
 BENCH_NO_WRITE set, RESULTS.md is left alone and the plot goes to bench/.work/.
 
 ``--soak SECONDS --rate R``: Goblin alone at R requests/s for SECONDS, every suite process's memory sampled
-every 10 s (bench/throughput_soak.py).
+every 10 s (bench/throughput_soak.py). ``--ceiling``: the load generator's own ceiling against the direct
+path, one process and ``--generators`` (bench/throughput_ceiling.py).
 
 Run: `make bench` (the sweep) or `python -m bench.throughput [--rates 50,100 --duration 5]`.
 127.0.0.1 only; bounded in count and time.
@@ -297,6 +298,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--soak", type=float, default=0, help="soak Goblin alone for this many seconds")
     parser.add_argument("--rate", type=float, default=100, help="the soak's rate, requests/s")
     parser.add_argument("--sample-every", type=float, default=10, help="the soak's memory sampling period, s")
+    parser.add_argument("--ceiling", action="store_true", help="measure the load generator's own ceiling instead")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.generators < 1 or args.rate <= 0 or args.soak < 0 or args.sample_every <= 0:
         parser.error("durations, rates and counts must be positive")
@@ -304,9 +306,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The sweep (``make bench`` calls this with no arguments) or, with ``--soak``, the soak."""
+    """The sweep (``make bench`` calls this with no arguments) or, with ``--soak``, the soak, or with
+    ``--ceiling``, the load generator's ceiling."""
     args = parse(argv or [])
-    if args.soak:
+    if args.ceiling:
+        from bench.throughput_ceiling import run_ceiling
+
+        run_ceiling(args)
+    elif args.soak:
         from bench.throughput_soak import run_soak
 
         run_soak(args)
