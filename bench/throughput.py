@@ -36,7 +36,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,22 +68,44 @@ GENEROUS_LIMITS = {
 
 @dataclass
 class Endpoint:
-    """A target and the processes that serve it (their CPU is the target's CPU per request)."""
+    """A target and how to find every process that serves it (looked up afresh each time: PostgreSQL's
+    backends come and go); their CPU is the target's CPU per request."""
 
     target: Target
-    processes: list[psutil.Process]
+    processes: Callable[[], list[psutil.Process]]
 
-    def cpu_s(self) -> float:
-        total = 0.0
-        for process in self.processes:
+    def cpu(self) -> dict[int, float]:
+        """CPU seconds (user + system) so far of each serving process, by pid."""
+        out = {}
+        for process in self.processes():
             with suppress(psutil.Error):
                 times = process.cpu_times()
-                total += times.user + times.system
-                for child in process.children(recursive=True):
-                    with suppress(psutil.Error):
-                        child_times = child.cpu_times()
-                        total += child_times.user + child_times.system
-        return total
+                out[process.pid] = times.user + times.system
+        return out
+
+    def cpu_since(self, before: dict[int, float]) -> float:
+        """CPU seconds the serving processes used since ``before`` (a process that ended meanwhile is left
+        out; one that started meanwhile counts whole)."""
+        return sum(max(0.0, now - before.get(pid, 0.0)) for pid, now in self.cpu().items())
+
+
+def tree(process: psutil.Process) -> list[psutil.Process]:
+    """``process`` and its descendants (none if it is gone)."""
+    with suppress(psutil.Error):
+        return [process, *process.children(recursive=True)]
+    return []
+
+
+def suite_processes(suite: Suite) -> list[psutil.Process]:
+    """``goblin up``, its descendants, and the embedded PostgreSQL (pg_ctl detaches it: found by its data
+    directory under the suite's home, then its backends)."""
+    found = {process.pid: process for process in tree(psutil.Process(suite.process.pid))}
+    home = str(suite.home)
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.pid not in found and any(home in part for part in cmdline):
+            found.update((p.pid, p) for p in tree(process))
+    return list(found.values())
 
 
 def body(model: str, **extra: object) -> bytes:
@@ -130,7 +152,7 @@ def direct_path(fake_port: int, fake: psutil.Process) -> Endpoint:
         body(MODEL, max_completion_tokens=MAX_TOKENS),
         {"Authorization": f"Bearer {FAKE_KEY}"},
     )
-    return Endpoint(target, [fake])
+    return Endpoint(target, lambda: [fake])
 
 
 def goblin_path(suite: Suite, fake: psutil.Process) -> Endpoint:
@@ -141,7 +163,7 @@ def goblin_path(suite: Suite, fake: psutil.Process) -> Endpoint:
         {"Authorization": f"Bearer {new_api_key(suite)}"},
         ca_file=str(suite.ca_file),
     )
-    return Endpoint(target, [psutil.Process(suite.process.pid), fake])
+    return Endpoint(target, lambda: [*suite_processes(suite), fake])
 
 
 def litellm_path(proxy: LiteLLM, fake: psutil.Process) -> Endpoint:
@@ -151,7 +173,8 @@ def litellm_path(proxy: LiteLLM, fake: psutil.Process) -> Endpoint:
         body(MODEL, max_tokens=MAX_TOKENS),
         {"Authorization": f"Bearer {proxy.master_key}"},
     )
-    return Endpoint(target, [psutil.Process(proxy.process.pid), fake])
+    root = psutil.Process(proxy.process.pid)
+    return Endpoint(target, lambda: [*tree(root), fake])
 
 
 def warm_up(generator: Generator, paths: list[Endpoint]) -> None:
@@ -170,9 +193,9 @@ def sweep(generator: Generator, paths: list[Endpoint], rates: list[float], durat
     steps: list[Step] = []
     for index, rate in enumerate(rates):
         for path in list(alive if index % 2 == 0 else reversed(alive)):
-            before = path.cpu_s()
+            before = path.cpu()
             samples = generator.run(path.target, rate, duration_s)
-            step = Step.of(path.target.name, rate, duration_s, samples, path.cpu_s() - before)
+            step = Step.of(path.target.name, rate, duration_s, samples, path.cpu_since(before))
             steps.append(step)
             why = failure(step)
             print(
@@ -196,13 +219,11 @@ def wait_idle(path: Endpoint, limit_s: float = 30.0) -> None:
     """After a failed step: wait (bounded) until the target's processes stop burning CPU, so its backlog
     does not land on the next target's step."""
     deadline = time.monotonic() + limit_s
-    previous = path.cpu_s()
     while time.monotonic() < deadline:
+        before = path.cpu()
         time.sleep(1.0)
-        now = path.cpu_s()
-        if now - previous < 0.2:  # under a fifth of a core
+        if path.cpu_since(before) < 0.2:  # under a fifth of a core
             return
-        previous = now
 
 
 def load_average() -> str:
@@ -241,8 +262,8 @@ master key, local cost map), plain HTTP. The load generator (aiohttp on uvloop, 
 samples merged) runs on the same 2 cores as everything it measures: its CPU per request is in the table;
 one generator process, given a core of its own, would top out near {ceiling} requests/s on the direct
 path (1000 / its CPU ms per request there); a send lag p99 above a few ms means the generator fell
-behind. Target CPU is every process serving the path (goblin: the whole suite, embedded stores
-included, and the fake provider; litellm: its workers and the fake provider). Load average (1, 5, 15
+behind. Target CPU is every process serving the path (goblin: the whole suite, embedded PostgreSQL and
+Redis included, and the fake provider; litellm: its workers and the fake provider). Load average (1, 5, 15
 min) at the start {loads[0]}, at the end {loads[1]}.
 
 Highest rate held: {summary}.{ratio}

@@ -44,9 +44,9 @@ def run_ceiling(args: argparse.Namespace) -> None:
                 warm_up(generator, [endpoint])
                 held[workers] = 0.0
                 for rate in RATES:
-                    before = endpoint.cpu_s()
+                    before = endpoint.cpu()
                     samples = generator.run(endpoint.target, rate, args.duration)
-                    step = Step.of(f"{workers} generator(s)", rate, args.duration, samples, endpoint.cpu_s() - before)
+                    step = Step.of(f"{workers} generator(s)", rate, args.duration, samples, endpoint.cpu_since(before))
                     steps.append(step)
                     why = behind(step)
                     print(

@@ -17,6 +17,7 @@ import argparse
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -95,7 +96,7 @@ class LiteLLM:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, model: str, timeout_s: float = 180) -> None:
+    def wait_ready(self, model: str, timeout_s: float = 300) -> None:
         """Until a chat completion through the proxy answers 200 (its workers import slowly)."""
         deadline = time.monotonic() + timeout_s
         last = "no answer"
@@ -123,7 +124,8 @@ class LiteLLM:
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                # Its own session (started so): the group is the proxy and its workers, nothing else.
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
     @classmethod

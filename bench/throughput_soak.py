@@ -27,32 +27,14 @@ from bench.throughput import (
     goblin_suite,
     load_average,
     plot_path,
+    suite_processes,
     warm_up,
 )
 from bench.throughput_load import Generator, Step, failure
 from bench.throughput_report import error_examples, memory_plot, memory_summary, memory_table
-from goblin_tools.suite import Suite
 
 GOAL_MB = 150.0
 GOAL_GROWTH = 0.02
-
-
-def suite_processes(suite: Suite) -> list[psutil.Process]:
-    """``goblin up``, its descendants, and the embedded PostgreSQL (pg_ctl detaches it: found by its data
-    directory under the suite's home, then its backends)."""
-    root = psutil.Process(suite.process.pid)
-    found = {root.pid: root}
-    for child in root.children(recursive=True):
-        found[child.pid] = child
-    home = str(suite.home)
-    for process in psutil.process_iter(["cmdline"]):
-        with suppress(psutil.Error):
-            cmdline = process.info["cmdline"] or []
-            if process.pid not in found and any(home in part for part in cmdline):
-                found[process.pid] = process
-                for child in process.children(recursive=True):
-                    found[child.pid] = child
-    return list(found.values())
 
 
 def label(process: psutil.Process) -> str:
@@ -95,20 +77,19 @@ def run_soak(args: argparse.Namespace) -> None:
         with goblin_suite("soak", fake_port) as suite:
             endpoint = goblin_path(suite, fake)
             warm_up(generator, [endpoint])
-            processes = suite_processes(suite)
-            before = endpoint.cpu_s()
+            before = endpoint.cpu()
             futures = generator.start(endpoint.target, args.rate, args.soak)
             started = time.monotonic()
             next_sample = started
             while not all(f.done() for f in futures):
                 if time.monotonic() >= next_sample:
                     elapsed = time.monotonic() - started
-                    for name, value in sample(processes).items():
+                    for name, value in sample(suite_processes(suite)).items():
                         series.setdefault(name, []).append((elapsed, value))
                     next_sample += args.sample_every
                 time.sleep(min(0.5, max(0.0, next_sample - time.monotonic())))
             samples = generator.collect(futures)
-            step = Step.of("goblin", args.rate, args.soak, samples, endpoint.cpu_s() - before)
+            step = Step.of("goblin", args.rate, args.soak, samples, endpoint.cpu_since(before))
     rows = memory_summary(series)
     plot = memory_plot(series, plot_path("throughput_soak.png"), f"Goblin at {args.rate:g} requests/s: memory")
     body = report(step, rows, args, plot, (loads_start, load_average()))

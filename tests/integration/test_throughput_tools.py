@@ -30,7 +30,8 @@ def direct(fake: FakeProviders) -> throughput.Endpoint:
         throughput.body("gpt-4o-mini", max_completion_tokens=4),
         {"Authorization": f"Bearer {fake.key('openai')}"},
     )
-    return throughput.Endpoint(target, [psutil.Process(os.getpid())])
+    me = psutil.Process(os.getpid())
+    return throughput.Endpoint(target, lambda: [me])
 
 
 def test_two_generator_processes_send_one_schedule_between_them(fake: FakeProviders):
