@@ -96,8 +96,9 @@ class LiteLLM:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, model: str, timeout_s: float = 300) -> None:
-        """Until a chat completion through the proxy answers 200 (its workers import slowly)."""
+    def wait_ready(self, model: str, timeout_s: float = 600) -> None:
+        """Until a chat completion through the proxy answers 200 (its workers import for about 30 s of CPU
+        each: minutes on a busy machine)."""
         deadline = time.monotonic() + timeout_s
         last = "no answer"
         body = {"model": model, "messages": [{"role": "user", "content": "ready?"}], "max_tokens": 1}
