@@ -23,6 +23,12 @@ the client about 1 ms more per request than aiohttp's) and grpc.aio for the rout
 Then, to say where the time goes, each path alone, one request at a time: CPU seconds per request of
 every process on it (from /proc), in the same run. The router's own ``goblin_router_overhead_seconds``
 histogram (its handling time minus time waiting on the provider) is reported too.
+
+Streaming rows: the same chat completion streamed (SSE from the fake, which sends its 7 tokens at once)
+directly, through the router's ``ChatStream`` and through the gateway, interleaved with the unary direct
+and gateway requests in an open loop of their own: time to first token and per-token time, what Goblin
+adds to the first beside what it adds to a unary answer in the same minutes, and CPU per streamed request
+and per token of each process (a 7-token stream's CPU less a 1-token stream's, over the 6 tokens between).
 Run: `make bench` or `python -m bench.router_bench`. 127.0.0.1 only; bounded in count and time.
 """
 
