@@ -55,6 +55,7 @@ OFFLINE_ENV = {
     "no_proxy": "127.0.0.1,localhost",
     "HF_HUB_OFFLINE": "1",
     "LITELLM_LOG": "ERROR",
+    "PYTHONUNBUFFERED": "1",  # its log is read when it fails to start
 }
 
 
@@ -152,6 +153,10 @@ class LiteLLM:
                     *("--config", str(home / "config.yaml")),
                     *("--host", "127.0.0.1", "--port", str(port)),
                     *("--num_workers", str(WORKERS)),
+                    # uvicorn's supervisor kills a worker that does not answer its health check within 5 s,
+                    # and a worker still importing LiteLLM on a busy machine does not: it would be killed
+                    # and respawned forever.
+                    *("--timeout_worker_healthcheck", "600"),
                 ],
                 cwd=home,  # no .env of ours is loaded (LiteLLM reads one from its working directory)
                 env=env,
