@@ -55,7 +55,7 @@ WORK = BENCH / ".work"
 RATES = (50, 100, 200, 400, 800)
 DURATION_S = 20.0
 GENERATORS = 2
-WARM_UP = (50.0, 3.0)  # rate, seconds: every target once before the sweep, not recorded
+WARM_UP = (20.0, 3.0)  # rate, seconds: every target once before the sweep, not recorded
 SETTLE_S = 2.0  # between steps; after a failed one, until the target's queue has drained too
 TARGETS = ("direct", "goblin", "litellm")
 MAX_TOKENS = 16
@@ -178,12 +178,15 @@ def litellm_path(proxy: LiteLLM, fake: psutil.Process) -> Endpoint:
 
 
 def warm_up(generator: Generator, paths: list[Endpoint]) -> None:
-    """Every target once at a low rate (connections, caches, the workers' imports); it must answer."""
+    """Every target once at a low rate (connections, caches, the workers' imports), not recorded. It must
+    answer some; a target too slow for even this rate fails the sweep's first step instead."""
     rate, seconds = WARM_UP
     for path in paths:
         samples = generator.run(path.target, rate, seconds)
-        if samples.errors or not samples.latencies_ms:
-            raise RuntimeError(f"{path.target.name} failed its warm-up: {samples.errors}")
+        if not samples.latencies_ms:
+            raise RuntimeError(f"{path.target.name} answered nothing in its warm-up: {samples.examples}")
+        if samples.errors:
+            print(f"{path.target.name} warm-up: {samples.errors}", flush=True)
 
 
 def sweep(generator: Generator, paths: list[Endpoint], rates: list[float], duration_s: float) -> list[Step]:
