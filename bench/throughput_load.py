@@ -179,7 +179,10 @@ async def _worker(plan: Plan) -> Samples:
                 async with http.post(plan.target.url, data=plan.target.body, headers=headers) as reply:
                     answer = await reply.read()
                     status = reply.status
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except TimeoutError:
+                error("TimeoutError", f"no answer within {plan.timeout_s:g} s")
+                return
+            except (aiohttp.ClientError, OSError) as exc:
                 error(type(exc).__name__, repr(exc))
                 return
             done = time.perf_counter()
