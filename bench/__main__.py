@@ -1,5 +1,5 @@
 """`make bench`: every benchmark module under bench/ (``*_bench.py`` with a ``main()``), in turn, and the
-retrieval-quality report (``rag_quality``)."""
+ones named in ``EXTRA`` (the retrieval-quality report, the faults, the throughput sweep)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import bench
 
 # Benchmarks whose module name does not end in _bench (a command of their own as well).
-EXTRA = ("rag_quality", "faults")
+EXTRA = ("rag_quality", "faults", "throughput")
 
 
 def main() -> int:

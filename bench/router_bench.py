@@ -23,12 +23,19 @@ the client about 1 ms more per request than aiohttp's) and grpc.aio for the rout
 Then, to say where the time goes, each path alone, one request at a time: CPU seconds per request of
 every process on it (from /proc), in the same run. The router's own ``goblin_router_overhead_seconds``
 histogram (its handling time minus time waiting on the provider) is reported too.
+
+Streaming rows: the same chat completion streamed (SSE from the fake, which sends its 7 tokens at once)
+directly, through the router's ``ChatStream`` and through the gateway, interleaved with the unary direct
+and gateway requests in an open loop of their own: time to first token and per-token time, what Goblin
+adds to the first beside what it adds to a unary answer in the same minutes, and CPU per streamed request
+and per token of each process (a 7-token stream's CPU less a 1-token stream's, over the 6 tokens between).
 Run: `make bench` or `python -m bench.router_bench`. 127.0.0.1 only; bounded in count and time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -37,6 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -58,6 +66,7 @@ WARM_UP_S = 3
 CPU_REQUESTS = 300  # per path, one at a time
 FAKE_KEY = "test-key-openai"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+STREAM_MAX_TOKENS = 16  # the fake's answer is 7 words: a stream of 7 content chunks
 MODEL = "gpt-4o-mini"
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -77,6 +86,25 @@ TOOLS = [
         },
     }
 ]
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """What a streamed request saw: when (perf_counter) its first token arrived, and how many came."""
+
+    first_token: float
+    tokens: int
+
+
+@dataclass
+class Streaming:
+    """The streaming runs: latency to the end per run (the unary direct and gateway among them), each
+    streamed request's (time to first token, tokens), and each streamed path's tokens, CPU per request and
+    CPU per token by process."""
+
+    runs: dict[str, list[list[float]]]
+    streamed: dict[str, list[tuple[float, float, int]]]
+    cpu: dict[str, tuple[int, dict[str, float], dict[str, float]]]
 
 
 def wait_listening(process: subprocess.Popen[bytes], port: int, what: str) -> subprocess.Popen[bytes]:
@@ -149,9 +177,14 @@ def overhead_quantiles(suite: Suite) -> tuple[float, float, int]:
 
 
 async def interleaved_load(
-    variants: dict[str, Callable[[], Awaitable[None]]], rate: float, duration_s: float
+    variants: dict[str, Callable[[], Awaitable[Streamed | None]]],
+    rate: float,
+    duration_s: float,
+    streamed: dict[str, list[tuple[float, float, int]]] | None = None,
 ) -> dict[str, list[float]]:
-    """Open loop: slot i goes to variant i % n; latency from the slot's scheduled time (ms)."""
+    """Open loop: slot i goes to variant i % n; latency from the slot's scheduled time (ms). A streamed
+    variant returns when its first token came and how many: ``streamed`` gets (time to first token and to
+    the end, both from the scheduled time in ms, tokens) for each of its requests."""
     names = list(variants)
     latencies: dict[str, list[float]] = {name: [] for name in names}
     failures: dict[str, int] = {name: 0 for name in names}
@@ -160,11 +193,15 @@ async def interleaved_load(
 
     async def one(name: str, scheduled: float) -> None:
         try:
-            await variants[name]()
+            outcome = await variants[name]()
         except Exception:
             failures[name] += 1
             return
-        latencies[name].append((time.perf_counter() - scheduled) * 1000)
+        latency = (time.perf_counter() - scheduled) * 1000
+        latencies[name].append(latency)
+        if outcome is not None and streamed is not None:
+            first = (outcome.first_token - scheduled) * 1000
+            streamed.setdefault(name, []).append((first, latency, outcome.tokens))
 
     tasks = []
     for i in range(total):
@@ -186,8 +223,8 @@ async def measure(
     skeleton: list[subprocess.Popen[bytes]],
     skeleton_port: int,
     in_process_port: int,
-) -> tuple[dict, dict]:
-    """The interleaved open-loop runs, then each path's CPU per request."""
+) -> tuple[dict, dict, Streaming]:
+    """The interleaved open-loop runs, then each path's CPU per request; then the same for streaming."""
     direct_body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
     gateway_body = {"model": f"openai/{MODEL}", "messages": MESSAGES, "max_tokens": 16}
     direct_tools_body = {**direct_body, "tools": TOOLS}
@@ -241,6 +278,54 @@ async def measure(
         async def via_gateway_tools() -> None:
             await post(gateway_url, gateway_tools_body, gateway_headers)
 
+        async def sse(url: str, body: dict, headers: dict[str, str]) -> Streamed:
+            """POST a streamed chat completion and read its SSE to the end, noting the first token."""
+            first, tokens = 0.0, 0
+            async with http.post(url, json=body, headers=headers) as reply:
+                if reply.status != 200:
+                    raise RuntimeError(f"{url}: HTTP {reply.status}")
+                async for line in reply.content:
+                    if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                        continue
+                    choices = json.loads(line[6:]).get("choices") or [{}]
+                    if (choices[0].get("delta") or {}).get("content"):
+                        tokens += 1
+                        first = first or time.perf_counter()
+            if not tokens:
+                raise RuntimeError(f"{url}: a stream without tokens")
+            return Streamed(first, tokens)
+
+        def streams(max_tokens: int) -> dict[str, Callable[[], Awaitable[Streamed]]]:
+            """The streamed paths (direct, router, gateway), each answering ``max_tokens`` tokens at most."""
+            direct_stream = {**direct_body, "max_completion_tokens": max_tokens, "stream": True}
+            gateway_stream = {**gateway_body, "max_tokens": max_tokens, "stream": True}
+            stream_request = common_pb2.ChatRequest()
+            stream_request.CopyFrom(request)
+            stream_request.params.max_tokens = max_tokens
+
+            async def via_direct_stream() -> Streamed:
+                return await sse(direct_url, direct_stream, direct_headers)
+
+            async def via_router_stream() -> Streamed:
+                metadata = ((CORRELATION_METADATA_KEY, "bench"), (PRINCIPAL_METADATA_KEY, signer.sign(bench_caller)))
+                first, tokens = 0.0, 0
+                async for chunk in router.ChatStream(stream_request, metadata=metadata, timeout=10):
+                    if chunk.delta:
+                        tokens += 1
+                        first = first or time.perf_counter()
+                if not tokens:
+                    raise RuntimeError("router: a stream without tokens")
+                return Streamed(first, tokens)
+
+            async def via_gateway_stream() -> Streamed:
+                return await sse(gateway_url, gateway_stream, gateway_headers)
+
+            return {
+                "direct stream": via_direct_stream,
+                "router stream": via_router_stream,
+                "gateway stream": via_gateway_stream,
+            }
+
         variants = {
             "direct": via_direct,
             "router": via_router,
@@ -264,7 +349,25 @@ async def measure(
         in_process = {**bare, "gateway": psutil.Process(skeleton[2].pid)}
         processes = {"skeleton": bare, "in-process skeleton": in_process}
         cpu = {name: await cpu_per_request(fn, processes.get(name, goblin)) for name, fn in variants.items()}
-    return runs, cpu
+        # Streaming: its own interleaved loop beside the unary direct and gateway requests, so the time to
+        # first token Goblin adds can be set against the unary overhead of the same minutes.
+        stream_variants = {"direct": via_direct, "gateway": via_gateway, **streams(STREAM_MAX_TOKENS)}
+        await interleaved_load(stream_variants, RATE, WARM_UP_S)
+        stream_runs: dict[str, list[list[float]]] = {name: [] for name in stream_variants}
+        streamed: dict[str, list[tuple[float, float, int]]] = {}
+        for _ in range(RUNS):
+            for name, values in (await interleaved_load(stream_variants, RATE, DURATION_S, streamed)).items():
+                stream_runs[name].append(values)
+        # CPU per token: a full stream's CPU less a one-token stream's, over the tokens between them.
+        full, one = streams(STREAM_MAX_TOKENS), streams(1)
+        stream_cpu = {}
+        for name in full:
+            tokens = (await full[name]()).tokens
+            whole = await cpu_per_request(full[name], goblin)
+            single = await cpu_per_request(one[name], goblin)
+            per_token = {p: (whole[p] - single[p]) / max(1, tokens - 1) for p in whole}
+            stream_cpu[name] = (tokens, whole, per_token)
+    return runs, cpu, Streaming(stream_runs, streamed, stream_cpu)
 
 
 async def cpu_per_request(
@@ -297,7 +400,7 @@ def main() -> None:
         suite.wait_ready()
         skeleton, skeleton_port, in_process_port = start_skeleton(suite, fake_port)
         try:
-            runs, cpu = uvloop.run(measure(suite, fake, fake_port, skeleton, skeleton_port, in_process_port))
+            runs, cpu, streaming = uvloop.run(measure(suite, fake, fake_port, skeleton, skeleton_port, in_process_port))
         finally:
             for process in skeleton:
                 process.terminate()
@@ -374,8 +477,70 @@ columns are the skeleton's processes (in-process: the router's work is in the ga
 
 {cpu_table}
 """
+    body += streaming_report(streaming, columns)
     write_section("Router", body, "make bench (python -m bench.router_bench)")
     print(body)
+
+
+def streaming_report(streaming: Streaming, columns: list[str]) -> str:
+    """The streaming rows: time to first token and per-token time of each streamed path, what Goblin adds
+    to them beside its unary overhead in the same minutes, and CPU per request and per token."""
+
+    def over_runs(name: str) -> tuple[float, float]:
+        return median([median(r) for r in streaming.runs[name]]), median(
+            [percentile(r, 99) for r in streaming.runs[name]]
+        )
+
+    def stream_stats(name: str) -> tuple[float, float, float, int]:
+        rows = streaming.streamed.get(name, [])
+        firsts = [first for first, _, _ in rows]
+        per_token = [(total - first) / (tokens - 1) for first, total, tokens in rows if tokens > 1]
+        return median(firsts), percentile(firsts, 99), median(per_token), len(rows)
+
+    labels = {
+        "direct stream": "direct: client -> fake provider",
+        "router stream": "router: gRPC Router/ChatStream -> router -> fake provider",
+        "gateway stream": "gateway: HTTPS SSE -> gateway -> router -> fake provider",
+    }
+    stats = {name: stream_stats(name) for name in labels}
+    table = "\n".join(
+        f"| {labels[name]} | {n} | {ttft50:.2f} ms | {ttft99:.2f} ms | {over_runs(name)[0]:.2f} ms | {tok:.3f} ms |"
+        for name, (ttft50, ttft99, tok, n) in stats.items()
+    )
+    unary_p50 = over_runs("gateway")[0] - over_runs("direct")[0]
+    unary_p99 = over_runs("gateway")[1] - over_runs("direct")[1]
+    ttft_p50 = stats["gateway stream"][0] - stats["direct stream"][0]
+    ttft_p99 = stats["gateway stream"][1] - stats["direct stream"][1]
+    token_added = stats["gateway stream"][2] - stats["direct stream"][2]
+    verdict = "met" if ttft_p50 <= unary_p50 and ttft_p99 <= unary_p99 else "not met"
+    tokens = {name: streaming.cpu[name][0] for name in streaming.cpu}
+    cpu_rows = []
+    for name, (count, whole, per_token) in streaming.cpu.items():
+        cpu_rows.append(
+            f"| {name}, per request ({count} tokens) | " + " | ".join(f"{whole[c]:.2f}" for c in columns) + " |"
+        )
+        cpu_rows.append(f"| {name}, per token | " + " | ".join(f"{per_token[c]:.3f}" for c in columns) + " |")
+    cpu_table = "\n".join(["| path | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns), *cpu_rows])
+    return f"""
+Streaming (SSE from the fake provider; {max(tokens.values(), default=0)} content chunks, sent at once): the
+three streamed paths interleaved with the unary direct and gateway requests in an open loop of their own,
+same rate, runs and warm-up as above. Time to first token from the scheduled send; per-token time =
+(end - first token) / (tokens - 1), medians over requests.
+
+| path | requests | TTFT p50 | TTFT p99 | end p50 | per token p50 |
+| --- | --- | --- | --- | --- | --- |
+{table}
+
+Time to first token added by Goblin (gateway stream - direct stream): p50 **{ttft_p50:+.2f} ms**, p99
+**{ttft_p99:+.2f} ms**; the unary overhead in the same loop (gateway - direct): p50 {unary_p50:+.2f} ms,
+p99 {unary_p99:+.2f} ms (goal: TTFT added <= the unary overhead: **{verdict}**). Per-token time added:
+{token_added:+.3f} ms.
+
+CPU (ms) per streamed request and per token of each process (per token: a full stream's CPU less a
+one-token stream's, over the tokens between them; {CPU_REQUESTS} requests each, one at a time):
+
+{cpu_table}
+"""
 
 
 if __name__ == "__main__":
