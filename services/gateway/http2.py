@@ -337,11 +337,10 @@ class Http2Protocol(asyncio.Protocol):
         if self.transport.is_closing():
             return
         if stream.unacknowledged:
+            # Answered without reading it all: the rest of the body is credited back and dropped as it
+            # comes, as HTTP/1.1 drops it (RST_STREAM NO_ERROR, RFC 9113 8.1, leaves some clients, httpx
+            # among them, waiting on a window that never opens).
             self.conn.acknowledge_received_data(stream.unacknowledged, stream.stream_id)
-        h2_stream = self.conn.streams.get(stream.stream_id)
-        if stream.response_complete and h2_stream is not None and not h2_stream.closed:
-            # Answered before the client finished its body: stop the upload without error (RFC 9113 8.1).
-            self.conn.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
         self.flush()
         if not self.streams:
             if self.closing:
@@ -358,12 +357,13 @@ class Http2Protocol(asyncio.Protocol):
         # Written by hand: after h2's own GOAWAY it refuses every frame, and the streams already
         # accepted still have their answers to send.
         frame = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=error_code)
-        self.flush()
         self.transport.write(frame.serialize())
 
     def abort(self, error_code: int) -> None:
         """GOAWAY with ``error_code`` and close now; the streams' apps see a disconnect."""
         if not self.transport.is_closing():
+            # What h2 queued meanwhile is dropped: a flood's PING and SETTINGS acknowledgements among it.
+            self.conn.data_to_send()
             self._goaway(error_code)
             self.transport.close()
 
@@ -372,6 +372,7 @@ class Http2Protocol(asyncio.Protocol):
         if self.closing or self.transport.is_closing():
             return
         self.closing = True
+        self.flush()
         self._goaway(ErrorCodes.NO_ERROR)
         if not self.streams:
             self.transport.close()
@@ -388,6 +389,7 @@ class Http2Protocol(asyncio.Protocol):
     def _idle_timed_out(self) -> None:
         self.idle_timer = None
         if not self.streams and not self.transport.is_closing():
+            self.flush()
             self._goaway(ErrorCodes.NO_ERROR)
             self.transport.close()
 
