@@ -108,6 +108,7 @@ class Http2Protocol(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.control_tokens = float(CONTROL_BURST)
         self.control_stamp = 0.0
+        self.request_priority: h2.events.PriorityUpdated | None = None
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -167,6 +168,9 @@ class Http2Protocol(asyncio.Protocol):
             if not event.data and not event.stream_ended:
                 self._charge()
         elif isinstance(event, h2.events.RequestReceived):
+            # A request's own priority (HEADERS with PRIORITY, as browsers send) also arrives as a
+            # PriorityUpdated: that one is not a control frame to charge.
+            self.request_priority = event.priority_updated
             self._on_request(event.stream_id, event.headers)
         elif isinstance(event, h2.events.StreamEnded):
             if (stream := self.streams.get(event.stream_id)) is not None:
@@ -179,7 +183,10 @@ class Http2Protocol(asyncio.Protocol):
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.window_opened.set()  # INITIAL_WINDOW_SIZE may have grown every stream's window
             self._charge()
-        elif isinstance(event, (h2.events.PingReceived, h2.events.PriorityUpdated, h2.events.UnknownFrameReceived)):
+        elif isinstance(event, h2.events.PriorityUpdated):
+            if event is not self.request_priority:
+                self._charge()
+        elif isinstance(event, (h2.events.PingReceived, h2.events.UnknownFrameReceived)):
             self._charge()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.closing = True
@@ -334,6 +341,7 @@ class Http2Protocol(asyncio.Protocol):
     def stream_finished(self, stream: StreamCycle) -> None:
         """The app is done with ``stream``: free what it held, and close or idle the connection."""
         self.streams.pop(stream.stream_id, None)
+        self.server_state.total_requests += 1  # as uvicorn counts them (--limit-max-requests)
         if self.transport.is_closing():
             return
         if stream.unacknowledged:

@@ -253,6 +253,31 @@ def test_a_control_frame_flood_is_bounded(served: tuple[App, int, Any], flood: s
     assert answered <= 2 * http2.CONTROL_BURST + 100
 
 
+def test_browser_priorities_on_requests_are_not_charged_as_control_frames(served: tuple[App, int, Any]) -> None:
+    _app, port, context = served
+    raw = RawH2(port, context)
+    answered, sid = 0, 1
+    for _batch in range(5):  # 5 x 80 prioritised requests: past the control-frame budget if each were charged
+        frames = []
+        for _ in range(80):
+            head = raw.head("/echo")
+            frames.append(
+                HeadersFrame(sid, data=head, flags=["END_HEADERS", "END_STREAM", "PRIORITY"], stream_weight=15)
+            )
+            sid += 2
+        raw.send(*frames)
+        done = 0
+        for frame in raw.frames():
+            assert not isinstance(frame, GoAwayFrame), frame
+            if isinstance(frame, DataFrame) and "END_STREAM" in frame.flags:
+                done += 1
+                if done == 80:
+                    break
+        answered += done
+    raw.close()
+    assert answered == 400
+
+
 def test_more_open_streams_than_the_settings_allow_end_the_connection(served: tuple[App, int, Any]) -> None:
     _app, port, context = served
     raw = RawH2(port, context)
