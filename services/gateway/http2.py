@@ -108,6 +108,7 @@ class Http2Protocol(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.control_tokens = float(CONTROL_BURST)
         self.control_stamp = 0.0
+        self.flush_scheduled = False
         self.request_priority: h2.events.PriorityUpdated | None = None
 
     @property
@@ -291,8 +292,21 @@ class Http2Protocol(asyncio.Protocol):
 
     # Frames out (the StreamOwner interface of http2_stream.py)
     def flush(self) -> None:
+        """Write what h2 has queued, now."""
         if data := self.conn.data_to_send():
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Write what h2 has queued once the running task yields: a response's HEADERS and DATA, and the
+        window updates of the requests read meanwhile, leave in one TLS write instead of one each."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush_scheduled)
+
+    def _flush_scheduled(self) -> None:
+        self.flush_scheduled = False
+        if not self.transport.is_closing():
+            self.flush()
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         try:
@@ -300,7 +314,7 @@ class Http2Protocol(asyncio.Protocol):
         except h2.exceptions.StreamClosedError:
             self._lost_stream(stream_id)
             return
-        self.flush()
+        self.flush_soon()
 
     async def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Send ``data`` on the stream as the peer's windows and the socket's buffer allow."""
@@ -323,13 +337,14 @@ class Http2Protocol(asyncio.Protocol):
                 self._lost_stream(stream_id)
                 return
             offset += size
-            self.flush()
             if final:
+                self.flush_soon()
                 return
+            self.flush()  # more to come: the socket's buffer decides when (pause_writing)
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         self.conn.acknowledge_received_data(size, stream_id)
-        self.flush()
+        self.flush_soon()
 
     def reset(self, stream_id: int, error_code: int) -> None:
         try:
@@ -349,12 +364,15 @@ class Http2Protocol(asyncio.Protocol):
             # comes, as HTTP/1.1 drops it (RST_STREAM NO_ERROR, RFC 9113 8.1, leaves some clients, httpx
             # among them, waiting on a window that never opens).
             self.conn.acknowledge_received_data(stream.unacknowledged, stream.stream_id)
-        self.flush()
         if not self.streams:
             if self.closing:
+                self.flush()
                 self.transport.close()
-            else:
-                self._arm_idle(self.config.timeout_keep_alive)
+                return
+            self.flush_soon()
+            self._arm_idle(self.config.timeout_keep_alive)
+        else:
+            self.flush_soon()
 
     def _lost_stream(self, stream_id: int) -> None:
         if (stream := self.streams.get(stream_id)) is not None:
