@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,7 +114,27 @@ def test_an_h2_client_gets_http2_and_an_http11_client_http11(served: tuple[App, 
     assert reply.http_version == "HTTP/1.1" and reply.json()["version"] == "1.1"
 
 
-async def test_split_cookies_reach_the_app_as_one_header(served: tuple[App, int, Any]) -> None:
+def test_tls_is_1_2_or_newer_with_aead_suites_and_offers_h2_first(served: tuple[App, int, Any], tmp_path: Path) -> None:
+    _app, port, _context = served
+
+    def handshake(**settings: Any) -> tuple[str | None, str | None]:
+        context = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.pem"))
+        context.maximum_version = settings.get("maximum", ssl.TLSVersion.MAXIMUM_SUPPORTED)
+        if "ciphers" in settings:
+            context.set_ciphers(settings["ciphers"])
+        context.set_alpn_protocols(settings.get("alpn", ["h2", "http/1.1"]))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.version(), tls.selected_alpn_protocol()
+
+    assert handshake() == ("TLSv1.3", "h2")
+    assert handshake(maximum=ssl.TLSVersion.TLSv1_2) == ("TLSv1.2", "h2")
+    assert handshake(alpn=["http/1.1"]) == ("TLSv1.3", "http/1.1")
+    with pytest.raises(ssl.SSLError):  # CBC with SHA-1 MACs only: no suite in common
+        handshake(maximum=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA")
+
+
+def test_split_cookies_reach_the_app_as_one_header(served: tuple[App, int, Any]) -> None:
     _app, port, context = served
     raw = RawH2(port, context)
     head = raw.head("/echo", extra=[("cookie", "a=1"), ("x-other", "o"), ("cookie", "b=2")])
