@@ -190,8 +190,10 @@ class Http2Protocol(asyncio.Protocol):
         elif isinstance(event, (h2.events.PingReceived, h2.events.UnknownFrameReceived)):
             self._charge()
         elif isinstance(event, h2.events.ConnectionTerminated):
+            # The client's GOAWAY: no new streams. Without an error, what it has in flight is answered.
             self.closing = True
-            self.transport.close()
+            if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
+                self.abort(ErrorCodes.NO_ERROR)
 
     def _on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.closing:
@@ -279,6 +281,7 @@ class Http2Protocol(asyncio.Protocol):
         if stream is None:
             return
         stream.disconnect()
+        self.window_opened.set()  # a send waiting for this stream's window must see the reset
         if not stream.started:
             stream.task.cancel()  # reset before it began: the app never sees this request
 
@@ -377,6 +380,7 @@ class Http2Protocol(asyncio.Protocol):
     def _lost_stream(self, stream_id: int) -> None:
         if (stream := self.streams.get(stream_id)) is not None:
             stream.disconnect()
+            self.window_opened.set()
 
     # The connection's end
     def _goaway(self, error_code: int) -> None:
@@ -392,6 +396,10 @@ class Http2Protocol(asyncio.Protocol):
             self.conn.data_to_send()
             self._goaway(error_code)
             self.transport.close()
+            # Now, not when TLS has finished closing (connection_lost): the apps stop writing at once.
+            for stream in self.streams.values():
+                stream.disconnect()
+            self.window_opened.set()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: GOAWAY, the streams already accepted are answered, then close."""

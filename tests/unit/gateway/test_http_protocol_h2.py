@@ -72,6 +72,8 @@ class App:
                 pass
             with self.lock:
                 self.disconnects += 1
+        elif path == "/big":
+            await self.answer(send, {"big": "b" * 100_000})
         elif path == "/boom":
             raise RuntimeError("boom")
         else:
@@ -327,6 +329,20 @@ def test_an_idle_connection_is_closed_after_keep_alive(tmp_path: Path) -> None:
         assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in frames)
         goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
         assert goaway and goaway[0].error_code == ErrorCodes.NO_ERROR
+        raw.close()
+
+
+def test_a_stream_reset_while_its_answer_waits_for_a_window_is_released(tmp_path: Path) -> None:
+    with serving(App(), tmp_path / "tls", timeout_keep_alive=1) as (_server, port, context):
+        raw = RawH2(port, context)
+        # A zero window: the answer cannot leave; then the client gives up on it.
+        raw.send(SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0}), raw.request(1, "/big"))
+        headers = [f for f in raw.frames(1) if isinstance(f, HeadersFrame)]
+        assert headers, "the answer's HEADERS leave; its DATA waits"
+        raw.send(RstStreamFrame(1, error_code=ErrorCodes.CANCEL))
+        # Released: the connection is idle again, and keep-alive closes it.
+        goaway = raw.goaway(timeout_s=5)
+        assert goaway is not None and goaway.error_code == ErrorCodes.NO_ERROR
         raw.close()
 
 
