@@ -166,6 +166,10 @@ class Http2Protocol(asyncio.Protocol):
                 stream.feed(event.data, event.flow_controlled_length)
             else:  # nobody will read it: credit the connection's window back at once
                 self.acknowledge(event.stream_id, event.flow_controlled_length)
+                if not self.streams:
+                    # Answered early (a 413, say) and the client still uploading: not idle, as an
+                    # HTTP/1.1 connection draining a body is not (httpx reads only once it has sent all).
+                    self._arm_idle(self.config.timeout_keep_alive)
             if not event.data and not event.stream_ended:
                 self._charge()
         elif isinstance(event, h2.events.RequestReceived):

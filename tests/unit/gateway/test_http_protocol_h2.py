@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,19 @@ def test_an_idle_connection_is_closed_after_keep_alive(tmp_path: Path) -> None:
         goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
         assert goaway and goaway[0].error_code == ErrorCodes.NO_ERROR
         raw.close()
+
+
+def test_an_upload_answered_early_is_drained_past_the_keep_alive_timeout(tmp_path: Path) -> None:
+    def slow_body() -> Iterator[bytes]:
+        for _ in range(5):
+            time.sleep(0.4)
+            yield b"u" * 1_000_000  # past the windows: the client waits for their updates
+
+    with serving(App(), tmp_path / "tls", timeout_keep_alive=1) as (_server, port, context):
+        with h2_client(port, context) as client:
+            # /ignore answers at once; the client goes on sending for 2 s, then reads the answer.
+            assert client.post("/ignore", content=slow_body()).status_code == 200
+            assert client.get("/echo").status_code == 200
 
 
 def test_a_stream_reset_while_its_answer_waits_for_a_window_is_released(tmp_path: Path) -> None:
