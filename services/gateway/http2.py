@@ -12,7 +12,8 @@ The bounds HTTP/1.1 has, in HTTP/2 terms:
   431 with the JSON error body (RFC 9113 10.5.1), one past ``HARD_HEADER_LIST_BYTES`` (decoded) ends the
   connection (GOAWAY ENHANCE_YOUR_CALM), as do more than h2's 64 CONTINUATION frames for one head;
 - head and idle time: a connection with no stream open is closed (GOAWAY) ``HEAD_TIMEOUT_S`` after it
-  opened and uvicorn's keep-alive timeout after its last response, however slowly a header trickles in;
+  opened and uvicorn's keep-alive timeout after its last response, however slowly a header trickles in
+  (the DATA of an upload answered early and still being drained restarts keep-alive, as in HTTP/1.1);
 - streams: SETTINGS_MAX_CONCURRENT_STREAMS ``MAX_CONCURRENT_STREAMS`` (h2 refuses a stream past it);
   a client resetting streams to start more requests than that (CVE-2023-44487, "rapid reset") is cut
   off, and a stream reset before its request started never runs;
