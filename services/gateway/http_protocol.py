@@ -22,18 +22,15 @@ MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_S = 10.0
 
 
-def _error_response(status: int, reason: bytes, code: str, message: str) -> bytes:
-    # The gateway's one error shape; no request exists yet, so its correlation id is empty.
-    body = json.dumps(error_body(code, message)).encode()
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-        % (status, reason, len(body))
-    ) + body
-
-
-HEAD_TOO_LARGE = _error_response(
-    431, b"Request Header Fields Too Large", "headers_too_large", f"the request head is over {MAX_HEAD_BYTES} bytes"
-)
+# The gateway's one error shape; no request exists yet, so its correlation id is empty. HTTP/2 answers
+# an oversized head with the same body (http2.py).
+HEAD_TOO_LARGE_BODY = json.dumps(
+    error_body("headers_too_large", f"the request head is over {MAX_HEAD_BYTES} bytes")
+).encode()
+HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(HEAD_TOO_LARGE_BODY)
+) + HEAD_TOO_LARGE_BODY
 
 
 class _HeadTooLarge(Exception):
