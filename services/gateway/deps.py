@@ -31,7 +31,7 @@ from fastapi import Depends, Request
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common import scopes
-from services.common.principal import Principal, load_signer, outgoing_principal_var
+from services.common.principal import Principal, load_signer, outgoing_principal_var, static_claims
 from services.gateway.caches import PrincipalCache
 from services.gateway.errors import ApiError
 from services.gateway.ratelimit import CLIENT_IP_STATE
@@ -126,22 +126,35 @@ OptionalPrincipalDep = Annotated[auth_pb2.Principal | None, Depends(optional_pri
 
 def sign_principal(principal: auth_pb2.Principal) -> str:
     """The signed assertion of ``principal`` the backends believe (services.common.principal): the only
-    way who-is-asking reaches them."""
-    return load_signer().sign(
-        Principal(
-            user_id=principal.user_id,
-            tenant_id=principal.tenant_id,
-            role=principal.role,
-            scopes=tuple(principal.scopes),
-            api_key_id=principal.api_key_id,
-            session_id=principal.session_id,
-            tenant_daily_budget_usd=(
-                principal.tenant_daily_budget_usd if principal.HasField("tenant_daily_budget_usd") else None
-            ),
-            key_tokens_per_day=principal.key_tokens_per_day if principal.HasField("key_tokens_per_day") else None,
-            requests_per_day=principal.requests_per_day,
+    way who-is-asking reaches them. The claims' JSON is made once per principal (:data:`_STATIC_CLAIMS`);
+    each assertion adds only its times and jti, and the signature."""
+    key = principal.SerializeToString(deterministic=True)
+    static = _STATIC_CLAIMS.get(key)
+    if static is None:
+        if len(_STATIC_CLAIMS) >= _STATIC_CLAIMS_MAX:
+            _STATIC_CLAIMS.clear()  # a burst of distinct callers: start over rather than grow
+        static = _STATIC_CLAIMS[key] = static_claims(
+            Principal(
+                user_id=principal.user_id,
+                tenant_id=principal.tenant_id,
+                role=principal.role,
+                scopes=tuple(principal.scopes),
+                api_key_id=principal.api_key_id,
+                session_id=principal.session_id,
+                tenant_daily_budget_usd=(
+                    principal.tenant_daily_budget_usd if principal.HasField("tenant_daily_budget_usd") else None
+                ),
+                key_tokens_per_day=principal.key_tokens_per_day if principal.HasField("key_tokens_per_day") else None,
+                requests_per_day=principal.requests_per_day,
+            )
         )
-    )
+    return load_signer().sign_static(static)
+
+
+# The static claims' JSON of recent principals, by their serialized auth Principal (every field the
+# claims come from, so a changed budget or scope is a new entry); bounded like the principal cache.
+_STATIC_CLAIMS: dict[bytes, str] = {}
+_STATIC_CLAIMS_MAX = 10_000
 
 
 def has_scope(principal: auth_pb2.Principal, scope: str) -> bool:
