@@ -8,14 +8,13 @@ answer used its ``[n]``) and ``rag_hit``; streamed, both arrive on the chunk tha
 from __future__ import annotations
 
 import base64
-import json
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import RAG_SCOPE, Message, new_completion_id
@@ -33,6 +32,7 @@ from services.gateway.api.chat_wire import (
     logprobs_json,
     sampling,
 )
+from services.gateway.api.fast_json import FastJSONResponse, dumps
 from services.gateway.api.schemas.openai import ChatCompletionRequest, EmbeddingRequest, InvokeRequest, OpenAIBody
 from services.gateway.api.streams import all_or_none, first_chunks, merged
 from services.gateway.clients import ChatStream
@@ -222,7 +222,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
         answer["citations"] = citations_json(first.citations)
         answer["rag_hit"] = first.rag_hit
     # A response, not a dict: a returned dict would go through FastAPI's jsonable_encoder first.
-    return JSONResponse(answer, headers=headers)
+    return FastJSONResponse(answer, headers=headers)
 
 
 async def sse_answer(
@@ -250,10 +250,10 @@ async def sse_answer(
     completion_id = new_completion_id("chatcmpl" if kind.startswith("chat") else "cmpl")
     created = int(time.time())
 
-    def event(payload: dict[str, Any]) -> str:
-        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+    def event(payload: dict[str, Any]) -> bytes:
+        return b"data: " + dumps(payload) + b"\n\n"
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[bytes]:
         model, provider = "", ""
         usages: dict[int, common_pb2.Usage] = {}
         try:
@@ -279,7 +279,7 @@ async def sse_answer(
             yield event(
                 {"id": completion_id, "object": kind, "created": created, "model": model, "choices": [], "usage": usage}
             )
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
@@ -332,7 +332,7 @@ async def embeddings(body: EmbeddingRequest, principal: ChatDep, state: StateDep
 
 
 @router.post("/invoke", summary="One completion for one prompt (kept for old clients)")
-async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http: Request) -> JSONResponse:
+async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http: Request) -> FastJSONResponse:
     model = f"{body.provider}/{body.model}" if body.model else body.provider
     params = common_pb2.SamplingParams()
     if body.max_tokens is not None:
@@ -353,7 +353,7 @@ async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http:
         CHAT_ERRORS.labels(provider_label(model), error.error).inc()
         raise
     count_answer(reply.provider, reply.model, reply.usage)
-    return JSONResponse(
+    return FastJSONResponse(
         {
             "response": reply.message.content,
             "provider": reply.provider,
