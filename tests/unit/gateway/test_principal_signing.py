@@ -4,13 +4,21 @@ assertion, and what is signed is what the old whole-dict JSON was."""
 from __future__ import annotations
 
 import base64
+import contextvars
 import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from goblin.v1 import auth_pb2
-from services.common.principal import Principal, PrincipalSigner
-from services.gateway.deps import sign_principal
+from services.common.context import correlation_id_var
+from services.common.principal import (
+    PRINCIPAL_METADATA_KEY,
+    Principal,
+    PrincipalSigner,
+    load_signer,
+    outgoing_principal_var,
+)
+from services.gateway.clients.identity import act_as, metadata, sign_principal
 
 NOW = 1_800_000_000.25
 
@@ -44,3 +52,20 @@ def test_every_assertion_is_fresh_and_a_changed_principal_is_a_new_one() -> None
     principal.tenant_daily_budget_usd = 1.5
     changed = json.loads(claims_of(sign_principal(principal)))
     assert changed["scp"] == ["chat", "admin"] and changed["bud"] == 1.5 and changed["rpd"] == 5
+
+
+def test_calls_are_signed_lazily_each_with_an_assertion_of_its_own() -> None:
+    def run() -> None:
+        correlation_id_var.set("req-1")
+        assert metadata() == (("x-correlation-id", "req-1"),)  # nobody verified yet: nothing signed
+        act_as(auth_pb2.Principal(user_id="u1", tenant_id="acme"))
+        first, second = dict(metadata()), dict(metadata())
+        assert first["x-correlation-id"] == "req-1"
+        verifier = load_signer().verifier()
+        one, two = verifier.verify(first[PRINCIPAL_METADATA_KEY]), verifier.verify(second[PRINCIPAL_METADATA_KEY])
+        assert (one.user_id, one.tenant_id) == ("u1", "acme") and one.jti != two.jti
+        # A task acting for someone else set its own assertion: that one is sent.
+        outgoing_principal_var.set("signed-elsewhere")
+        assert dict(metadata())[PRINCIPAL_METADATA_KEY] == "signed-elsewhere"
+
+    contextvars.Context().run(run)

@@ -42,7 +42,6 @@ from services.gateway.deps import (
     StateDep,
     has_scope,
     principal_context,
-    resign_principal,
 )
 from services.gateway.errors import ApiError, error_body
 from services.gateway.metrics import CHAT_COMPLETIONS, CHAT_ERRORS, CHAT_TOKENS
@@ -96,26 +95,14 @@ def ignored_header(body: OpenAIBody) -> dict[str, str]:
     return {"X-Goblin-Ignored-Params": ",".join(name[:64] for name in ignored[:32])} if ignored else {}
 
 
-async def ask_router(
-    state: GatewayState, request: common_pb2.ChatRequest, principal: auth_pb2.Principal, index: int
-) -> common_pb2.ChatResponse:
-    """One of a request's ``n`` router calls; each after the first (in a task of its own, so in a context
-    of its own) carries an assertion of its own."""
-    if index:
-        resign_principal(principal)
+async def ask_router(state: GatewayState, request: common_pb2.ChatRequest) -> common_pb2.ChatResponse:
+    """One of a request's ``n`` router calls (each carries an assertion of its own, signed as it is made)."""
     return await state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S)
 
 
-def start_streams(
-    state: GatewayState, request: common_pb2.ChatRequest, principal: auth_pb2.Principal, n: int
-) -> list[ChatStream]:
+def start_streams(state: GatewayState, request: common_pb2.ChatRequest, n: int) -> list[ChatStream]:
     """``n`` router streams of ``request``, each with an assertion of its own (made when it starts)."""
-    streams = []
-    for index in range(n):
-        if index:
-            resign_principal(principal)
-        streams.append(state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S))
-    return streams
+    return [state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S) for _ in range(n)]
 
 
 def bypass_cache(http: Request) -> bool:
@@ -179,7 +166,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
     headers = ignored_header(body)
     label = provider_label(body.model)
     if body.stream:
-        streams = start_streams(state, request, principal, body.n)
+        streams = start_streams(state, request, body.n)
 
         def render(index: int, chunk: common_pb2.ChatChunk) -> dict[str, Any]:
             payload: dict[str, Any] = {
@@ -202,7 +189,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await sse_answer(streams, render, "chat.completion.chunk", include_usage, label, headers)
     try:
-        replies = await all_or_none([ask_router(state, request, principal, i) for i in range(body.n)])
+        replies = await all_or_none([ask_router(state, request) for _ in range(body.n)])
     except ApiError as error:
         CHAT_ERRORS.labels(label, error.error).inc()
         raise
