@@ -19,8 +19,10 @@ import ipaddress
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from limits import RateLimitItem, parse_many
 from prometheus_client import Counter
@@ -28,6 +30,7 @@ from redis.asyncio import Redis
 
 from goblin.v1 import auth_pb2
 from services.common.context import hash_user_id
+from services.gateway import redis_script
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +251,13 @@ class RateLimiter:
         user: list[RateLimitItem] | None = None,
         fail_open: bool = True,
     ) -> None:
-        self.redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
-        self._hit_all = self.redis.register_script(HIT_ALL)
+        self.redis: Redis | None = None
+        if redis_script.supports(redis_url):
+            # The hot path: one pipelined connection, hiredis' parser, a sixth of redis-py's CPU per call.
+            self._hit_all: Callable[..., Awaitable[Any]] = redis_script.RedisScript(redis_url, HIT_ALL, timeout_s=1)
+        else:
+            self.redis = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+            self._hit_all = self.redis.register_script(HIT_ALL)
         self.limits = {cls: [*items, *(burst or [])] for cls, items in limits.items()}
         self.user_limits = user or []
         self.fail_open = fail_open
@@ -294,7 +302,10 @@ class RateLimiter:
 
     async def close(self) -> None:
         """Let go of the Redis connections."""
-        await self.redis.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        elif isinstance(self._hit_all, redis_script.RedisScript):
+            await self._hit_all.close()
 
 
 def _decision(item: RateLimitItem, oldest: float, count: int, *, allowed: bool) -> Decision:

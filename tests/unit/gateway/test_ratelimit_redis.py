@@ -14,6 +14,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
+from services.gateway import redis_script
 from services.gateway.ratelimit import (
     KEY_PREFIX,
     USER_NAMESPACE,
@@ -87,8 +88,17 @@ def new_limiter(redis_url: str, *, fail_open: bool = True) -> RateLimiter:
     )
 
 
-async def test_same_decisions_as_the_limits_library(redis_url: str) -> None:
+@pytest.fixture(params=["script connection", "redis-py"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the limiter reaches Redis: its own pipelined connection, and redis-py for other URLs."""
+    if request.param == "redis-py":
+        monkeypatch.setattr(redis_script, "supports", lambda url: False)
+    return str(request.param)
+
+
+async def test_same_decisions_as_the_limits_library(redis_url: str, engine: str) -> None:
     limiter = new_limiter(redis_url)
+    assert (limiter.redis is None) == (engine == "script connection")
     reference = LimitsReference(redis_url, limiter)
     run = uuid.uuid4().hex
     # Two credentials of one user: the class windows are per credential, the user's ceiling spans both;
@@ -121,7 +131,7 @@ async def test_same_decisions_as_the_limits_library(redis_url: str) -> None:
         await limiter.close()
 
 
-async def test_the_keys_are_the_limits_librarys(redis_url: str) -> None:
+async def test_the_keys_are_the_limits_librarys(redis_url: str, engine: str) -> None:
     """A window carries over across the change: the key ``limits`` wrote is the one charged now."""
     limiter = new_limiter(redis_url)
     reference = LimitsReference(redis_url, limiter)
@@ -147,7 +157,7 @@ async def test_refusal_numbers_and_the_window_moving_on(redis_url: str) -> None:
     await limiter.close()
 
 
-async def test_redis_down_fails_open_or_closed() -> None:
+async def test_redis_down_fails_open_or_closed(engine: str) -> None:
     nowhere = "redis://127.0.0.1:1"
     client = Client("ip:10.0.0.1")
     opened = new_limiter(nowhere, fail_open=True)
@@ -157,3 +167,35 @@ async def test_redis_down_fails_open_or_closed() -> None:
         await closed.hit(RouteClass.chat, client)
     await opened.close()
     await closed.close()
+
+
+async def test_the_script_connection_pipelines_reloads_and_reconnects(redis_url: str) -> None:
+    script = redis_script.RedisScript(redis_url, "return {KEYS[1], ARGV[1]}")
+    # Calls made at once share the connection; each gets its own answer.
+    answers = await asyncio.gather(*(script([f"k{i}"], [i]) for i in range(50)))
+    assert answers == [[f"k{i}".encode(), str(i).encode()] for i in range(50)]
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.script_flush()  # Redis forgot the script: loaded again on the next call
+        assert await script(["k"], [1.5]) == [b"k", b"1.5"]
+        await redis.client_kill_filter(skipme=True, _type="normal")  # the connection is cut
+        await asyncio.sleep(0.1)
+        assert await script(["k"], ["again"]) == [b"k", b"again"]
+        with pytest.raises(redis_script.ScriptError):
+            await redis_script.RedisScript(redis_url, "return redis.error_reply('no')")([], [])
+    finally:
+        await redis.aclose()
+        await script.close()
+
+
+def test_urls_the_script_connection_takes() -> None:
+    assert redis_script.supports("redis://:secret@10.0.0.5:6380/2")
+    assert redis_script.supports("rediss://cache.internal:6379")
+    assert redis_script.supports("unix:///run/redis.sock?db=1")
+    assert not redis_script.supports("redis://10.0.0.5:6379/0?socket_keepalive=true")
+    assert not redis_script.supports("redis+sentinel://host:26379/mymaster")
+    script = redis_script.RedisScript("redis://user:p%40ss@10.0.0.5:6380/2", "return 1")
+    assert script._handshake() == [
+        b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$4\r\np@ss\r\n",
+        b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n",
+    ]
