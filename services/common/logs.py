@@ -14,6 +14,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+import orjson
 from opentelemetry import trace
 
 from services.common.context import current_correlation_id
@@ -23,6 +24,9 @@ from services.common.telemetry import request_trace_id_var
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "taskName"}
 )
+
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,7 +51,12 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        try:
+            # orjson: the line every request writes costs a fraction of json.dumps. Datetimes and
+            # dataclasses go to ``str`` as they did with json; so does anything else it cannot encode.
+            return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
+        except TypeError:  # an integer beyond 64 bits, a non-string key orjson refuses
+            return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

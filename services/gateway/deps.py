@@ -3,9 +3,9 @@
 Shared state: :func:`gateway_state` is the one accessor of the :class:`GatewayState` the lifespan
 sets; routes take it as :data:`StateDep`.
 
-Identity to the backends: :func:`authenticate` signs the verified principal once per request
-(services.common.principal) and every gRPC call of the request carries it; RequestContext carries no
-identity.
+Identity to the backends: :func:`authenticate` names the verified principal the request acts as, and
+every gRPC call of the request carries a freshly signed assertion of it, signed when the call is made
+(services.gateway.clients.identity; services.common.principal); RequestContext carries no identity.
 
 Authentication: every protected route depends on :func:`current_principal`, which asks the auth
 service (``Auth.Authenticate``) and keeps the answer in a local cache keyed by the SHA-256 of the
@@ -31,8 +31,8 @@ from fastapi import Depends, Request
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common import scopes
-from services.common.principal import Principal, load_signer, outgoing_principal_var
 from services.gateway.caches import PrincipalCache
+from services.gateway.clients.identity import act_as, sign_principal
 from services.gateway.errors import ApiError
 from services.gateway.ratelimit import CLIENT_IP_STATE
 from services.gateway.state import GatewayState
@@ -49,6 +49,7 @@ __all__ = [
     "StateDep",
     "gateway_state",
     "principal_context",
+    "sign_principal",
 ]
 
 
@@ -92,8 +93,8 @@ async def authenticate(request: Request, state: GatewayState, credential: str) -
                 error.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
             raise
         state.principals.put(credential, principal)
-    # Once per request: every backend call this request makes carries this assertion (grpc_client).
-    outgoing_principal_var.set(sign_principal(principal))
+    # Every backend call this request makes carries an assertion of it, signed when the call is made.
+    act_as(principal)
     # For the access log (the request envelope middleware reads the scope's state).
     request.state.principal = principal
     return principal
@@ -113,35 +114,8 @@ async def optional_principal(request: Request) -> auth_pb2.Principal | None:
     return await current_principal(request)
 
 
-def resign_principal(principal: auth_pb2.Principal) -> None:
-    """A fresh assertion for the backend calls made from here on in this context: one request that
-    makes several calls of the same RPC (``n`` choices) needs one each, as a backend admits an
-    assertion once (a second use is a replay)."""
-    outgoing_principal_var.set(sign_principal(principal))
-
-
 PrincipalDep = Annotated[auth_pb2.Principal, Depends(current_principal)]
 OptionalPrincipalDep = Annotated[auth_pb2.Principal | None, Depends(optional_principal)]
-
-
-def sign_principal(principal: auth_pb2.Principal) -> str:
-    """The signed assertion of ``principal`` the backends believe (services.common.principal): the only
-    way who-is-asking reaches them."""
-    return load_signer().sign(
-        Principal(
-            user_id=principal.user_id,
-            tenant_id=principal.tenant_id,
-            role=principal.role,
-            scopes=tuple(principal.scopes),
-            api_key_id=principal.api_key_id,
-            session_id=principal.session_id,
-            tenant_daily_budget_usd=(
-                principal.tenant_daily_budget_usd if principal.HasField("tenant_daily_budget_usd") else None
-            ),
-            key_tokens_per_day=principal.key_tokens_per_day if principal.HasField("key_tokens_per_day") else None,
-            requests_per_day=principal.requests_per_day,
-        )
-    )
 
 
 def has_scope(principal: auth_pb2.Principal, scope: str) -> bool:

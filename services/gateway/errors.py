@@ -188,7 +188,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # Text reaches the gateway as JSON, where "\ud800" is a valid escape for a lone surrogate: Python
     # keeps it in a str, and the first UTF-8 encoding of it (protobuf, a log line) fails. Server-made
     # text is always valid Unicode, so this is the client's input: a 400 it can fix, not a 500.
-    # (Any other unhandled exception is answered by middleware.InternalErrorMiddleware.)
+    # (Any other unhandled exception is answered by middleware.EdgeMiddleware.)
     @app.exception_handler(UnicodeEncodeError)
     async def _invalid_text(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
         log.info("request text is not valid Unicode: %s", exc.reason)

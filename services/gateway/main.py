@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 
 from services.common.process import freeze_startup_heap
@@ -25,15 +24,7 @@ from services.gateway.api.routes import (
 )
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import install_error_handlers
-from services.gateway.middleware import (
-    BodyLimitMiddleware,
-    InternalErrorMiddleware,
-    RateLimitMiddleware,
-    RequestEnvelopeMiddleware,
-    RouteTemplates,
-    SecurityHeadersMiddleware,
-    TimeoutMiddleware,
-)
+from services.gateway.middleware import EdgeMiddleware, RateLimits, RouteTemplates
 from services.gateway.ratelimit import RateLimiter, TrustedProxies, parse_limits
 from services.gateway.state import GatewayState
 
@@ -94,9 +85,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(collections.router)
     app.include_router(admin.router)
 
-    # Starlette wraps each added middleware around the ones before it: the first added is innermost.
-    # Request order: envelope -> security headers -> internal errors -> CORS -> body limit -> timeout
-    # -> rate limit -> routes.
+    # One middleware for the whole edge (services/gateway/middleware.py): in request order the envelope,
+    # security headers, the net for unhandled errors, CORS, the body limit, the timeout, rate limits.
+    rate_limits = None
     if settings.rate_limit_enabled:
         burst = parse_limits(settings.rate_limit_burst) if settings.rate_limit_burst.strip() else None
         limiter = RateLimiter(
@@ -106,30 +97,28 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             user=parse_limits(settings.rate_limit_user),
             fail_open=settings.rate_limit_fail_open,
         )
-        app.add_middleware(
-            RateLimitMiddleware,
-            limiter=limiter,
-            proxies=TrustedProxies(settings.trusted_proxy_list),
+        rate_limits = RateLimits(
+            limiter,
+            TrustedProxies(settings.trusted_proxy_list),
             verified=lambda credential: app.state.gateway.principals.get(credential),
         )
-    app.add_middleware(TimeoutMiddleware, default_s=settings.request_timeout_s, chat_s=settings.chat_timeout_s)
+    cors = None
+    if settings.cors_origin_list:
+        cors = {
+            "allow_origins": settings.cors_origin_list,
+            "allow_methods": ["GET", "POST", "DELETE", "OPTIONS"],
+            "allow_headers": ["Authorization", "Content-Type", "X-Correlation-ID"],
+            "expose_headers": ["X-Correlation-ID", "X-Trace-Id", "Retry-After"],
+        }
     app.add_middleware(
-        BodyLimitMiddleware,
+        EdgeMiddleware,
+        templates=RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"]),
         max_bytes=settings.max_body_bytes,
         document_bytes=settings.max_document_body_bytes,
         chat_bytes=settings.max_chat_body_bytes,
+        default_timeout_s=settings.request_timeout_s,
+        chat_timeout_s=settings.chat_timeout_s,
+        rate_limits=rate_limits,
+        cors=cors,
     )
-    if settings.cors_origin_list:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Correlation-ID"],
-            expose_headers=["X-Correlation-ID", "X-Trace-Id", "Retry-After"],
-        )
-    app.add_middleware(InternalErrorMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
-    # Outermost: the envelope sees every response, including CORS preflights and refusals.
-    templates = RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"])
-    app.add_middleware(RequestEnvelopeMiddleware, templates=templates)
     return app

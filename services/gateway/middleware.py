@@ -1,13 +1,17 @@
-"""The gateway's edge, as pure ASGI middleware (no per-request task or body copy), outermost first:
+"""The gateway's edge: one pure-ASGI middleware (:class:`EdgeMiddleware`), one send wrapper and no
+per-request task or body copy. What it does, in request order (the order the separate middlewares it
+replaced had):
 
-- RequestEnvelopeMiddleware: correlation id in and out, X-Trace-Id out, in-flight gauge, metrics by
-  route template, the access log line;
-- SecurityHeadersMiddleware: HSTS, nosniff, frame and referrer policies, a strict default CSP;
-- InternalErrorMiddleware: an exception no handler mapped becomes the 500 error envelope here, inside
-  the two above, so it still carries the correlation id and the security headers;
-- RateLimitMiddleware: per client and route class, in Redis;
-- BodyLimitMiddleware: 413 beyond the body limit;
-- TimeoutMiddleware: 504 when a route does not start answering in time.
+- the envelope: correlation id in and out, X-Trace-Id out, in-flight gauge, metrics by route template,
+  the access log line;
+- security headers: HSTS, nosniff, frame and referrer policies, a strict default CSP;
+- the last net: an exception no handler mapped becomes the 500 error envelope, with the correlation id
+  and the security headers;
+- CORS, when origins are configured (Starlette's CORSMiddleware, inside the net, outside the limits, so
+  preflights are neither limited nor charged and refusals carry its headers);
+- the body limit: 413 beyond it;
+- the timeout: 504 when a route does not start answering in time;
+- rate limits: per client and route class, in Redis (one round trip); 429 with Retry-After when over.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -92,10 +98,88 @@ def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str
     return templates.match(scope.get("path", "")) if templates is not None else UNMATCHED
 
 
-class RequestEnvelopeMiddleware:
-    def __init__(self, app: ASGIApp, templates: RouteTemplates | None = None) -> None:
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+)
+# The API answers JSON: nothing in it may load or run anything. Pages (the admin dashboard) set their own.
+DEFAULT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_ADDED_NAMES = frozenset(name for name, _ in (*SECURITY_HEADERS, DEFAULT_CSP))
+CHAT_BODY_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+# Where the edge keeps its per-request record (:class:`_Exchange`) in the ASGI scope.
+_EXCHANGE = "goblin.edge"
+
+
+def is_document_upload(scope: Scope) -> bool:
+    """``POST /v1/collections/{c}/documents``: a larger body, and the time to embed it."""
+    path = scope.get("path", "")
+    return scope.get("method") == "POST" and path.startswith("/v1/collections/") and path.endswith("/documents")
+
+
+class RateLimits:
+    """What the edge needs to charge a request: the limiter, who may forward a client's address, and
+    ``verified`` (the gateway's principal cache: a local lookup) to tell a verified credential.
+
+    The edge runs before authentication, so only a credential this gateway has already verified is
+    charged as itself and its user (see :func:`services.gateway.ratelimit.client_for`); the first request
+    of a credential in each cache period is charged to the IP: the price of adding no round trip here.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        proxies: TrustedProxies,
+        verified: Callable[[str], auth_pb2.Principal | None],
+    ) -> None:
+        self.limiter = limiter
+        self.proxies = proxies
+        self.verified = verified
+
+
+class _Exchange:
+    """One request's state shared by the edge's parts: what the single send wrapper needs to know."""
+
+    __slots__ = ("status", "started", "deadline", "limit_headers")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.started = False
+        self.deadline: asyncio.Timeout | None = None
+        self.limit_headers: list[tuple[bytes, bytes]] | None = None
+
+
+class EdgeMiddleware:
+    """Every edge behaviour of the gateway in one middleware (see the module's docstring for the order)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        templates: RouteTemplates | None = None,
+        max_bytes: int,
+        document_bytes: int | None = None,
+        chat_bytes: int | None = None,
+        default_timeout_s: float,
+        chat_timeout_s: float,
+        rate_limits: RateLimits | None = None,
+        cors: dict[str, Any] | None = None,
+    ) -> None:
         self.app = app
         self.templates = templates
+        self.default_bytes = max_bytes
+        self.document_bytes = document_bytes or max_bytes
+        self.chat_bytes = chat_bytes or max_bytes
+        self.default_timeout_s = default_timeout_s
+        self.chat_timeout_s = chat_timeout_s
+        self.rate_limits = rate_limits
+        self.inner: ASGIApp = CORSMiddleware(self._guarded, **cors) if cors else self._guarded
+        # prometheus_client's .labels() costs a lock and a dict per call: children kept per label set.
+        self._in_progress: dict[str, Any] = {}
+        self._counted: dict[tuple[str, str, int], tuple[Any, Any, Any | None, Any | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,33 +191,49 @@ class RequestEnvelopeMiddleware:
         trace_token = request_trace_id_var.set(trace_id)
         method = scope["method"]
         started = time.perf_counter()
-        status_code = 500
-        header_value = correlation_id.encode()
+        exchange = scope[_EXCHANGE] = _Exchange()
+        own = ((_HEADER_NAME, correlation_id.encode()), (_TRACE_HEADER, trace_id.encode()))
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status_code
+        async def send_out(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_code = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", ()) if k not in _OWN_HEADERS]
-                headers.append((_HEADER_NAME, header_value))
-                headers.append((_TRACE_HEADER, trace_id.encode()))
+                exchange.status = message["status"]
+                exchange.started = True
+                if exchange.deadline is not None:
+                    exchange.deadline.reschedule(None)  # a response under way is not cut
+                headers = [h for h in message.get("headers", ()) if h[0] not in _OWN_HEADERS]
+                if exchange.limit_headers:
+                    headers += exchange.limit_headers
+                present = {k.lower() for k, _ in headers} & _ADDED_NAMES
+                if present:
+                    headers += [h for h in SECURITY_HEADERS if h[0] not in present]
+                    if DEFAULT_CSP[0] not in present:
+                        headers.append(DEFAULT_CSP)
+                else:
+                    headers += SECURITY_HEADERS
+                    headers.append(DEFAULT_CSP)
+                headers += own
                 message["headers"] = headers
             await send(message)
 
-        in_progress = HTTP_IN_PROGRESS.labels(method)
+        in_progress = self._in_progress.get(method)
+        if in_progress is None:
+            in_progress = self._in_progress[method] = HTTP_IN_PROGRESS.labels(method)
         in_progress.inc()
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.inner(scope, receive, send_out)
+            except Exception:
+                error_log.exception("unhandled error", extra={"path": scope.get("path", "")})
+                if exchange.started:
+                    raise  # the answer is under way: the server can only cut the connection
+                exchange.limit_headers = None
+                message = "internal error; quote the correlation id to report it"
+                await _send_error(send_out, 500, "internal_error", message)
         finally:
             in_progress.dec()
             elapsed = time.perf_counter() - started
             endpoint = route_template(scope, self.templates)
-            HTTP_REQUESTS.labels(method, endpoint, str(status_code)).inc()
-            HTTP_DURATION.labels(method, endpoint).observe(elapsed)
-            if status_code >= 400:
-                HTTP_ERRORS.labels(method, endpoint, HTTP_CODES.get(status_code, str(status_code))).inc()
-            if status_code == 429:
-                HTTP_429.labels(endpoint).inc()
+            self._count(method, endpoint, exchange.status, elapsed)
             principal = scope.get("state", {}).get("principal")
             access_log.info(
                 "request_completed",
@@ -141,7 +241,7 @@ class RequestEnvelopeMiddleware:
                     "method": method,
                     "path": scope.get("path", ""),
                     "endpoint": endpoint,
-                    "status_code": status_code,
+                    "status_code": exchange.status,
                     "duration_ms": round(elapsed * 1000, 3),
                     # Never the user id itself: a one-way digest that still groups one user's requests.
                     "user_hash": hash_user_id(principal.user_id) if principal is not None else "",
@@ -150,112 +250,32 @@ class RequestEnvelopeMiddleware:
             correlation_id_var.reset(token)
             request_trace_id_var.reset(trace_token)
 
+    def _count(self, method: str, endpoint: str, status: int, elapsed: float) -> None:
+        children = self._counted.get((method, endpoint, status))
+        if children is None:
+            error_type = HTTP_CODES.get(status, str(status))
+            children = self._counted[(method, endpoint, status)] = (
+                HTTP_REQUESTS.labels(method, endpoint, str(status)),
+                HTTP_DURATION.labels(method, endpoint),
+                HTTP_ERRORS.labels(method, endpoint, error_type) if status >= 400 else None,
+                HTTP_429.labels(endpoint) if status == 429 else None,
+            )
+        requests, duration, errors, refused = children
+        requests.inc()
+        duration.observe(elapsed)
+        if errors is not None:
+            errors.inc()
+        if refused is not None:
+            refused.inc()
 
-SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
-)
-# The API answers JSON: nothing in it may load or run anything. Pages (the admin dashboard) set their own.
-DEFAULT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
-
-
-class SecurityHeadersMiddleware:
-    """HSTS and friends on every response; a strict CSP unless the route set its own."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                present = {k.lower() for k, _ in headers}
-                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
-                if DEFAULT_CSP[0] not in present:
-                    headers.append(DEFAULT_CSP)
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class InternalErrorMiddleware:
-    """The last net: an exception that escaped every route handler answers 500 with the error envelope.
-
-    Starlette's own net (ServerErrorMiddleware) sits outside every middleware, where the correlation
-    id is already gone and no security header is added; this one sits inside both. The body says only
-    what the client can use (the correlation id to quote); the exception goes to the log.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_marking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_marking)
-        except Exception:
-            error_log.exception("unhandled error", extra={"path": scope.get("path", "")})
-            if started:
-                raise  # the answer is under way: the server can only cut the connection
-            await _send_error(send, 500, "internal_error", "internal error; quote the correlation id to report it")
-
-
-CHAT_BODY_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
-
-
-def is_document_upload(scope: Scope) -> bool:
-    """``POST /v1/collections/{c}/documents``: a larger body, and the time to embed it."""
-    path = scope.get("path", "")
-    return scope.get("method") == "POST" and path.startswith("/v1/collections/") and path.endswith("/documents")
-
-
-class BodyLimitMiddleware:
-    """413 for bodies over the limit: at once from Content-Length; a body without one (chunked) is read
-    here up to the limit and handed on whole, since FastAPI reads whole bodies anyway. Document uploads
-    have a limit of their own (``document_bytes``), and so have chat completions, which may carry
-    images (``chat_bytes``)."""
-
-    def __init__(
-        self, app: ASGIApp, max_bytes: int, document_bytes: int | None = None, chat_bytes: int | None = None
-    ) -> None:
-        self.app = app
-        self.default_bytes = max_bytes
-        self.document_bytes = document_bytes or max_bytes
-        self.chat_bytes = chat_bytes or max_bytes
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if is_document_upload(scope):
-            limit = self.document_bytes
-        elif scope.get("path", "") in CHAT_BODY_PATHS:
-            limit = self.chat_bytes
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The body limit, then the timeout around the rate limit and the app."""
+        path = scope.get("path", "")
+        upload = is_document_upload(scope)
+        if upload:
+            max_bytes = self.document_bytes
         else:
-            limit = self.default_bytes
-        await self._limited(scope, receive, send, limit)
-
-    async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+            max_bytes = self.chat_bytes if path in CHAT_BODY_PATHS else self.default_bytes
         declared: int | None = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -267,119 +287,59 @@ class BodyLimitMiddleware:
         if declared is not None:
             # The HTTP server holds the client to its Content-Length, so checking it is enough.
             if declared > max_bytes:
-                await _send_error(send, 413, "payload_too_large", self._message(max_bytes))
+                await _send_error(send, 413, "payload_too_large", _too_large(max_bytes))
                 return
-            await self.app(scope, receive, send)
-            return
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before finishing its body
-            body = message.get("body", b"")
-            size += len(body)
-            if size > max_bytes:
-                await _send_error(send, 413, "payload_too_large", self._message(max_bytes))
+        elif scope.get("method") in ("POST", "PUT", "PATCH"):
+            replay = await _whole_body(receive, send, max_bytes)
+            if replay is None:
                 return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        async def replay() -> Message:
-            nonlocal whole
-            if whole is not None:
-                message, whole = whole, None
-                return message
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    def _message(max_bytes: int) -> str:
-        return f"request body larger than {max_bytes} bytes"
-
-
-class TimeoutMiddleware:
-    """504 when a route has not started its response within its time; a stream, once started, is not cut."""
-
-    def __init__(self, app: ASGIApp, default_s: float, chat_s: float) -> None:
-        self.app = app
-        self.default_s = default_s
-        self.chat_s = chat_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        long = classify(scope.get("path", "")) is RouteClass.chat or is_document_upload(scope)
-        limit = self.chat_s if long else self.default_s
-        started = False
-
-        async def send_marking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                deadline.reschedule(None)
-            await send(message)
-
+            receive = replay
+        route_class = classify(path)
+        long = route_class is RouteClass.chat or upload
+        limit = self.chat_timeout_s if long else self.default_timeout_s
+        exchange: _Exchange = scope[_EXCHANGE]
         try:
             async with asyncio.timeout(limit) as deadline:
-                await self.app(scope, receive, send_marking)
+                exchange.deadline = deadline
+                if self.rate_limits is None or scope.get("method") == "OPTIONS":
+                    await self.app(scope, receive, send)
+                elif await self._charge(scope, route_class, send):
+                    await self.app(scope, receive, send)
         except TimeoutError:
-            if started:
+            exchange.deadline = None
+            if exchange.started:
                 raise
+            exchange.limit_headers = None
             await _send_error(send, 504, "timeout", f"no response within {limit:g} s")
+        except BaseException:
+            exchange.limit_headers = None  # the net's 500 carries no window numbers
+            raise
+        finally:
+            exchange.deadline = None  # spent: nothing may reschedule it now
 
-
-class RateLimitMiddleware:
-    """Charges every request to its client and route class; 429 with Retry-After when over.
-
-    It runs before authentication, so it asks ``verified`` (the gateway's principal cache: a local
-    lookup) whether the bearer credential has been verified; only then is the request charged to the
-    credential and its user (see :func:`services.gateway.ratelimit.client_for`). The first request of a
-    credential in each cache period is charged to the IP: the price of adding no round trip here.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        limiter: RateLimiter,
-        proxies: TrustedProxies,
-        verified: Callable[[str], auth_pb2.Principal | None],
-    ) -> None:
-        self.app = app
-        self.limiter = limiter
-        self.proxies = proxies
-        self.verified = verified
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
-        headers = {k: v for k, v in scope.get("headers", ()) if k in (b"authorization", b"x-forwarded-for")}
+    async def _charge(self, scope: Scope, route_class: RouteClass, send: Send) -> bool:
+        """Charge the request to its client; False when it was refused here (429, or 503 failing closed)."""
+        limits = self.rate_limits
+        assert limits is not None
+        authorization: bytes | None = None
+        forwarded: bytes | None = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-forwarded-for":
+                forwarded = value
         peer = (scope.get("client") or ("unknown", 0))[0]
-        forwarded = headers.get(b"x-forwarded-for")
-        ip = self.proxies.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
+        ip = limits.proxies.client_ip(peer, forwarded.decode("latin-1") if forwarded else None)
         # Routes forward the same address to auth (deps.client_ip): resolved once, here.
         scope.setdefault("state", {})[CLIENT_IP_STATE] = ip
-        route_class = classify(scope.get("path", ""))
-        authorization = headers.get(b"authorization")
         credential = bearer_token(authorization.decode("latin-1") if authorization else None)
-        principal = self.verified(credential) if credential else None
+        principal = limits.verified(credential) if credential else None
         client = client_for(route_class, principal, credential, ip)
         try:
-            outcome = await self.limiter.hit(route_class, client)
+            outcome = await limits.limiter.hit(route_class, client)
         except RateLimiterUnavailable:
             await _send_error(send, 503, "rate_limiter_unavailable", "rate limiting is unavailable; try again")
-            return
-        if outcome is None:
-            await self.app(scope, receive, send)
-            return
+            return False
         if isinstance(outcome, Decision):
             await _send_error(
                 send,
@@ -389,19 +349,46 @@ class RateLimitMiddleware:
                 headers=[*_limit_headers(outcome), (b"retry-after", str(outcome.retry_after).encode())],
                 extra={"retry_after": outcome.retry_after},
             )
-            return
+            return False
+        if outcome is not None:
+            decision = await outcome.decision()
+            if decision is not None:
+                scope[_EXCHANGE].limit_headers = _limit_headers(decision)
+        return True
 
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                decision = await outcome.decision()
-                if decision is not None:
-                    message["headers"] = [*message.get("headers", ()), *_limit_headers(decision)]
-            await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_limits)
-        finally:
-            outcome.cancel()  # a request that ended without answering never reads its numbers
+async def _whole_body(receive: Receive, send: Send, max_bytes: int) -> Receive | None:
+    """A body without Content-Length (chunked), read here up to ``max_bytes`` and handed on whole, since
+    FastAPI reads whole bodies anyway: a receive that replays it, or None when answered (413) or the
+    client went away before finishing it."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body = message.get("body", b"")
+        size += len(body)
+        if size > max_bytes:
+            await _send_error(send, 413, "payload_too_large", _too_large(max_bytes))
+            return None
+        chunks.append(body)
+        if not message.get("more_body", False):
+            break
+    whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    async def replay() -> Message:
+        nonlocal whole
+        if whole is not None:
+            message, whole = whole, None
+            return message
+        return await receive()
+
+    return replay
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"request body larger than {max_bytes} bytes"
 
 
 def _limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:

@@ -38,7 +38,11 @@ class GatewayClients:
 
     def __init__(self, addresses: dict[str, str], tls: GrpcTls) -> None:
         self.addresses = {name: addresses[name] for name in BACKEND_SERVICES}
-        self._channels = {name: open_channel(address, name, tls) for name, address in self.addresses.items()}
+        # No interceptors: each call passes its own metadata (identity.py), cheaper than grpc.aio's
+        # intercepted call.
+        self._channels = {
+            name: open_channel(address, name, tls, intercept=False) for name, address in self.addresses.items()
+        }
         self.router = RouterClient(self._channels["router"])
         self.auth = AuthClient(self._channels["auth"])
         self.rag = RagClient(self._channels["rag"])

@@ -2,6 +2,7 @@
 service's failed calls become the gateway's HTTP error (:class:`~services.gateway.errors.ApiError`).
 
 Routes and dependencies call client methods and see ``ApiError`` only, never ``grpc.aio.AioRpcError``.
+The channels have no interceptors: each call passes its metadata itself (clients/identity.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.gateway.clients.identity import metadata
 from services.gateway.errors import ApiError, api_error_from_grpc
 
 ResponseT = TypeVar("ResponseT")
@@ -31,9 +33,10 @@ class ServiceClient:
     async def call(
         self, rpc: Callable[..., Awaitable[ResponseT]], request: Any, deadline_s: float | None = None
     ) -> ResponseT:
-        """One unary RPC, with a gRPC deadline ``deadline_s`` from now (none: no deadline); its failure
-        raised as :class:`ApiError`."""
+        """One unary RPC, with a gRPC deadline ``deadline_s`` from now (none: no deadline), carrying the
+        correlation id and who is asking (:func:`~services.gateway.clients.identity.metadata`); its
+        failure raised as :class:`ApiError`."""
         try:
-            return await rpc(request, timeout=deadline_s)
+            return await rpc(request, timeout=deadline_s, metadata=metadata())
         except grpc.aio.AioRpcError as exc:
             raise self.error(exc) from None

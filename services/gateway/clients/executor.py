@@ -10,6 +10,7 @@ import grpc
 
 from goblin.v1 import common_pb2, executor_pb2, executor_pb2_grpc
 from services.gateway.clients.base import ServiceClient
+from services.gateway.clients.identity import metadata
 
 # Unary task calls touch Postgres once or twice: anything slower is an executor in trouble.
 DEADLINE_S = 15.0
@@ -77,4 +78,4 @@ class ExecutorClient(ServiceClient):
         """The task's events after ``after_seq``, live until its final status; no deadline (a task may
         run for its whole timeout)."""
         request = executor_pb2.StreamTaskEventsRequest(context=context, task_id=task_id, after_seq=after_seq)
-        return TaskEventStream(self, self._stub.StreamTaskEvents(request))
+        return TaskEventStream(self, self._stub.StreamTaskEvents(request, metadata=metadata()))

@@ -13,6 +13,7 @@ import grpc
 
 from goblin.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.gateway.clients.base import ServiceClient
+from services.gateway.clients.identity import metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class RouterClient(ServiceClient):
 
     def chat_stream(self, request: common_pb2.ChatRequest, deadline_s: float) -> ChatStream:
         """A streamed chat completion; nothing is awaited until the first :meth:`ChatStream.read`."""
-        return ChatStream(self, self._stub.ChatStream(request, timeout=deadline_s))
+        return ChatStream(self, self._stub.ChatStream(request, timeout=deadline_s, metadata=metadata()))
 
     async def embed(
         self, model: str, inputs: list[str], context: common_pb2.RequestContext, deadline_s: float

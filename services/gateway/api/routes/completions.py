@@ -78,7 +78,7 @@ async def completions(body: CompletionRequest, principal: ChatDep, state: StateD
     label = provider_label(body.model)
     echo = messages[0].content if body.echo else ""
     if body.stream:
-        streams = start_streams(state, request, principal, body.n)
+        streams = start_streams(state, request, body.n)
         echoed: set[int] = set()
 
         def render(index: int, chunk: common_pb2.ChatChunk) -> dict[str, Any]:
@@ -97,7 +97,7 @@ async def completions(body: CompletionRequest, principal: ChatDep, state: StateD
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await sse_answer(streams, render, "text_completion", include_usage, label, headers)
     try:
-        replies = await all_or_none([ask_router(state, request, principal, i) for i in range(body.n)])
+        replies = await all_or_none([ask_router(state, request) for _ in range(body.n)])
     except ApiError as error:
         CHAT_ERRORS.labels(label, error.error).inc()
         raise

@@ -8,14 +8,13 @@ answer used its ``[n]``) and ``rag_hit``; streamed, both arrive on the chunk tha
 from __future__ import annotations
 
 import base64
-import json
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import RAG_SCOPE, Message, new_completion_id
@@ -33,6 +32,7 @@ from services.gateway.api.chat_wire import (
     logprobs_json,
     sampling,
 )
+from services.gateway.api.fast_json import FastJSONResponse, dumps
 from services.gateway.api.schemas.openai import ChatCompletionRequest, EmbeddingRequest, InvokeRequest, OpenAIBody
 from services.gateway.api.streams import all_or_none, first_chunks, merged
 from services.gateway.clients import ChatStream
@@ -42,7 +42,6 @@ from services.gateway.deps import (
     StateDep,
     has_scope,
     principal_context,
-    resign_principal,
 )
 from services.gateway.errors import ApiError, error_body
 from services.gateway.metrics import CHAT_COMPLETIONS, CHAT_ERRORS, CHAT_TOKENS
@@ -96,26 +95,14 @@ def ignored_header(body: OpenAIBody) -> dict[str, str]:
     return {"X-Goblin-Ignored-Params": ",".join(name[:64] for name in ignored[:32])} if ignored else {}
 
 
-async def ask_router(
-    state: GatewayState, request: common_pb2.ChatRequest, principal: auth_pb2.Principal, index: int
-) -> common_pb2.ChatResponse:
-    """One of a request's ``n`` router calls; each after the first (in a task of its own, so in a context
-    of its own) carries an assertion of its own."""
-    if index:
-        resign_principal(principal)
+async def ask_router(state: GatewayState, request: common_pb2.ChatRequest) -> common_pb2.ChatResponse:
+    """One of a request's ``n`` router calls (each carries an assertion of its own, signed as it is made)."""
     return await state.clients.router.chat(request, deadline_s=CHAT_TIMEOUT_S)
 
 
-def start_streams(
-    state: GatewayState, request: common_pb2.ChatRequest, principal: auth_pb2.Principal, n: int
-) -> list[ChatStream]:
+def start_streams(state: GatewayState, request: common_pb2.ChatRequest, n: int) -> list[ChatStream]:
     """``n`` router streams of ``request``, each with an assertion of its own (made when it starts)."""
-    streams = []
-    for index in range(n):
-        if index:
-            resign_principal(principal)
-        streams.append(state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S))
-    return streams
+    return [state.clients.router.chat_stream(request, deadline_s=CHAT_TIMEOUT_S) for _ in range(n)]
 
 
 def bypass_cache(http: Request) -> bool:
@@ -179,7 +166,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
     headers = ignored_header(body)
     label = provider_label(body.model)
     if body.stream:
-        streams = start_streams(state, request, principal, body.n)
+        streams = start_streams(state, request, body.n)
 
         def render(index: int, chunk: common_pb2.ChatChunk) -> dict[str, Any]:
             payload: dict[str, Any] = {
@@ -202,7 +189,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await sse_answer(streams, render, "chat.completion.chunk", include_usage, label, headers)
     try:
-        replies = await all_or_none([ask_router(state, request, principal, i) for i in range(body.n)])
+        replies = await all_or_none([ask_router(state, request) for _ in range(body.n)])
     except ApiError as error:
         CHAT_ERRORS.labels(label, error.error).inc()
         raise
@@ -222,7 +209,7 @@ async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, stat
         answer["citations"] = citations_json(first.citations)
         answer["rag_hit"] = first.rag_hit
     # A response, not a dict: a returned dict would go through FastAPI's jsonable_encoder first.
-    return JSONResponse(answer, headers=headers)
+    return FastJSONResponse(answer, headers=headers)
 
 
 async def sse_answer(
@@ -250,10 +237,10 @@ async def sse_answer(
     completion_id = new_completion_id("chatcmpl" if kind.startswith("chat") else "cmpl")
     created = int(time.time())
 
-    def event(payload: dict[str, Any]) -> str:
-        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+    def event(payload: dict[str, Any]) -> bytes:
+        return b"data: " + dumps(payload) + b"\n\n"
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[bytes]:
         model, provider = "", ""
         usages: dict[int, common_pb2.Usage] = {}
         try:
@@ -279,7 +266,7 @@ async def sse_answer(
             yield event(
                 {"id": completion_id, "object": kind, "created": created, "model": model, "choices": [], "usage": usage}
             )
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
@@ -332,7 +319,7 @@ async def embeddings(body: EmbeddingRequest, principal: ChatDep, state: StateDep
 
 
 @router.post("/invoke", summary="One completion for one prompt (kept for old clients)")
-async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http: Request) -> JSONResponse:
+async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http: Request) -> FastJSONResponse:
     model = f"{body.provider}/{body.model}" if body.model else body.provider
     params = common_pb2.SamplingParams()
     if body.max_tokens is not None:
@@ -353,7 +340,7 @@ async def invoke(body: InvokeRequest, principal: ChatDep, state: StateDep, http:
         CHAT_ERRORS.labels(provider_label(model), error.error).inc()
         raise
     count_answer(reply.provider, reply.model, reply.usage)
-    return JSONResponse(
+    return FastJSONResponse(
         {
             "response": reply.message.content,
             "provider": reply.provider,

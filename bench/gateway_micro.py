@@ -1,0 +1,182 @@
+"""The gateway's per-request parts, old way against new, in one process, alternated round by round so
+that the shared machine's drift hits both alike: CPU microseconds per operation (process time).
+
+- rate limit of a chat request (its class's window and its user's ceiling): the ``limits`` library
+  (a hit per window, then each window's numbers: 4 round trips), our Lua script over redis-py (1), and
+  the same script over services/gateway/redis_script.py's pipelined connection (1); a real Redis
+  (goblin_tools.embedded), sequential calls;
+- the signed principal: a Principal built and signed whole (as deps did), and the cached claims
+  (clients/identity.py);
+- the chat answer's JSON: Starlette's JSONResponse (the standard library) and FastJSONResponse (orjson);
+- the access log line: services.common.logs.JsonFormatter, with json.dumps and with orjson.
+
+Run: ``python -m bench.gateway_micro`` (prints a markdown table; writes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import orjson
+import uvloop
+from fastapi.responses import JSONResponse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from goblin.v1 import auth_pb2
+from goblin_tools.embedded import EmbeddedRedis
+from services.common import logs
+from services.common.principal import Principal, load_signer
+from services.gateway.api.fast_json import FastJSONResponse
+from services.gateway.clients.identity import sign_principal
+from services.gateway.ratelimit import KEY_PREFIX, USER_NAMESPACE, Client, RateLimiter, RouteClass, parse_limits
+
+ROUNDS = int(os.environ.get("MICRO_ROUNDS", "7"))
+CALLS = int(os.environ.get("MICRO_CALLS", "400"))
+PRINCIPAL = auth_pb2.Principal(
+    user_id="3f0c5a2e-user", tenant_id="default", role="admin", scopes=["*"], api_key_id="key-1", requests_per_day=0
+)
+ANSWER = {
+    "id": "chatcmpl-8b1f",
+    "object": "chat.completion",
+    "created": 1_764_000_000,
+    "model": "openai/gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello, benchmark! " * 4},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ],
+    "usage": {"prompt_tokens": 21, "completion_tokens": 16, "total_tokens": 37},
+    "system_fingerprint": None,
+}
+
+
+def timed_sync(fn: Callable[[], object]) -> float:
+    started = time.process_time()
+    for _ in range(CALLS):
+        fn()
+    return (time.process_time() - started) / CALLS * 1e6
+
+
+async def timed_async(fn: Callable[[], Awaitable[object]]) -> float:
+    started = time.process_time()
+    for _ in range(CALLS):
+        await fn()
+    return (time.process_time() - started) / CALLS * 1e6
+
+
+def limits_library(redis_url: str, limiter: RateLimiter, client: Client) -> Callable[[], Awaitable[object]]:
+    """The limiter as it was: a ``limits`` hit per window, then every window's numbers."""
+    uri = redis_url.replace("unix://", "redis+unix://", 1) if redis_url.startswith("unix://") else redis_url
+    strategy = MovingWindowRateLimiter(RedisStorage(f"async+{uri}", implementation="redispy", key_prefix=KEY_PREFIX))
+    windows = [(item, RouteClass.chat.value, client.key) for item in limiter.limits[RouteClass.chat]]
+    windows += [(item, USER_NAMESPACE, client.user or "") for item in limiter.user_limits]
+
+    async def hit() -> object:
+        for item, namespace, key in windows:
+            await strategy.hit(item, namespace, key)
+        return [await strategy.get_window_stats(item, namespace, key) for item, namespace, key in windows]
+
+    return hit
+
+
+def log_record() -> logging.LogRecord:
+    record = logging.LogRecord("goblin.access", logging.INFO, __file__, 1, "request_completed", None, None)
+    extra = {"method": "POST", "path": "/v1/chat/completions", "endpoint": "/v1/chat/completions"}
+    for key, value in {**extra, "status_code": 200, "duration_ms": 3.217, "user_hash": "0123456789abcdef"}.items():
+        setattr(record, key, value)
+    return record
+
+
+async def measure(redis_url: str) -> dict[str, list[float]]:
+    limits = {RouteClass.chat: parse_limits("1000000/minute")}
+    user = parse_limits("1000000/minute")
+    script_limiter = RateLimiter(redis_url, limits, user=user)
+    redis_py_url = f"{redis_url}{'&' if '?' in redis_url else '?'}health_check_interval=0"
+    redis_py_limiter = RateLimiter(redis_py_url, limits, user=user)  # a URL RedisScript leaves to redis-py
+    assert redis_py_limiter.redis is not None and script_limiter.redis is None
+    client = Client("key:bench", user="user:bench")
+    library = limits_library(redis_url, script_limiter, client)
+    signer = load_signer()
+    formatter = logs.JsonFormatter("gateway")
+    record = log_record()
+
+    def sign_whole() -> str:
+        return signer.sign(
+            Principal(
+                user_id=PRINCIPAL.user_id,
+                tenant_id=PRINCIPAL.tenant_id,
+                role=PRINCIPAL.role,
+                scopes=tuple(PRINCIPAL.scopes),
+                api_key_id=PRINCIPAL.api_key_id,
+                session_id=PRINCIPAL.session_id,
+                requests_per_day=PRINCIPAL.requests_per_day,
+            )
+        )
+
+    def log_with_json() -> str:
+        original = logs.orjson.dumps
+
+        def refuse(*args: object, **kwargs: object) -> bytes:
+            raise TypeError("the standard library's path")
+
+        logs.orjson.dumps = refuse  # type: ignore[assignment]
+        try:
+            return formatter.format(record)
+        finally:
+            logs.orjson.dumps = original  # type: ignore[assignment]
+
+    pairs_async: dict[str, Callable[[], Awaitable[object]]] = {
+        "rate limit: limits library, 4 round trips": library,
+        "rate limit: one Lua script over redis-py": lambda: redis_py_limiter.hit(RouteClass.chat, client),
+        "rate limit: one Lua script, pipelined connection": lambda: script_limiter.hit(RouteClass.chat, client),
+    }
+    pairs_sync: dict[str, Callable[[], object]] = {
+        "principal: built and signed whole": sign_whole,
+        "principal: cached claims, signed": lambda: sign_principal(PRINCIPAL),
+        "chat answer JSON: JSONResponse (json)": lambda: JSONResponse(ANSWER),
+        "chat answer JSON: FastJSONResponse (orjson)": lambda: FastJSONResponse(ANSWER),
+        "access log line: JsonFormatter, json": log_with_json,
+        "access log line: JsonFormatter, orjson": lambda: formatter.format(record),
+    }
+    results: dict[str, list[float]] = {name: [] for name in [*pairs_async, *pairs_sync]}
+    for fn in pairs_async.values():
+        for _ in range(50):
+            await fn()  # warm: connections, scripts loaded
+    for _ in range(ROUNDS):
+        for name, fn in pairs_async.items():
+            results[name].append(await timed_async(fn))
+        for name, sync_fn in pairs_sync.items():
+            results[name].append(timed_sync(sync_fn))
+    await script_limiter.close()
+    await redis_py_limiter.close()
+    assert json.loads(FastJSONResponse(ANSWER).body) == ANSWER and orjson.loads(JSONResponse(ANSWER).body) == ANSWER
+    return results
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as home:
+        redis = EmbeddedRedis(Path(home))
+        try:
+            results = uvloop.run(measure(redis.url))
+        finally:
+            redis.stop()
+    load = os.getloadavg()[0]
+    print(f"{ROUNDS} rounds of {CALLS} calls, alternated; load average {load:.1f} on {os.cpu_count()} cores")
+    print("\n| part of a request | CPU per call, median (µs) | min |\n| --- | --- | --- |")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
