@@ -10,8 +10,8 @@ deferred). A row Postgres refuses (a constraint) is dropped alone, counted, and 
 batch is written. A row that could neither be queued nor journaled is dropped and counted, never
 silently, and so is a row the journal refused (a full disk) that Postgres could not take before the
 process stopped (a SIGKILL meanwhile loses such rows uncounted: the journal counted them as
-unjournaled when it refused them). At start, rows that an earlier process journaled and did not commit (it was killed, or
-stopped while Postgres was away) are written first.
+unjournaled when it refused them). At start, rows that an earlier process journaled and did not
+commit (it was killed, or stopped while Postgres was away) are written first.
 
 With a journal, ``insert_sql`` must be idempotent on a row id (``ON CONFLICT (id) DO NOTHING``): a
 row that reached Postgres just before a kill is journaled still and is written again at the next start.
