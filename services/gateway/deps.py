@@ -10,10 +10,10 @@ every gRPC call of the request carries a freshly signed assertion of it, signed 
 Authentication: every protected route depends on :func:`current_principal`, which asks the auth
 service (``Auth.Authenticate``) and keeps the answer in a local cache keyed by the SHA-256 of the
 credential, for ``GOBLIN_AUTH_CACHE_TTL_S`` (30 s) or until the credential expires, whichever is
-sooner. So a request with a known credential costs no round trip, and the price is stated: a revoked
-API key, or the access token of a session that signed out elsewhere, is still accepted by a gateway
-replica that cached it for at most that TTL. Sign-out and key revocation through this gateway
-evict at once.
+sooner. So a request with a known credential costs no round trip. A switched-off account, a revoked
+key, an ended session or a changed tenant is forgotten at once by every replica: the one that took the
+change publishes the ids over Redis (services.gateway.invalidation); a replica that lost that feed keeps
+a principal for 1 s at most and clears its cache when it subscribes again.
 
 Authorization: :func:`require_scopes` (403 without the scope; API key scope ``"*"`` is every scope)
 and :data:`AdminDep` (role admin and scope ``admin``); :data:`OperatorDep` is AdminDep in
