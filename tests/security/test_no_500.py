@@ -186,13 +186,24 @@ def test_odd_bytes_in_headers_and_query_strings(client: httpx.Client) -> None:
     assert replies[2].status_code == 401
 
 
-@pytest.mark.parametrize("value", ["inf", "nan", "1e308", "99999999999999999999", "-inf"])
-def test_a_providers_unbounded_retry_after(client: httpx.Client, fake: FakeProviders, value: str) -> None:
+# One model deployment per value: a provider's long Retry-After cools the deployment it named for that
+# long (bounded), so a second value sent to the same model would meet its open circuit, not the fake.
+@pytest.mark.parametrize(
+    ("value", "model"),
+    [
+        ("inf", "openai/gpt-4.1"),
+        ("nan", "openai/gpt-4.1-mini"),
+        ("1e308", "openai/gpt-4o"),
+        ("99999999999999999999", "openai/gpt-5-mini"),
+        ("-inf", "openai/gpt-5-nano"),
+    ],
+)
+def test_a_providers_unbounded_retry_after(client: httpx.Client, fake: FakeProviders, value: str, model: str) -> None:
     fake.reset("openai")
     fake.fail("openai", 429, times=1, retry_after=value)
     reply = client.post(
         "/v1/chat/completions",
-        json={"model": CHAT, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+        json={"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
     )
     body = assert_error_envelope(reply)
     assert reply.status_code == 429, body
