@@ -299,27 +299,22 @@ class ProviderStates:
         now = time.time()
         for row in await self.store.load_provider_metrics():
             provider = row["provider"]
-            breaker = self.breaker(provider)
-            breaker.restore(
-                row["circuit_state"],
-                int(row["consecutive_failures"] or 0),
-                _wall(row.get("opened_at")),
-                _wall(row.get("open_until")),
-                now,
-            )
-            self._gauge(breaker)
+            self._restore_circuit(self.breaker(provider), row, now)
             if row.get("p50_latency_ms") is not None:
                 self._restored_p50[provider] = float(row["p50_latency_ms"]) / 1000
         for row in await self.store.load_deployment_circuits():
-            breaker = self.breaker(row["provider"], row["model"])
-            breaker.restore(
-                row["circuit_state"],
-                int(row["consecutive_failures"] or 0),
-                _wall(row.get("opened_at")),
-                _wall(row.get("open_until")),
-                now,
-            )
-            self._gauge(breaker)
+            self._restore_circuit(self.breaker(row["provider"], row["model"]), row, now)
+
+    def _restore_circuit(self, breaker: CircuitBreaker, row: Mapping[str, Any], now: float) -> None:
+        """One persisted circuit (a provider's own row or a model deployment's) taken up on its schedule."""
+        breaker.restore(
+            row["circuit_state"],
+            int(row["consecutive_failures"] or 0),
+            _wall(row.get("opened_at")),
+            _wall(row.get("open_until")),
+            now,
+        )
+        self._gauge(breaker)
 
     async def flush(self) -> None:
         if self.store is None or not (self._dirty or self._dirty_deployments):
