@@ -113,15 +113,18 @@ def _signal_all(sig: int) -> int:
 REAPED: dict[int, int] = {}
 
 
+def reap_one() -> tuple[int, int] | None:
+    """One child that has ended, reaped: its pid and wait status; None when none has (never blocks)."""
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return (pid, status) if pid else None
+
+
 def _reap() -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        REAPED[pid] = status
+    while (ended := reap_one()) is not None:
+        REAPED[ended[0]] = ended[1]
 
 
 def _has_children() -> bool:

@@ -158,13 +158,8 @@ def _kill(pid: int, sig: int, live: set[int]) -> None:
 
 
 def _reap(sock: socket.socket, live: set[int]) -> None:
-    while live:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    while live and (ended := launch.reap_one()) is not None:
+        pid, status = ended
         live.discard(pid)
         _send(sock, {"op": "exited", "pid": pid, "status": status})
 
