@@ -32,6 +32,12 @@ def lb_suite(
     )
     try:
         suite.wait_ready()
+        # /health/ready answers 200 as soon as what REQUIRES names is up; rag and executor may still
+        # be starting (the first test wants every service serving), so wait for the whole suite.
+        deadline = time.monotonic() + 120
+        while (body := ready(suite).json())["status"] != "ready":
+            assert time.monotonic() < deadline, f"the suite never became wholly ready: {body}"
+            time.sleep(0.2)
         yield suite
     finally:
         suite.stop()
