@@ -24,7 +24,14 @@ import uvloop
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.router_bench import FAKE_KEY, MODEL, fake_base_url, start_fake
+from goblin_tools.suite import free_ports
+from services.common.chat import Message, SamplingParams
 from services.common.principal import InvalidPrincipal, Principal, PrincipalSigner, PrincipalVerifier, _unb64
+from services.router.models import ModelInfo
+from services.router.providers.base import CallContext
+from services.router.providers.http import HttpOptions
+from services.router.providers.openai import OpenAICompatibleProvider
 
 ROUNDS = int(os.environ.get("MICRO_ROUNDS", "7"))
 CALLS = int(os.environ.get("MICRO_CALLS", "400"))
@@ -66,12 +73,45 @@ def principal_cases() -> dict[str, Callable[[], object]]:
     }
 
 
+async def provider_rounds(base_url: str, results: dict[str, list[float]]) -> None:
+    """The provider call both ways, alternated, each on its own warm connection pool."""
+    spec = ModelInfo(id=f"openai/{MODEL}", provider="openai", owned_by="openai")
+    messages = [Message("system", "You are terse."), Message("user", "Say hello to the benchmark.")]
+    params, context = SamplingParams(max_tokens=16), CallContext(correlation_id="c", tenant_id="t")
+    direct = OpenAICompatibleProvider("openai", base_url, FAKE_KEY, HttpOptions())
+    via_httpx = OpenAICompatibleProvider("openai", base_url, FAKE_KEY, HttpOptions())
+    via_httpx._direct_session = lambda: None  # type: ignore[method-assign]
+    cases = {
+        "provider call: httpx.Request through the httpx-aiohttp transport (before)": via_httpx,
+        "provider call: straight through the transport's aiohttp session (kept)": direct,
+    }
+    try:
+        for provider in cases.values():
+            for _ in range(50):  # warm: connections open, caches filled
+                await provider.chat(spec, messages, params, context)
+        for _ in range(ROUNDS):
+            for name, provider in cases.items():
+                results.setdefault(name, []).append(
+                    await timed_async(lambda p=provider: p.chat(spec, messages, params, context))
+                )
+    finally:
+        for provider in cases.values():
+            await provider.aclose()
+
+
 def main() -> None:
     sync_cases = principal_cases()
     results: dict[str, list[float]] = {name: [] for name in sync_cases}
     for _ in range(ROUNDS):
         for name, fn in sync_cases.items():
             results[name].append(timed_sync(fn))
+    port = free_ports(1)[0]
+    fake = start_fake(port)
+    try:
+        uvloop.run(provider_rounds(fake_base_url(port), results))
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
     print(f"{ROUNDS} rounds of {CALLS} calls, load average {os.getloadavg()[0]:.1f}\n")
     print("| part of a request | CPU per call, median (µs) | min |")
     print("| --- | --- | --- |")
@@ -80,5 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.install()
     main()

@@ -274,6 +274,12 @@ class HttpProvider(ABC):
         self._timeouts = httpx.Timeout(
             options.timeout_s, connect=options.connect_timeout_s, pool=options.timeout_s
         ).as_dict()
+        # The aiohttp transport's own mapping of those timeouts, made once (see _post_direct).
+        self._client_timeout = aiohttp.ClientTimeout(
+            sock_connect=self._timeouts["connect"], sock_read=self._timeouts["read"], connect=self._timeouts["pool"]
+        )
+        self._header_cache: dict[tuple[int, str | None], dict[str, str]] = {}
+        self._direct_urls: dict[httpx.URL, str] = {}
 
     @property
     def configured(self) -> bool:
@@ -284,9 +290,18 @@ class HttpProvider(ABC):
         """The provider's own way of presenting the key (Bearer, x-api-key, x-goog-api-key)."""
 
     def _headers(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The request headers over ``base`` (one of this module's constants), merged once per key: the
+        same few dicts every request. Callers must not change what they get."""
         if not self.api_key:
             raise ProviderNotConfigured(self.name, "not configured: no API key")
-        return {**base, **self.extra_headers, **self.auth_headers()}
+        cache_key = (id(base), self.api_key)
+        headers = self._header_cache.get(cache_key)
+        if headers is None:
+            headers = {**base, **self.extra_headers, **self.auth_headers()}
+            if len(self._header_cache) >= 8:  # a key that changes often: keep the cache small
+                self._header_cache.clear()
+            self._header_cache[cache_key] = headers
+        return headers
 
     async def list_models(self) -> list:
         return []
@@ -328,12 +343,56 @@ class HttpProvider(ABC):
         finally:
             await response.aclose()
 
+    def _direct_session(self) -> aiohttp.ClientSession | None:
+        """The aiohttp session under an HTTP/1.1 provider's transport, for a request and answer read whole
+        without httpx's Request and Response around them (about 0.1 ms of CPU a call: bench/RESULTS.md,
+        "Router CPU profile"); None for HTTP/2, a proxy, or a transport a test put in, which keep httpx."""
+        transport = self.transport
+        if type(transport) is not AiohttpTransport or transport.proxy is not None:
+            return None
+        if not isinstance(transport.client, aiohttp.ClientSession):
+            transport.client = transport.get_client()  # what the transport does on its first request
+        return transport.client
+
+    async def _post_direct(
+        self, session: aiohttp.ClientSession, path: str, body: dict[str, Any], params: Mapping[str, str] | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST ``body`` through ``session`` as the aiohttp transport would send it (same headers, timeouts,
+        no redirects); status, headers and the whole body."""
+        url = self._url(path, params)
+        target = self._direct_urls.get(url)
+        if target is None:
+            target = str(url)
+            if len(self._direct_urls) < MAX_CACHED_URLS:
+                self._direct_urls[url] = target
+        headers = self._headers(JSON_HEADERS)
+        try:
+            with span("POST", http_attributes(self.name, url), kind=SpanKind.CLIENT) as s:
+                async with session.request(
+                    "POST",
+                    target,
+                    headers=headers,
+                    data=json.dumps(body).encode(),
+                    allow_redirects=False,
+                    compress=False,
+                    timeout=self._client_timeout,
+                ) as response:
+                    annotate_http(s, response.status)
+                    return response.status, response.headers, await response.read()
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(self.name, exc) from None
+
     async def post_json(self, path: str, body: dict[str, Any], *, params: Mapping[str, str] | None = None) -> Any:
         """POST ``body``; the decoded JSON answer, or a typed error."""
-        response = await self._send(path, body, JSON_HEADERS, params)
-        content = await self._read(response)
-        if response.status_code >= 300:
-            raise error_from_response(self.name, response.status_code, response.headers, content)
+        session = self._direct_session()
+        if session is not None:
+            status, headers, content = await self._post_direct(session, path, body, params)
+        else:
+            response = await self._send(path, body, JSON_HEADERS, params)
+            content = await self._read(response)
+            status, headers = response.status_code, response.headers
+        if status >= 300:
+            raise error_from_response(self.name, status, headers, content)
         return parse_json(self.name, content)
 
     @asynccontextmanager
