@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from services.common.telemetry import SpanKind, annotate_http, http_attributes, span
@@ -242,10 +243,27 @@ async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
 
 
 def parse_json(provider: str, text: str | bytes) -> Any:
+    """A provider's JSON answer. orjson reads it in a fraction of json's time; what only json reads
+    (NaN, Infinity) still reads, through json. (orjson reads an integer past 64 bits as a float: no
+    field of an answer we read holds one.)"""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(text)
     except ValueError:
         raise ProviderBadResponse(provider, "the provider's answer is not valid JSON") from None
+
+
+def json_body(body: dict[str, Any]) -> bytes:
+    """A request body as JSON bytes: orjson (UTF-8, a fraction of json's time), json for what orjson
+    does not write (integers past 64 bits, non-string keys). A NaN or infinity becomes null, where json
+    would write ``NaN``, which is not JSON and which no provider reads."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
 
 
 class HttpProvider(ABC):
@@ -314,7 +332,7 @@ class HttpProvider(ABC):
             "POST",
             self._url(path, params),
             headers=self._headers(headers),
-            content=json.dumps(body).encode(),
+            content=json_body(body),
             extensions={"timeout": self._timeouts},
         )
         try:
@@ -372,7 +390,7 @@ class HttpProvider(ABC):
                     "POST",
                     target,
                     headers=headers,
-                    data=json.dumps(body).encode(),
+                    data=json_body(body),
                     allow_redirects=False,
                     compress=False,
                     timeout=self._client_timeout,

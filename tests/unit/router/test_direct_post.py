@@ -3,6 +3,8 @@ sends and reads what the httpx path would: same headers, same body, same answer,
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -11,8 +13,8 @@ from goblin_tools.fakes.providers import FakeProviders
 from services.common.chat import Message, SamplingParams
 from services.router.models import ModelInfo
 from services.router.providers.base import CallContext
-from services.router.providers.errors import ProviderAuthError, ProviderRateLimited
-from services.router.providers.http import HttpOptions
+from services.router.providers.errors import ProviderAuthError, ProviderBadResponse, ProviderRateLimited
+from services.router.providers.http import HttpOptions, json_body, parse_json
 from services.router.providers.openai import OpenAICompatibleProvider
 
 ONE = ModelInfo(id="acme/one", provider="acme", owned_by="acme")
@@ -91,3 +93,14 @@ def test_headers_are_merged_once_per_key_and_follow_a_new_key(fake: FakeProvider
     assert acme._headers(base) is first
     acme.api_key = "another"
     assert acme._headers(base)["authorization"] == "Bearer another"
+
+
+def test_json_both_ways_reads_and_writes_what_json_did() -> None:
+    assert parse_json("acme", b'{"a": 1.5, "t": "\\u00e9"}') == {"a": 1.5, "t": "é"}
+    assert parse_json("acme", b'{"id": 18446744073709551615}')["id"] == 2**64 - 1  # past that: a float
+    assert math.isinf(parse_json("acme", b'{"lp": -Infinity}')["lp"])
+    with pytest.raises(ProviderBadResponse):
+        parse_json("acme", b"{not json")
+    body = {"model": "m", "messages": [{"role": "user", "content": "héllo"}], "stop": ("a",)}
+    assert json.loads(json_body(body)) == json.loads(json.dumps(body))
+    assert json.loads(json_body({"logit_bias": {1: 2}, "n": 2**70})) == {"logit_bias": {"1": 2}, "n": 2**70}
