@@ -8,7 +8,10 @@ redirects, auth flows or URL merging, and they cost about a third of a request's
 Which transport: HTTP/2 where the provider offers it, that is over TLS with ALPN (``https://`` and the
 provider's ``http2`` flag, on by default), through httpx's own transport and ``h2``; otherwise
 HTTP/1.1 keep-alive through aiohttp's C-accelerated client (the ``httpx-aiohttp`` transport), which
-costs about half of httpx's own HTTP/1.1 stack per request (bench/RESULTS.md, Router).
+costs about half of httpx's own HTTP/1.1 stack per request (bench/RESULTS.md, Router). A JSON call
+(not a stream) over that transport skips httpx's Request and Response and goes straight through the
+transport's aiohttp session, with the same headers, timeouts and errors (bench/RESULTS.md, "Router CPU
+profile").
 """
 
 from __future__ import annotations
