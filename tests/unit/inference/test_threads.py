@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,44 @@ def test_batch_threads_step_down_by_as_many_cores_but_not_below_one() -> None:
     clock = Clock()
     threads = AdaptiveThreads(ThreadPolicy(4, 2), FakeSampler([3.0]), batch_threads=3, clock=clock)  # type: ignore[arg-type]
     assert threads.poll() == (2, 1)
+
+
+def test_settings_default_to_every_core_with_a_floor_one_below(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.inference.config import InferenceSettings
+
+    for name in ("GOBLIN_INFERENCE_THREADS", "GOBLIN_INFERENCE_MIN_THREADS", "GOBLIN_INFERENCE_ADAPTIVE_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = InferenceSettings()
+    assert settings.threads == len(os.sched_getaffinity(0))
+    assert settings.min_threads == max(1, settings.threads - 1)
+    assert settings.adaptive_threads is True
+    monkeypatch.setenv("GOBLIN_INFERENCE_THREADS", "1")
+    assert InferenceSettings().min_threads == 1
+    monkeypatch.setenv("GOBLIN_INFERENCE_THREADS", "8")
+    monkeypatch.setenv("GOBLIN_INFERENCE_MIN_THREADS", "5")
+    monkeypatch.setenv("GOBLIN_INFERENCE_ADAPTIVE_THREADS", "false")
+    settings = InferenceSettings()
+    assert (settings.threads, settings.min_threads, settings.adaptive_threads) == (8, 5, False)
+
+
+@pytest.mark.parametrize(("threads", "floor"), [("2", "3"), ("2", "0"), ("4", "many")])
+def test_settings_refuse_a_floor_above_the_maximum_or_nonsense(
+    monkeypatch: pytest.MonkeyPatch, threads: str, floor: str
+) -> None:
+    from pydantic import ValidationError
+
+    from services.inference.config import InferenceSettings
+
+    monkeypatch.setenv("GOBLIN_INFERENCE_THREADS", threads)
+    monkeypatch.setenv("GOBLIN_INFERENCE_MIN_THREADS", floor)
+    with pytest.raises(ValidationError, match="GOBLIN_INFERENCE_MIN_THREADS|min_threads"):
+        InferenceSettings()
+
+
+def test_the_engine_refuses_a_floor_above_its_maximum() -> None:
+    from services.inference.engine import ChatEngine
+
+    with pytest.raises(ValueError, match="min_threads"):
+        ChatEngine("/nonexistent.gguf", n_threads=2, min_threads=3)
+    engine = ChatEngine("/nonexistent.gguf", n_threads=4)
+    assert (engine.min_threads, engine.current_threads, engine.stats().threads) == (3, 4, 4)
