@@ -8,11 +8,11 @@ cores - 1 threads the stream never waits for a preempted thread, but an idle mac
 
 The signal is the CPU time the machine's other processes use (``/proc/stat`` over the cores this
 process may run on, minus this process's own CPU time), sampled every :data:`SAMPLE_INTERVAL_S` by the
-worker between decoding steps. It was chosen by measurement over the run queue and over
-``/proc/pressure/cpu`` (see the README): both count this process's own threads waiting for each other
-and for the event loop, so stepping down removes the very pressure that made it step down, and they
-flap; others' CPU time does not move when we change our thread count. The number of active sequences
-says nothing about whether something else wants the CPU.
+worker between decoding steps. Chosen by measurement (the README has the numbers): it stayed the same
+whether we decoded on one thread or two, so changing our count does not feed back into it and make it
+flap. The run queue (``/proc/loadavg``) counts our own runnable threads, so it rises when we step up;
+``/proc/pressure/cpu`` counts our threads waiting for each other too, and sat at 100 % either way on a
+busy machine. The number of active sequences says nothing about whether something else wants the CPU.
 
 :class:`ThreadPolicy` turns samples into a thread count, with hysteresis (down at once, up only after
 a run of quiet samples); :class:`CpuSampler` reads ``/proc``; :class:`AdaptiveThreads` joins them for
