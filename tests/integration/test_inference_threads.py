@@ -10,11 +10,9 @@ No timing is asserted: the machine may be shared.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Callable
 
-import pytest
 from prometheus_client import REGISTRY
 
 from goblin.v1 import inference_pb2
@@ -114,7 +112,7 @@ async def test_a_busy_cpu_steps_decoding_down_and_the_gauge_and_status_follow() 
     busy = None
     try:
         assert gauge() == 2  # everything this process may use, set when the model loads
-        busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+        busy = await asyncio.create_subprocess_exec(sys.executable, "-c", BUSY_LOOP)
         texts: list[str] = []
 
         async def stream_until_stepped_down() -> None:
@@ -131,5 +129,5 @@ async def test_a_busy_cpu_steps_decoding_down_and_the_gauge_and_status_follow() 
     finally:
         if busy is not None:
             busy.kill()
-            busy.wait(timeout=10)
+            await asyncio.wait_for(busy.wait(), timeout=10)
         await engine.close()

@@ -21,12 +21,15 @@ the worker. The policy needs no model and no ``/proc``: the unit tests feed it n
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 0.2
 # Others' CPU, in cores, at which a decoding thread would be preempted often enough to stall the step.
@@ -230,7 +233,12 @@ class AdaptiveThreads:
             return None
         self._next = now + self._interval
         before = self.policy.current
-        after = self.policy.feed(self._sampler.others())
+        others = self._sampler.others()
+        after = self.policy.feed(others)
         if after == before:
             return None
+        # At most one step up a second (the hysteresis): few lines, and what tuning the thresholds needs.
+        logger.info(
+            "decoding threads changed", extra={"threads": after, "previous_threads": before, "others_cores": others}
+        )
         return after, max(1, self.batch_threads - (self.policy.max_threads - after))
