@@ -1,18 +1,22 @@
-"""The chat path's cost: Goblin's whole stack against llama-cpp-python on the same model and threads.
+"""The chat path's cost: Goblin's whole stack against llama-cpp-python on the same model, all cores.
 
 1. One stream: time to first token and decode tokens/s, llama-cpp-python called directly (in this
-   process) vs openai SDK -> gateway (HTTPS) -> router -> inference. Goal: >= 95 % of direct decode
-   speed and < 15 ms added to TTFT.
-2. Four concurrent streams: aggregate tokens/s through Goblin vs `python -m llama_cpp.server` on the
-   same model. Goal: ahead of it.
+   process, decoding on every core) vs openai SDK -> gateway (HTTPS) -> router -> inference, as
+   `goblin up` starts it (at most every core, stepping down while other processes need one:
+   services/inference/engine/threads.py). Goal: >= 95 % of direct decode speed and < 15 ms added to TTFT.
+2. Four concurrent streams: aggregate tokens/s through Goblin vs its own single-stream rate (goal:
+   >= 1.5x) and vs `python -m llama_cpp.server` on the same model and cores (goal: ahead of it).
 
+Goblin's decoding thread count (the goblin_inference_threads gauge) is sampled during each part.
 Bounded: a fixed number of runs, each with max_tokens fixed; everything on 127.0.0.1.
-Run: `make bench` or `python -m bench.inference_bench`.
+Run: `make bench` or `python -m bench.inference_bench [--runs N]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -37,8 +41,8 @@ MAX_TOKENS = 128
 RUNS = 5
 CONCURRENT = 4
 CONCURRENT_RUNS = 3
-# What `goblin up` gives the inference service on this machine (cores - 1: see supervisor.py); the
-# direct baseline gets the same.
+# The most decoding threads `goblin up` gives the inference service (every core: see supervisor.py); the
+# direct baseline decodes on as many, always.
 THREADS = suite_decode_threads()
 # Prompt processing on every core, on both sides (llama-cpp-python's default, and Goblin's).
 BATCH_THREADS = usable_cores()
@@ -56,9 +60,29 @@ class StreamTiming:
         return (self.tokens - 1) / self.decode_s if self.decode_s > 0 and self.tokens > 1 else float("nan")
 
 
+def plain_cpu_kernels() -> None:
+    """Load llama-cpp-python's models as Goblin's worker does, without llama.cpp's "extra" CPU buffer
+    types: on CPUs with AMX they repack weights for kernels that segfault here (worker.py), and the
+    comparison should be of the same kernels anyway."""
+    import llama_cpp.llama_cpp as llama
+
+    default = llama.llama_model_default_params
+    if getattr(default, "plain_cpu", False):
+        return
+
+    def params():  # noqa: ANN202
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    params.plain_cpu = True  # type: ignore[attr-defined]
+    llama.llama_model_default_params = params
+
+
 def direct_single(model: Path) -> list[StreamTiming]:
     from llama_cpp import Llama
 
+    plain_cpu_kernels()
     llm = Llama(
         model_path=str(model), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=BATCH_THREADS, verbose=False, seed=1
     )
@@ -132,10 +156,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `python -m llama_cpp.server` with the same plain CPU kernels as the direct run (plain_cpu_kernels).
+SERVER = "import runpy, sys; from bench.inference_bench import plain_cpu_kernels; plain_cpu_kernels(); " \
+    "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')"  # fmt: skip
+
+
 def start_llama_server(model: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--n_threads", str(THREADS),
-         "--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-c", SERVER, "--model", str(model), "--n_threads", str(THREADS),
+         "--n_threads_batch", str(BATCH_THREADS), "--n_ctx", str(N_CTX), "--host", "127.0.0.1",
+         "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -159,26 +189,83 @@ async def llama_server_concurrent(model: Path) -> tuple[float, int]:
         process.wait(timeout=30)
 
 
-async def goblin_stack() -> tuple[list[StreamTiming], tuple[float, int]]:
+class ThreadWatch:
+    """Samples the inference service's goblin_inference_threads gauge while a part of the bench runs."""
+
+    def __init__(self, metrics_url: str) -> None:
+        self.metrics_url = metrics_url
+        self.seen: list[int] = []
+
+    async def _watch(self) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    for line in (await client.get(self.metrics_url)).text.splitlines():
+                        if line.startswith("goblin_inference_threads "):
+                            self.seen.append(int(float(line.split()[1])))
+                await asyncio.sleep(0.25)
+
+    @contextlib.asynccontextmanager
+    async def during(self):  # noqa: ANN201
+        """Sample while the body runs; the samples of this body only are in ``seen`` after it."""
+        self.seen = []
+        task = asyncio.create_task(self._watch())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def summary(self) -> str:
+        if not self.seen:
+            return "not seen"
+        share = sum(1 for n in self.seen if n == THREADS) / len(self.seen) * 100
+        return f"{min(self.seen)}-{max(self.seen)} ({share:.0f} % of samples at {THREADS})"
+
+
+async def goblin_stack() -> tuple[list[StreamTiming], tuple[float, int], str, str]:
+    """Goblin's single streams, its concurrent rate, and the thread counts seen during each."""
     home = WORK / "inference"
     shutil.rmtree(home, ignore_errors=True)
-    suite = start_suite(home, GOBLIN_INFERENCE_THREADS=str(THREADS), GOBLIN_INFERENCE_N_CTX=str(N_CTX))
+    # The suite's own default maximum (every core) and adaptive threads, as `goblin up` runs them.
+    suite = start_suite(home, GOBLIN_INFERENCE_N_CTX=str(N_CTX))
     try:
         suite.wait_ready()
         client = openai_client(f"{suite.gateway_url}/v1", suite.admin_key, suite.ssl_context())
-        single = await single_streams(client, "local")
-        concurrent = await concurrent_tps(client, "local")
+        watch = ThreadWatch(suite.metrics_url("inference"))
+        async with watch.during():
+            single = await single_streams(client, "local")
+        single_threads = watch.summary()
+        async with watch.during():
+            concurrent = await concurrent_tps(client, "local")
+        concurrent_threads = watch.summary()
         await client.close()
-        return single, concurrent
+        return single, concurrent, single_threads, concurrent_threads
     finally:
         suite.stop()
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
+    global RUNS, CONCURRENT_RUNS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=RUNS, help="single-stream runs per side (default %(default)s)")
+    args = parser.parse_args()
+    RUNS = max(1, args.runs)
+    CONCURRENT_RUNS = max(1, min(CONCURRENT_RUNS, args.runs))
     model = chat_model_path(os.environ.get("GOBLIN_MODEL_PATH"))
+    load_before = load_average()
     direct = direct_single(model)
-    stack, (goblin_tps, goblin_tokens) = asyncio.run(goblin_stack())
+    stack, (goblin_tps, goblin_tokens), single_threads, concurrent_threads = asyncio.run(goblin_stack())
     server_tps, server_tokens = asyncio.run(llama_server_concurrent(model))
+    load_after = load_average()
 
     direct_tps = median([t.decode_tps for t in direct])
     stack_tps = median([t.decode_tps for t in stack])
@@ -186,10 +273,15 @@ def main() -> None:
     stack_ttft = median([t.ttft_s for t in stack]) * 1000
     decode_ratio, ttft_added = stack_tps / direct_tps * 100, stack_ttft - direct_ttft
     body = f"""
-Model {model.name}, n_ctx {N_CTX}, {THREADS} decode thread(s) and {BATCH_THREADS} prompt threads on both
-sides (what `goblin up` gives inference here: decoding on cores - 1, prompts on all), temperature 0,
-max_tokens {MAX_TOKENS}, medians of {RUNS} runs after a warm-up; llama-cpp-python's prompt cache is
-reset before each direct run, as Goblin evaluates every prompt afresh.
+Model {model.name}, n_ctx {N_CTX}, {BATCH_THREADS} prompt threads on both sides; llama-cpp-python decodes on
+{THREADS} thread(s) always, Goblin on at most {THREADS} (what `goblin up` gives inference here: every core,
+fewer while other processes need one). Both use llama.cpp's plain CPU kernels (no AMX repacking).
+Temperature 0, max_tokens {MAX_TOKENS}, medians of {RUNS} runs after a warm-up; llama-cpp-python's prompt
+cache is reset before each direct run, as Goblin evaluates every prompt afresh. Load average (1/5/15 min)
+before: {load_before}, after: {load_after}; the client and the whole suite share these cores.
+
+Goblin's decoding threads (goblin_inference_threads, sampled every 250 ms): one stream
+{single_threads}; {CONCURRENT} streams {concurrent_threads}.
 
 | one stream | decode tokens/s | time to first token |
 | --- | --- | --- |
@@ -202,6 +294,7 @@ reset before each direct run, as Goblin evaluates every prompt afresh.
 | `python -m llama_cpp.server` | {server_tps:.1f} | {server_tokens} |
 | Goblin (batched decoding) | {goblin_tps:.1f} | {goblin_tokens} |
 | ratio | **{goblin_tps / server_tps:.2f}x** (goal > 1) | |
+| Goblin, vs its own single stream ({stack_tps:.1f} tokens/s) | **{goblin_tps / stack_tps:.2f}x** (goal >= 1.5x) | |
 """
     write_section("Inference: the chat path vs llama-cpp-python", body, "make bench (python -m bench.inference_bench)")
     print(body)

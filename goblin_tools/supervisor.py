@@ -39,14 +39,14 @@ STOP_GRACE_S = 10.0
 
 
 def suite_decode_threads() -> int:
-    """Decoding threads for inference when the whole suite shares this machine: all cores but one.
+    """The most decoding threads inference may use when the whole suite shares this machine: all cores.
 
-    The other five services wake up for every streamed token; llama.cpp's threads wait for each other
-    at every step, so one preempted thread stalls them all. Leaving a core free made streaming through
-    the suite 30 % faster on 2 cores (bench/RESULTS.md). A dedicated inference container keeps the
-    service's own default: all its cores.
+    llama.cpp's threads wait for each other at every step, so one thread preempted by the other
+    services stalls them all; inference steps down to cores - 1 (GOBLIN_INFERENCE_MIN_THREADS) by
+    itself while other processes need a core (services/inference/engine/threads.py), and decodes on
+    every core while they are idle.
     """
-    return max(1, usable_cores() - 1)
+    return usable_cores()
 
 
 class SuiteSettings(GoblinSettings):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.process import usable_cores
 from services.common.settings import ServiceSettings
@@ -22,7 +22,11 @@ class InferenceSettings(ServiceSettings):
     max_queue: int = Field(16, alias="GOBLIN_INFERENCE_MAX_QUEUE", ge=1, le=4096)
     max_sequences: int = Field(4, alias="GOBLIN_INFERENCE_MAX_SEQUENCES", ge=1, le=64)
     n_ctx: int = Field(2048, alias="GOBLIN_INFERENCE_N_CTX", ge=256, le=131_072)
+    # Decoding threads: at most `threads` (every usable core by default); with adaptive threads on, as few
+    # as `min_threads` (default threads - 1) while other processes need a core (engine/threads.py).
     threads: int = Field(default_factory=usable_cores, alias="GOBLIN_INFERENCE_THREADS", ge=1, le=256)
+    min_threads: int | None = Field(None, alias="GOBLIN_INFERENCE_MIN_THREADS", ge=1, le=256)
+    adaptive_threads: bool = Field(True, alias="GOBLIN_INFERENCE_ADAPTIVE_THREADS")
     batch_threads: int = Field(default_factory=usable_cores, alias="GOBLIN_INFERENCE_BATCH_THREADS", ge=1, le=256)
     embed_threads: int = Field(1, alias="GOBLIN_EMBED_THREADS", ge=1, le=64)
     # A Unix-domain socket instead of the TCP port (one machine, systemd: deploy/systemd/). Mutual TLS
@@ -38,6 +42,16 @@ class InferenceSettings(ServiceSettings):
         if value is not None and not Path(str(value)).is_absolute():
             raise ValueError("GOBLIN_INFERENCE_UDS: must be an absolute path, e.g. /run/goblin/inference.sock")
         return value
+
+    @model_validator(mode="after")
+    def _thread_floor(self) -> InferenceSettings:
+        if self.min_threads is None:
+            self.min_threads = max(1, self.threads - 1)
+        elif self.min_threads > self.threads:
+            raise ValueError(
+                f"GOBLIN_INFERENCE_MIN_THREADS ({self.min_threads}) is above GOBLIN_INFERENCE_THREADS ({self.threads})"
+            )
+        return self
 
     def grpc_listen_address(self) -> str:
         return f"unix:{self.uds}" if self.uds else super().grpc_listen_address()

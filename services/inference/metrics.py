@@ -20,3 +20,7 @@ TTFT = Histogram(
 )
 TOKENS = Counter("goblin_inference_tokens_total", "Tokens processed, by kind.", ["kind"])
 MODEL_LOADED = Gauge("goblin_inference_model_loaded", "1 once the chat model is loaded, else 0.")
+THREADS = Gauge(
+    "goblin_inference_threads",
+    "Threads decoding now: GOBLIN_INFERENCE_THREADS, fewer while other processes need a core.",
+)

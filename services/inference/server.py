@@ -28,6 +28,9 @@ class PrometheusObserver(EngineObserver):
         metrics.QUEUE_LENGTH.set(length)
         metrics.QUEUE_CAPACITY.set(capacity)
 
+    def threads_changed(self, threads: int) -> None:
+        metrics.THREADS.set(threads)
+
     def first_token(self, seconds: float) -> None:
         metrics.TTFT.observe(seconds)
 
@@ -57,11 +60,14 @@ class InferenceServer:
             raise StartupRefused(f"inference: {exc}") from None
         metrics.MODEL_LOADED.set(0)
         metrics.QUEUE_CAPACITY.set(settings.max_queue)
+        metrics.THREADS.set(settings.threads)
         engine = ChatEngine(
             model_path,
             n_ctx=settings.n_ctx,
             n_threads=settings.threads,
             n_threads_batch=settings.batch_threads,
+            min_threads=settings.min_threads,
+            adaptive_threads=settings.adaptive_threads,
             max_queue=settings.max_queue,
             max_sequences=settings.max_sequences,
             observer=PrometheusObserver(),

@@ -91,5 +91,5 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             queue_capacity=stats.queue_capacity,
             active_sequences=stats.active_sequences,
             n_ctx=engine.n_ctx,
-            n_threads=engine.n_threads,
+            n_threads=stats.threads,  # decoding now: the configured maximum, or fewer under load
         )

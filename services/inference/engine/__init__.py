@@ -26,8 +26,8 @@ owns llama.cpp: scheduling, decoding, sampling), :mod:`.admission` (queue limits
 :mod:`.observer` (stats and metric hooks), :mod:`.sampling` (each sequence's sampler chain, logit bias,
 penalties, logprobs), :mod:`.grammar` (grammars for response formats and forced tool calls),
 :mod:`.toolcalls` (a forced call as streamed tool-call deltas), :mod:`.prompt` (chat-template turns),
-:mod:`.llama_log` (llama.cpp's log lines). Requests, answers and parameters are the shared chat types
-of :mod:`services.common.chat`.
+:mod:`.threads` (how many threads decode), :mod:`.llama_log` (llama.cpp's log lines). Requests, answers
+and parameters are the shared chat types of :mod:`services.common.chat`.
 """
 
 from services.inference.engine.admission import QueueFull

@@ -39,7 +39,9 @@ class ChatEngine:
     """The local chat model, serving many concurrent streams from one llama.cpp context.
 
     ``n_ctx`` is the context window of each request (prompt + output); ``n_threads`` defaults to the
-    cores this process may use. ``max_sequences`` requests decode together and ``max_queue`` more may
+    cores this process may use and is the most threads that decode. With ``adaptive_threads`` the
+    worker decodes on fewer, down to ``min_threads`` (default ``n_threads - 1``), while other processes
+    need a core (:mod:`.threads`). ``max_sequences`` requests decode together and ``max_queue`` more may
     wait. ``prefill_chunk`` bounds how many prompt tokens one step processes, so that a long new prompt
     delays the streams already running by a bounded amount.
     """
@@ -51,6 +53,8 @@ class ChatEngine:
         n_ctx: int = 2048,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
+        min_threads: int | None = None,
+        adaptive_threads: bool = True,
         max_queue: int = 16,
         max_sequences: int = 4,
         prefill_chunk: int = 256,
@@ -67,6 +71,10 @@ class ChatEngine:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or usable_cores()
+        self.min_threads = min_threads or max(1, self.n_threads - 1)
+        if not 1 <= self.min_threads <= self.n_threads:
+            raise ValueError(f"min_threads ({self.min_threads}) must be between 1 and n_threads ({self.n_threads})")
+        self.adaptive_threads = adaptive_threads
         # Prompt processing is a short burst that parallelises well: every usable core by default, as
         # llama-cpp-python does, even when decoding leaves a core to the other services.
         self.n_threads_batch = n_threads_batch or usable_cores()
@@ -114,9 +122,15 @@ class ChatEngine:
         self._loaded = True
         logger.info(
             "chat model loaded",
-            extra={"model_path": str(self.model_path), "n_ctx": self.n_ctx, "n_threads": self.n_threads},
+            extra={
+                "model_path": str(self.model_path),
+                "n_ctx": self.n_ctx,
+                "n_threads": self.n_threads,
+                "min_threads": self.min_threads if self.adaptive_threads else self.n_threads,
+            },
         )
         self._observer.model_loaded(True)
+        self._observer.threads_changed(self.current_threads)
         self._report_queue()
 
     async def close(self) -> None:
@@ -131,8 +145,14 @@ class ChatEngine:
         self._observer.model_loaded(False)
         self._report_queue()
 
+    @property
+    def current_threads(self) -> int:
+        """The threads decoding now: ``n_threads`` unless the worker stepped down (adaptive threads)."""
+        worker = self._worker
+        return worker.decode_threads if worker is not None else self.n_threads
+
     def stats(self) -> EngineStats:
-        """Queue length and capacity, and how many sequences are decoding now."""
+        """Queue length and capacity, how many sequences are decoding now, and on how many threads."""
         waiting, active = self._admission.snapshot()
         return EngineStats(
             loaded=self._loaded,
@@ -140,6 +160,7 @@ class ChatEngine:
             queue_capacity=self._admission.capacity,
             active_sequences=active,
             max_sequences=self.max_sequences,
+            threads=self.current_threads,
         )
 
     def render_chat(self, messages: Sequence[Message], options: ChatOptions = NO_OPTIONS) -> str:

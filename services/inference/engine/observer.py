@@ -30,6 +30,7 @@ class EngineStats:
     queue_capacity: int
     active_sequences: int
     max_sequences: int
+    threads: int = 0  # threads decoding now
 
 
 class EngineObserver:
@@ -50,3 +51,6 @@ class EngineObserver:
 
     def request_finished(self, stats: RequestStats) -> None:
         """A request ended: finished, cancelled or failed."""
+
+    def threads_changed(self, threads: int) -> None:
+        """The number of threads decoding changed (and once when the model is loaded)."""

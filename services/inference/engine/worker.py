@@ -29,6 +29,7 @@ from services.inference.engine.llama_log import log_from_llama
 from services.inference.engine.observer import FinishReason, RequestStats
 from services.inference.engine.sampling import TokenSampler, check_grammar, token_logprob
 from services.inference.engine.stops import StopMatcher
+from services.inference.engine.threads import AdaptiveThreads, ThreadPolicy
 
 if TYPE_CHECKING:
     from services.inference.engine.chat_engine import ChatEngine
@@ -100,6 +101,12 @@ class Worker:
         self._vocab: Any = None
         self._n_vocab = 0
         self._batch: Any = None
+        # Read by the event loop (an int: one atomic store); changed only here, between decoding steps.
+        self.decode_threads = engine.n_threads
+        self._threads: AdaptiveThreads | None = None
+        if engine.adaptive_threads and engine.min_threads < engine.n_threads:
+            policy = ThreadPolicy(engine.n_threads, engine.min_threads)
+            self._threads = AdaptiveThreads(policy, batch_threads=engine.n_threads_batch)
 
     def run(self, ready: Future[LoadedModel]) -> None:
         """Thread body: load, then serve until shutdown."""
@@ -345,6 +352,7 @@ class Worker:
                 add(sequence.last_token, position, sequence.seq_id, True)
                 sequence.output_index = count - 1
         batch.n_tokens = count
+        self._adapt_threads()
 
         started = time.perf_counter()
         code = llama.llama_decode(self._context, batch)
@@ -362,6 +370,14 @@ class Worker:
             for sequence in self._active
         ]
         self._admission.record_step(elapsed, min(remaining, default=1))
+
+    def _adapt_threads(self) -> None:
+        """Before a step: decode on as many threads as the policy allows now (see :mod:`.threads`)."""
+        change = self._threads.poll() if self._threads is not None else None
+        if change is not None:
+            llama.llama_set_n_threads(self._context, *change)  # from the next llama_decode on
+            self.decode_threads = change[0]
+            self._engine._call_in_loop(self._observer.threads_changed, change[0])
 
     def _advance(self, sequence: _Sequence) -> None:
         """Sample ``sequence``'s next token and stream what it adds."""

@@ -58,7 +58,7 @@ def test_children_learn_every_peer_address(monkeypatch: pytest.MonkeyPatch, tmp_
     assert env["GOBLIN_HOME"] == str(tmp_path)
     import os
 
-    assert env["GOBLIN_INFERENCE_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) - 1))
+    assert env["GOBLIN_INFERENCE_THREADS"] == str(len(os.sched_getaffinity(0)))
     assert env["GOBLIN_INFERENCE_THREADS"] == str(suite_decode_threads())
     monkeypatch.setenv("GOBLIN_INFERENCE_THREADS", "3")
     assert settings.child_env("postgresql://db/goblin", "unix:///x")["GOBLIN_INFERENCE_THREADS"] == "3"
