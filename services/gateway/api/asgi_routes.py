@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi._compat import get_missing_field_error
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -65,9 +65,13 @@ class Endpoint:
 def endpoints(app: FastAPI) -> dict[str, Endpoint]:
     """The POST routes of ``app`` whose endpoint has an answer in :data:`ANSWERS`, by path."""
     found: dict[str, Endpoint] = {}
-    for route in app.router.routes:
-        if isinstance(route, APIRoute) and "POST" in route.methods and route.endpoint in ANSWERS:
-            found.setdefault(route.path, Endpoint(route, ANSWERS[route.endpoint]))
+    # Included routers are flattened as FastAPI's own router and schema see them; the route a match
+    # puts in scope["route"] is the original one, whose body field is the declared model's.
+    for context in iter_route_contexts(app.router.routes):
+        route = context.original_route
+        answer = ANSWERS.get(context.endpoint)  # type: ignore[arg-type]
+        if answer is not None and isinstance(route, APIRoute) and "POST" in (context.methods or ()):
+            found.setdefault(context.path or route.path, Endpoint(route, answer))
     return found
 
 

@@ -15,6 +15,7 @@ import grpc
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from goblin.v1 import auth_pb2, auth_pb2_grpc, common_pb2, router_pb2_grpc
 from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY
@@ -287,23 +288,26 @@ async def test_both_paths_answer_byte_for_byte_alike(
     assert after.status_code < 500, after.text
 
 
-async def test_the_asgi_path_is_the_one_answering(apps: tuple[FastAPI, FastAPI]) -> None:
-    """Not FastAPI's route under another name: the request never reaches FastAPI's router."""
-    _, new = apps
-    reached: list[str] = []
+async def test_the_asgi_path_is_the_one_answering(
+    apps: tuple[FastAPI, FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not FastAPI's route under another name: with the pure-ASGI routes no APIRoute handles the
+    request; without them one does (so the comparison above compares two paths)."""
+    old, new = apps
+    handled: list[str] = []
+    original = APIRoute.handle
 
-    async def spy(scope: Any, receive: Any, send: Any) -> None:
-        reached.append(scope["path"])
-        await inner(scope, receive, send)
+    async def spy(self: APIRoute, scope: Any, receive: Any, send: Any) -> None:
+        handled.append(self.path)
+        await original(self, scope, receive, send)
 
-    inner = new.router.__call__
-    new.router.__call__ = spy  # type: ignore[method-assign]
-    try:
-        reply = await post(new, "/v1/chat/completions", json.dumps(CHAT).encode(), {**JSON, **BEARER})
-    finally:
-        del new.router.__call__
-    assert reply.status_code == 200
-    assert reached == []
+    monkeypatch.setattr(APIRoute, "handle", spy)
+    for path, content in (("/v1/chat/completions", CHAT), ("/v1/completions", {"model": "m", "prompt": "hi"})):
+        assert (await post(new, path, json.dumps(content).encode(), {**JSON, **BEARER})).status_code == 200
+        assert handled == []
+        assert (await post(old, path, json.dumps(content).encode(), {**JSON, **BEARER})).status_code == 200
+        assert handled == [path]
+        handled.clear()
 
 
 async def test_attacks(apps: tuple[FastAPI, FastAPI]) -> None:
