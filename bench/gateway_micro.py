@@ -200,8 +200,8 @@ def chat_route_calls(home: Path) -> dict[str, Callable[[], Awaitable[object]]]:
         return call
 
     return {
-        "chat request below the edge: FastAPI route": caller(False),
-        "chat request below the edge: pure-ASGI route": caller(True),
+        "chat request through the app (edge, no rate limit): FastAPI route": caller(False),
+        "chat request through the app (edge, no rate limit): pure-ASGI route": caller(True),
     }
 
 
