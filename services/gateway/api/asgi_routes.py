@@ -177,7 +177,9 @@ class AsgiRoutes:
         try:
             raw = await read_body(receive)
             if raw is None:
-                return  # the client went away mid-body: nobody to answer
+                # The client went away mid-body. FastAPI turns the read's failure into this 400 (that
+                # nobody receives); the same here, so the access log and metrics say the same.
+                raise HTTPException(status_code=400, detail="There was an error parsing the body")
             body = parse_body(raw, request.headers.get("content-type"))
             principal = await chat_principal(request)
             value = validate_body(endpoint.route, body)

@@ -310,6 +310,49 @@ async def test_the_asgi_path_is_the_one_answering(
         handled.clear()
 
 
+async def gone_mid_body(app: FastAPI) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """What ``app`` sends when the body's first part comes and then the client is gone."""
+    messages = [
+        {"type": "http.request", "body": b'{"model": "openai/m", ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer chat-key")]
+    headers += [(b"content-length", b"500"), (b"x-correlation-id", b"same-id")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("10.0.0.7", 5000),
+        "server": ("gateway", 443),
+    }
+    await app(scope, receive, send)
+    start = sent[0]
+    return start["status"], [h for h in start["headers"] if h[0] != b"x-trace-id"], sent[1]["body"]
+
+
+async def test_a_client_gone_mid_body_is_answered_alike(apps: tuple[FastAPI, FastAPI]) -> None:
+    """Both paths answer the same 400 (to nobody), so the access log and metrics say the same."""
+    old, new = apps
+    before, after = await gone_mid_body(old), await gone_mid_body(new)
+    assert after == before
+    assert after[0] == 400
+
+
 async def test_attacks(apps: tuple[FastAPI, FastAPI]) -> None:
     _, new = apps
     good = json.dumps(CHAT).encode()
