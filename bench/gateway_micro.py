@@ -8,7 +8,10 @@ that the shared machine's drift hits both alike: CPU microseconds per operation 
 - the signed principal: a Principal built and signed whole (as deps did), and the cached claims
   (clients/identity.py);
 - the chat answer's JSON: Starlette's JSONResponse (the standard library) and FastJSONResponse (orjson);
-- the access log line: services.common.logs.JsonFormatter, with json.dumps and with orjson.
+- the access log line: services.common.logs.JsonFormatter, with json.dumps and with orjson;
+- a whole non-streaming chat request through the gateway app (edge included, rate limits off), answered
+  by its FastAPI route and by the pure-ASGI route (services/gateway/api/asgi_routes.py); the backends are
+  in-process stand-ins (the same work for both: the gRPC call is not what is compared).
 
 Run: ``python -m bench.gateway_micro`` (prints a markdown table; writes nothing).
 """
@@ -23,6 +26,8 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import uvloop
@@ -30,13 +35,23 @@ from fastapi.responses import JSONResponse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from goblin.v1 import auth_pb2
+from goblin.v1 import auth_pb2, common_pb2
 from goblin_tools.embedded import EmbeddedRedis
 from services.common import logs
 from services.common.principal import Principal, load_signer
+from services.common.secrets import DetectionPoint, SecretGuard
 from services.gateway.api.fast_json import FastJSONResponse
+from services.gateway.caches import PrincipalCache
 from services.gateway.clients.identity import sign_principal
-from services.gateway.ratelimit import KEY_PREFIX, USER_NAMESPACE, Client, RateLimiter, RouteClass, parse_limits
+from services.gateway.ratelimit import (
+    KEY_PREFIX,
+    USER_NAMESPACE,
+    Client,
+    RateLimiter,
+    RouteClass,
+    TrustedProxies,
+    parse_limits,
+)
 
 ROUNDS = int(os.environ.get("MICRO_ROUNDS", "7"))
 CALLS = int(os.environ.get("MICRO_CALLS", "400"))
@@ -98,7 +113,99 @@ def log_record() -> logging.LogRecord:
     return record
 
 
-async def measure(redis_url: str) -> dict[str, list[float]]:
+CHAT_BODY = json.dumps(
+    {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, benchmark!"}], "max_tokens": 16}
+).encode()
+
+
+class StandInAuth:
+    """Auth as the gateway's client sees it: every credential is :data:`PRINCIPAL`."""
+
+    async def authenticate(self, credential: str) -> auth_pb2.Principal:
+        return PRINCIPAL
+
+
+class StandInRouter:
+    """The router as the gateway's client sees it: one fixed answer."""
+
+    reply = common_pb2.ChatResponse(
+        id="chatcmpl-8b1f",
+        created=1_764_000_000,
+        model="openai/gpt-4o-mini",
+        provider="openai",
+        message=common_pb2.ChatMessage(role="assistant", content="Hello, benchmark! " * 4),
+        finish_reason="stop",
+        usage=common_pb2.Usage(prompt_tokens=21, completion_tokens=16),
+    )
+
+    async def chat(self, request: common_pb2.ChatRequest, deadline_s: float) -> common_pb2.ChatResponse:
+        return self.reply
+
+
+def chat_route_calls(home: Path) -> dict[str, Callable[[], Awaitable[object]]]:
+    """A chat request through the whole app, answered by the FastAPI route and by the pure-ASGI one."""
+    os.environ.setdefault("GOBLIN_HOME", str(home))
+    os.environ.setdefault("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:9/0")  # nothing here connects to the stores
+    os.environ["GOBLIN_RATE_LIMIT_ENABLED"] = "false"
+    from services.gateway.config import GatewaySettings
+    from services.gateway.main import create_app
+
+    settings = GatewaySettings()
+    state = SimpleNamespace(
+        settings=settings,
+        principals=PrincipalCache(settings.auth_cache_ttl_s),
+        clients=SimpleNamespace(auth=StandInAuth(), router=StandInRouter()),
+        secret_guard=SecretGuard(DetectionPoint.request_creation, policy=settings.secret_policy),
+        proxies=TrustedProxies(settings.trusted_proxy_list),
+    )
+    headers = [
+        (b"host", b"gateway"),
+        (b"content-type", b"application/json"),
+        (b"authorization", b"Bearer bench-key"),
+        (b"content-length", str(len(CHAT_BODY)).encode()),
+    ]
+
+    def caller(asgi_routes: bool) -> Callable[[], Awaitable[object]]:
+        app = create_app(settings, asgi_routes=asgi_routes)
+        app.state.gateway = state
+
+        async def call() -> object:
+            scope: dict[str, Any] = {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.4"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "https",
+                "path": "/v1/chat/completions",
+                "raw_path": b"/v1/chat/completions",
+                "query_string": b"",
+                "root_path": "",
+                "headers": headers,
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8443),
+            }
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": CHAT_BODY, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)
+            assert sent[0]["status"] == 200, sent
+            return sent
+
+        return call
+
+    return {
+        "chat request through the app (edge, no rate limit): FastAPI route": caller(False),
+        "chat request through the app (edge, no rate limit): pure-ASGI route": caller(True),
+    }
+
+
+async def measure(redis_url: str, home: Path) -> dict[str, list[float]]:
     limits = {RouteClass.chat: parse_limits("1000000/minute")}
     user = parse_limits("1000000/minute")
     script_limiter = RateLimiter(redis_url, limits, user=user)
@@ -140,6 +247,7 @@ async def measure(redis_url: str) -> dict[str, list[float]]:
         "rate limit: limits library, 4 round trips": library,
         "rate limit: one Lua script over redis-py": lambda: redis_py_limiter.hit(RouteClass.chat, client),
         "rate limit: one Lua script, pipelined connection": lambda: script_limiter.hit(RouteClass.chat, client),
+        **chat_route_calls(home),
     }
     pairs_sync: dict[str, Callable[[], object]] = {
         "principal: built and signed whole": sign_whole,
@@ -168,7 +276,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         redis = EmbeddedRedis(Path(home))
         try:
-            results = uvloop.run(measure(redis.url))
+            results = uvloop.run(measure(redis.url, Path(home)))
         finally:
             redis.stop()
     load = os.getloadavg()[0]

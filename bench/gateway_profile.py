@@ -37,6 +37,8 @@ CONCURRENCY = int(os.environ.get("PROFILE_CONCURRENCY", "2"))
 RATE_HZ = int(os.environ.get("PROFILE_RATE_HZ", "400"))
 TOP = int(os.environ.get("PROFILE_TOP", "45"))
 FAKE_KEY = "test-key-openai"
+# This tree's root: the gateway runs its code, so its frames are named from here (services/...).
+REPO = f"{Path(__file__).resolve().parents[1]}/"
 BODY = {"model": f"openai/{MODEL}", "messages": MESSAGES, "max_tokens": 16}
 
 
@@ -115,7 +117,7 @@ def frame_name(frame: str) -> str:
     """``func (path/to/module.py:12)`` -> ``func (module path)`` without the line, so one function is one row."""
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/wt-gwcpu/", "/main/", "python3.11/"):
+    for marker in ("site-packages/", REPO, "python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break

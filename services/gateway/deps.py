@@ -178,7 +178,9 @@ async def require_admin(principal: PrincipalDep) -> auth_pb2.Principal:
 
 
 # Model capacity: chat completions, /invoke, embeddings; charged to the tenant's daily request quota.
-ChatDep = Annotated[auth_pb2.Principal, Depends(require_scopes("chat", metered=True))]
+# Called as it is by the pure-ASGI chat routes (api/asgi_routes.py), which solve no dependencies.
+chat_principal = require_scopes("chat", metered=True)
+ChatDep = Annotated[auth_pb2.Principal, Depends(chat_principal)]
 # Reading what the chat API offers (the model list): the scope, no quota.
 ChatReadDep = Annotated[auth_pb2.Principal, Depends(require_scopes("chat"))]
 # Managing the account's own credentials: API keys, passkeys.

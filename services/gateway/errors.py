@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -144,56 +145,87 @@ def api_error_from_grpc(error: grpc.aio.AioRpcError, *, service: str = "") -> Ap
     return ApiError(status, code, message, headers=headers, extra=extra)
 
 
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status_code, exc.error, exc.message, headers=exc.headers, extra=exc.extra)
+
+
+# Every backend call goes through services.gateway.clients, which raises ApiError; this is the net
+# for a call that bypassed them, so that it still answers with its mapped status rather than a 500.
+async def _grpc_error(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+    api = api_error_from_grpc(exc)
+    return error_response(api.status_code, api.error, api.message, headers=api.headers, extra=api.extra)
+
+
+async def _domain_error(_: Request, exc: GoblinError) -> JSONResponse:
+    status, _code = GRPC_TO_HTTP.get(exc.status, (500, "internal_error"))
+    seconds = retry_after_header(exc.retry_after) if exc.retry_after else None
+    headers = {"Retry-After": str(seconds)} if seconds is not None else None
+    return error_response(status, exc.code, exc.message, headers=headers)
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """The 400 message of a body that failed validation (FastAPI's error list, ``loc`` from ``body``)."""
+    problems = []
+    for err in errors:
+        if tuple(err.get("loc", ())) == ("body",) and err.get("type") in (
+            "model_attributes_type",
+            "dict_type",
+        ):
+            problems.append("the request body must be a JSON object (Content-Type: application/json)")
+            continue
+        if err.get("type") == "json_invalid":
+            problems.append(f"the request body is not valid JSON: {err.get('ctx', {}).get('error', 'parse error')}")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(problems) or "invalid request"
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(400, "invalid_request", validation_message(exc.errors()))
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = HTTP_CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+# Text reaches the gateway as JSON, where "\ud800" is a valid escape for a lone surrogate: Python
+# keeps it in a str, and the first UTF-8 encoding of it (protobuf, a log line) fails. Server-made
+# text is always valid Unicode, so this is the client's input: a 400 it can fix, not a 500.
+# (Any other unhandled exception is answered by middleware.EdgeMiddleware.)
+async def _invalid_text(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
+    log.info("request text is not valid Unicode: %s", exc.reason)
+    return error_response(
+        400,
+        "invalid_request",
+        "the request contains text that is not valid Unicode (a lone surrogate such as \\ud800)",
+    )
+
+
+# The app's exception handlers, by the exception class each answers: installed on the FastAPI app,
+# and looked up the same way (the class's MRO) by the pure-ASGI routes (api/asgi_routes.py).
+ERROR_HANDLERS: dict[type[BaseException], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
+    ApiError: _api_error,
+    grpc.aio.AioRpcError: _grpc_error,
+    GoblinError: _domain_error,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+    UnicodeEncodeError: _invalid_text,
+}
+
+
+async def handled_error(request: Request, exc: BaseException) -> JSONResponse | None:
+    """The answer the app's handlers give ``exc`` (as Starlette picks one: the nearest class in its
+    MRO), or None when no handler takes it."""
+    for cls in type(exc).__mro__:
+        handler = ERROR_HANDLERS.get(cls)
+        if handler is not None:
+            return await handler(request, exc)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.error, exc.message, headers=exc.headers, extra=exc.extra)
-
-    # Every backend call goes through services.gateway.clients, which raises ApiError; this is the net
-    # for a call that bypassed them, so that it still answers with its mapped status rather than a 500.
-    @app.exception_handler(grpc.aio.AioRpcError)
-    async def _grpc_error(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
-        api = api_error_from_grpc(exc)
-        return error_response(api.status_code, api.error, api.message, headers=api.headers, extra=api.extra)
-
-    @app.exception_handler(GoblinError)
-    async def _domain_error(_: Request, exc: GoblinError) -> JSONResponse:
-        status, _code = GRPC_TO_HTTP.get(exc.status, (500, "internal_error"))
-        seconds = retry_after_header(exc.retry_after) if exc.retry_after else None
-        headers = {"Retry-After": str(seconds)} if seconds is not None else None
-        return error_response(status, exc.code, exc.message, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            if tuple(err.get("loc", ())) == ("body",) and err.get("type") in (
-                "model_attributes_type",
-                "dict_type",
-            ):
-                problems.append("the request body must be a JSON object (Content-Type: application/json)")
-                continue
-            if err.get("type") == "json_invalid":
-                problems.append(f"the request body is not valid JSON: {err.get('ctx', {}).get('error', 'parse error')}")
-                continue
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return error_response(400, "invalid_request", "; ".join(problems) or "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-    # Text reaches the gateway as JSON, where "\ud800" is a valid escape for a lone surrogate: Python
-    # keeps it in a str, and the first UTF-8 encoding of it (protobuf, a log line) fails. Server-made
-    # text is always valid Unicode, so this is the client's input: a 400 it can fix, not a 500.
-    # (Any other unhandled exception is answered by middleware.EdgeMiddleware.)
-    @app.exception_handler(UnicodeEncodeError)
-    async def _invalid_text(_: Request, exc: UnicodeEncodeError) -> JSONResponse:
-        log.info("request text is not valid Unicode: %s", exc.reason)
-        return error_response(
-            400,
-            "invalid_request",
-            "the request contains text that is not valid Unicode (a lone surrogate such as \\ud800)",
-        )
+    """Every handler of :data:`ERROR_HANDLERS` on ``app``."""
+    for cls, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(cls, handler)

@@ -10,6 +10,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from services.common.process import freeze_startup_heap
 from services.common.telemetry import exporting
+from services.gateway.api.asgi_routes import AsgiRoutes
 from services.gateway.api.routes import (
     admin,
     auth,
@@ -46,9 +47,13 @@ def telemetry_config() -> TelemetryConfig:
     }
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings, *, asgi_routes: bool = True) -> FastAPI:
     """The gateway app for ``settings``: routes, error handlers and the edge middleware; its shared
-    state (:class:`GatewayState`) is built when the app starts and closed when it stops."""
+    state (:class:`GatewayState`) is built when the app starts and closed when it stops.
+
+    ``asgi_routes``: the chat and text completion routes are answered by the pure-ASGI middleware
+    (api/asgi_routes.py) ahead of FastAPI's router; False leaves them to their FastAPI routes (the
+    tests compare both)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +115,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             "allow_headers": ["Authorization", "Content-Type", "X-Correlation-ID"],
             "expose_headers": ["X-Correlation-ID", "X-Trace-Id", "Retry-After"],
         }
+    if asgi_routes:
+        # Added before the edge, so inside it: every edge behaviour applies to these routes too.
+        app.add_middleware(AsgiRoutes, fastapi_app=app)
     app.add_middleware(
         EdgeMiddleware,
         templates=RouteTemplates(lambda: [*app.openapi()["paths"], "/metrics"]),

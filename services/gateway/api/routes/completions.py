@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from goblin.v1 import common_pb2
+from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import Message, check_messages, new_completion_id
 from services.common.chat_content import NO_OPTIONS, ChatOptions
 from services.gateway.api.chat_wire import chat_request, sampling
@@ -35,6 +35,7 @@ from services.gateway.api.streams import all_or_none
 from services.gateway.deps import ChatDep, StateDep, principal_context
 from services.gateway.errors import ApiError
 from services.gateway.metrics import CHAT_ERRORS
+from services.gateway.state import GatewayState
 
 router = APIRouter(tags=["openai"])
 
@@ -57,6 +58,14 @@ def text_logprobs(logprobs: Any, offset: int) -> dict[str, Any]:
 @router.post("/v1/completions", summary="Text completion (OpenAI's legacy API, answered by the chat model)")
 @router.post("/completions", summary="Text completion (alias of /v1/completions)")
 async def completions(body: CompletionRequest, principal: ChatDep, state: StateDep, http: Request) -> Any:
+    return await completion_answer(body, principal, state, http)
+
+
+async def completion_answer(
+    body: CompletionRequest, principal: auth_pb2.Principal, state: GatewayState, http: Request
+) -> Response:
+    """The answer to a validated completion body from an authorized caller, shared by the FastAPI route
+    and the pure-ASGI one (api/asgi_routes.py)."""
     if body.goblin is not None and body.goblin.rag is not None:
         require_rag_scope(principal)
     prompt: str = body.prompt  # one string (the schema's check)

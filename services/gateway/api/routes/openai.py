@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import RAG_SCOPE, Message, new_completion_id
@@ -151,6 +151,14 @@ def usage_json(*usages: common_pb2.Usage) -> dict[str, int]:
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream: true for SSE)")
 @router.post("/chat/completions", summary="Chat completion (alias of /v1/chat/completions)")
 async def chat_completions(body: ChatCompletionRequest, principal: ChatDep, state: StateDep, http: Request) -> Any:
+    return await chat_answer(body, principal, state, http)
+
+
+async def chat_answer(
+    body: ChatCompletionRequest, principal: auth_pb2.Principal, state: GatewayState, http: Request
+) -> Response:
+    """The answer to a validated chat body from an authorized caller: the route's whole work, shared by
+    the FastAPI route and the pure-ASGI one (api/asgi_routes.py); refusals are raised (ApiError, ...)."""
     rag = body.goblin is not None and body.goblin.rag is not None
     if rag:
         require_rag_scope(principal)
