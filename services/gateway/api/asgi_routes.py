@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from fastapi._compat import get_missing_field_error
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.telemetry._api import _route_selected
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -164,6 +165,9 @@ class AsgiRoutes:
         """One request to ``endpoint``: parsed, authorized, validated, answered; a failure before the
         answer starts is answered by the app's handler for it, as Starlette's exception layer does."""
         scope["route"] = endpoint.route  # as routing sets it: the edge labels metrics and logs by it
+        # As FastAPI's router does on a match: the request's server span is named by the route template
+        # ("POST /v1/chat/completions") and carries http.route (a no-op when nothing is traced).
+        _route_selected(scope=scope, path=endpoint.route.path_format)
         scope.setdefault("path_params", {})
         request = Request(scope, receive)
         started = False
