@@ -33,9 +33,12 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 0.2
 # Others' CPU, in cores, at which a decoding thread would be preempted often enough to stall the step.
-BUSY_ABOVE = 0.3
+# Serving one local stream through the suite (gateway, router, the client) costs others 0.3 core or more,
+# and on 2 cores that stream still decodes twice as fast on 2 threads as on 1 (bench/RESULTS.md,
+# "Inference": 58 vs 31 tokens/s): a threshold under that stepped down for our own stream's sake.
+BUSY_ABOVE = 0.75
 # ... and below which a core counts as free again; the gap between the two is the hysteresis.
-IDLE_BELOW = 0.15
+IDLE_BELOW = 0.5
 # Quiet samples in a row before stepping up (1 s at the sampling interval): stepping down is cheap
 # and urgent, stepping up into a burst of work that merely paused is what flapping looks like.
 UP_AFTER = 5
