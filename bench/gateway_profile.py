@@ -80,25 +80,25 @@ def thread_cpu_ms(pid: int) -> dict[str, float]:
     return dict(used)
 
 
-def per_request_cpu(suite: Suite) -> tuple[dict[str, float], dict[str, float]]:
+def per_request_cpu(suite: Suite, service: str = "gateway") -> tuple[dict[str, float], dict[str, float]]:
     """Milliseconds of CPU per request of the gateway and the router, requests sent one at a time; and
-    of each of the gateway's threads."""
+    of each of ``service``'s threads (bench.router_profile asks for the router's)."""
     uvloop.run(load(suite, 50, 1))
-    gateway = suite.service_process("gateway").pid
-    before, threads_before = cpu_ms(suite, ("gateway", "router")), thread_cpu_ms(gateway)
+    pid = suite.service_process(service).pid
+    before, threads_before = cpu_ms(suite, ("gateway", "router")), thread_cpu_ms(pid)
     uvloop.run(load(suite, CPU_REQUESTS, 1))
-    after, threads_after = cpu_ms(suite, ("gateway", "router")), thread_cpu_ms(gateway)
+    after, threads_after = cpu_ms(suite, ("gateway", "router")), thread_cpu_ms(pid)
     threads = {name: (threads_after[name] - threads_before.get(name, 0)) / CPU_REQUESTS for name in threads_after}
     return {name: (after[name] - before[name]) / CPU_REQUESTS for name in before}, threads
 
 
-def profile(suite: Suite, out: Path) -> Path | None:
-    """py-spy's raw (collapsed) stacks of the gateway under a bounded load, or None without py-spy."""
+def profile(suite: Suite, out: Path, service: str = "gateway") -> Path | None:
+    """py-spy's raw (collapsed) stacks of ``service`` under a bounded closed loop, or None without py-spy."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         print("py-spy is not on PATH: no profile (pip install py-spy)", file=sys.stderr)
         return None
-    pid = suite.service_process("gateway").pid
+    pid = suite.service_process(service).pid
     recorder = subprocess.Popen(
         [py_spy, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL,

@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.gateway_micro import CALLS, ROUNDS, timed_async, timed_sync
 from bench.router_bench import FAKE_KEY, MODEL, fake_base_url, start_fake
 from goblin_tools.suite import free_ports
 from services.common.chat import Message, SamplingParams
@@ -33,23 +33,7 @@ from services.router.providers.base import CallContext
 from services.router.providers.http import HttpOptions
 from services.router.providers.openai import OpenAICompatibleProvider
 
-ROUNDS = int(os.environ.get("MICRO_ROUNDS", "7"))
-CALLS = int(os.environ.get("MICRO_CALLS", "400"))
 CALLER = Principal(user_id="3f0c5a2e-user", tenant_id="default", role="admin", scopes=("*",), api_key_id="key-1")
-
-
-def timed_sync(fn: Callable[[], object]) -> float:
-    started = time.process_time()
-    for _ in range(CALLS):
-        fn()
-    return (time.process_time() - started) / CALLS * 1e6
-
-
-async def timed_async(fn: Callable[[], Awaitable[object]]) -> float:
-    started = time.process_time()
-    for _ in range(CALLS):
-        await fn()
-    return (time.process_time() - started) / CALLS * 1e6
 
 
 def openssl_verify(verifier: PrincipalVerifier, assertion: str) -> dict[str, Any]:

@@ -18,61 +18,11 @@ nothing but its work directory (bench/.work/router-profile).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-import uvloop
-
-from bench.gateway_profile import (
-    CONCURRENCY,
-    CPU_REQUESTS,
-    FAKE_KEY,
-    PROFILE_REQUESTS,
-    RATE_HZ,
-    cpu_ms,
-    load,
-    summarize,
-    thread_cpu_ms,
-)
+from bench.gateway_profile import CPU_REQUESTS, FAKE_KEY, per_request_cpu, profile, summarize
 from bench.router_bench import WORK, fake_base_url, start_fake
-from goblin_tools.suite import Suite, free_ports, start_suite
-
-SERVICES = ("router", "gateway")
-
-
-def per_request_cpu(suite: Suite) -> tuple[dict[str, float], dict[str, float]]:
-    """Milliseconds of CPU per request of the router and the gateway, requests sent one at a time; and
-    of each of the router's threads."""
-    uvloop.run(load(suite, 50, 1))
-    router = suite.service_process("router").pid
-    before, threads_before = cpu_ms(suite, SERVICES), thread_cpu_ms(router)
-    uvloop.run(load(suite, CPU_REQUESTS, 1))
-    after, threads_after = cpu_ms(suite, SERVICES), thread_cpu_ms(router)
-    threads = {name: (threads_after[name] - threads_before.get(name, 0)) / CPU_REQUESTS for name in threads_after}
-    return {name: (after[name] - before[name]) / CPU_REQUESTS for name in before}, threads
-
-
-def profile(suite: Suite, out: Path) -> Path | None:
-    """py-spy's raw (collapsed) stacks of the router under a bounded closed loop, or None without py-spy."""
-    py_spy = shutil.which("py-spy")
-    if py_spy is None:
-        print("py-spy is not on PATH: no profile (pip install py-spy)", file=sys.stderr)
-        return None
-    pid = suite.service_process("router").pid
-    recorder = subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw", "--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(1.0)  # py-spy attaches
-        uvloop.run(load(suite, PROFILE_REQUESTS, CONCURRENCY))
-    finally:
-        recorder.send_signal(2)  # SIGINT: py-spy writes what it has and exits
-        recorder.wait(timeout=30)
-    return out
+from goblin_tools.suite import free_ports, start_suite
 
 
 def main() -> None:
@@ -83,7 +33,7 @@ def main() -> None:
     suite = start_suite(home, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=fake_base_url(fake_port))
     try:
         suite.wait_ready()
-        cpu, threads = per_request_cpu(suite)
+        cpu, threads = per_request_cpu(suite, "router")
         print(f"CPU per request ({CPU_REQUESTS} requests, one at a time): " + ", ".join(
             f"{name} {ms:.2f} ms" for name, ms in cpu.items()
         ))  # fmt: skip
@@ -91,7 +41,7 @@ def main() -> None:
         print("router threads, CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for ms, name in busy))
         if "--cpu-only" in sys.argv:
             return
-        raw = profile(suite, home / "router.raw")
+        raw = profile(suite, home / "router.raw", "router")
         if raw is not None and raw.exists():
             print(summarize(raw, threads.get("python", cpu["router"])))
     finally:
