@@ -158,23 +158,26 @@ def summarize(raw: Path, main_thread_ms: float) -> str:
     return f"{total} samples\n\n{table(inclusive, 'inclusive')}\n\n{table(own, 'self')}"
 
 
-def main() -> None:
+def main(service: str = "gateway") -> None:
+    """Profile ``service`` (bench.router_profile: the router); ``--cpu-only`` stops after the CPU figures."""
     fake_port = free_ports(1)[0]
     fake = start_fake(fake_port)
-    home = WORK / "gateway-profile"
+    home = WORK / f"{service}-profile"
     shutil.rmtree(home, ignore_errors=True)
     suite = start_suite(home, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=fake_base_url(fake_port))
     try:
         suite.wait_ready()
-        cpu, threads = per_request_cpu(suite)
+        cpu, threads = per_request_cpu(suite, service)
         print(f"CPU per request ({CPU_REQUESTS} requests, one at a time): " + ", ".join(
             f"{name} {ms:.2f} ms" for name, ms in cpu.items()
         ))  # fmt: skip
         busy = sorted(((ms, name) for name, ms in threads.items() if ms >= 0.01), reverse=True)
-        print("gateway threads, CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for ms, name in busy))
-        raw = profile(suite, home / "gateway.raw")
+        print(f"{service} threads, CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for ms, name in busy))
+        if "--cpu-only" in sys.argv:
+            return
+        raw = profile(suite, home / f"{service}.raw", service)
         if raw is not None and raw.exists():
-            print(summarize(raw, threads.get("python", cpu["gateway"])))
+            print(summarize(raw, threads.get("python", cpu[service])))
     finally:
         suite.stop()
         fake.terminate()

@@ -17,38 +17,7 @@ nothing but its work directory (bench/.work/router-profile).
 
 from __future__ import annotations
 
-import shutil
-import sys
-
-from bench.gateway_profile import CPU_REQUESTS, FAKE_KEY, per_request_cpu, profile, summarize
-from bench.router_bench import WORK, fake_base_url, start_fake
-from goblin_tools.suite import free_ports, start_suite
-
-
-def main() -> None:
-    fake_port = free_ports(1)[0]
-    fake = start_fake(fake_port)
-    home = WORK / "router-profile"
-    shutil.rmtree(home, ignore_errors=True)
-    suite = start_suite(home, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=fake_base_url(fake_port))
-    try:
-        suite.wait_ready()
-        cpu, threads = per_request_cpu(suite, "router")
-        print(f"CPU per request ({CPU_REQUESTS} requests, one at a time): " + ", ".join(
-            f"{name} {ms:.2f} ms" for name, ms in cpu.items()
-        ))  # fmt: skip
-        busy = sorted(((ms, name) for name, ms in threads.items() if ms >= 0.01), reverse=True)
-        print("router threads, CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for ms, name in busy))
-        if "--cpu-only" in sys.argv:
-            return
-        raw = profile(suite, home / "router.raw", "router")
-        if raw is not None and raw.exists():
-            print(summarize(raw, threads.get("python", cpu["router"])))
-    finally:
-        suite.stop()
-        fake.terminate()
-        fake.wait(timeout=10)
-
+from bench.gateway_profile import main
 
 if __name__ == "__main__":
-    main()
+    main("router")
