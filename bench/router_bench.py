@@ -12,6 +12,9 @@ scheduled send time:
   architecture costs on this machine before Goblin does any work;
 - in-process skeleton: the skeleton's gateway calling the skeleton's router code in its own process,
   to price the gRPC hop between them;
+- secure skeleton: the skeleton with what every Goblin hop must have (mutual TLS with the suite's
+  certificates, a principal the gateway signs per request and the router verifies and admits once):
+  the floor under Goblin's own work now that the security cannot be turned off;
 - direct tools / gateway tools: the same request with a tool (a JSON-schema function the fake
   answers by calling), directly and through the whole path: what tools add to Goblin's share.
 
@@ -56,7 +59,14 @@ from bench.results import median, percentile, write_section
 from goblin.v1 import common_pb2, router_pb2_grpc
 from goblin_tools.suite import ROOT, Suite, free_ports, start_suite
 from services.common.context import CORRELATION_METADATA_KEY
-from services.common.principal import PRINCIPAL_METADATA_KEY, SIGNING_KEY_NAME, Principal, PrincipalSigner
+from services.common.principal import (
+    PRINCIPAL_METADATA_KEY,
+    SIGNING_KEY_NAME,
+    Principal,
+    PrincipalSigner,
+    ensure_principal_keys,
+)
+from services.common.tls import issue_suite_certificates
 from services.gateway.tls import CERT_FILE, KEY_FILE
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -119,11 +129,11 @@ def wait_listening(process: subprocess.Popen[bytes], port: int, what: str) -> su
     raise RuntimeError(f"{what} did not start")
 
 
-def start_process(module: str, *args: str) -> subprocess.Popen[bytes]:
+def start_process(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -137,25 +147,85 @@ def fake_base_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/openai/v1"
 
 
-def start_skeleton(suite: Suite, fake_port: int) -> tuple[list[subprocess.Popen[bytes]], int, int]:
-    """bench/skeleton.py's router and gateway, and its gateway with the router in-process (the suite's
-    TLS certificate); returns the processes and the two gateways' ports."""
-    router_port, gateway_port, in_process_port = free_ports(3)
-    tls = [str(suite.home / "tls" / CERT_FILE), str(suite.home / "tls" / KEY_FILE)]
+@dataclass
+class Skeleton:
+    """One of bench/skeleton.py's paths, running: its processes by role (``gateway``; ``router`` unless the
+    router is in the gateway's process) and its gateway's HTTPS port."""
+
+    port: int
+    processes: dict[str, subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/v1/chat/completions"
+
+    def roles(self) -> dict[str, psutil.Process]:
+        """Its processes by role, for CPU accounting."""
+        return {role: psutil.Process(process.pid) for role, process in self.processes.items()}
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+SKELETONS = ("skeleton", "in-process skeleton", "secure skeleton")
+
+
+def start_skeletons(home: Path, fake_port: int, names: tuple[str, ...] = SKELETONS) -> dict[str, Skeleton]:
+    """bench/skeleton.py's paths named in ``names`` (of :data:`SKELETONS`) in front of the fake provider,
+    with the certificates and principal keys ``goblin up`` issued under ``home/tls/`` (a suite's home, or
+    one :func:`skeleton_home` made): the gateways serve HTTPS with its certificate, the secure skeleton's
+    gRPC hop uses its CA, service certificates and principal key pair. Stops what it started if one fails."""
+    tls_dir = home / "tls"
+    tls = [str(tls_dir / CERT_FILE), str(tls_dir / KEY_FILE)]
     provider = [fake_base_url(fake_port), FAKE_KEY]
-    started: list[subprocess.Popen[bytes]] = []
+    # The secure roles find everything by GOBLIN_HOME; nothing else of the caller's GOBLIN_* may redirect them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBLIN_")}
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def launch(role: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+        spawned.append(start_process("bench.skeleton", role, str(port), *args, env=env))
+        return wait_listening(spawned[-1], port, f"skeleton {role}")
+
+    started: dict[str, Skeleton] = {}
     try:
-        for port, args, what in (
-            (router_port, ["router", str(router_port), *provider], "skeleton router"),
-            (gateway_port, ["gateway", str(gateway_port), f"127.0.0.1:{router_port}", *tls], "skeleton gateway"),
-            (in_process_port, ["gateway-in-process", str(in_process_port), *provider, *tls], "in-process skeleton"),
-        ):
-            started.append(wait_listening(start_process("bench.skeleton", *args), port, what))
-    except RuntimeError:
-        for process in started:
+        for name in names:
+            gateway_port, router_port = free_ports(2)
+            router_address = f"127.0.0.1:{router_port}"
+            if name == "skeleton":
+                router = launch("router", router_port, *provider)
+                gateway = launch("gateway", gateway_port, router_address, *tls)
+                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway})
+            elif name == "in-process skeleton":
+                gateway = launch("gateway-in-process", gateway_port, *provider, *tls)
+                started[name] = Skeleton(gateway_port, {"gateway": gateway})
+            elif name == "secure skeleton":
+                router = launch("router-secure", router_port, *provider, str(home))
+                gateway = launch("gateway-secure", gateway_port, router_address, *tls, str(home))
+                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway})
+            else:
+                raise ValueError(f"unknown skeleton {name!r}: one of {', '.join(SKELETONS)}")
+    except (RuntimeError, ValueError):
+        for process in spawned:
             process.kill()
+            process.wait()
         raise
-    return started, gateway_port, in_process_port
+    return started
+
+
+def skeleton_home(home: Path) -> Path:
+    """A fresh ``home`` with what ``goblin up`` issues before it starts anything (the suite CA, every
+    service's certificate, the HTTPS certificate, the principal key pair), for skeletons without a suite."""
+    shutil.rmtree(home, ignore_errors=True)
+    issue_suite_certificates(home / "tls")
+    ensure_principal_keys(home / "tls")
+    return home
 
 
 def overhead_quantiles(suite: Suite) -> tuple[float, float, int]:
@@ -220,9 +290,7 @@ async def measure(
     suite: Suite,
     fake: subprocess.Popen[bytes],
     fake_port: int,
-    skeleton: list[subprocess.Popen[bytes]],
-    skeleton_port: int,
-    in_process_port: int,
+    skeletons: dict[str, Skeleton],
 ) -> tuple[dict, dict, Streaming]:
     """The interleaved open-loop runs, then each path's CPU per request; then the same for streaming."""
     direct_body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16}
@@ -241,8 +309,6 @@ async def measure(
     direct_headers = {"Authorization": f"Bearer {FAKE_KEY}"}
     gateway_url = f"{suite.gateway_url}/v1/chat/completions"
     gateway_headers = {"Authorization": f"Bearer {suite.admin_key}"}
-    skeleton_url = f"https://127.0.0.1:{skeleton_port}/v1/chat/completions"
-    in_process_url = f"https://127.0.0.1:{in_process_port}/v1/chat/completions"
     connector = aiohttp.TCPConnector(ssl=suite.ssl_context(), limit=32)
     async with (
         aiohttp.ClientSession(connector=connector) as http,
@@ -266,11 +332,11 @@ async def measure(
         async def via_gateway() -> None:
             await post(gateway_url, gateway_body, gateway_headers)
 
-        async def via_skeleton() -> None:
-            await post(skeleton_url, gateway_body, {})
+        def via(skeleton: Skeleton) -> Callable[[], Awaitable[None]]:
+            async def call() -> None:
+                await post(skeleton.url, gateway_body, {})
 
-        async def via_in_process() -> None:
-            await post(in_process_url, gateway_body, {})
+            return call
 
         async def via_direct_tools() -> None:
             await post(direct_url, direct_tools_body, direct_headers)
@@ -330,8 +396,7 @@ async def measure(
             "direct": via_direct,
             "router": via_router,
             "gateway": via_gateway,
-            "skeleton": via_skeleton,
-            "in-process skeleton": via_in_process,
+            **{name: via(skeleton) for name, skeleton in skeletons.items()},
             "direct tools": via_direct_tools,
             "gateway tools": via_gateway_tools,
         }
@@ -345,9 +410,10 @@ async def measure(
             "router": suite.service_process("router"),
             "gateway": suite.service_process("gateway"),
         }
-        bare = {**goblin, "router": psutil.Process(skeleton[0].pid), "gateway": psutil.Process(skeleton[1].pid)}
-        in_process = {**bare, "gateway": psutil.Process(skeleton[2].pid)}
-        processes = {"skeleton": bare, "in-process skeleton": in_process}
+        # A skeleton's own processes in the gateway and router columns; the in-process one has no router of
+        # its own, so its router column is the plain skeleton's (idle meanwhile).
+        bare = {**goblin, **skeletons["skeleton"].roles()}
+        processes = {name: {**bare, **skeleton.roles()} for name, skeleton in skeletons.items()}
         cpu = {name: await cpu_per_request(fn, processes.get(name, goblin)) for name, fn in variants.items()}
         # Streaming: its own interleaved loop beside the unary direct and gateway requests, so the time to
         # first token Goblin adds can be set against the unary overhead of the same minutes.
@@ -398,13 +464,12 @@ def main() -> None:
     suite = start_suite(home, OPENAI_API_KEY=FAKE_KEY, OPENAI_BASE_URL=fake_base_url(fake_port), **generous)
     try:
         suite.wait_ready()
-        skeleton, skeleton_port, in_process_port = start_skeleton(suite, fake_port)
+        skeletons = start_skeletons(suite.home, fake_port)
         try:
-            runs, cpu, streaming = uvloop.run(measure(suite, fake, fake_port, skeleton, skeleton_port, in_process_port))
+            runs, cpu, streaming = uvloop.run(measure(suite, fake, fake_port, skeletons))
         finally:
-            for process in skeleton:
-                process.terminate()
-                process.wait(timeout=10)
+            for skeleton in skeletons.values():
+                skeleton.stop()
         own_p50, own_p99, own_n = overhead_quantiles(suite)
     finally:
         suite.stop()
@@ -419,7 +484,7 @@ def main() -> None:
         )
 
     direct, router, gateway, skeleton = stats("direct"), stats("router"), stats("gateway"), stats("skeleton")
-    in_process = stats("in-process skeleton")
+    in_process, secure = stats("in-process skeleton"), stats("secure skeleton")
     direct_tools, gateway_tools = stats("direct tools"), stats("gateway tools")
     labels = {
         "direct": "direct: client -> fake provider",
@@ -427,6 +492,7 @@ def main() -> None:
         "gateway": "gateway: HTTPS -> gateway -> router -> fake provider",
         "skeleton": "skeleton: the same hops doing nothing else",
         "in-process skeleton": "in-process skeleton: the skeleton without its gRPC hop",
+        "secure skeleton": "secure skeleton: the skeleton with mutual TLS and a signed principal on its gRPC hop",
         "direct tools": "direct tools: client -> fake provider, with a tool",
         "gateway tools": "gateway tools: HTTPS -> gateway -> router -> fake provider, with a tool",
     }
@@ -462,6 +528,13 @@ Added by Goblin (gateway - direct): p50 **{added_p50:+.2f} ms**, p99 **{added_p9
 (gateway - skeleton) p50 {gateway[0] - skeleton[0]:+.2f} ms, p99 {gateway[1] - skeleton[1]:+.2f} ms.
 The gRPC hop between gateway and router (skeleton - in-process skeleton): p50
 {skeleton[0] - in_process[0]:+.2f} ms, p99 {skeleton[1] - in_process[1]:+.2f} ms.
+With the security every Goblin hop must have (the secure skeleton: mutual TLS with the suite's
+certificates on the gRPC hop, a principal signed per request by the gateway's signer and verified, and
+admitted once, by the router's interceptor), the bare hops add (secure skeleton - direct) p50
+{secure[0] - direct[0]:+.2f} ms, p99 {secure[1] - direct[1]:+.2f} ms, of which the security (secure skeleton -
+skeleton) p50 {secure[0] - skeleton[0]:+.2f} ms, p99 {secure[1] - skeleton[1]:+.2f} ms; Goblin's own work over the
+secure skeleton (gateway - secure skeleton) p50 **{gateway[0] - secure[0]:+.2f} ms**, p99
+**{gateway[1] - secure[1]:+.2f} ms**.
 With a tool (one JSON-schema function; the fake answers with a call of it), Goblin adds
 (gateway tools - direct tools) p50 {gateway_tools[0] - direct_tools[0]:+.2f} ms,
 p99 {gateway_tools[1] - direct_tools[1]:+.2f} ms.
@@ -476,6 +549,15 @@ request roughly doubles these on this VM, as caches go cold). On the skeleton ro
 columns are the skeleton's processes (in-process: the router's work is in the gateway column):
 
 {cpu_table}
+
+CPU per request over the secure skeleton's (Goblin's own work with the mandatory security priced in):
+gateway {cpu["gateway"]["gateway"]:.2f} ms against {cpu["secure skeleton"]["gateway"]:.2f}
+({cpu["gateway"]["gateway"] - cpu["secure skeleton"]["gateway"]:+.2f} ms), router
+{cpu["gateway"]["router"]:.2f} ms against {cpu["secure skeleton"]["router"]:.2f}
+({cpu["gateway"]["router"] - cpu["secure skeleton"]["router"]:+.2f} ms); the security's own cost on the
+bare hop (secure skeleton - skeleton): gateway
+{cpu["secure skeleton"]["gateway"] - cpu["skeleton"]["gateway"]:+.2f} ms, router
+{cpu["secure skeleton"]["router"] - cpu["skeleton"]["router"]:+.2f} ms.
 """
     body += streaming_report(streaming, columns)
     write_section("Router", body, "make bench (python -m bench.router_bench)")

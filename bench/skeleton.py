@@ -7,16 +7,30 @@ forward, translate back. No authentication, rate limit, secret scan, validation,
 ledger, metric, log or trace. What this path adds over a direct call is what the architecture costs on
 this machine before Goblin does any work; the rest of the real path's number is Goblin's own.
 
-Run by bench/router_bench.py, one process per role:
+The secure skeleton is the same with what issue 12 made mandatory on the gateway -> router hop, and
+nothing more: mutual TLS with the suite's certificates, credentials and channel/server options (the real
+``services.common.grpc_client.open_channel`` and ``grpc_server.server_options``, the files
+``load_grpc_tls`` reads), and a principal the gateway signs per request with the real signer, which the
+router's real ``PrincipalInterceptor`` verifies (Ed25519, issuer, audience, expiry) and admits once
+(``ReplayGuard``) before the servicer answers. A call without a valid principal is refused
+(UNAUTHENTICATED) as the real router refuses it. Secure minus plain skeleton is what the security costs
+on the bare hop; gateway minus secure skeleton is Goblin's own work with the security it may not drop.
+
+Run by bench/router_bench.py and bench/throughput.py, one process per role:
 ``python -m bench.skeleton router PORT PROVIDER_BASE_URL API_KEY`` and
-``python -m bench.skeleton gateway PORT ROUTER_ADDRESS CERT_FILE KEY_FILE``; and, to price the gRPC hop,
+``python -m bench.skeleton gateway PORT ROUTER_ADDRESS CERT_FILE KEY_FILE``; to price the gRPC hop,
 ``python -m bench.skeleton gateway-in-process PORT PROVIDER_BASE_URL API_KEY CERT_FILE KEY_FILE``: the
-same gateway calling the same router code in its own process.
+same gateway calling the same router code in its own process; and the secure skeleton,
+``python -m bench.skeleton router-secure PORT PROVIDER_BASE_URL API_KEY GOBLIN_HOME`` and
+``python -m bench.skeleton gateway-secure PORT ROUTER_ADDRESS CERT_FILE KEY_FILE GOBLIN_HOME``, where
+``GOBLIN_HOME/tls/`` holds what ``goblin up`` issues (the suite CA, the router's and the gateway's gRPC
+certificates, the principal key pair).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
@@ -30,6 +44,15 @@ import uvloop
 from goblin.v1 import common_pb2, router_pb2_grpc
 
 Chat = Callable[[common_pb2.ChatRequest], Awaitable[common_pb2.ChatResponse]]
+# Whom the secure skeleton's gateway vouches for: an API key of the default tenant with the chat scope, as
+# the throughput benchmark's goblin target uses (the same claims, so the same assertion size).
+SKELETON_CALLER = {
+    "user_id": "skeleton",
+    "tenant_id": "default",
+    "role": "user",
+    "scopes": ("chat",),
+    "api_key_id": "skeleton",
+}
 
 
 class SkeletonRouter(router_pb2_grpc.RouterServicer):
@@ -69,6 +92,26 @@ async def serve_router(port: int, base_url: str, api_key: str) -> None:
     server = grpc.aio.server()
     router_pb2_grpc.add_RouterServicer_to_server(SkeletonRouter(base_url, api_key), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def serve_secure_router(port: int, base_url: str, api_key: str) -> None:
+    """The skeleton's router behind what every Goblin gRPC server has for security and nothing else: the
+    router's mutual-TLS identity (refusing clients without a suite certificate), the real server options,
+    and the real principal interceptor (this process's verify key and replay guard)."""
+    # Imported here, not at the top: the plain skeleton's processes stay as they were (no extra modules
+    # on their heaps), so the two skeletons differ by the security alone.
+    from services.common.grpc_server import server_options
+    from services.common.principal import PrincipalInterceptor
+    from services.common.settings import GoblinSettings, load_settings
+    from services.common.tls import load_grpc_tls
+
+    tls = load_grpc_tls(load_settings(GoblinSettings), "router")
+    server = grpc.aio.server(interceptors=[PrincipalInterceptor.for_this_process()], options=server_options())
+    router_pb2_grpc.add_RouterServicer_to_server(SkeletonRouter(base_url, api_key), server)
+    if server.add_secure_port(f"127.0.0.1:{port}", tls.server_credentials()) == 0:
+        raise SystemExit(f"skeleton: cannot listen on 127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
 
@@ -131,6 +174,29 @@ def over_grpc(router_address: str) -> Chat:
     return chat
 
 
+def over_secure_grpc(router_address: str) -> Chat:
+    """The router over the gateway's own kind of channel (mutual TLS as the gateway, the server's
+    certificate checked for the name ``router``, no interceptors: metadata passed per call as the
+    gateway's clients pass it), each call carrying a fresh assertion from the real signer."""
+    from services.common.grpc_client import call_metadata, open_channel
+    from services.common.principal import Principal, load_signer, static_claims
+    from services.common.settings import GoblinSettings, load_settings
+    from services.common.tls import load_grpc_tls
+
+    tls = load_grpc_tls(load_settings(GoblinSettings), "gateway")
+    signer = load_signer()
+    # The claims' JSON made once, as the gateway keeps it per principal; each call signs a new assertion.
+    static = static_claims(Principal(**SKELETON_CALLER))
+    stubs: list[router_pb2_grpc.RouterStub] = []
+
+    async def chat(request: common_pb2.ChatRequest) -> common_pb2.ChatResponse:
+        if not stubs:  # the channel belongs to the server's event loop
+            stubs.append(router_pb2_grpc.RouterStub(open_channel(router_address, "router", tls, intercept=False)))
+        return await stubs[0].Chat(request, metadata=call_metadata(signer.sign_static(static)))
+
+    return chat
+
+
 def in_process(base_url: str, api_key: str) -> Chat:
     router = SkeletonRouter(base_url, api_key)
 
@@ -169,8 +235,16 @@ def main(argv: list[str]) -> None:
     elif role == "gateway-in-process":
         base_url, api_key, cert_file, key_file = rest
         serve_gateway(gateway_app(in_process(base_url, api_key)), int(port), cert_file, key_file)
+    elif role == "router-secure":
+        base_url, api_key, home = rest
+        os.environ["GOBLIN_HOME"] = home  # where the settings find the certificates and the verify key
+        uvloop.run(serve_secure_router(int(port), base_url, api_key))
+    elif role == "gateway-secure":
+        router_address, cert_file, key_file, home = rest
+        os.environ["GOBLIN_HOME"] = home  # where the settings find the certificates and the signing key
+        serve_gateway(gateway_app(over_secure_grpc(router_address)), int(port), cert_file, key_file)
     else:
-        raise SystemExit(f"unknown role {role!r}: router, gateway or gateway-in-process")
+        raise SystemExit(f"unknown role {role!r}: router, gateway, gateway-in-process, router-secure or gateway-secure")
 
 
 if __name__ == "__main__":
