@@ -66,7 +66,7 @@ from services.common.principal import (
     PrincipalSigner,
     ensure_principal_keys,
 )
-from services.common.tls import issue_suite_certificates
+from services.common.tls import CA_FILE, issue_suite_certificates
 from services.gateway.tls import CERT_FILE, KEY_FILE
 
 WORK = Path(__file__).resolve().parent / ".work"
@@ -150,10 +150,11 @@ def fake_base_url(port: int) -> str:
 @dataclass
 class Skeleton:
     """One of bench/skeleton.py's paths, running: its processes by role (``gateway``; ``router`` unless the
-    router is in the gateway's process) and its gateway's HTTPS port."""
+    router is in the gateway's process), its gateway's HTTPS port and the CA file its certificate chains to."""
 
     port: int
     processes: dict[str, subprocess.Popen[bytes]]
+    ca_file: Path
 
     @property
     def url(self) -> str:
@@ -184,6 +185,7 @@ def start_skeletons(home: Path, fake_port: int, names: tuple[str, ...] = SKELETO
     gRPC hop uses its CA, service certificates and principal key pair. Stops what it started if one fails."""
     tls_dir = home / "tls"
     tls = [str(tls_dir / CERT_FILE), str(tls_dir / KEY_FILE)]
+    ca_file = tls_dir / CA_FILE
     provider = [fake_base_url(fake_port), FAKE_KEY]
     # The secure roles find everything by GOBLIN_HOME; nothing else of the caller's GOBLIN_* may redirect them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOBLIN_")}
@@ -201,14 +203,14 @@ def start_skeletons(home: Path, fake_port: int, names: tuple[str, ...] = SKELETO
             if name == "skeleton":
                 router = launch("router", router_port, *provider)
                 gateway = launch("gateway", gateway_port, router_address, *tls)
-                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway})
+                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway}, ca_file)
             elif name == "in-process skeleton":
                 gateway = launch("gateway-in-process", gateway_port, *provider, *tls)
-                started[name] = Skeleton(gateway_port, {"gateway": gateway})
+                started[name] = Skeleton(gateway_port, {"gateway": gateway}, ca_file)
             elif name == "secure skeleton":
                 router = launch("router-secure", router_port, *provider, str(home))
                 gateway = launch("gateway-secure", gateway_port, router_address, *tls, str(home))
-                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway})
+                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway}, ca_file)
             else:
                 raise ValueError(f"unknown skeleton {name!r}: one of {', '.join(SKELETONS)}")
     except (RuntimeError, ValueError):

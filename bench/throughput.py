@@ -4,13 +4,18 @@ A sweep of offered rates (50, 100, 200, 400, 800 requests/s, 20 s each) of the s
 completion (16 tokens, a fake OpenAI provider in its own process answering at once), against:
 
 - direct: HTTP/1.1 POST to the fake provider (the floor, and the load generator's own ceiling);
+- skeleton: bench/skeleton.py, Goblin's hops (HTTPS gateway -> gRPC router -> provider) doing nothing
+  else, plaintext gRPC and no caller identity;
+- secure-skeleton: the same with the security every Goblin hop must have (mutual TLS on the gRPC hop, a
+  principal signed per request and verified): the highest rate these two hold is the floor under the
+  goal for Goblin's own rate on this machine;
 - goblin: the whole suite (``goblin up``), HTTPS POST /v1/chat/completions with an API key of the default
   tenant (scope chat), every feature on: auth, rate limits (checked, with limits above the sweep's
   rates), secret scanning, the budget, the ledger, metrics, JSON logs;
 - litellm: LiteLLM's proxy from PyPI (bench/throughput_litellm.py: its own venv, 2 workers, a master key,
   the local cost map, nothing sent out) in front of the same fake provider, plain HTTP.
 
-All three run throughout; the steps alternate between them rate by rate (the order reversed on every other
+All run throughout; the steps alternate between them rate by rate (the order reversed on every other
 rate) so the host's drift hits them alike. A target stops at its first failing rate: p99 >= 100 ms, any
 error, or served < 95 % of offered. Latency is from each request's scheduled send time. The load
 generator (bench/throughput_load.py: aiohttp on uvloop in ``--generators`` processes, samples merged)
@@ -44,7 +49,16 @@ from pathlib import Path
 import psutil
 
 from bench.results import write_section
-from bench.router_bench import FAKE_KEY, MESSAGES, MODEL, fake_base_url, start_fake
+from bench.router_bench import (
+    FAKE_KEY,
+    MESSAGES,
+    MODEL,
+    Skeleton,
+    fake_base_url,
+    skeleton_home,
+    start_fake,
+    start_skeletons,
+)
 from bench.throughput_litellm import LiteLLM
 from bench.throughput_load import MIN_SERVED, P99_LIMIT_MS, Generator, Step, Target, failure
 from bench.throughput_report import error_examples, holding_rates, sweep_plot, sweep_table
@@ -57,7 +71,9 @@ DURATION_S = 20.0
 GENERATORS = 2
 WARM_UP = (20.0, 3.0)  # rate, seconds: every target once before the sweep, not recorded
 SETTLE_S = 2.0  # between steps; after a failed one, until the target's queue has drained too
-TARGETS = ("direct", "goblin", "litellm")
+TARGETS = ("direct", "skeleton", "secure-skeleton", "goblin", "litellm")
+# The throughput targets' names of router_bench's skeleton paths.
+SKELETON_TARGETS = {"skeleton": "skeleton", "secure-skeleton": "secure skeleton"}
 MAX_TOKENS = 16
 # Limits far above any rate the sweep offers: the limiter still runs on every request (its Redis round
 # trips are part of the cost measured), it never refuses one.
@@ -166,6 +182,33 @@ def goblin_path(suite: Suite, fake: psutil.Process) -> Endpoint:
     return Endpoint(target, lambda: [*suite_processes(suite), fake])
 
 
+@contextmanager
+def skeletons(names: list[str], fake_port: int) -> Iterator[dict[str, Skeleton]]:
+    """The skeleton targets among ``names``, running in front of the fake provider (their own home: the
+    certificates and principal keys ``goblin up`` would issue), by target name; stopped afterwards."""
+    wanted = tuple(SKELETON_TARGETS[name] for name in names if name in SKELETON_TARGETS)
+    running = start_skeletons(skeleton_home(WORK / "skeleton"), fake_port, wanted) if wanted else {}
+    try:
+        yield {target: running[path] for target, path in SKELETON_TARGETS.items() if path in running}
+    finally:
+        for skeleton in running.values():
+            skeleton.stop()
+
+
+def skeleton_path(name: str, skeleton: Skeleton, fake: psutil.Process) -> Endpoint:
+    """A skeleton as a target: the gateway's body of the goblin target, no key (it checks none); its CPU is
+    its gateway's and router's and the fake provider's."""
+    target = Target(
+        name,
+        skeleton.url,
+        body(f"openai/{MODEL}", max_tokens=MAX_TOKENS),
+        {},
+        ca_file=str(skeleton.ca_file),
+    )
+    processes = list(skeleton.roles().values())
+    return Endpoint(target, lambda: [*processes, fake])
+
+
 def litellm_path(proxy: LiteLLM, fake: psutil.Process) -> Endpoint:
     target = Target(
         "litellm",
@@ -253,6 +296,13 @@ def report(steps: list[Step], rates: list[float], duration_s: float, generators:
             + " (A target that held the sweep's highest rate may hold more: that rate is a floor.)"
         )
     summary = ", ".join(f"{target} **{rate:.0f}/s**" for target, rate in held.items())
+    bare = [name for name in SKELETON_TARGETS if name in held]
+    if bare:
+        floor = ", ".join(f"{name} {held[name]:.0f}/s" for name in bare)
+        ratio += (
+            f" The floor under Goblin's rate on this machine (its hops doing nothing else, the same load "
+            f"generator): {floor}."
+        )
     return f"""
 Non-streaming chat completion ({MAX_TOKENS} tokens) of `{MODEL}` from a fake OpenAI provider in its own
 process (instant answers). Open loop, offered rates {", ".join(f"{r:.0f}" for r in rates)} requests/s,
@@ -260,14 +310,17 @@ process (instant answers). Open loop, offered rates {", ".join(f"{r:.0f}" for r 
 target stops at its first failing rate (p99 >= {P99_LIMIT_MS:.0f} ms, any error, or served <
 {MIN_SERVED:.0%} of offered). Latency from each request's scheduled send time. goblin: the whole suite,
 HTTPS with an API key, every feature on (auth, rate limits checked with limits above these rates, secret
-scanning, budget, ledger, metrics, JSON logs). litellm: LiteLLM's proxy (its own venv, 2 workers,
-master key, local cost map), plain HTTP. The load generator (aiohttp on uvloop, {generators} processes,
+scanning, budget, ledger, metrics, JSON logs). skeleton: bench/skeleton.py, the same HTTPS -> gRPC ->
+provider hops doing nothing else (plaintext gRPC, no caller identity); secure-skeleton: the same with mutual
+TLS on the gRPC hop and a principal signed per request by the gateway's signer and verified, and admitted
+once, by the router's interceptor (what every Goblin hop must have). litellm: LiteLLM's proxy (its own
+venv, 2 workers, master key, local cost map), plain HTTP. The load generator (aiohttp on uvloop, {generators} processes,
 samples merged) runs on the same 2 cores as everything it measures: its CPU per request is in the table;
 one generator process, given a core of its own, would top out near {ceiling} requests/s on the direct
 path (1000 / its CPU ms per request there); a send lag p99 above a few ms means the generator fell
 behind. Target CPU is every process serving the path (goblin: the whole suite, embedded PostgreSQL and
-Redis included, and the fake provider; litellm: its workers and the fake provider). Load average (1, 5, 15
-min) at the start {loads[0]}, at the end {loads[1]}.
+Redis included, and the fake provider; a skeleton: its gateway, its router and the fake provider;
+litellm: its workers and the fake provider). Load average (1, 5, 15 min) at the start {loads[0]}, at the end {loads[1]}.
 
 Highest rate held: {summary}.{ratio}
 
@@ -281,17 +334,18 @@ Plot: `bench/{plot.name}` (p99 solid, p50 dashed, x a failed step).
 
 def run_sweep(args: argparse.Namespace) -> None:
     rates = [float(r) for r in args.rates.split(",")]
-    wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(wanted) - set(TARGETS)
-    if unknown:
-        raise SystemExit(f"unknown targets: {sorted(unknown)} (choose from {', '.join(TARGETS)})")
+    wanted = targets(args.targets)
     loads_start = load_average()
     with fake_provider() as (fake_port, fake), Generator(args.generators) as generator:
         # LiteLLM's workers import for tens of seconds: start them first, wait for them after the suite.
         proxy = LiteLLM.spawn(fake_base_url(fake_port), FAKE_KEY, MODEL) if "litellm" in wanted else None
         try:
-            with goblin_suite("throughput", fake_port) if "goblin" in wanted else _nothing() as suite:
+            with (
+                goblin_suite("throughput", fake_port) if "goblin" in wanted else _nothing() as suite,
+                skeletons(wanted, fake_port) as bare,
+            ):
                 paths = {"direct": direct_path(fake_port, fake)}
+                paths.update((name, skeleton_path(name, skeleton, fake)) for name, skeleton in bare.items())
                 if suite is not None:
                     paths["goblin"] = goblin_path(suite, fake)
                 if proxy is not None:
@@ -313,11 +367,16 @@ def _nothing() -> Iterator[None]:
     yield None
 
 
+def targets(text: str) -> list[str]:
+    """The targets a ``--targets`` value names (comma-separated)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default=",".join(str(r) for r in RATES), help="offered rates, requests/s")
     parser.add_argument("--duration", type=float, default=DURATION_S, help="seconds per rate and target")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="which of direct,goblin,litellm")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"a subset of {','.join(TARGETS)}")
     parser.add_argument("--generators", type=int, default=GENERATORS, help="load generator processes")
     parser.add_argument("--soak", type=float, default=0, help="soak Goblin alone for this many seconds")
     parser.add_argument("--rate", type=float, default=100, help="the soak's rate, requests/s")
@@ -326,6 +385,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.generators < 1 or args.rate <= 0 or args.soak < 0 or args.sample_every <= 0:
         parser.error("durations, rates and counts must be positive")
+    unknown = set(targets(args.targets)) - set(TARGETS)
+    if unknown or not targets(args.targets):
+        parser.error(f"--targets: unknown {sorted(unknown)}: a subset of {','.join(TARGETS)}")
     return args
 
 

@@ -119,6 +119,23 @@ def test_the_sweep_plot_is_a_png(tmp_path: Path):
     assert path.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_the_report_names_the_skeletons_rates_as_the_floor(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("BENCH_NO_WRITE", "1")
+    monkeypatch.setattr(throughput, "WORK", tmp_path)
+    steps = [
+        step("direct", 400),
+        step("skeleton", 200),
+        step("skeleton", 400, p99=150.0),
+        step("secure-skeleton", 100),
+        step("secure-skeleton", 200, p99=120.0),
+        step("goblin", 50),
+        step("goblin", 100, errors=3),
+    ]
+    body = throughput.report(steps, [100, 200, 400], 20, 2, ("1.00, 1.00, 1.00", "1.00, 1.00, 1.00"))
+    assert "skeleton 200/s, secure-skeleton 100/s" in body
+    assert "| secure-skeleton | 200 |" in body and "fails: p99 120 ms" in body
+
+
 def test_growth_is_the_fitted_line_rise_over_where_it_starts():
     times = [0.0, 10.0, 20.0, 30.0]
     assert growth(times, [100.0, 101.0, 102.0, 103.0]) == pytest.approx(0.03)
@@ -153,14 +170,27 @@ def test_the_memory_plot_is_a_png(tmp_path: Path):
 def test_the_options_default_to_the_issue_sweep():
     args = throughput.parse([])
     assert args.rates == "50,100,200,400,800" and args.duration == 20 and args.soak == 0
-    assert args.targets == "direct,goblin,litellm" and args.generators >= 1
+    assert throughput.targets(args.targets) == ["direct", "skeleton", "secure-skeleton", "goblin", "litellm"]
+    assert args.generators >= 1
     short = throughput.parse(["--rates", "50,100", "--duration", "2", "--targets", "direct"])
     assert (short.rates, short.duration, short.targets) == ("50,100", 2, "direct")
+    floor = throughput.parse(["--targets", "skeleton, secure-skeleton"])
+    assert throughput.targets(floor.targets) == ["skeleton", "secure-skeleton"]
     soak = throughput.parse(["--soak", "60", "--rate", "100"])
     assert (soak.soak, soak.rate, soak.sample_every) == (60, 100, 10)
 
 
-@pytest.mark.parametrize("argv", [["--duration", "0"], ["--generators", "0"], ["--rate", "-1"], ["--soak", "-5"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--duration", "0"],
+        ["--generators", "0"],
+        ["--rate", "-1"],
+        ["--soak", "-5"],
+        ["--targets", "goblin,nginx"],
+        ["--targets", ","],
+    ],
+)
 def test_the_options_refuse_nonsense(argv: list[str]):
     with pytest.raises(SystemExit):
         throughput.parse(argv)
