@@ -150,11 +150,13 @@ def fake_base_url(port: int) -> str:
 @dataclass
 class Skeleton:
     """One of bench/skeleton.py's paths, running: its processes by role (``gateway``; ``router`` unless the
-    router is in the gateway's process), its gateway's HTTPS port and the CA file its certificate chains to."""
+    router is in the gateway's process), its gateway's HTTPS port, the CA file its certificate chains to,
+    and its router's gRPC port (0: in-process)."""
 
     port: int
     processes: dict[str, subprocess.Popen[bytes]]
     ca_file: Path
+    router_port: int = 0
 
     @property
     def url(self) -> str:
@@ -203,14 +205,14 @@ def start_skeletons(home: Path, fake_port: int, names: tuple[str, ...] = SKELETO
             if name == "skeleton":
                 router = launch("router", router_port, *provider)
                 gateway = launch("gateway", gateway_port, router_address, *tls)
-                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway}, ca_file)
+                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway}, ca_file, router_port)
             elif name == "in-process skeleton":
                 gateway = launch("gateway-in-process", gateway_port, *provider, *tls)
                 started[name] = Skeleton(gateway_port, {"gateway": gateway}, ca_file)
             elif name == "secure skeleton":
                 router = launch("router-secure", router_port, *provider, str(home))
                 gateway = launch("gateway-secure", gateway_port, router_address, *tls, str(home))
-                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway}, ca_file)
+                started[name] = Skeleton(gateway_port, {"router": router, "gateway": gateway}, ca_file, router_port)
             else:
                 raise ValueError(f"unknown skeleton {name!r}: one of {', '.join(SKELETONS)}")
     except (RuntimeError, ValueError):
