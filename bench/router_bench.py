@@ -513,6 +513,8 @@ def main() -> None:
         ]
     )
     added_p50, added_p99 = gateway[0] - direct[0], gateway[1] - direct[1]
+    gw, rt = cpu["gateway"]["gateway"], cpu["gateway"]["router"]
+    secure_cpu, bare_cpu = cpu["secure skeleton"], cpu["skeleton"]
     verdict = "met" if added_p50 < 2 and added_p99 < 6 else "not met"
     body = f"""
 Non-streaming chat completion (16 tokens) of `openai/{MODEL}` from a fake OpenAI provider in its own
@@ -534,11 +536,11 @@ The gRPC hop between gateway and router (skeleton - in-process skeleton): p50
 {skeleton[0] - in_process[0]:+.2f} ms, p99 {skeleton[1] - in_process[1]:+.2f} ms.
 With the security every Goblin hop must have (the secure skeleton: mutual TLS with the suite's
 certificates on the gRPC hop, a principal signed per request by the gateway's signer and verified, and
-admitted once, by the router's interceptor), the bare hops add (secure skeleton - direct) p50
-{secure[0] - direct[0]:+.2f} ms, p99 {secure[1] - direct[1]:+.2f} ms, of which the security (secure skeleton -
-skeleton) p50 {secure[0] - skeleton[0]:+.2f} ms, p99 {secure[1] - skeleton[1]:+.2f} ms; Goblin's own work over the
-secure skeleton (gateway - secure skeleton) p50 **{gateway[0] - secure[0]:+.2f} ms**, p99
-**{gateway[1] - secure[1]:+.2f} ms**.
+admitted once, by the router's interceptor), the bare hops add (secure skeleton - direct) \
+p50 {secure[0] - direct[0]:+.2f} ms, p99 {secure[1] - direct[1]:+.2f} ms, of which the security \
+(secure skeleton - skeleton) p50 {secure[0] - skeleton[0]:+.2f} ms, p99 {secure[1] - skeleton[1]:+.2f} ms;
+Goblin's own work over the secure skeleton (gateway - secure skeleton) \
+p50 **{gateway[0] - secure[0]:+.2f} ms**, p99 **{gateway[1] - secure[1]:+.2f} ms**.
 With a tool (one JSON-schema function; the fake answers with a call of it), Goblin adds
 (gateway tools - direct tools) p50 {gateway_tools[0] - direct_tools[0]:+.2f} ms,
 p99 {gateway_tools[1] - direct_tools[1]:+.2f} ms.
@@ -555,13 +557,10 @@ columns are the skeleton's processes (in-process: the router's work is in the ga
 {cpu_table}
 
 CPU per request over the secure skeleton's (Goblin's own work with the mandatory security priced in):
-gateway {cpu["gateway"]["gateway"]:.2f} ms against {cpu["secure skeleton"]["gateway"]:.2f}
-({cpu["gateway"]["gateway"] - cpu["secure skeleton"]["gateway"]:+.2f} ms), router
-{cpu["gateway"]["router"]:.2f} ms against {cpu["secure skeleton"]["router"]:.2f}
-({cpu["gateway"]["router"] - cpu["secure skeleton"]["router"]:+.2f} ms); the security's own cost on the
-bare hop (secure skeleton - skeleton): gateway
-{cpu["secure skeleton"]["gateway"] - cpu["skeleton"]["gateway"]:+.2f} ms, router
-{cpu["secure skeleton"]["router"] - cpu["skeleton"]["router"]:+.2f} ms.
+gateway {gw:.2f} ms against {secure_cpu["gateway"]:.2f} ms ({gw - secure_cpu["gateway"]:+.2f} ms), router \
+{rt:.2f} ms against {secure_cpu["router"]:.2f} ms ({rt - secure_cpu["router"]:+.2f} ms); the security's own
+cost on the bare hop (secure skeleton - skeleton): gateway {secure_cpu["gateway"] - bare_cpu["gateway"]:+.2f} ms,
+router {secure_cpu["router"] - bare_cpu["router"]:+.2f} ms.
 """
     body += streaming_report(streaming, columns)
     write_section("Router", body, "make bench (python -m bench.router_bench)")
