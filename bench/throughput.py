@@ -245,7 +245,7 @@ def sweep(generator: Generator, paths: list[Endpoint], rates: list[float], durat
             steps.append(step)
             why = failure(step)
             print(
-                f"{step.target:8} {rate:5.0f}/s served {step.served:6.1f}/s p50 {step.p50_ms:7.2f} ms "
+                f"{step.target:15} {rate:5.0f}/s served {step.served:6.1f}/s p50 {step.p50_ms:7.2f} ms "
                 f"p99 {step.p99_ms:8.2f} ms errors {step.errors} gen {step.generator_cpu_ms:.2f} ms/req "
                 f"lag p99 {step.send_lag_p99_ms:.1f} ms: {why or 'holds'}",
                 flush=True,
