@@ -91,6 +91,36 @@ async def provider_rounds(base_url: str, results: dict[str, list[float]]) -> Non
             await provider.aclose()
 
 
+def journal_cases() -> dict[str, Callable[[], object]]:
+    """A routing row's journal line, the old way (json.dumps) and services.common.journal.encode_row."""
+    from services.common.journal import encode_row
+    from services.router.ledger import RoutingRecord
+
+    row = RoutingRecord(
+        requested_model="openai/gpt-4o-mini",
+        outcome="ok",
+        provider="openai",
+        model="gpt-4o-mini",
+        correlation_id="c0ffee" * 5,
+        tenant_id="default",
+        user_hash="0123456789abcdef",
+        api_key_id="key-1",
+        policy="default",
+        prompt_tokens=21,
+        completion_tokens=16,
+        cost_usd=0.0000123,
+        latency_ms=3.217,
+        fallback_chain=["openai/gpt-4o-mini"],
+    ).row()
+    assert json.loads(encode_row(row)) == json.loads(json.dumps(list(row)))
+    return {
+        "journal line of a routing row: json.dumps (before)": lambda: (
+            json.dumps(list(row), separators=(",", ":")) + "\n"
+        ).encode(),
+        "journal line of a routing row: orjson (journal.encode_row)": lambda: encode_row(row),
+    }
+
+
 async def interceptor_rounds(results: dict[str, list[float]]) -> None:
     """A unary call with a signed principal through the server's interceptors, the old pair and the one."""
     import time
@@ -190,7 +220,7 @@ async def interceptor_rounds(results: dict[str, list[float]]) -> None:
 
 
 def main() -> None:
-    sync_cases = principal_cases()
+    sync_cases = {**principal_cases(), **journal_cases()}
     results: dict[str, list[float]] = {name: [] for name in sync_cases}
     for _ in range(ROUNDS):
         for name, fn in sync_cases.items():
