@@ -1,13 +1,16 @@
 """The gateway's HTTP/1.1 protocol writes a complete response (head and body) in one transport write,
 and the bytes on the wire are exactly uvicorn's: each case is served by uvicorn's own protocol and by
-ours over a recording transport, and the two byte streams compared."""
+ours over a recording transport, and the two byte streams compared. Over HTTP/2 a unary answer's
+HEADERS and DATA frames leave in one write as well."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hyperframe.frame import DataFrame, Frame, HeadersFrame
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -16,7 +19,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from services.gateway import http2
 from services.gateway.http_protocol import BoundedHttpToolsProtocol
+from tests.unit.gateway.test_http_protocol_h2_raw import RawH2, serving
 
 ANSWER = {"id": "chatcmpl-1", "choices": [{"message": {"role": "assistant", "content": "héllo"}}]}
 
@@ -207,3 +212,38 @@ async def test_a_body_shorter_than_its_length_still_fails_as_in_uvicorn() -> Non
     before, after = await compare(get("/too-short"))
     assert after.writes == before.writes
     assert after.closed
+
+
+def frames_of(data: bytes) -> list[Frame]:
+    """The HTTP/2 frames in one write of the server's."""
+    frames = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        frames.append(frame)
+        data = data[9 + length :]
+    return frames
+
+
+def test_over_http2_a_unary_answers_headers_and_data_leave_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+
+    def recording_flush(self: http2.Http2Protocol) -> None:
+        if data := self.conn.data_to_send():
+            writes.append(data)
+            self.transport.write(data)
+
+    monkeypatch.setattr(http2.Http2Protocol, "flush", recording_flush)
+    with serving(STARLETTE, tmp_path) as (_, port, context):
+        raw = RawH2(port, context)
+        try:
+            raw.send(raw.request(1, "/v1/chat/completions"))
+            assert any(isinstance(f, DataFrame) and "END_STREAM" in f.flags for f in raw.frames(timeout_s=10))
+        finally:
+            raw.close()
+    answer = [frames_of(data) for data in writes if any(f.stream_id == 1 for f in frames_of(data))]
+    assert len(answer) == 1, answer  # the HEADERS and the whole DATA, one write
+    kinds = [type(f) for f in answer[0] if f.stream_id == 1]
+    assert kinds == [HeadersFrame, DataFrame]
