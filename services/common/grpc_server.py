@@ -222,17 +222,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_response(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
                 token = correlation_id_var.set(_correlation_id(context))
-                started, failed, principal = time.perf_counter(), None, None
+                started, failed, admitted = time.perf_counter(), None, None
                 try:
-                    principal = admit(context)
+                    admitted = admit(context)
                     return await behavior(request_or_iterator, context)
                 except Exception as exc:
                     failed = exc
                     await answer_failure(context, exc)
                     raise
                 finally:
-                    if principal is not None:
-                        verified_principal_var.reset(principal)
+                    if admitted is not None:
+                        verified_principal_var.reset(admitted)
                     finish(context, started, failed)
                     correlation_id_var.reset(token)
 
@@ -243,9 +243,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         async def stream_response(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             token = correlation_id_var.set(_correlation_id(context))
-            started, failed, principal = time.perf_counter(), None, None
+            started, failed, admitted = time.perf_counter(), None, None
             try:
-                principal = admit(context)
+                admitted = admit(context)
                 async for item in streaming(request_or_iterator, context):
                     yield item
             except Exception as exc:
@@ -253,8 +253,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 await answer_failure(context, exc)
                 raise
             finally:
-                if principal is not None:
-                    verified_principal_var.reset(principal)
+                if admitted is not None:
+                    verified_principal_var.reset(admitted)
                 finish(context, started, failed)
                 correlation_id_var.reset(token)
 
