@@ -13,6 +13,10 @@ that the shared machine's drift hits both alike: CPU microseconds per operation 
   by its FastAPI route and by the pure-ASGI route (services/gateway/api/asgi_routes.py); the backends are
   in-process stand-ins (the same work for both: the gRPC call is not what is compared).
 
+- a unary answer written by the HTTPS server (real TLS over loopback, a keep-alive client in another
+  process sending requests one at a time): services/gateway/http_protocol.py's protocol with uvicorn's
+  cycle (head and body in two writes, two TLS records) and with its own (one write); the server side's CPU per request.
+
 Run: ``python -m bench.gateway_micro`` (prints a markdown table; writes nothing).
 """
 
@@ -272,6 +276,106 @@ async def measure(redis_url: str, home: Path) -> dict[str, list[float]]:
     return results
 
 
+# The client of :func:`write_rounds`, in its own process so that its CPU is not counted: per line
+# "port count" on stdin, ``count`` requests one at a time on a kept-alive TLS connection to that port.
+WRITE_CLIENT = r"""
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+request = bytes.fromhex(sys.argv[2])
+connections = {}
+for line in sys.stdin:
+    port, count = map(int, line.split())
+    if port not in connections:
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connections[port] = context.wrap_socket(raw, server_hostname="localhost")
+    sock = connections[port]
+    for _ in range(count):
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+            data += sock.recv(65536)
+    print("ok", flush=True)
+"""
+
+
+async def write_rounds(home: Path, results: dict[str, list[float]]) -> None:
+    """A unary answer through the HTTPS server with uvicorn's protocol and with the gateway's, alternated;
+    the server process's CPU per request (the client runs in another process)."""
+    import asyncio
+    import sys
+
+    from starlette.responses import Response
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from services.gateway.http_protocol import BoundedHttpToolsProtocol
+    from services.gateway.tls import ensure_dev_certificates, https_config
+
+    body = orjson.dumps(ANSWER)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await Response(body, media_type="application/json")(scope, receive, send)
+
+    ca, cert, key = ensure_dev_certificates(home / "tls")
+    config = https_config(app, "127.0.0.1", 0, cert, key, None)
+    assert config.ssl is not None
+    config.ssl.set_alpn_protocols(["http/1.1"])
+    loop = asyncio.get_running_loop()
+
+    class TwoWrites(BoundedHttpToolsProtocol):
+        """The gateway's protocol with uvicorn's own cycle: the head, then the body."""
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            HttpToolsProtocol._start_asgi_task(self, cycle, app)
+
+    cases = {
+        "unary answer over TLS: head and body in two writes (before)": TwoWrites,
+        "unary answer over TLS: one write (http_protocol.py)": BoundedHttpToolsProtocol,
+    }
+    state, ports, servers = ServerState(), {}, []
+    for name, protocol in cases.items():
+        server = await loop.create_server(
+            lambda p=protocol: p(config, state, {}, loop),
+            "127.0.0.1",
+            0,
+            ssl=config.ssl,  # type: ignore[misc]
+        )
+        servers.append(server)
+        ports[name] = server.sockets[0].getsockname()[1]
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+    request += b"content-length: %d\r\n\r\n%s" % (len(CHAT_BODY), CHAT_BODY)
+    client = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WRITE_CLIENT,
+        str(ca),
+        request.hex(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert client.stdin is not None and client.stdout is not None
+
+    async def run(port: int, count: int) -> float:
+        started = time.process_time()
+        client.stdin.write(f"{port} {count}\n".encode())  # type: ignore[union-attr]
+        assert await client.stdout.readline() == b"ok\n"  # type: ignore[union-attr]
+        return (time.process_time() - started) / count * 1e6
+
+    try:
+        for port in ports.values():
+            await run(port, 50)  # warm: connections, TLS sessions
+        for _ in range(ROUNDS):
+            for name, port in ports.items():
+                results.setdefault(name, []).append(await run(port, CALLS))
+    finally:
+        client.stdin.close()
+        await client.wait()
+        for server in servers:
+            server.close()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         redis = EmbeddedRedis(Path(home))
@@ -279,6 +383,7 @@ def main() -> None:
             results = uvloop.run(measure(redis.url, Path(home)))
         finally:
             redis.stop()
+        uvloop.run(write_rounds(Path(home), results))
     load = os.getloadavg()[0]
     print(f"{ROUNDS} rounds of {CALLS} calls, alternated; load average {load:.1f} on {os.cpu_count()} cores")
     print("\n| part of a request | CPU per call, median (µs) | min |\n| --- | --- | --- |")

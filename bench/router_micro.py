@@ -8,6 +8,12 @@ process only; the fake provider's own work is not counted).
   keep-alive): an ``httpx.Request`` through the ``httpx-aiohttp`` transport (before) and the request
   straight through that transport's aiohttp session (services.router.providers.http).
 
+- the server interceptors of a unary call with a signed principal (a one-method gRPC server and its
+  client in this process, plaintext): two interceptors (correlation/metrics, then the principal) each
+  building the method's handler anew per call (before), and services/common/grpc_server.py's one
+  interceptor with the wrapped handler built once per method; assertions signed ahead, outside the timing;
+- the journal line of a routing row (services/common/journal.py): ``json.dumps`` (before) and orjson.
+
 Run: ``python -m bench.router_micro`` (prints a markdown table; writes nothing).
 """
 
@@ -17,6 +23,8 @@ import json
 import os
 import statistics
 from collections.abc import Callable
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import uvloop
@@ -83,12 +91,141 @@ async def provider_rounds(base_url: str, results: dict[str, list[float]]) -> Non
             await provider.aclose()
 
 
+def journal_cases() -> dict[str, Callable[[], object]]:
+    """A routing row's journal line, the old way (json.dumps) and services.common.journal.encode_row."""
+    from services.common.journal import encode_row
+    from services.router.ledger import RoutingRecord
+
+    row = RoutingRecord(
+        requested_model="openai/gpt-4o-mini",
+        outcome="ok",
+        provider="openai",
+        model="gpt-4o-mini",
+        correlation_id="c0ffee" * 5,
+        tenant_id="default",
+        user_hash="0123456789abcdef",
+        api_key_id="key-1",
+        policy="default",
+        prompt_tokens=21,
+        completion_tokens=16,
+        cost_usd=0.0000123,
+        latency_ms=3.217,
+        fallback_chain=["openai/gpt-4o-mini"],
+    ).row()
+    assert json.loads(encode_row(row)) == json.loads(json.dumps(list(row)))
+    return {
+        "journal line of a routing row: json.dumps (before)": lambda: (
+            json.dumps(list(row), separators=(",", ":")) + "\n"
+        ).encode(),
+        "journal line of a routing row: orjson (journal.encode_row)": lambda: encode_row(row),
+    }
+
+
+async def interceptor_rounds(results: dict[str, list[float]]) -> None:
+    """A unary call with a signed principal through the server's interceptors, the old pair and the one."""
+    import time
+
+    import grpc
+
+    from services.common.grpc_server import ServiceInterceptor
+    from services.common.principal import PRINCIPAL_METADATA_KEY, PrincipalGate, PrincipalInterceptor, ReplayGuard
+
+    signer = PrincipalSigner(Ed25519PrivateKey.generate(), ttl_s=600)
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    def gate() -> PrincipalGate:
+        return PrincipalGate(signer.verifier(), ReplayGuard())
+
+    cases = {
+        "server interceptors: two, the handler rebuilt per call (before)": [
+            ServiceInterceptor(),
+            PrincipalInterceptor(gate()),
+        ],
+        "server interceptors: one, the wrapped handler built once (grpc_server.py)": [ServiceInterceptor(gate())],
+    }
+    servers, calls = [], {}
+    for name, interceptors in cases.items():
+        server = grpc.aio.server(interceptors=interceptors)
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "goblin.v1.Router", {"Do": grpc.unary_unary_rpc_method_handler(handler)}
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        calls[name] = (channel, channel.unary_unary("/goblin.v1.Router/Do"))
+
+    async def timed(call: Any) -> float:
+        assertions = [((PRINCIPAL_METADATA_KEY, signer.sign(CALLER)),) for _ in range(CALLS)]
+        started = time.process_time()
+        for metadata in assertions:
+            await call(b"x" * 64, metadata=metadata)
+        return (time.process_time() - started) / CALLS * 1e6
+
+    class Context:
+        """What the interceptors read of a call's context."""
+
+        def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+            self.metadata = metadata
+
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return self.metadata
+
+        def code(self) -> None:
+            return None
+
+    handler_of = grpc.unary_unary_rpc_method_handler(handler)
+    details = SimpleNamespace(method="/goblin.v1.Router/Do", invocation_metadata=())
+
+    def chain(interceptors: list[Any]) -> Any:
+        async def continuation(details: Any) -> Any:
+            return handler_of
+
+        for interceptor in reversed(interceptors):
+            continuation = partial(interceptor.intercept_service, continuation)
+        return continuation
+
+    async def timed_alone(intercept: Any) -> float:
+        contexts = [Context(((PRINCIPAL_METADATA_KEY, signer.sign(CALLER)),)) for _ in range(CALLS)]
+        started = time.process_time()
+        for context in contexts:
+            details.invocation_metadata = context.metadata
+            wrapped = await intercept(details)
+            await wrapped.unary_unary(b"x", context)
+        return (time.process_time() - started) / CALLS * 1e6
+
+    alone = {f"{name}, alone (no gRPC call)": chain(interceptors) for name, interceptors in cases.items()}
+    try:
+        for intercept in alone.values():
+            await timed_alone(intercept)  # warm
+        for _ in range(ROUNDS):
+            for name, intercept in alone.items():
+                results.setdefault(name, []).append(await timed_alone(intercept))
+        for _, call in calls.values():
+            await timed(call)  # warm
+        for _ in range(ROUNDS):
+            for name, (_, call) in calls.items():
+                results.setdefault(name, []).append(await timed(call))
+    finally:
+        for channel, _ in calls.values():
+            await channel.close()
+        for server in servers:
+            await server.stop(None)
+
+
 def main() -> None:
-    sync_cases = principal_cases()
+    sync_cases = {**principal_cases(), **journal_cases()}
     results: dict[str, list[float]] = {name: [] for name in sync_cases}
     for _ in range(ROUNDS):
         for name, fn in sync_cases.items():
             results[name].append(timed_sync(fn))
+    uvloop.run(interceptor_rounds(results))
     port = free_ports(1)[0]
     fake = start_fake(port)
     try:

@@ -7,8 +7,8 @@
 - ``grpc.health.v1`` (NOT_SERVING until :meth:`Service.start` has connected the dependencies,
   then SERVING while :meth:`Service.healthy` holds) and server reflection; health alone is also served
   in plaintext on the probe port, which serves nothing else (kubelet probes carry no certificate);
-- interceptors: the correlation id from metadata into the log context, domain errors to status codes,
-  call metrics; the signed principal verified (services.common.principal);
+- one interceptor: the correlation id from metadata into the log context, the signed principal
+  verified (services.common.principal), domain errors to status codes, call metrics;
 - SIGTERM/SIGINT: NOT_SERVING, stop taking calls, drain for the grace period, close, flush telemetry.
 """
 
@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import Token
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +35,15 @@ from services.common.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, GoblinError,
 from services.common.grpc_client import KEEPALIVE_MS
 from services.common.logs import configure_logging
 from services.common.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_LATENCY, start_metrics_server
-from services.common.principal import PrincipalInterceptor
+from services.common.principal import (
+    InvalidPrincipal,
+    Principal,
+    PrincipalGate,
+    ReplayGuard,
+    load_verifier,
+    replay_capacity,
+    verified_principal_var,
+)
 from services.common.process import freeze_startup_heap
 from services.common.settings import ConfigError, ServiceSettings
 from services.common.stores import STORE_UNREACHABLE, start_with_backoff
@@ -127,7 +136,22 @@ def _store_away(method: str, exc: BaseException) -> Unavailable:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Correlation id, domain-error mapping and call metrics for every method of every servicer."""
+    """Correlation id, the signed principal, domain-error mapping and call metrics for every method of
+    every servicer, in one interceptor.
+
+    The wrapped method handler is built once per method and reused (a handler's wrappers depend only on
+    the method; what is per call, the correlation id and the principal, is read from the call's context
+    when it runs): before, two interceptors each rebuilt the handler on every call. With ``gate`` every
+    call's principal is checked before the servicer runs (refused with UNAUTHENTICATED) and is
+    :func:`~services.common.principal.current_principal` while it runs; without (tests of the error
+    mapping alone) no principal is checked or set.
+    """
+
+    def __init__(self, gate: PrincipalGate | None = None) -> None:
+        self.gate = gate
+        # method -> (the servicer's handler, our wrapper of it): the handler's identity is checked on
+        # every call, so a handler registered anew is wrapped anew.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -135,14 +159,37 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(("/grpc.health", "/grpc.reflection")):
+        if handler is None:
             return handler
-        service, method = _split_method(handler_call_details.method)
+        full_method = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        if full_method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        wrapped = self._wrap(handler, full_method)
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, method = _split_method(full_method)
+        gate = self.gate
+        latency = GRPC_SERVER_LATENCY.labels(service, method)
+        handled: dict[str, Any] = {}  # code -> its counter, bound on first use (no series left at zero)
+
+        def admit(context: grpc.aio.ServicerContext) -> Token[Principal | None] | None:
+            # Raises InvalidPrincipal when refused; the call is then answered UNAUTHENTICATED.
+            if gate is None:
+                return None
+            return verified_principal_var.set(gate.check(full_method, context.invocation_metadata()))
 
         def finish(context: grpc.aio.ServicerContext, started: float, failed: BaseException | None) -> None:
             code, elapsed = _code_of(context, failed), time.perf_counter() - started
-            GRPC_SERVER_HANDLED.labels(service, method, code).inc()
-            GRPC_SERVER_LATENCY.labels(service, method).observe(elapsed)
+            counter = handled.get(code)
+            if counter is None:
+                counter = handled[code] = GRPC_SERVER_HANDLED.labels(service, method, code)
+            counter.inc()
+            latency.observe(elapsed)
             # One line per call at DEBUG (off by default: it would double the log volume), still under the
             # call's correlation id, so LOG_LEVEL=DEBUG shows a request's path through every service.
             log.debug(
@@ -158,52 +205,56 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 },
             )
 
+        async def answer_failure(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+            """Abort the call for a refused principal, a domain error or a store gone away (each raises
+            AbortError); anything else is logged as a bug unless it is an abort already, and re-raised."""
+            if isinstance(exc, InvalidPrincipal):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            elif isinstance(exc, GoblinError):
+                await _abort_with(context, exc)
+            elif isinstance(exc, STORE_UNREACHABLE):
+                await _abort_with(context, _store_away(full_method, exc))
+            elif not isinstance(exc, grpc.aio.AbortError):
+                log.exception("unhandled error in %s", full_method)
+
         if handler.unary_unary or handler.stream_unary:
             behavior = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
                 token = correlation_id_var.set(_correlation_id(context))
-                started, failed = time.perf_counter(), None
+                started, failed, admitted = time.perf_counter(), None, None
                 try:
+                    admitted = admit(context)
                     return await behavior(request_or_iterator, context)
-                except GoblinError as exc:
-                    failed = exc
-                    await _abort_with(context, exc)
-                except STORE_UNREACHABLE as exc:
-                    failed = exc
-                    await _abort_with(context, _store_away(handler_call_details.method, exc))
                 except Exception as exc:
                     failed = exc
-                    if not isinstance(exc, grpc.aio.AbortError):
-                        log.exception("unhandled error in %s", handler_call_details.method)
+                    await answer_failure(context, exc)
                     raise
                 finally:
+                    if admitted is not None:
+                        verified_principal_var.reset(admitted)
                     finish(context, started, failed)
                     correlation_id_var.reset(token)
 
             make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             return make(unary_response, handler.request_deserializer, handler.response_serializer)
 
-        behavior = handler.unary_stream or handler.stream_stream
+        streaming = handler.unary_stream or handler.stream_stream
 
         async def stream_response(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             token = correlation_id_var.set(_correlation_id(context))
-            started, failed = time.perf_counter(), None
+            started, failed, admitted = time.perf_counter(), None, None
             try:
-                async for item in behavior(request_or_iterator, context):
+                admitted = admit(context)
+                async for item in streaming(request_or_iterator, context):
                     yield item
-            except GoblinError as exc:
-                failed = exc
-                await _abort_with(context, exc)
-            except STORE_UNREACHABLE as exc:
-                failed = exc
-                await _abort_with(context, _store_away(handler_call_details.method, exc))
             except Exception as exc:
                 failed = exc
-                if not isinstance(exc, grpc.aio.AbortError):
-                    log.exception("unhandled error in %s", handler_call_details.method)
+                await answer_failure(context, exc)
                 raise
             finally:
+                if admitted is not None:
+                    verified_principal_var.reset(admitted)
                 finish(context, started, failed)
                 correlation_id_var.reset(token)
 
@@ -252,7 +303,10 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
     start_metrics_server(settings.bind_host, settings.metrics_port)
 
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(), PrincipalInterceptor.for_this_process()], options=server_options()
+        # The process's verify key is loaded here: in production a missing key stops start-up before
+        # the server listens.
+        interceptors=[ServiceInterceptor(PrincipalGate(load_verifier(), ReplayGuard(replay_capacity())))],
+        options=server_options(),
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -5,16 +5,21 @@ httptools buffers a header of any size before the application sees it, and uvico
 forever, so one client could hold memory with a 100 MB header or a connection with a byte a minute
 (slowloris). Here a head over ``MAX_HEAD_BYTES`` gets ``431`` with the JSON error body and the
 connection closes; a connection that has not finished a request's head within ``HEAD_TIMEOUT_S`` of
-opening (or of its previous response) is closed. Everything else is uvicorn's.
+opening (or of its previous response) is closed.
+
+Everything else is uvicorn's, but for one thing on the way out: a response whose body is known whole
+(``Content-Length`` given, one body message) leaves in one ``transport.write``, head and body together
+(:class:`UnaryWriteCycle`), which over TLS is one record and one ``send(2)`` instead of two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from services.gateway.errors import error_body
 
@@ -35,6 +40,70 @@ HEAD_TOO_LARGE = (
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops and re-raises it as an HttpParserCallbackError."""
+
+
+class _HeadCapture:
+    """Stands in for the transport while uvicorn writes a response's head, so the head can be held."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class UnaryWriteCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, writing a complete response in one ``transport.write``.
+
+    uvicorn writes the status line and headers when ``http.response.start`` arrives and the body when
+    ``http.response.body`` does: two writes, so two TLS records and two syscalls per answer. Here the
+    head uvicorn builds (every check and default header its own) is held when the response declares its
+    ``Content-Length``, and leaves with the first body message if that message completes the body; the
+    bytes on the wire are the same. Anything else (a streaming response with chunked encoding, a body in
+    several messages, a HEAD request, a body whose size disagrees with its header) writes the head as
+    uvicorn does and lets uvicorn carry on, so streaming responses are untouched.
+    """
+
+    _held_head: bytes | None = None
+
+    async def send(self, message: Any) -> None:
+        head = self._held_head
+        if head is None:
+            if self.response_started or message["type"] != "http.response.start":
+                return await super().send(message)
+            transport, capture = self.transport, _HeadCapture()
+            self.transport = capture  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            if self.chunked_encoding or self.scope["method"] == "HEAD" or self.disconnected:
+                if capture.data:
+                    transport.write(capture.data)
+            else:
+                self._held_head = capture.data
+            return None
+        # The message after a held head.
+        self._held_head = None
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return None
+        body = message.get("body", b"") if message["type"] == "http.response.body" else None
+        if body is None or message.get("more_body", False) or len(body) != self.expected_content_length:
+            self.transport.write(head)
+            return await super().send(message)
+        # uvicorn's completion of a response, with the head and the body in one write.
+        self.transport.write(head + body if body else head)
+        self.expected_content_length = 0
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return None
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -71,6 +140,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn builds its own cycle in on_headers_complete; every cycle, pipelined ones too, starts
+        # here before its task first runs, so its class is switched to the one that writes once.
+        cycle.__class__ = UnaryWriteCycle
+        super()._start_asgi_task(cycle, app)
 
     def _count_head(self, size: int) -> None:
         # httptools hands over a header once it has it whole: what it buffers meanwhile is bounded by
