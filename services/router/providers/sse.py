@@ -57,11 +57,14 @@ class SseDecoder:
             self._cr = False
             if text[0] == "\n":
                 text = text[1:]
-        if text.endswith("\r"):
-            self._cr = True
-            text = text[:-1] + "\n"
+        ends_in_cr = text.endswith("\r")
+        if ends_in_cr:
+            text = text[:-1]
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if ends_in_cr:
+            self._cr = True
+            text += "\n"
         if "\n" not in text:
             self._rest += text
             return []
