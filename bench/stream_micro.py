@@ -8,12 +8,6 @@ whole and up to the first event sent.
   the request's task, the watch alone a task). The router is an in-process stand-in answering 7 content
   chunks and a finishing one at once (the same for both: the gRPC call is not what is compared).
 
-- an SSE answer's head and first event over the gateway's real HTTPS server (its uvicorn configuration and
-  TLS, in a process of its own, one per way) to an aiohttp client here on a kept-alive connection: the
-  head written on its own and the event after it (before), and both in one write
-  (services/gateway/http_protocol.py); CPU per answer (head, one event, [DONE], the end) of the server
-  (from /proc, 10 ms ticks over the round) and of the client.
-
 Run: ``python -m bench.stream_micro`` (prints a markdown table; writes nothing). The provider side of a
 stream is in ``python -m bench.router_micro``.
 """
@@ -21,9 +15,7 @@ stream is in ``python -m bench.router_micro``.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
-import ssl
 import statistics
 import tempfile
 import time
@@ -32,20 +24,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
-import uvicorn
 import uvloop
 from starlette.responses import StreamingResponse
 
 from bench.gateway_micro import CALLS, ROUNDS, StandInAuth
 from goblin.v1 import common_pb2
-from goblin_tools.suite import free_ports
 from services.common.secrets import DetectionPoint, SecretGuard
-from services.gateway import http_protocol
 from services.gateway.api.routes import openai
 from services.gateway.caches import PrincipalCache
 from services.gateway.ratelimit import TrustedProxies
-from services.gateway.tls import ensure_dev_certificates, https_config
 
 STREAM_BODY = (
     b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, benchmark!"}],'
@@ -163,87 +150,6 @@ def stream_calls(home: Path) -> dict[str, Callable[[], Awaitable[float]]]:
     }
 
 
-async def sse_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    await receive()
-    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": b'data: {"choices": []}\n\n', "more_body": True})
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def serve_sse(cert: str, key: str, port: int, coalesce: bool) -> None:
-    """A child process: the gateway's HTTPS server configuration answering :func:`sse_app` on ``port``,
-    an event stream's head written with its first event or (``coalesce`` off) on its own."""
-    if not coalesce:
-        http_protocol.coalesce_event_stream_head = lambda cycle: None  # type: ignore[assignment]
-    uvloop.install()
-    uvicorn.Server(https_config(sse_app, "127.0.0.1", port, Path(cert), Path(key), None)).run()
-
-
-def process_cpu_s(pid: int) -> float:
-    """User and system CPU seconds of process ``pid`` (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def first_write_rounds(home: Path, results: dict[str, list[float]]) -> None:
-    """The SSE answer over real HTTPS from a server in its own process (one per way), alternated: CPU of
-    the server and of this client per answer."""
-    ca, cert, key = ensure_dev_certificates(home / "tls")
-    spawn = multiprocessing.get_context("spawn")
-    cases = {
-        "SSE head and first event over HTTPS: two writes (before)": False,
-        "SSE head and first event over HTTPS: one write (kept)": True,
-    }
-    servers = {}
-    for name, coalesce in cases.items():
-        port = free_ports(1)[0]
-        child = spawn.Process(target=serve_sse, args=(str(cert), str(key), port, coalesce), daemon=True)
-        child.start()
-        servers[name] = (child, port)
-    context = ssl.create_default_context(cafile=str(ca))
-    try:
-        sessions = {}
-        for name, (_, port) in servers.items():
-            sessions[name] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=1))
-            for _ in range(200):  # the server's start, then a warm connection
-                try:
-                    async with sessions[name].get(f"https://localhost:{port}/") as response:
-                        await response.read()
-                    break
-                except aiohttp.ClientConnectorError:
-                    await asyncio.sleep(0.05)
-
-        async def one(name: str) -> None:
-            async with sessions[name].get(f"https://localhost:{servers[name][1]}/") as response:
-                assert (await response.read()).endswith(b"data: [DONE]\n\n")
-
-        for name in cases:
-            for _ in range(50):
-                await one(name)
-        for _ in range(ROUNDS):
-            for name in cases:
-                pid = servers[name][0].pid
-                assert pid is not None
-                server_before, started = process_cpu_s(pid), time.process_time()
-                for _ in range(CALLS):
-                    await one(name)
-                client = (time.process_time() - started) / CALLS * 1e6
-                server = (process_cpu_s(pid) - server_before) / CALLS * 1e6
-                results.setdefault(f"{name}, server", []).append(server)
-                results.setdefault(f"{name}, client", []).append(client)
-                results.setdefault(f"{name}, both", []).append(server + client)
-        for session in sessions.values():
-            await session.close()
-    finally:
-        for child, _ in servers.values():
-            child.terminate()
-            child.join(10)
-
-
 async def measure(home: Path) -> dict[str, list[float]]:
     calls = stream_calls(home)
     results: dict[str, list[float]] = {}
@@ -259,7 +165,6 @@ async def measure(home: Path) -> dict[str, list[float]]:
             whole = time.process_time() - started
             results.setdefault(f"{name}, whole stream", []).append(whole / CALLS * 1e6)
             results.setdefault(f"{name}, to the first event", []).append(firsts / CALLS * 1e6)
-    await first_write_rounds(home, results)
     return results
 
 

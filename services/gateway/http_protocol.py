@@ -5,23 +5,16 @@ httptools buffers a header of any size before the application sees it, and uvico
 forever, so one client could hold memory with a 100 MB header or a connection with a byte a minute
 (slowloris). Here a head over ``MAX_HEAD_BYTES`` gets ``431`` with the JSON error body and the
 connection closes; a connection that has not finished a request's head within ``HEAD_TIMEOUT_S`` of
-opening (or of its previous response) is closed.
-
-One change to how an answer is written, for event streams only (``text/event-stream``, the SSE chat
-answers): uvicorn writes the head as soon as the application sends it and each body part apart, so a
-stream's first event left in a second write (over TLS a second record, a second send, a second wake-up
-of the client). Here an event stream's head is held until its first body part and both go in one write
-(:func:`coalesce_event_stream_head`; bench/RESULTS.md, "Router CPU profile"). Everything else is uvicorn's.
+opening (or of its previous response) is closed. Everything else is uvicorn's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.gateway.errors import error_body
 
@@ -38,63 +31,6 @@ HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(HEAD_TOO_LARGE_BODY)
 ) + HEAD_TOO_LARGE_BODY
-
-
-EVENT_STREAM = b"text/event-stream"
-
-
-def is_event_stream(message: dict[str, Any]) -> bool:
-    """Whether a ``http.response.start`` message starts an event stream (by its content type)."""
-    for name, value in message.get("headers", ()):
-        if name.lower() == b"content-type":
-            return value.lower().startswith(EVENT_STREAM)
-    return False
-
-
-class _Held:
-    """Stands in for the connection's transport while uvicorn writes what is to be held: keeps the bytes."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(data)
-
-
-def coalesce_event_stream_head(cycle: RequestResponseCycle) -> None:
-    """Make ``cycle`` write an event stream's head together with its first body part, in one write.
-
-    uvicorn's own ``send`` still builds every byte (status line, headers, chunked framing, its checks and
-    state); it is only given a stand-in transport for the head and for that first part, and the two are
-    then written at once. Any other answer is sent exactly as uvicorn sends it."""
-    uvicorn_send = cycle.send
-    held: _Held | None = None
-
-    async def written_to(target: _Held, message: dict[str, Any]) -> None:
-        transport = cycle.transport
-        cycle.transport = target  # type: ignore[assignment]
-        try:
-            await uvicorn_send(message)  # type: ignore[arg-type]
-        finally:
-            cycle.transport = transport
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal held
-        if held is not None and message["type"] == "http.response.body":
-            await written_to(held, message)
-            data, held = b"".join(held.parts), None
-            if data and not cycle.transport.is_closing():
-                cycle.transport.write(data)
-            return
-        if held is None and message["type"] == "http.response.start" and is_event_stream(message):
-            held = _Held()
-            await written_to(held, message)
-            return
-        await uvicorn_send(message)  # type: ignore[arg-type]
-
-    cycle.send = send  # type: ignore[method-assign]  # run_asgi hands the application self.send
 
 
 class _HeadTooLarge(Exception):
@@ -135,10 +71,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        coalesce_event_stream_head(cycle)
-        super()._start_asgi_task(cycle, app)
 
     def _count_head(self, size: int) -> None:
         # httptools hands over a header once it has it whole: what it buffers meanwhile is bounded by
