@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from goblin.v1 import common_pb2
 from goblin_tools.fakes.providers import FakeProviders
 from services.common.chat import ChatDelta, Message, SamplingParams
 from services.router.models import ModelInfo
+from services.router.provider_state import ProviderStates
 from services.router.providers.anthropic import AnthropicProvider
 from services.router.providers.base import CallContext
 from services.router.providers.errors import (
@@ -26,6 +28,9 @@ from services.router.providers.gemini import GeminiProvider
 from services.router.providers.http import HttpOptions, HttpProvider
 from services.router.providers.openai import OpenAICompatibleProvider
 from services.router.providers.sse import SseDecoder, SseEvent
+from services.router.service import RetryPolicy, RouterService
+from services.router.servicer import RouterServicer
+from tests.unit.router.conftest import TEST_CATALOG, ListLedger, Providers, catalog_from
 
 ONE = ModelInfo(id="acme/one", provider="acme", owned_by="acme")
 HI = [Message("user", "hi é")]
@@ -296,3 +301,38 @@ def test_the_decoder_reads_the_same_events_however_the_bytes_are_split() -> None
 def test_undecodable_bytes_become_replacement_characters() -> None:
     assert events_of(b"data: \xff\xfe ok\n\n", []) == [SseEvent("message", "\ufffd\ufffd ok")]
     assert events_of("data: é\n\n".encode(), [7]) == [SseEvent("message", "é")], "a character split across reads"
+
+
+async def test_a_caller_gone_from_the_router_stream_closes_the_provider_connection() -> None:
+    """The router's side of a client leaving: gRPC cancels the ChatStream handler's task; the service's
+    stream closes the provider's, and the provider's connection is closed."""
+    async with RawProvider([chunk("Hello")]) as raw:
+        alpha = OpenAICompatibleProvider("alpha", raw.url, "k", OPTIONS)
+        service = RouterService(
+            catalog_from(TEST_CATALOG),
+            Providers(alpha),  # type: ignore[arg-type]
+            ListLedger(),
+            ProviderStates(failure_threshold=3, cooldown_s=60),
+            retry=RetryPolicy(retries=0),
+        )
+        servicer = RouterServicer(service, books=None)  # type: ignore[arg-type]
+        request = common_pb2.ChatRequest(
+            model="alpha/big", messages=[common_pb2.ChatMessage(role="user", content="hi")]
+        )
+        got_first = asyncio.Event()
+
+        async def handler() -> None:
+            async for _ in servicer.ChatStream(request, None):  # type: ignore[arg-type]
+                got_first.set()
+
+        task = asyncio.create_task(handler())
+        try:
+            await asyncio.wait_for(got_first.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(raw.client_closed.wait(), 5)
+        finally:
+            await alpha.aclose()
+        (row,) = service.ledger.rows  # type: ignore[attr-defined]
+        assert row.outcome == "cancelled" and row.stream
