@@ -7,6 +7,9 @@ whole and up to the first event sent.
   two tasks of an anyio task group) and by services/gateway/api/streams.py's SseResponse (the events from
   the request's task, the watch alone a task). The router is an in-process stand-in answering 7 content
   chunks and a finishing one at once (the same for both: the gRPC call is not what is compared).
+- the same over the gateway's real HTTPS server configuration (uvicorn, TLS, ASGI 2.3), the app in a
+  process of its own (one per way), an aiohttp client here on a kept-alive connection: CPU per streamed
+  request of the server (from /proc, 10 ms ticks over a round) and of the client.
 
 Run: ``python -m bench.stream_micro`` (prints a markdown table; writes nothing). The provider side of a
 stream is in ``python -m bench.router_micro``.
@@ -15,7 +18,9 @@ stream is in ``python -m bench.router_micro``.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+import ssl
 import statistics
 import tempfile
 import time
@@ -24,15 +29,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
+import uvicorn
 import uvloop
 from starlette.responses import StreamingResponse
+from uvicorn.lifespan.off import LifespanOff
 
 from bench.gateway_micro import CALLS, ROUNDS, StandInAuth
 from goblin.v1 import common_pb2
+from goblin_tools.suite import free_ports
 from services.common.secrets import DetectionPoint, SecretGuard
 from services.gateway.api.routes import openai
 from services.gateway.caches import PrincipalCache
 from services.gateway.ratelimit import TrustedProxies
+from services.gateway.tls import ensure_dev_certificates, https_config
 
 STREAM_BODY = (
     b'{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, benchmark!"}],'
@@ -70,9 +80,13 @@ class StandInRouter:
         return StandInStream()
 
 
-def stream_calls(home: Path) -> dict[str, Callable[[], Awaitable[float]]]:
-    """A streamed chat through the whole app, its answer sent both ways; each call returns the CPU seconds
-    until its first event was handed to the server."""
+def streaming_response(events: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:
+    """The SSE answer as it was sent before SseResponse."""
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def stand_in_app(home: Path) -> Any:
+    """The gateway app (edge included, rate limits off) over stand-in auth and router."""
     os.environ.setdefault("GOBLIN_HOME", str(home))
     os.environ.setdefault("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:9/0")  # nothing here connects to the stores
@@ -90,6 +104,13 @@ def stream_calls(home: Path) -> dict[str, Callable[[], Awaitable[float]]]:
     )
     app = create_app(settings)
     app.state.gateway = state
+    return app
+
+
+def stream_calls(home: Path) -> dict[str, Callable[[], Awaitable[float]]]:
+    """A streamed chat through the whole app, its answer sent both ways; each call returns the CPU seconds
+    until its first event was handed to the server."""
+    app = stand_in_app(home)
     headers = [
         (b"host", b"gateway"),
         (b"content-type", b"application/json"),
@@ -97,9 +118,6 @@ def stream_calls(home: Path) -> dict[str, Callable[[], Awaitable[float]]]:
         (b"content-length", str(len(STREAM_BODY)).encode()),
     ]
     kept = openai.SseResponse
-
-    def streaming_response(events: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     def caller(response: Callable[..., Any]) -> Callable[[], Awaitable[float]]:
         async def call() -> float:
@@ -150,6 +168,76 @@ def stream_calls(home: Path) -> dict[str, Callable[[], Awaitable[float]]]:
     }
 
 
+def serve_gateway(home: str, cert: str, key: str, port: int, kept: bool) -> None:
+    """A child process: :func:`stand_in_app` served by the gateway's HTTPS configuration on ``port``, its
+    SSE answers sent by SseResponse (``kept``) or by StreamingResponse."""
+    if not kept:
+        openai.SseResponse = streaming_response  # type: ignore[assignment,misc]
+    uvloop.install()
+    app = stand_in_app(Path(home))
+    config = https_config(app, "127.0.0.1", port, Path(cert), Path(key), None)
+    config.lifespan_class = LifespanOff  # the lifespan would replace the stand-ins with real clients
+    uvicorn.Server(config).run()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def https_rounds(home: Path, results: dict[str, list[float]]) -> None:
+    """The streamed chat over real HTTPS, from a gateway in its own process (one per way), alternated: the
+    server's CPU per streamed request (from /proc: 10 ms ticks over a round) and this client's."""
+    ca, cert, key = ensure_dev_certificates(home / "tls")
+    spawn = multiprocessing.get_context("spawn")
+    cases = {
+        "gateway stream over HTTPS, its own process: StreamingResponse (before)": False,
+        "gateway stream over HTTPS, its own process: SseResponse (kept)": True,
+    }
+    servers = {}
+    for name, kept in cases.items():
+        port = free_ports(1)[0]
+        child = spawn.Process(target=serve_gateway, args=(str(home), str(cert), str(key), port, kept), daemon=True)
+        child.start()
+        servers[name] = (child, port)
+    context = ssl.create_default_context(cafile=str(ca))
+    headers = {"content-type": "application/json", "authorization": "Bearer bench-key"}
+    sessions = {name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=1)) for name in cases}
+    try:
+
+        async def one(name: str) -> None:
+            url = f"https://localhost:{servers[name][1]}/v1/chat/completions"
+            async with sessions[name].post(url, data=STREAM_BODY, headers=headers) as response:
+                body = await response.read()
+                assert body.endswith(b"data: [DONE]\n\n"), (response.status, body[:300])
+
+        for name in cases:
+            for _ in range(400):  # the server's start
+                try:
+                    await one(name)
+                    break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.05)
+            for _ in range(50):
+                await one(name)
+        for _ in range(ROUNDS):
+            for name in cases:
+                pid = servers[name][0].pid
+                assert pid is not None
+                server_before, started = process_cpu_s(pid), time.process_time()
+                for _ in range(CALLS):
+                    await one(name)
+                results.setdefault(f"{name}, server", []).append((process_cpu_s(pid) - server_before) / CALLS * 1e6)
+                results.setdefault(f"{name}, client", []).append((time.process_time() - started) / CALLS * 1e6)
+    finally:
+        for session in sessions.values():
+            await session.close()
+        for child, _ in servers.values():
+            child.terminate()
+            child.join(10)
+
+
 async def measure(home: Path) -> dict[str, list[float]]:
     calls = stream_calls(home)
     results: dict[str, list[float]] = {}
@@ -165,6 +253,7 @@ async def measure(home: Path) -> dict[str, list[float]]:
             whole = time.process_time() - started
             results.setdefault(f"{name}, whole stream", []).append(whole / CALLS * 1e6)
             results.setdefault(f"{name}, to the first event", []).append(firsts / CALLS * 1e6)
+    await https_rounds(home, results)
     return results
 
 
