@@ -6,7 +6,12 @@ process only; the fake provider's own work is not counted).
   libsodium through PyNaCl with ``orjson`` (services.common.principal);
 - the provider call of a non-streaming chat (a fake OpenAI provider in its own process, HTTP/1.1
   keep-alive): an ``httpx.Request`` through the ``httpx-aiohttp`` transport (before) and the request
-  straight through that transport's aiohttp session (services.router.providers.http).
+  straight through that transport's aiohttp session (services.router.providers.http);
+- the provider call of a streamed chat (the same fake, 7 content chunks sent at once): an
+  ``httpx.Request`` through the transport, its ``Response`` read by ``aiter_lines`` into the line-based
+  SSE parser (before), and the request straight through the aiohttp session, its chunks fed to the
+  synchronous SSE decoder (services.router.providers.sse); CPU per whole stream, and of it the part
+  before the first delta came (the request, the answer's head, the first event).
 
 - the server interceptors of a unary call with a signed principal (a one-method gRPC server and its
   client in this process, plaintext): two interceptors (correlation/metrics, then the principal) each
@@ -22,7 +27,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -38,8 +45,9 @@ from services.common.chat import Message, SamplingParams
 from services.common.principal import InvalidPrincipal, Principal, PrincipalSigner, PrincipalVerifier, _unb64
 from services.router.models import ModelInfo
 from services.router.providers.base import CallContext
-from services.router.providers.http import HttpOptions
+from services.router.providers.http import TRANSPORT_ERRORS, HttpOptions, error_from_response, transport_error
 from services.router.providers.openai import OpenAICompatibleProvider
+from services.router.providers.sse import SseEvent, sse_events
 
 CALLER = Principal(user_id="3f0c5a2e-user", tenant_id="default", role="admin", scopes=("*",), api_key_id="key-1")
 
@@ -219,6 +227,79 @@ async def interceptor_rounds(results: dict[str, list[float]]) -> None:
             await server.stop(None)
 
 
+class HttpxStreamProvider(OpenAICompatibleProvider):
+    """The streamed provider call as it was: httpx's Request and Response, ``aiter_lines`` and the
+    line-based SSE parser."""
+
+    @asynccontextmanager
+    async def post_sse(
+        self, path: str, body: dict[str, Any], *, params: Mapping[str, str] | None = None
+    ) -> AsyncIterator[AsyncIterator[SseEvent]]:
+        response = await self._send(
+            path, body, {"content-type": "application/json", "accept": "text/event-stream"}, params
+        )
+        if response.status_code >= 300:
+            content = await self._read(response)
+            raise error_from_response(self.name, response.status_code, response.headers, content)
+
+        async def events() -> AsyncIterator[SseEvent]:
+            try:
+                async for event in sse_events(response.aiter_lines()):
+                    yield event
+            except TRANSPORT_ERRORS as exc:
+                raise transport_error(self.name, exc) from None
+
+        try:
+            yield events()
+        finally:
+            await response.aclose()
+
+
+async def stream_rounds(base_url: str, results: dict[str, list[float]]) -> None:
+    """The streamed provider call both ways, alternated: CPU per whole stream and before its first delta."""
+    spec = ModelInfo(id=f"openai/{MODEL}", provider="openai", owned_by="openai")
+    messages = [Message("system", "You are terse."), Message("user", "Say hello to the benchmark.")]
+    params, context = SamplingParams(max_tokens=16), CallContext(correlation_id="c", tenant_id="t")
+    cases = {
+        "provider stream: httpx Request/Response, aiter_lines, line parser (before)": HttpxStreamProvider(
+            "openai", base_url, FAKE_KEY, HttpOptions()
+        ),
+        "provider stream: straight through the aiohttp session, SSE decoder (kept)": OpenAICompatibleProvider(
+            "openai", base_url, FAKE_KEY, HttpOptions()
+        ),
+    }
+
+    async def one(provider: OpenAICompatibleProvider) -> tuple[float, float]:
+        started = time.process_time()
+        first = 0.0
+        async for delta in provider.stream(spec, messages, params, context):
+            if not first:
+                first = time.process_time()
+            assert delta.text or delta.finish_reason
+        return first - started, time.process_time() - started
+
+    try:
+        for provider in cases.values():
+            for _ in range(50):
+                await one(provider)
+        for _ in range(ROUNDS):
+            for name, provider in cases.items():
+                firsts, wholes = 0.0, 0.0
+                for _ in range(CALLS):
+                    first, whole = await one(provider)
+                    firsts, wholes = firsts + first, wholes + whole
+                results.setdefault(f"{name}, whole stream", []).append(wholes / CALLS * 1e6)
+                results.setdefault(f"{name}, to the first delta", []).append(firsts / CALLS * 1e6)
+    finally:
+        for provider in cases.values():
+            await provider.aclose()
+
+
+async def provider_and_stream_rounds(base_url: str, results: dict[str, list[float]]) -> None:
+    await provider_rounds(base_url, results)
+    await stream_rounds(base_url, results)
+
+
 def main() -> None:
     sync_cases = {**principal_cases(), **journal_cases()}
     results: dict[str, list[float]] = {name: [] for name in sync_cases}
@@ -229,7 +310,7 @@ def main() -> None:
     port = free_ports(1)[0]
     fake = start_fake(port)
     try:
-        uvloop.run(provider_rounds(fake_base_url(port), results))
+        uvloop.run(provider_and_stream_rounds(fake_base_url(port), results))
     finally:
         fake.terminate()
         fake.wait(timeout=10)

@@ -3,7 +3,7 @@
 Unary: every call must succeed (one failing cancels the others and its error is the answer). Streamed:
 the first chunk of every stream is awaited before the HTTP answer starts, so a refusal (unknown model,
 capability, budget, full queue) keeps its real status; then chunks are passed on as they come, each
-tagged with its choice's index.
+tagged with its choice's index. The answer is an :class:`SseResponse`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from goblin.v1 import common_pb2
 from services.gateway.clients import ChatStream
@@ -79,3 +82,50 @@ async def merged(
             task.cancel()
         for stream in streams:
             stream.cancel()
+
+
+class SseResponse(Response):
+    """A ``text/event-stream`` answer of ``events`` (bytes, each one or more whole events), as Starlette's
+    StreamingResponse sends it under the ASGI spec the servers speak (2.3): the head, each event as it
+    comes, the end; and when the client goes away (``http.disconnect``) the events stop where they are
+    (their generator is closed, which cancels the model's stream) and the answer ends without error.
+
+    What differs is the cost of the first event: StreamingResponse runs the events and the disconnect
+    watch as two tasks of an anyio task group; here the events are sent from the request's own task and
+    only the watch is a task, which cancels that one when the client leaves (bench/RESULTS.md, "Router
+    CPU profile")."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                message: Message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    task.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone or task.uncancel():
+                raise  # cancelled from outside (shutdown, a deadline), not by the client leaving
+        finally:
+            watcher.cancel()
+            await self.events.aclose()  # type: ignore[attr-defined]

@@ -8,10 +8,11 @@ redirects, auth flows or URL merging, and they cost about a third of a request's
 Which transport: HTTP/2 where the provider offers it, that is over TLS with ALPN (``https://`` and the
 provider's ``http2`` flag, on by default), through httpx's own transport and ``h2``; otherwise
 HTTP/1.1 keep-alive through aiohttp's C-accelerated client (the ``httpx-aiohttp`` transport), which
-costs about half of httpx's own HTTP/1.1 stack per request (bench/RESULTS.md, Router). A JSON call
-(not a stream) over that transport skips httpx's Request and Response and goes straight through the
-transport's aiohttp session, with the same headers, timeouts and errors (bench/RESULTS.md, "Router CPU
-profile").
+costs about half of httpx's own HTTP/1.1 stack per request (bench/RESULTS.md, Router). Over that
+transport (no proxy), a JSON call and an SSE stream skip httpx's Request, Response and byte-stream
+iterators and go straight through the transport's aiohttp session, with the same headers, timeouts and
+errors (bench/RESULTS.md, "Router CPU profile"); either way a stream's events are read by one decoder
+(services.router.providers.sse).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from services.router.providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from services.router.providers.sse import SseDecoder, SseEvent
+from services.router.providers.sse import sse_events as sse_events  # where it lived before sse.py
 
 # httpx logs every request at INFO: a formatted log line per provider call is cost and noise on the hot
 # path; the router's own metrics and ledger say what happened.
@@ -216,35 +219,6 @@ def transport_error(provider: str, exc: BaseException) -> ProviderError:
     return ProviderUnavailable(provider, f"cannot reach the provider ({name})", provider_wide=wide)
 
 
-@dataclass(frozen=True)
-class SseEvent:
-    event: str
-    data: str
-
-
-async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
-    """Server-sent events from a stream of lines (the WHATWG event-stream rules: ``event:`` and
-    multi-line ``data:`` fields, ``:`` comments, a blank line ends an event)."""
-    event, data = "", []
-    async for line in lines:
-        if not line:
-            if data:
-                yield SseEvent(event or "message", "\n".join(data))
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value
-    if data:
-        yield SseEvent(event or "message", "\n".join(data))
-
-
 def parse_json(provider: str, text: str | bytes) -> Any:
     """A provider's JSON answer. orjson reads it in a fraction of json's time; what only json reads
     (NaN, Infinity) still reads, through json. (orjson reads an integer past 64 bits as a float: no
@@ -375,17 +349,22 @@ class HttpProvider(ABC):
             transport.client = transport.get_client()  # what the transport does on its first request
         return transport.client
 
-    async def _post_direct(
-        self, session: aiohttp.ClientSession, path: str, body: dict[str, Any], params: Mapping[str, str] | None
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """POST ``body`` through ``session`` as the aiohttp transport would send it (same headers, timeouts,
-        no redirects); status, headers and the whole body."""
+    def _target(self, path: str, params: Mapping[str, str] | None) -> tuple[httpx.URL, str]:
+        """The request's URL, parsed once (for the span) and as the string aiohttp takes."""
         url = self._url(path, params)
         target = self._direct_urls.get(url)
         if target is None:
             target = str(url)
             if len(self._direct_urls) < MAX_CACHED_URLS:
                 self._direct_urls[url] = target
+        return url, target
+
+    async def _post_direct(
+        self, session: aiohttp.ClientSession, path: str, body: dict[str, Any], params: Mapping[str, str] | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST ``body`` through ``session`` as the aiohttp transport would send it (same headers, timeouts,
+        no redirects); status, headers and the whole body."""
+        url, target = self._target(path, params)
         headers = self._headers(JSON_HEADERS)
         try:
             with span("POST", http_attributes(self.name, url), kind=SpanKind.CLIENT) as s:
@@ -420,22 +399,68 @@ class HttpProvider(ABC):
     async def post_sse(
         self, path: str, body: dict[str, Any], *, params: Mapping[str, str] | None = None
     ) -> AsyncIterator[AsyncIterator[SseEvent]]:
-        """POST ``body`` and yield its server-sent events; the connection is released on exit."""
+        """POST ``body`` and yield its server-sent events; the connection is released on exit (closed, when
+        the stream was left before its end: the provider stops generating)."""
+        session = self._direct_session()
+        if session is not None:
+            async with self._post_sse_direct(session, path, body, params) as events:
+                yield events
+            return
         response = await self._send(path, body, SSE_HEADERS, params)
         if response.status_code >= 300:
             content = await self._read(response)
             raise error_from_response(self.name, response.status_code, response.headers, content)
         try:
-            yield self._events(response)
+            yield self._events(response.aiter_bytes())
         finally:
             await response.aclose()
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[SseEvent]:
+    @asynccontextmanager
+    async def _post_sse_direct(
+        self, session: aiohttp.ClientSession, path: str, body: dict[str, Any], params: Mapping[str, str] | None
+    ) -> AsyncIterator[AsyncIterator[SseEvent]]:
+        """:meth:`post_sse` straight through the transport's aiohttp session, as :meth:`_post_direct` is for
+        JSON (same headers, timeouts, errors; no httpx Request, Response or byte-stream iterators)."""
+        url, target = self._target(path, params)
+        headers = self._headers(SSE_HEADERS)
         try:
-            async for event in sse_events(response.aiter_lines()):
-                yield event
+            with span("POST", http_attributes(self.name, url), kind=SpanKind.CLIENT) as s:
+                response = await session.request(
+                    "POST",
+                    target,
+                    headers=headers,
+                    data=json_body(body),
+                    allow_redirects=False,
+                    compress=False,
+                    timeout=self._client_timeout,
+                )
+                annotate_http(s, response.status)
         except TRANSPORT_ERRORS as exc:
             raise transport_error(self.name, exc) from None
+        try:
+            if response.status >= 300:
+                try:
+                    content = await response.read()
+                except TRANSPORT_ERRORS as exc:
+                    raise transport_error(self.name, exc) from None
+                raise error_from_response(self.name, response.status, response.headers, content)
+            yield self._events(response.content.iter_any())
+        finally:
+            # As the transport's stream closes: an answer not read to its end closes the connection
+            # (aiohttp keeps only a connection whose payload was read whole).
+            response.release()
+            await response.wait_for_close()
+
+    async def _events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[SseEvent]:
+        decoder = SseDecoder()
+        try:
+            async for chunk in chunks:
+                for event in decoder.feed(chunk):
+                    yield event
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(self.name, exc) from None
+        for event in decoder.close():
+            yield event
 
     async def aclose(self) -> None:
         await self.transport.aclose()

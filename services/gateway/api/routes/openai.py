@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from goblin.v1 import auth_pb2, common_pb2
 from services.common.chat import RAG_SCOPE, Message, new_completion_id
@@ -34,7 +34,7 @@ from services.gateway.api.chat_wire import (
 )
 from services.gateway.api.fast_json import FastJSONResponse, dumps
 from services.gateway.api.schemas.openai import ChatCompletionRequest, EmbeddingRequest, InvokeRequest, OpenAIBody
-from services.gateway.api.streams import all_or_none, first_chunks, merged
+from services.gateway.api.streams import SseResponse, all_or_none, first_chunks, merged
 from services.gateway.clients import ChatStream
 from services.gateway.deps import (
     ChatDep,
@@ -227,7 +227,7 @@ async def sse_answer(
     include_usage: bool,
     requested_provider: str,
     headers: dict[str, str],
-) -> StreamingResponse:
+) -> SseResponse:
     """The SSE answer of one or more streams (``n`` choices): ``render`` makes each chunk's payload
     (``id`` and ``created`` are added here, the same on every chunk); the usage of all of them in one
     last chunk when ``include_usage``; then ``[DONE]``."""
@@ -276,7 +276,7 @@ async def sse_answer(
             )
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return SseResponse(events(), {**SSE_HEADERS, **headers})
 
 
 @router.get("/v1/models", summary="Every model the router can reach")
