@@ -12,10 +12,10 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 
 from tests.unit.gateway.test_http_protocol_h2_raw import serving
@@ -36,7 +36,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def request(path: str) -> bytes:
+def http_request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n".encode()
 
 
@@ -117,13 +117,17 @@ def begin_shutdown(server: uvicorn.Server) -> None:
         connection.shutdown()
 
 
-@contextmanager
-def keep_alive_connection(tmp_path: Path) -> Iterator[tuple[uvicorn.Server, RawHttp1]]:
-    """A served app and a connection that has had one answer and is idle, kept alive."""
-    with serving(app, tmp_path / "tls") as (server, port, context):
+Connection = tuple[uvicorn.Server, RawHttp1]
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def connection(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
+    """A served app (on the gateway's uvloop, and on asyncio's loop) and a connection that has had one
+    answer and is idle, kept alive."""
+    with serving(app, tmp_path / "tls", loop=request.param) as (server, port, context):
         client = RawHttp1(port, context)
         try:
-            client.sock.sendall(request("/first"))
+            client.sock.sendall(http_request("/first"))
             answer = client.response()
             assert answer is not None and answer[0] == 200
             assert answer[1].get("connection") != "close"
@@ -132,71 +136,71 @@ def keep_alive_connection(tmp_path: Path) -> Iterator[tuple[uvicorn.Server, RawH
             client.close()
 
 
-def test_a_request_unread_when_the_drain_begins_is_answered_with_connection_close(tmp_path: Path) -> None:
+def test_a_request_unread_when_the_drain_begins_is_answered_with_connection_close(connection: Connection) -> None:
     # The keep-alive race: the client sends on its idle connection as the server starts to drain. Its
     # bytes are in the server's socket, not yet read, when every connection is told to shut down.
-    with keep_alive_connection(tmp_path) as (server, client):
+    server, client = connection
 
-        def race() -> None:
-            client.sock.sendall(request("/raced"))
-            begin_shutdown(server)
+    def race() -> None:
+        client.sock.sendall(http_request("/raced"))
+        begin_shutdown(server)
 
-        on_server_loop(server, race)
-        answer = client.response()
-        assert answer is not None, "the connection was closed with the request unanswered"
-        status, headers, body = answer
-        assert status == 200 and json.loads(body) == {"path": "/raced"}
-        assert headers.get("connection") == "close"  # the client stops reusing it
-        assert client.closed_within(10)
-
-
-def test_an_idle_connection_is_closed_when_the_drain_begins(tmp_path: Path) -> None:
-    with keep_alive_connection(tmp_path) as (server, client):
-        on_server_loop(server, lambda: begin_shutdown(server))
-        assert client.closed_within(10)
-        assert client.buffer == b""  # closed without a word: nothing was asked
+    on_server_loop(server, race)
+    answer = client.response()
+    assert answer is not None, "the connection was closed with the request unanswered"
+    status, headers, body = answer
+    assert status == 200 and json.loads(body) == {"path": "/raced"}
+    assert headers.get("connection") == "close"  # the client stops reusing it
+    assert client.closed_within(10)
 
 
-def test_a_partial_head_at_the_drain_is_answered_once_complete(tmp_path: Path) -> None:
-    with keep_alive_connection(tmp_path) as (server, client):
-        head = request("/partial")
-        client.sock.sendall(head[:10])
-        time.sleep(0.2)  # read by the server or not: either way the request is begun, not idle
-        on_server_loop(server, lambda: begin_shutdown(server))
-        client.sock.sendall(head[10:])
-        answer = client.response()
-        assert answer is not None and answer[0] == 200 and json.loads(answer[2]) == {"path": "/partial"}
-        assert answer[1].get("connection") == "close"
-        assert client.closed_within(10)
+def test_an_idle_connection_is_closed_when_the_drain_begins(connection: Connection) -> None:
+    server, client = connection
+    on_server_loop(server, lambda: begin_shutdown(server))
+    assert client.closed_within(10)
+    assert client.buffer == b""  # closed without a word: nothing was asked
 
 
-def test_the_request_in_flight_is_answered_with_connection_close(tmp_path: Path) -> None:
-    with keep_alive_connection(tmp_path) as (server, client):
-        client.sock.sendall(request("/slow"))
-        time.sleep(0.2)
-        # The real shutdown (uvicorn's, as on SIGTERM) calls shutdown() again: it must be idempotent.
-        on_server_loop(server, lambda: begin_shutdown(server))
-        server.should_exit = True
-        answer = client.response()
-        assert answer is not None and answer[0] == 200 and json.loads(answer[2]) == {"path": "/slow"}
-        assert answer[1].get("connection") == "close"
-        assert client.closed_within(10)
+def test_a_partial_head_at_the_drain_is_answered_once_complete(connection: Connection) -> None:
+    server, client = connection
+    head = http_request("/partial")
+    client.sock.sendall(head[:10])
+    time.sleep(0.2)  # read by the server or not: either way the request is begun, not idle
+    on_server_loop(server, lambda: begin_shutdown(server))
+    client.sock.sendall(head[10:])
+    answer = client.response()
+    assert answer is not None and answer[0] == 200 and json.loads(answer[2]) == {"path": "/partial"}
+    assert answer[1].get("connection") == "close"
+    assert client.closed_within(10)
 
 
-def test_a_request_unread_when_keep_alive_times_out_is_answered(tmp_path: Path) -> None:
+def test_the_request_in_flight_is_answered_with_connection_close(connection: Connection) -> None:
+    server, client = connection
+    client.sock.sendall(http_request("/slow"))
+    time.sleep(0.2)
+    # The real shutdown (uvicorn's, as on SIGTERM) calls shutdown() again: it must be idempotent.
+    on_server_loop(server, lambda: begin_shutdown(server))
+    server.should_exit = True
+    answer = client.response()
+    assert answer is not None and answer[0] == 200 and json.loads(answer[2]) == {"path": "/slow"}
+    assert answer[1].get("connection") == "close"
+    assert client.closed_within(10)
+
+
+def test_a_request_unread_when_keep_alive_times_out_is_answered(connection: Connection) -> None:
     # The same race at the keep-alive timeout: the connection stays alive, and serves the next one.
-    with keep_alive_connection(tmp_path) as (server, client):
+    server, client = connection
 
-        def race() -> None:
-            client.sock.sendall(request("/late"))
-            for connection in list(server.server_state.connections):
-                connection.timeout_keep_alive_handler()
+    def race() -> None:
+        client.sock.sendall(http_request("/late"))
+        for protocol in list(server.server_state.connections):
+            protocol.timeout_keep_alive_handler()
 
-        on_server_loop(server, race)
-        answer = client.response()
-        assert answer is not None and answer[0] == 200 and json.loads(answer[2]) == {"path": "/late"}
-        assert answer[1].get("connection") != "close"
-        time.sleep(0.2)  # past the timeout's second looks: kept alive all the same
-        client.sock.sendall(request("/again"))
-        answer = client.response()
-        assert answer is not None and json.loads(answer[2]) == {"path": "/again"}
+    on_server_loop(server, race)
+    answer = client.response()
+    assert answer is not None and answer[0] == 200 and json.loads(answer[2]) == {"path": "/late"}
+    assert answer[1].get("connection") != "close"
+    time.sleep(0.2)  # past the timeout's second looks: kept alive all the same
+    client.sock.sendall(http_request("/again"))
+    answer = client.response()
+    assert answer is not None and json.loads(answer[2]) == {"path": "/again"}
