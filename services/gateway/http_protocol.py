@@ -150,7 +150,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return  # a request begun: on_headers_complete makes its answer the last one
         if begun is not None and begun != self._begun:
             return  # a request came and was answered meanwhile: its answer decided (close, or keep-alive)
-        if rechecks > 0 and _unread(self.transport):
+        if rechecks > 0 and unread(self.transport):
             # Bytes in the socket the loop has not read yet: a request sent just now. Look again once
             # the loop has read them (data_received comes first).
             self.loop.call_later(IDLE_RECHECK_S, self._close_when_idle, rechecks - 1, self._begun)
@@ -172,7 +172,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def _unread(transport: asyncio.BaseTransport) -> bool:
+def unread(transport: asyncio.BaseTransport) -> bool:
     """Whether the transport's socket has bytes (or an end of file) the loop has not read yet."""
     sock = transport.get_extra_info("socket")
     if sock is None:
