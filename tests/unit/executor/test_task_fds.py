@@ -37,3 +37,26 @@ def test_a_task_closes_each_of_its_descriptors_once(run: Callable, closes: Close
         ("succeeded", "to the task", "err")
     ] * 3
     assert closes.already_closed == [], f"descriptors closed twice: {closes.already_closed}"
+
+
+def test_a_zygote_replaced_from_another_loop_is_unwatched_before_its_socket_closes() -> None:
+    # A loop still watching a closed number misses the next descriptor given that number: asyncio's
+    # selector keeps the stale entry, and registering the new one only replaces the entry's callback
+    # (a zygote started later on that loop never had its answer read: "did not answer within 30 s").
+    first = asyncio.new_event_loop()
+    try:
+
+        async def start() -> int:
+            return prefork.current().sock.fileno()
+
+        async def replace() -> None:
+            prefork.current()
+            prefork.stop()
+
+        number = first.run_until_complete(start())
+        assert first._selector.get_map().get(number) is not None  # type: ignore[attr-defined]
+        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+            runner.run(replace())
+        assert first._selector.get_map().get(number) is None  # type: ignore[attr-defined]
+    finally:
+        first.close()
