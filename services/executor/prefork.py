@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from services.executor import pipes as task_pipes
 from services.executor import spawn
 from services.executor.taskuser import SAFE_PATH
 
@@ -38,7 +39,8 @@ class ZygoteGone(OSError):
 
 class LaunchedTask:
     """A launcher forked by the zygote: its pid (also its process group and session), its output as
-    stream readers, ``wait()`` for its end, and ``signal_group()``.
+    stream readers, ``wait()`` for its end, ``signal_group()``, and ``close_pipes()``, which its runner
+    calls once it is done with them (pipes.py: each descriptor is closed once, by its transport).
 
     ``returncode`` is None while it runs, then its exit code or minus the signal that ended it; it
     stays None when the zygote died first (``lost`` then says so: its exit status went to init)."""
@@ -51,6 +53,12 @@ class LaunchedTask:
         self.returncode: int | None = None
         self.lost: str | None = None
         self._ended = asyncio.get_running_loop().create_future()
+        self._pipes: list[task_pipes.PipeReader | task_pipes.PipeFeeder] = []
+
+    def close_pipes(self) -> None:
+        """Close what is left of its pipes (output not read to its end, stdin not all written)."""
+        for pipe in self._pipes:
+            pipe.close()
 
     @property
     def ended(self) -> bool:
@@ -163,16 +171,20 @@ class Zygote:
     ) -> LaunchedTask:
         """Fork a launcher running ``argv`` with ``config`` (launch.py's settings), ``env`` and ``cwd``;
         its stdout and stderr come back as readers, ``stdin`` (when given) is written to it, then closed.
-        ``config["report"]`` is the descriptor of the launcher's report pipe (passed, then closed here)."""
+        ``config["report"]`` is the descriptor of the launcher's report pipe: passed to the zygote (which
+        gets its own copy), never closed here (its owner, the caller, closes it)."""
         config = dict(config)
         report = int(config.pop("report"))
+        # Each descriptor has one owner that closes it once: this list until it is handed over (to the
+        # zygote, which gets copies: ours closed at once; to the task's pipe transports).
         pipes: list[int] = []
         try:
             stdin_read, stdin_write = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), -1)
             pipes += [stdin_read, stdin_write]
             out_read, out_write = os.pipe()
+            pipes += [out_read, out_write]
             err_read, err_write = os.pipe()
-            pipes += [out_read, out_write, err_read, err_write]
+            pipes += [err_read, err_write]
             self._next_id += 1
             request_id = self._next_id
             started = self.loop.create_future()
@@ -185,8 +197,8 @@ class Zygote:
                 self._starting.pop(request_id, None)
                 raise
             for fd in (stdin_read, out_write, err_write):  # the launcher has its own copies now
+                pipes.remove(fd)  # first: a close that raises must not leave it to the cleanup's
                 os.close(fd)
-                pipes.remove(fd)
             try:
                 pid = await asyncio.wait_for(started, START_TIMEOUT_S)
             except TimeoutError:
@@ -194,10 +206,19 @@ class Zygote:
                 # fails what else waited; a fork it does later is killed with it (its launcher's parent).
                 self.popen.kill()
                 raise OSError(f"the executor's zygote did not answer within {START_TIMEOUT_S:g} s") from None
+            task: LaunchedTask | None = None
             try:
-                pipes.remove(out_read)  # from here on owned by their readers
+                # From here on each is owned by its transport (which closes it, also when it fails).
+                pipes.remove(out_read)
+                stdout, out_pipe = task_pipes.open_reader(self.loop, out_read)
                 pipes.remove(err_read)
-                task = LaunchedTask(self, pid, await _reader(self.loop, out_read), await _reader(self.loop, err_read))
+                try:
+                    stderr, err_pipe = task_pipes.open_reader(self.loop, err_read)
+                except BaseException:
+                    out_pipe.close()
+                    raise
+                task = LaunchedTask(self, pid, stdout, stderr)
+                task._pipes += [out_pipe, err_pipe]
                 self._running[pid] = task
                 if pid in self._exited:
                     task._end(os.waitstatus_to_exitcode(self._exited.pop(pid)))
@@ -205,8 +226,10 @@ class Zygote:
                     task._end(None, LOST)
                 if stdin_write >= 0:
                     pipes.remove(stdin_write)
-                    await _feed(self.loop, stdin_write, stdin or b"")
+                    task._pipes.append(task_pipes.feed(self.loop, stdin_write, stdin or b""))
             except BaseException:  # cancelled (the executor stops) or failed: nobody would supervise it
+                if task is not None:
+                    task.close_pipes()
                 self._abandon(pid)
                 raise
             return task
@@ -314,7 +337,14 @@ def current() -> Zygote:
     loop = asyncio.get_running_loop()
     if _zygote is not None and (not _zygote.alive or _zygote.loop is not loop):
         if _zygote.loop is not loop:
-            _zygote.sock.close()  # its loop is gone: nobody reads it any more
+            # Its loop is gone, or idle (a test's): nobody reads it any more. Unwatched before it is
+            # closed: a live loop still watching the number would miss the next descriptor given it
+            # (asyncio's selector keeps the stale entry, and a new registration only replaces its data).
+            if not _zygote.loop.is_closed():
+                with contextlib.suppress(ValueError, OSError, RuntimeError):
+                    _zygote.loop.remove_reader(_zygote.sock.fileno())
+                    _zygote.loop.remove_writer(_zygote.sock.fileno())
+            _zygote.sock.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 _zygote.popen.wait(timeout=2)
         _zygote = None
@@ -340,19 +370,3 @@ def stop() -> None:
     if _zygote is not None:
         _zygote.close()
         _zygote = None
-
-
-async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    pipe = os.fdopen(fd, "rb", buffering=0)  # a descriptor we hold: nothing here blocks
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    return reader
-
-
-async def _feed(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
-    """Write ``data`` to the task's stdin and close it; the loop flushes it in the background. A task
-    that exits or closes stdin first only loses what it did not read."""
-    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
-    with contextlib.suppress(OSError, RuntimeError):
-        transport.write(data)
-    transport.close()

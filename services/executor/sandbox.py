@@ -268,20 +268,25 @@ async def _run_as(
     # output cannot forge them, and they survive a task that floods or closes its stderr.
     report_read, report_write = os.pipe()
     try:
-        config, argv = _launch_config(spec, task_dir, user, report_write)
         try:
-            proc = await prefork.launch(config, argv, env=_task_env(spec, task_dir), cwd=task_dir, stdin=spec.stdin)
-        except OSError as exc:  # no process at all (EAGAIN, ENOMEM...): the task failed, and says why
-            return RunResult("failed", None, None, "", "", 0, 0, time.monotonic() - started, f"cannot start it: {exc}")
+            config, argv = _launch_config(spec, task_dir, user, report_write)
+            try:
+                proc = await prefork.launch(config, argv, env=_task_env(spec, task_dir), cwd=task_dir, stdin=spec.stdin)
+            except OSError as exc:  # no process at all (EAGAIN, ENOMEM...): the task failed, and says why
+                elapsed = time.monotonic() - started
+                return RunResult("failed", None, None, "", "", 0, 0, elapsed, f"cannot start it: {exc}")
         finally:
-            os.close(report_write)
+            os.close(report_write)  # ours, the one owner: the launcher got its own copy (or nothing started)
         try:
             return await _supervise(proc, spec, started, on_output, cancel, on_start, report_read)
         finally:
             # Whatever happened above (on_output failing, our own cancellation), nothing of the task
             # outlives run(): SIGINT makes the launcher SIGKILL every descendant at once.
-            if not proc.ended:
-                await _kill_now(proc)
+            try:
+                if not proc.ended:
+                    await _kill_now(proc)
+            finally:
+                proc.close_pipes()  # output a descendant kept open, or that nobody read to its end
     finally:
         os.close(report_read)
         await asyncio.to_thread(remove_task_dir, task_dir)

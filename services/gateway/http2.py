@@ -41,7 +41,15 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr
 
 from services.gateway.http2_stream import StreamCycle
-from services.gateway.http_protocol import HEAD_TIMEOUT_S, HEAD_TOO_LARGE_BODY, MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from services.gateway.http_protocol import (
+    HEAD_TIMEOUT_S,
+    HEAD_TOO_LARGE_BODY,
+    IDLE_RECHECK_S,
+    IDLE_RECHECKS,
+    MAX_HEAD_BYTES,
+    BoundedHttpToolsProtocol,
+    unread,
+)
 
 ALPN_PROTOCOLS = ["h2", "http/1.1"]
 MAX_CONCURRENT_STREAMS = 100
@@ -406,9 +414,15 @@ class Http2Protocol(asyncio.Protocol):
                 stream.disconnect()
             self.window_opened.set()
 
-    def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: GOAWAY, the streams already accepted are answered, then close."""
+    def shutdown(self, rechecks: int = IDLE_RECHECKS) -> None:
+        """uvicorn's graceful shutdown: GOAWAY, the streams already accepted are answered, then close.
+        Frames already in the socket, unread, are read first: a request the client sent as the drain
+        began is accepted and answered, rather than left above the GOAWAY's last stream id (a client
+        retries those elsewhere, but httpx only once the connection has had a stream: not a first one)."""
         if self.closing or self.transport.is_closing():
+            return
+        if rechecks > 0 and unread(self.transport):
+            self.loop.call_later(IDLE_RECHECK_S, self.shutdown, rechecks - 1)
             return
         self.closing = True
         self.flush()

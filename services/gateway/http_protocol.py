@@ -7,6 +7,13 @@ forever, so one client could hold memory with a 100 MB header or a connection wi
 connection closes; a connection that has not finished a request's head within ``HEAD_TIMEOUT_S`` of
 opening (or of its previous response) is closed.
 
+Graceful shutdown (uvicorn calls :meth:`BoundedHttpToolsProtocol.shutdown` on every connection) drains as
+nginx or Go's ``Server.Shutdown`` do: a request already received is answered, with ``Connection: close``;
+a connection is closed at once only when it is really idle. uvicorn's own closes every connection
+between requests, with bytes of the next one possibly already in its socket, unread (the client, having
+sent on its kept-alive connection, then sees it closed with no answer and cannot tell whether the
+request ran). Here a connection with a request begun, or with unread bytes, is left to answer it.
+
 Everything else is uvicorn's, but for one thing on the way out: a response whose body is known whole
 (``Content-Length`` given, one body message) leaves in one ``transport.write``, head and body together
 (:class:`UnaryWriteCycle`), which over TLS is one record and one ``send(2)`` instead of two.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 from typing import Any
 
 import httptools
@@ -25,6 +33,11 @@ from services.gateway.errors import error_body
 
 MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_S = 10.0
+# A connection about to be closed as idle (draining, or its keep-alive time up) with unread bytes is
+# looked at again this often (the loop reads them meanwhile), this many times at most before it is
+# closed anyway (unread bytes that never make a request: the client's end of file, say).
+IDLE_RECHECK_S = 0.01
+IDLE_RECHECKS = 100
 
 
 # The gateway's one error shape; no request exists yet, so its correlation id is empty. HTTP/2 answers
@@ -113,6 +126,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _head_too_large = False
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
+    _draining = False
+    # Requests begun (their first byte parsed) and answered on this connection: idle when equal.
+    _begun = 0
+    _answered = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -158,6 +175,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
+        self._begun += 1
 
     def on_url(self, url: bytes) -> None:
         self._count_head(len(url))
@@ -171,8 +189,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_clock()
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # received during the drain: answered, then the connection closes
 
     def on_response_complete(self) -> None:
+        self._answered += 1
         pipelined = bool(self.pipeline)  # a next request already parsed: its head is complete
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
@@ -180,6 +201,35 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # idle connection sooner; this also bounds one that trickles).
             self._in_head = True
             self._start_head_clock()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: the request in progress, or one whose bytes have come, is answered with
+        ``Connection: close``; a connection with nothing begun and nothing unread is closed now."""
+        if self._draining:
+            return  # uvicorn's shutdown may ask again
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # uvicorn's: its answer says Connection: close, then closes
+            return
+        self._close_when_idle(IDLE_RECHECKS)
+
+    def timeout_keep_alive_handler(self) -> None:
+        # uvicorn's closes at once: a request that came just as the time was up would go unanswered.
+        self._close_when_idle(IDLE_RECHECKS)
+
+    def _close_when_idle(self, rechecks: int, begun: int | None = None) -> None:
+        if self.transport.is_closing():
+            return
+        if self._begun > self._answered or self.pipeline:
+            return  # a request begun: on_headers_complete makes its answer the last one
+        if begun is not None and begun != self._begun:
+            return  # a request came and was answered meanwhile: its answer decided (close, or keep-alive)
+        if rechecks > 0 and unread(self.transport):
+            # Bytes in the socket the loop has not read yet: a request sent just now. Look again once
+            # the loop has read them (data_received comes first).
+            self.loop.call_later(IDLE_RECHECK_S, self._close_when_idle, rechecks - 1, self._begun)
+            return
+        self.transport.close()
 
     def _start_head_clock(self) -> None:
         self._stop_head_clock()
@@ -194,3 +244,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
             self.transport.close()
+
+
+def unread(transport: asyncio.BaseTransport) -> bool:
+    """Whether the transport's socket has bytes (or an end of file) the loop has not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()  # not select(): a busy gateway's descriptors go past FD_SETSIZE
+    try:
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile
+        return False

@@ -86,7 +86,8 @@ async def test_a_task_running_when_its_zygote_dies_is_stopped_and_says_why(work_
     assert prefork.LOST in result.error and "zygote) died" in result.error, result.error
     for process in tree:
         await _wait_gone(process.pid)
-    assert (await run(spec(work_root, "/bin/true"))).status == "succeeded"
+    after = await run(spec(work_root, "/bin/true"))
+    assert after.status == "succeeded", after
 
 
 async def test_the_zygote_never_signals_a_pid_it_did_not_start_or_already_reaped(work_root) -> None:
@@ -114,7 +115,8 @@ async def test_a_garbled_request_is_ignored_and_the_zygote_serves_on(work_root) 
     zygote = prefork.current()
     zygote.sock.send(b"not json")
     zygote.sock.send(json.dumps({"op": "run"}).encode())
-    assert (await run(spec(work_root, "/bin/true"))).status == "succeeded"
+    after = await run(spec(work_root, "/bin/true"))
+    assert after.status == "succeeded", after
     assert zygote.alive
 
 
@@ -191,7 +193,8 @@ async def test_a_start_cancelled_while_the_zygote_forks_leaves_no_process(work_r
             raise AssertionError("the task of a cancelled start still runs")
     finally:
         os.close(config["report"])
-    assert (await run(spec(work_root, "/bin/true"))).status == "succeeded"
+    after = await run(spec(work_root, "/bin/true"))
+    assert after.status == "succeeded", after
 
 
 async def test_starts_beyond_the_socket_buffer_wait_for_the_zygote_rather_than_fail(work_root) -> None:
@@ -217,5 +220,6 @@ async def test_a_zygote_that_does_not_answer_is_replaced(work_root, monkeypatch)
     result = await run(spec(work_root, "/bin/true"))
     assert result.status == "failed" and "did not answer within 1 s" in result.error, result
     await _wait_gone(stuck.pid)
-    assert (await run(spec(work_root, "/bin/true"))).status == "succeeded"
+    after = await run(spec(work_root, "/bin/true"))
+    assert after.status == "succeeded", after
     assert prefork.current().popen.pid != stuck.pid
