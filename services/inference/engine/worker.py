@@ -27,7 +27,8 @@ from services.inference.engine.admission import fit_to_context
 from services.inference.engine.commands import Call, Cancel, LoadedModel, Output, Request, Submit
 from services.inference.engine.llama_log import log_from_llama
 from services.inference.engine.observer import FinishReason, RequestStats
-from services.inference.engine.sampling import TokenSampler, check_grammar, token_logprob
+from services.inference.engine.outbox import Outbox
+from services.inference.engine.sampling import Candidates, TokenSampler, check_grammar, token_logprob
 from services.inference.engine.stops import StopMatcher
 from services.inference.engine.threads import AdaptiveThreads, ThreadPolicy
 
@@ -92,6 +93,7 @@ class Worker:
         self._max_sequences = engine.max_sequences
         self._prefill_chunk = engine.prefill_chunk
         self._waiting: deque[_Waiting] = deque()
+        self._outbox = Outbox()
         self._active: list[_Sequence] = []
         self._free_seq_ids = list(range(engine.max_sequences - 1, -1, -1))
         self._piece_buffer = ctypes.create_string_buffer(64)
@@ -100,6 +102,7 @@ class Worker:
         self._memory: Any = None
         self._vocab: Any = None
         self._n_vocab = 0
+        self._candidates: Candidates | None = None
         self._batch: Any = None
         # Read by the event loop (an int: one atomic store); changed only here, between decoding steps.
         self.decode_threads = engine.n_threads
@@ -125,11 +128,13 @@ class Worker:
                 self._admit()
                 if self._active:
                     self._step_or_fail()
+                self._outbox.flush()  # before the inbox may block: nothing waits behind a sleeping worker
         except BaseException:
             logger.exception("the llama.cpp worker stopped unexpectedly")
             raise
         finally:
             self._stop_everything()
+            self._outbox.flush()
             self._free()
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
@@ -164,6 +169,7 @@ class Worker:
         self._model = model
         self._vocab = llama.llama_model_get_vocab(model)
         self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
+        self._candidates = Candidates(self._n_vocab)
         n_ctx_train = llama.llama_model_n_ctx_train(model)
         if self._n_ctx > n_ctx_train:
             logger.warning("n_ctx %d is beyond the %d tokens the model was trained on", self._n_ctx, n_ctx_train)
@@ -282,6 +288,8 @@ class Worker:
 
     def _admit(self) -> None:
         """Give free sequences to the oldest waiting requests."""
+        candidates = self._candidates
+        assert candidates is not None  # made when the model loaded, before any request
         while self._waiting and self._free_seq_ids:
             waiting = self._waiting.popleft()
             seq_id = self._free_seq_ids.pop()
@@ -297,7 +305,7 @@ class Worker:
                     seq_id=seq_id,
                     prompt_tokens=waiting.prompt_tokens,
                     max_tokens=waiting.max_tokens,
-                    sampler=TokenSampler(self._vocab, self._n_vocab, request.params, request.shaping),
+                    sampler=TokenSampler(self._vocab, self._n_vocab, request.params, request.shaping, candidates),
                     admitted_at=time.perf_counter(),
                     stop=StopMatcher(stops),
                     decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
@@ -446,12 +454,7 @@ class Worker:
     # Talking to the event loop
 
     def _send(self, request: Request, item: Output | BaseException) -> None:
-        if request.cancelled:
-            return  # nobody is listening
-        try:
-            request.loop.call_soon_threadsafe(request.events.put_nowait, item)
-        except RuntimeError:  # the request's event loop is closed
-            request.cancelled = True
+        self._outbox.send(request, item)  # delivered after this step, with every other stream's
 
     def _report_finished(
         self,
