@@ -13,7 +13,7 @@ Prompt prefill is outside the timed loop: decode steps only. The variants altern
 With --engine, Goblin's own ChatEngine (services/inference/engine, no gRPC; fixed threads, so that the
 adaptive policy's reaction to other sessions does not blur the comparison) runs the same prompt beside
 them: (c) one stream, (d) four concurrent streams, tokens/s from each stream's first token to its last,
-and the engine's milliseconds per step outside llama_decode (the Python around each step).
+and for every variant the milliseconds per step outside llama_decode (the Python around each step).
 
 Run: `python -m bench.inference_ceiling [--runs N] [--tokens N]`. Prints; writes nothing.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import math
 import os
 import statistics
 import time
@@ -115,22 +116,23 @@ def decode_rate(context: Any, vocab: Any, prompt: list[int], n_seq: int, n_token
 
 
 class DecodeClock:
-    """The (start, end) of every llama_decode call while installed (the engine's worker calls it through
-    the module, so a wrapper there sees every step)."""
+    """Every llama_decode call while installed: its wall-clock start and end, and the calling thread's
+    CPU clock at both (the engine's worker calls it through the module, so a wrapper there sees every
+    step)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[float, float]] = []
+        self.calls: list[tuple[float, float, float, float]] = []
         self._original = llama.llama_decode
 
     def __enter__(self) -> DecodeClock:
         original = self._original
 
         def timed(context: Any, batch: Any) -> int:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 return original(context, batch)
             finally:
-                self.calls.append((started, time.perf_counter()))
+                self.calls.append((started, time.perf_counter(), cpu_started, time.thread_time()))
 
         llama.llama_decode = timed
         return self
@@ -138,20 +140,24 @@ class DecodeClock:
     def __exit__(self, *exc: object) -> None:
         llama.llama_decode = self._original
 
-    def outside_ms(self, start: float, end: float) -> float:
-        """Mean milliseconds per step spent outside llama_decode between the steps that begin in
-        [start, end): the Python around each step (sampling, detokenizing, stops, hand-offs)."""
-        steps = [(s, e) for s, e in self.calls if start <= s < end]
+    def outside_ms(self, start: float, end: float) -> tuple[float, float]:
+        """Mean milliseconds per step between one llama_decode's end and the next one's start, for the
+        steps that begin in [start, end): wall clock (what the stream waits, GIL hand-overs included)
+        and the worker thread's CPU (sampling, detokenizing, stops, hand-offs; what preemption by other
+        processes does not inflate)."""
+        steps = [call for call in self.calls if start <= call[0] < end]
         if len(steps) < 2:
-            return float("nan")
-        inside = sum(e - s for s, e in steps[:-1])
-        return (steps[-1][0] - steps[0][0] - inside) / (len(steps) - 1) * 1000
+            return float("nan"), float("nan")
+        gaps = list(zip(steps, steps[1:], strict=False))
+        wall = sum(after[0] - before[1] for before, after in gaps) / len(gaps) * 1000
+        cpu = sum(after[2] - before[3] for before, after in gaps) / len(gaps) * 1000
+        return wall, cpu
 
 
-async def engine_rate(engine: ChatEngine, n_seq: int, n_tokens: int) -> tuple[float, float]:
+async def engine_rate(engine: ChatEngine, n_seq: int, n_tokens: int) -> tuple[float, tuple[float, float]]:
     """Aggregate tokens/s of ``n_seq`` concurrent streams through ``engine`` (each from its first token
     to its last, so prefill is outside as in :func:`decode_rate`), and the engine's milliseconds per
-    step outside llama_decode."""
+    step outside llama_decode (wall, worker CPU)."""
     params = SamplingParams(max_tokens=n_tokens + 1, temperature=0)
     marks: list[tuple[float, float, int]] = []
 
@@ -208,7 +214,7 @@ def main() -> None:
         variants["(c) Goblin's ChatEngine, 1 stream"] = (engine, 1)
         variants[f"(d) Goblin's ChatEngine, {SEQUENCES} streams"] = (engine, SEQUENCES)
     rates: dict[str, list[float]] = {name: [] for name in variants}
-    outside_ms: dict[str, list[float]] = {name: [] for name in variants}
+    outside_ms: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
 
     def run(name: str, n_tokens: int) -> None:
         target, n_seq = variants[name]
@@ -216,7 +222,9 @@ def main() -> None:
             rate, outside = loop.run_until_complete(engine_rate(target, n_seq, n_tokens))
             outside_ms[name].append(outside)
         else:
-            rate = decode_rate(target, vocab, prompt, n_seq, n_tokens)
+            with DecodeClock() as clock:
+                rate = decode_rate(target, vocab, prompt, n_seq, n_tokens)
+            outside_ms[name].append(clock.outside_ms(clock.calls[-n_tokens][0], math.inf))
         rates[name].append(rate)
 
     load_before = load_average()
@@ -239,8 +247,11 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, value in medians.items():
         runs = ", ".join(f"{v:.1f}" for v in rates[name])
-        outside = statistics.median(outside_ms[name]) if outside_ms[name] else None
-        share = "" if outside is None else f", {outside:.2f} ms/step outside llama_decode"
+        share = ""
+        if outside_ms[name]:
+            wall = statistics.median(w for w, _ in outside_ms[name])
+            cpu = statistics.median(c for _, c in outside_ms[name])
+            share = f", {wall:.2f} ms/step outside llama_decode ({cpu:.2f} ms of worker CPU)"
         print(f"{name}: {value:.1f} tok/s{share}  [{runs}]")
     names = list(variants)
     a, a_multi, b = medians[names[0]], medians[names[1]], medians[names[2]]

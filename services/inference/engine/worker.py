@@ -28,7 +28,7 @@ from services.inference.engine.commands import Call, Cancel, LoadedModel, Output
 from services.inference.engine.llama_log import log_from_llama
 from services.inference.engine.observer import FinishReason, RequestStats
 from services.inference.engine.outbox import Outbox
-from services.inference.engine.sampling import Candidates, TokenSampler, check_grammar, token_logprob
+from services.inference.engine.sampling import TokenSampler, check_grammar, token_logprob
 from services.inference.engine.stops import StopMatcher
 from services.inference.engine.threads import AdaptiveThreads, ThreadPolicy
 
@@ -102,7 +102,6 @@ class Worker:
         self._memory: Any = None
         self._vocab: Any = None
         self._n_vocab = 0
-        self._candidates: Candidates | None = None
         self._batch: Any = None
         # Read by the event loop (an int: one atomic store); changed only here, between decoding steps.
         self.decode_threads = engine.n_threads
@@ -169,7 +168,6 @@ class Worker:
         self._model = model
         self._vocab = llama.llama_model_get_vocab(model)
         self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
-        self._candidates = Candidates(self._n_vocab)
         n_ctx_train = llama.llama_model_n_ctx_train(model)
         if self._n_ctx > n_ctx_train:
             logger.warning("n_ctx %d is beyond the %d tokens the model was trained on", self._n_ctx, n_ctx_train)
@@ -288,8 +286,6 @@ class Worker:
 
     def _admit(self) -> None:
         """Give free sequences to the oldest waiting requests."""
-        candidates = self._candidates
-        assert candidates is not None  # made when the model loaded, before any request
         while self._waiting and self._free_seq_ids:
             waiting = self._waiting.popleft()
             seq_id = self._free_seq_ids.pop()
@@ -305,7 +301,7 @@ class Worker:
                     seq_id=seq_id,
                     prompt_tokens=waiting.prompt_tokens,
                     max_tokens=waiting.max_tokens,
-                    sampler=TokenSampler(self._vocab, self._n_vocab, request.params, request.shaping, candidates),
+                    sampler=TokenSampler(self._vocab, self._n_vocab, request.params, request.shaping),
                     admitted_at=time.perf_counter(),
                     stop=StopMatcher(stops),
                     decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),

@@ -1,9 +1,9 @@
-"""The worker's reusable candidates array picks exactly the tokens ``llama_sampler_sample`` picks.
+"""A sequence's :class:`TokenSampler` picks exactly the tokens llama.cpp's own sampler chain picks.
 
-Two identical sampler chains run side by side over the same decoded logits of the real default model,
-one through llama.cpp's ``llama_sampler_sample`` (which allocates the vocabulary's array per call), one
-through :class:`Candidates`; both must choose the same token at every step, greedy, seeded and under
-a grammar.
+Greedy sampling without a grammar skips the chain (an argmax over the row in numpy). Over the same
+decoded logits of the real default model, a TokenSampler and a twin chain sampled through
+``llama_sampler_sample`` must choose the same token at every step: greedy, greedy with a logit bias,
+seeded, and under a grammar.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from services.common.chat import SamplingParams
 from services.inference.engine.grammar import Constraint
 from services.inference.engine.llama_log import log_from_llama
-from services.inference.engine.sampling import Candidates, _new_chain, row_logits
+from services.inference.engine.sampling import Shaping, TokenSampler, _new_chain
 from services.inference.models import chat_model_path
 
 pytestmark = pytest.mark.unit
@@ -55,18 +55,18 @@ def decode(context: Any, tokens: list[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("params", "constraint"),
+    ("params", "constraint", "bias"),
     [
-        (SamplingParams(temperature=0), None),
-        (SamplingParams(temperature=0.9, top_p=0.9, seed=7), None),
-        (SamplingParams(temperature=1.5, seed=11), None),
-        (SamplingParams(temperature=0), WORDS),
-        (SamplingParams(temperature=0.8, seed=3), WORDS),
+        (SamplingParams(temperature=0), None, {}),
+        (SamplingParams(temperature=0), None, {198: -100.0, 30: 5.0}),
+        (SamplingParams(temperature=0.9, top_p=0.9, seed=7), None, {}),
+        (SamplingParams(temperature=0), WORDS, {}),
+        (SamplingParams(temperature=0.8, seed=3), WORDS, {}),
     ],
-    ids=["greedy", "top-p-seeded", "hot-seeded", "greedy-grammar", "seeded-grammar"],
+    ids=["greedy", "greedy-bias", "top-p-seeded", "greedy-grammar", "seeded-grammar"],
 )
-def test_candidates_choose_what_llama_sampler_sample_chooses(
-    model: tuple[Any, Any, Any], params: SamplingParams, constraint: Constraint | None
+def test_a_sequence_samples_what_llama_cpp_samples(
+    model: tuple[Any, Any, Any], params: SamplingParams, constraint: Constraint | None, bias: dict[int, float]
 ) -> None:
     _, vocab, context = model
     n_vocab = llama.llama_vocab_n_tokens(vocab)
@@ -74,17 +74,25 @@ def test_candidates_choose_what_llama_sampler_sample_chooses(
     data = PROMPT
     prompt = (llama.llama_token * (len(data) + 8))()
     count = llama.llama_tokenize(vocab, data, len(data), prompt, len(prompt), True, True)
-    reference, ours = _new_chain(vocab, params, constraint), _new_chain(vocab, params, constraint)
-    candidates = Candidates(n_vocab)
+    shaping = Shaping(constraint=constraint, logit_bias=bias)
+    assert TokenSampler(vocab, n_vocab, params, shaping).greedy == (params.temperature == 0 and constraint is None)
+    reference, ours = _new_chain(vocab, params, constraint), TokenSampler(vocab, n_vocab, params, shaping)
     try:
         decode(context, list(prompt[:count]))
         chosen = []
         for step in range(STEPS):
-            # llama_sampler_sample reads the row itself; ours reads a copy, as the worker's row view is
-            # only valid until the next decode and both must see the same numbers.
-            logits = np.array(row_logits(context, -1, n_vocab))
+            row = np.ctypeslib.as_array(
+                ctypes.cast(llama.llama_get_logits_ith(context, -1), ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
+            )
+            original = row.copy()
+            # The reference sees the same shaped row the TokenSampler makes in place (bias added).
+            token, _ = ours.sample(context, -1)
+            shaped = row.copy()
+            row[:] = original
+            for token_id, value in bias.items():
+                row[token_id] += value
+            assert np.array_equal(row, shaped)
             expected = llama.llama_sampler_sample(reference, context, -1)
-            token = candidates.sample(ours, logits)
             assert token == expected, f"step {step}"
             chosen.append(token)
             if llama.llama_vocab_is_eog(vocab, token):
@@ -93,4 +101,4 @@ def test_candidates_choose_what_llama_sampler_sample_chooses(
         assert chosen
     finally:
         llama.llama_sampler_free(reference)
-        llama.llama_sampler_free(ours)
+        ours.free()
