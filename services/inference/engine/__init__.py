@@ -11,8 +11,10 @@ How it works:
   every step puts each running sequence's newest token (or the next chunk of its prompt) into one
   ``llama_batch`` and runs one ``llama_decode``, then samples every sequence with its own sampler chain
   (a sequence under a JSON or tool-call grammar sits beside free ones).
-  On a CPU a step over four sequences costs little more than a step over one, so concurrent requests
-  share the cores instead of waiting for each other.
+  Concurrent requests share the cores instead of waiting for each other. What a step over four
+  sequences costs against a step over one depends on the weights' type: with the default Q4_1 model
+  about three times as much (four streams reach 1.2-1.3x one stream's tokens/s), with Q4_0 or Q8_0, which
+  llama.cpp's batched x86 kernels cover, about twice (2.1-2.5x): ``python -m bench.inference_ceiling``.
 - Between steps, finished and cancelled sequences leave and the oldest waiting requests take their
   places (FIFO). A stream whose consumer goes away is dropped before the next step, so it stops costing
   compute within one token.
