@@ -115,12 +115,16 @@ def openai_client(base_url: str, api_key: str, verify: object) -> openai.AsyncOp
     )
 
 
-async def stream_once(client: openai.AsyncOpenAI, model: str) -> StreamTiming:
+async def stream_once(client: openai.AsyncOpenAI, model: str, *, usage: bool = False) -> StreamTiming:
+    """One streamed answer. Tokens are counted one per content chunk, unless ``usage``: then the final
+    usage chunk's completion_tokens (Goblin joins the tokens that piled up while the client was behind
+    into one chunk, so its chunks are not tokens)."""
     started = time.perf_counter()
     first = last = None
     tokens = 0
+    extra = {"stream_options": {"include_usage": True}} if usage else {}
     stream = await client.chat.completions.create(
-        model=model, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True
+        model=model, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True, **extra
     )
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -128,22 +132,26 @@ async def stream_once(client: openai.AsyncOpenAI, model: str) -> StreamTiming:
             first = first or now
             last = now
             tokens += 1
+        if usage and chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
     if first is None:
         return StreamTiming(float("nan"), 0, 0.0)
     return StreamTiming(first - started, tokens, last - first)
 
 
 async def single_streams(client: openai.AsyncOpenAI, model: str) -> list[StreamTiming]:
-    await stream_once(client, model)  # warm-up
-    return [await stream_once(client, model) for _ in range(RUNS)]
+    await stream_once(client, model, usage=True)  # warm-up
+    return [await stream_once(client, model, usage=True) for _ in range(RUNS)]
 
 
-async def concurrent_tps(client: openai.AsyncOpenAI, model: str) -> tuple[float, int]:
+async def concurrent_tps(client: openai.AsyncOpenAI, model: str, *, usage: bool = False) -> tuple[float, int]:
     """Aggregate delivered tokens/s of CONCURRENT streams (median over runs), and tokens of the last."""
     rates, tokens = [], 0
     for _ in range(CONCURRENT_RUNS):
         started = time.perf_counter()
-        results = await asyncio.gather(*(stream_once(client, model) for _ in range(CONCURRENT)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(stream_once(client, model, usage=usage) for _ in range(CONCURRENT)), return_exceptions=True
+        )
         elapsed = time.perf_counter() - started
         tokens = sum(r.tokens for r in results if isinstance(r, StreamTiming))
         rates.append(tokens / elapsed)
@@ -238,7 +246,7 @@ async def goblin_stack() -> tuple[list[StreamTiming], tuple[float, int], str, st
             single = await single_streams(client, "local")
         single_threads = watch.summary()
         async with watch.during():
-            concurrent = await concurrent_tps(client, "local")
+            concurrent = await concurrent_tps(client, "local", usage=True)
         concurrent_threads = watch.summary()
         await client.close()
         return single, concurrent, single_threads, concurrent_threads

@@ -249,9 +249,12 @@ class ChatEngine:
         self._report_queue()
         self._inbox.put(Submit(request))
         ended = False
+        held: Output | BaseException | None = None  # taken from the queue by _coalesce, not yet handled
         try:
             while True:
-                item = await request.events.get()
+                item, held = (held, None) if held is not None else (await request.events.get(), None)
+                if isinstance(item, Output) and not item.finish_reason:
+                    item, held = _coalesce(item, request.events)
                 if isinstance(item, BaseException):
                     ended = True
                     raise item
@@ -296,6 +299,27 @@ def _shaping(params: SamplingParams, options: ChatOptions) -> Shaping:
         frequency_penalty=params.frequency_penalty or 0.0,
         top_logprobs=(params.top_logprobs or 0) if params.logprobs else None,
     )
+
+
+def _coalesce(
+    first: Output, events: asyncio.Queue[Output | BaseException]
+) -> tuple[Output, Output | BaseException | None]:
+    """``first`` joined with the text already waiting behind it, and the first event taken that is not
+    text (an end or an error), if any. The worker sends one event per token; when the consumer (the gRPC
+    stream, and the router and gateway behind it) falls behind the decoder, the tokens that piled up go
+    out as one delta instead of one message each. The text and logprobs are the same, in the same order."""
+    if events.empty():
+        return first, None
+    texts, logprobs = [first.text], list(first.logprobs)
+    following: Output | BaseException | None = None
+    while not events.empty():
+        following = events.get_nowait()
+        if isinstance(following, BaseException) or following.finish_reason:
+            break
+        texts.append(following.text)
+        logprobs.extend(following.logprobs)
+        following = None
+    return Output(text="".join(texts), logprobs=tuple(logprobs)), following
 
 
 def _delta(output: Output, reader: ToolCallReader | None) -> ChatDelta | None:

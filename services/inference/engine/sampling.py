@@ -9,6 +9,11 @@ presence * (count > 0) + frequency * count`` over the tokens generated so far. T
 grammar (when the request has one), then greedy at temperature 0, else top-p, temperature and a seeded
 draw. Per-token logprobs are the model's own distribution (the log-softmax of the raw logits, before
 bias, penalties or grammar), as OpenAI reports them.
+
+Greedy without a grammar skips the chain: the token is the first index of the row's largest logit,
+which is what llama.cpp's greedy sampler selects, found by numpy over the row in place (about 15 us of
+CPU here) where ``llama_sampler_sample`` first copies the whole vocabulary into a candidates array
+(49k entries, about 210 us), on every token of every sequence.
 """
 
 from __future__ import annotations
@@ -67,20 +72,28 @@ class TokenSampler:
         self._counts = np.zeros(n_vocab, dtype=np.float32) if shaping.penalised else None
         self._bias_ids = np.fromiter(shaping.logit_bias.keys(), dtype=np.int64, count=len(shaping.logit_bias))
         self._bias_values = np.fromiter(shaping.logit_bias.values(), dtype=np.float32, count=len(shaping.logit_bias))
+        # Greedy and free: the chain would only take the row's argmax (and its accept does nothing).
+        self.greedy = params.temperature == 0.0 and shaping.constraint is None
         self.chain = _new_chain(vocab, params, shaping.constraint)
 
     def sample(self, context: Any, output_index: int) -> tuple[int, np.ndarray | None]:
         """The next token, and the row's log-probabilities when the request wants logprobs."""
         logits = None
         logprobs = None
-        if self._shaping.top_logprobs is not None or self._counts is not None or self._bias_ids.size:
+        if self.greedy or self._shaping.top_logprobs is not None or self._counts is not None or self._bias_ids.size:
             pointer = llama.llama_get_logits_ith(context, output_index)
+            if not pointer:
+                raise RuntimeError(f"llama.cpp has no logits for output {output_index}")
             logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
         if logits is not None and self._shaping.top_logprobs is not None:
             logprobs = _log_softmax(logits)
         if logits is not None:
             shape_logits(logits, self._bias_ids, self._bias_values, self._counts, self._shaping)
-        token = llama.llama_sampler_sample(self.chain, context, output_index)
+        if self.greedy:
+            assert logits is not None
+            token = int(logits.argmax())  # the first of equal maxima, as llama.cpp's greedy sampler
+        else:
+            token = llama.llama_sampler_sample(self.chain, context, output_index)
         if self._counts is not None and 0 <= token < self._n_vocab:
             self._counts[token] += 1
         return token, logprobs

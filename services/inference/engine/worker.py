@@ -27,6 +27,7 @@ from services.inference.engine.admission import fit_to_context
 from services.inference.engine.commands import Call, Cancel, LoadedModel, Output, Request, Submit
 from services.inference.engine.llama_log import log_from_llama
 from services.inference.engine.observer import FinishReason, RequestStats
+from services.inference.engine.outbox import Outbox
 from services.inference.engine.sampling import TokenSampler, check_grammar, token_logprob
 from services.inference.engine.stops import StopMatcher
 from services.inference.engine.threads import AdaptiveThreads, ThreadPolicy
@@ -92,6 +93,7 @@ class Worker:
         self._max_sequences = engine.max_sequences
         self._prefill_chunk = engine.prefill_chunk
         self._waiting: deque[_Waiting] = deque()
+        self._outbox = Outbox()
         self._active: list[_Sequence] = []
         self._free_seq_ids = list(range(engine.max_sequences - 1, -1, -1))
         self._piece_buffer = ctypes.create_string_buffer(64)
@@ -125,11 +127,13 @@ class Worker:
                 self._admit()
                 if self._active:
                     self._step_or_fail()
+                self._outbox.flush()  # before the inbox may block: nothing waits behind a sleeping worker
         except BaseException:
             logger.exception("the llama.cpp worker stopped unexpectedly")
             raise
         finally:
             self._stop_everything()
+            self._outbox.flush()
             self._free()
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
@@ -446,12 +450,7 @@ class Worker:
     # Talking to the event loop
 
     def _send(self, request: Request, item: Output | BaseException) -> None:
-        if request.cancelled:
-            return  # nobody is listening
-        try:
-            request.loop.call_soon_threadsafe(request.events.put_nowait, item)
-        except RuntimeError:  # the request's event loop is closed
-            request.cancelled = True
+        self._outbox.send(request, item)  # delivered after this step, with every other stream's
 
     def _report_finished(
         self,

@@ -134,6 +134,26 @@ async def test_stream_sends_deltas_then_one_final_event(engine: ChatEngine) -> N
     assert "".join(event.text for event in deltas) == whole.text
 
 
+async def test_a_slow_consumer_gets_the_tokens_that_piled_up_as_one_delta(engine: ChatEngine) -> None:
+    params = SamplingParams(max_tokens=24, temperature=0, logprobs=True)
+    whole = await engine.complete(COUNTING, params)
+    deltas: list[ChatDelta] = []
+    async for event in engine.stream_complete(COUNTING, params):
+        deltas.append(event)
+        if len(deltas) == 1:
+            # Behind the decoder: the rest of the answer is decoded while this consumer sleeps.
+            await wait_until(lambda: engine.stats().active_sequences == 0, "the answer decoded")
+            # A round trip through the worker: its last step's events were handed over before this answer.
+            await engine.tokenize("x")
+
+    *texts, last = deltas
+    assert len(texts) == 2  # the first token, then everything that waited, joined
+    assert "".join(event.text for event in texts) == whole.text
+    assert [p.token for event in texts for p in event.logprobs] == [p.token for p in whole.logprobs]
+    assert len(whole.logprobs) == whole.usage.completion_tokens == 24
+    assert last.text == "" and last.finish_reason == whole.finish_reason and last.usage == whole.usage
+
+
 async def test_stop_strings_end_the_output_before_them(engine: ChatEngine) -> None:
     free = await engine.complete(COUNTING, SamplingParams(max_tokens=16, temperature=0))
     middle = len(free.text) // 2
