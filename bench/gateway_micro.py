@@ -146,23 +146,30 @@ class StandInRouter:
         return self.reply
 
 
-def chat_route_calls(home: Path) -> dict[str, Callable[[], Awaitable[object]]]:
-    """A chat request through the whole app, answered by the FastAPI route and by the pure-ASGI one."""
+def stand_in_state(home: Path, router: object) -> tuple[Any, SimpleNamespace]:
+    """The gateway's settings (rate limits off) and its state over stand-in auth and ``router``."""
     os.environ.setdefault("GOBLIN_HOME", str(home))
     os.environ.setdefault("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:9/0")  # nothing here connects to the stores
     os.environ["GOBLIN_RATE_LIMIT_ENABLED"] = "false"
     from services.gateway.config import GatewaySettings
-    from services.gateway.main import create_app
 
     settings = GatewaySettings()
     state = SimpleNamespace(
         settings=settings,
         principals=PrincipalCache(settings.auth_cache_ttl_s),
-        clients=SimpleNamespace(auth=StandInAuth(), router=StandInRouter()),
+        clients=SimpleNamespace(auth=StandInAuth(), router=router),
         secret_guard=SecretGuard(DetectionPoint.request_creation, policy=settings.secret_policy),
         proxies=TrustedProxies(settings.trusted_proxy_list),
     )
+    return settings, state
+
+
+def chat_route_calls(home: Path) -> dict[str, Callable[[], Awaitable[object]]]:
+    """A chat request through the whole app, answered by the FastAPI route and by the pure-ASGI one."""
+    from services.gateway.main import create_app
+
+    settings, state = stand_in_state(home, StandInRouter())
     headers = [
         (b"host", b"gateway"),
         (b"content-type", b"application/json"),

@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -35,13 +34,10 @@ import uvloop
 from starlette.responses import StreamingResponse
 from uvicorn.lifespan.off import LifespanOff
 
-from bench.gateway_micro import CALLS, ROUNDS, StandInAuth
+from bench.gateway_micro import CALLS, ROUNDS, stand_in_state
 from goblin.v1 import common_pb2
 from goblin_tools.suite import free_ports
-from services.common.secrets import DetectionPoint, SecretGuard
 from services.gateway.api.routes import openai
-from services.gateway.caches import PrincipalCache
-from services.gateway.ratelimit import TrustedProxies
 from services.gateway.tls import ensure_dev_certificates, https_config
 
 STREAM_BODY = (
@@ -87,21 +83,9 @@ def streaming_response(events: AsyncIterator[bytes], headers: dict[str, str]) ->
 
 def stand_in_app(home: Path) -> Any:
     """The gateway app (edge included, rate limits off) over stand-in auth and router."""
-    os.environ.setdefault("GOBLIN_HOME", str(home))
-    os.environ.setdefault("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:9/0")  # nothing here connects to the stores
-    os.environ["GOBLIN_RATE_LIMIT_ENABLED"] = "false"
-    from services.gateway.config import GatewaySettings
     from services.gateway.main import create_app
 
-    settings = GatewaySettings()
-    state = SimpleNamespace(
-        settings=settings,
-        principals=PrincipalCache(settings.auth_cache_ttl_s),
-        clients=SimpleNamespace(auth=StandInAuth(), router=StandInRouter()),
-        secret_guard=SecretGuard(DetectionPoint.request_creation, policy=settings.secret_policy),
-        proxies=TrustedProxies(settings.trusted_proxy_list),
-    )
+    settings, state = stand_in_state(home, StandInRouter())
     app = create_app(settings)
     app.state.gateway = state
     return app
