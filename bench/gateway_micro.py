@@ -146,6 +146,29 @@ class StandInRouter:
         return self.reply
 
 
+def chat_scope(*, body_size: int, spec_version: str) -> dict[str, Any]:
+    """The ASGI scope of an HTTPS POST /v1/chat/completions with the stand-in key and a JSON body."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"gateway"),
+            (b"content-type", b"application/json"),
+            (b"authorization", b"Bearer bench-key"),
+            (b"content-length", str(body_size).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8443),
+    }
+
+
 def stand_in_state(home: Path, router: object) -> tuple[Any, SimpleNamespace]:
     """The gateway's settings (rate limits off) and its state over stand-in auth and ``router``."""
     os.environ.setdefault("GOBLIN_HOME", str(home))
@@ -170,32 +193,13 @@ def chat_route_calls(home: Path) -> dict[str, Callable[[], Awaitable[object]]]:
     from services.gateway.main import create_app
 
     settings, state = stand_in_state(home, StandInRouter())
-    headers = [
-        (b"host", b"gateway"),
-        (b"content-type", b"application/json"),
-        (b"authorization", b"Bearer bench-key"),
-        (b"content-length", str(len(CHAT_BODY)).encode()),
-    ]
 
     def caller(asgi_routes: bool) -> Callable[[], Awaitable[object]]:
         app = create_app(settings, asgi_routes=asgi_routes)
         app.state.gateway = state
 
         async def call() -> object:
-            scope: dict[str, Any] = {
-                "type": "http",
-                "asgi": {"version": "3.0", "spec_version": "2.4"},
-                "http_version": "1.1",
-                "method": "POST",
-                "scheme": "https",
-                "path": "/v1/chat/completions",
-                "raw_path": b"/v1/chat/completions",
-                "query_string": b"",
-                "root_path": "",
-                "headers": headers,
-                "client": ("127.0.0.1", 50000),
-                "server": ("127.0.0.1", 8443),
-            }
+            scope = chat_scope(body_size=len(CHAT_BODY), spec_version="2.4")
             sent: list[dict[str, Any]] = []
 
             async def receive() -> dict[str, Any]:

@@ -34,7 +34,7 @@ import uvloop
 from starlette.responses import StreamingResponse
 from uvicorn.lifespan.off import LifespanOff
 
-from bench.gateway_micro import CALLS, ROUNDS, stand_in_state
+from bench.gateway_micro import CALLS, ROUNDS, chat_scope, stand_in_state
 from goblin.v1 import common_pb2
 from goblin_tools.suite import free_ports
 from services.gateway.api.routes import openai
@@ -95,31 +95,12 @@ def stream_calls(home: Path) -> dict[str, Callable[[], Awaitable[float]]]:
     """A streamed chat through the whole app, its answer sent both ways; each call returns the CPU seconds
     until its first event was handed to the server."""
     app = stand_in_app(home)
-    headers = [
-        (b"host", b"gateway"),
-        (b"content-type", b"application/json"),
-        (b"authorization", b"Bearer bench-key"),
-        (b"content-length", str(len(STREAM_BODY)).encode()),
-    ]
     kept = openai.SseResponse
 
     def caller(response: Callable[..., Any]) -> Callable[[], Awaitable[float]]:
         async def call() -> float:
             openai.SseResponse = response  # type: ignore[assignment]
-            scope: dict[str, Any] = {
-                "type": "http",
-                "asgi": {"version": "3.0", "spec_version": "2.3"},  # what uvicorn says
-                "http_version": "1.1",
-                "method": "POST",
-                "scheme": "https",
-                "path": "/v1/chat/completions",
-                "raw_path": b"/v1/chat/completions",
-                "query_string": b"",
-                "root_path": "",
-                "headers": headers,
-                "client": ("127.0.0.1", 50000),
-                "server": ("127.0.0.1", 8443),
-            }
+            scope = chat_scope(body_size=len(STREAM_BODY), spec_version="2.3")  # what uvicorn says
             sent: list[dict[str, Any]] = []
             started = time.process_time()
             first = 0.0
