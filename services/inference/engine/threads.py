@@ -7,7 +7,8 @@ router (or anything else on the machine) slow a stream down more than the lost c
 cores - 1 threads the stream never waits for a preempted thread, but an idle machine leaves a core unused.
 
 The signal is the CPU time the machine's other processes use (``/proc/stat`` over the cores this
-process may run on, minus this process's own CPU time), sampled every :data:`SAMPLE_INTERVAL_S` by the
+process may run on, minus this process's own CPU time; time a hypervisor steals for another virtual
+machine is not counted: no process of ours is waiting for it), sampled every :data:`SAMPLE_INTERVAL_S` by the
 worker between decoding steps. Chosen by measurement (the README has the numbers): it stayed the same
 whether we decoded on one thread or two, so changing our count does not feed back into it and make it
 flap. The run queue (``/proc/loadavg``) counts our own runnable threads, so it rises when we step up;
@@ -128,7 +129,8 @@ def _busy_seconds(stat: str, cpus: frozenset[int] | None, ticks_per_second: floa
             continue
         try:
             cpu = int(name[3:])
-            # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+            # user nice system idle iowait irq softirq steal ...: busy is all but idle, iowait and steal
+            # (time the hypervisor gave our virtual CPU to another machine: not a process of ours).
             fields = [int(value) for value in rest.split()]
         except ValueError:
             return None
@@ -136,7 +138,7 @@ def _busy_seconds(stat: str, cpus: frozenset[int] | None, ticks_per_second: floa
             continue
         if len(fields) < 8 or any(value < 0 for value in fields):
             return None
-        total += sum(fields[:8]) - fields[3] - fields[4]
+        total += sum(fields[:8]) - fields[3] - fields[4] - fields[7]
         seen += 1
     if seen == 0:
         return None

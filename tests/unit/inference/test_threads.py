@@ -148,6 +148,19 @@ def test_sampler_counts_only_the_cores_we_may_run_on(tmp_path: Path) -> None:
     assert sampler.others() == pytest.approx(0.2)
 
 
+def test_time_the_hypervisor_steals_is_not_other_processes(tmp_path: Path) -> None:
+    # /proc/stat's eighth field, steal, is time our virtual CPU was runnable while the host ran another
+    # machine: no process of ours (gateway, router) needs that core, and giving it up helps nobody.
+    sampler, stat, clock, _ = make_sampler(tmp_path)
+    stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0 0 0\n")
+    sampler.others()
+    clock.now += 1.0
+    # Each core: 20 ticks of user, 5 of system, 5 of irq and softirq (0.3 core each, 0.6 in all),
+    # 40 of steal.
+    stat.write_text("cpu  40 0 10 70 0 4 6 80 0 0\ncpu0 20 0 5 35 0 2 3 40 0 0\ncpu1 20 0 5 35 0 2 3 40 0 0\n")
+    assert sampler.others() == pytest.approx(0.6)
+
+
 def test_our_own_cpu_is_never_counted_as_others(tmp_path: Path) -> None:
     sampler, stat, clock, own = make_sampler(tmp_path)
     stat.write_text(stat_text([0, 0], [0, 0]))
