@@ -3,7 +3,8 @@
 1. One stream: time to first token and decode tokens/s, llama-cpp-python called directly (in this
    process, decoding on every core) vs openai SDK -> gateway (HTTPS) -> router -> inference, as
    `goblin up` starts it (at most every core, stepping down while other processes need one:
-   services/inference/engine/threads.py). Goal: >= 95 % of direct decode speed and < 15 ms added to TTFT.
+   services/inference/engine/threads.py), the two taking turns run by run with the suite up throughout.
+   Goal: >= 95 % of direct decode speed and < 15 ms added to TTFT.
 2. Four concurrent streams: aggregate tokens/s through Goblin vs its own single-stream rate (goal:
    >= 1.5x) and vs `python -m llama_cpp.server` on the same model and cores (goal: ahead of it).
 
@@ -25,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -79,31 +81,33 @@ def plain_cpu_kernels() -> None:
     llama.llama_model_default_params = params
 
 
-def direct_single(model: Path) -> list[StreamTiming]:
+def direct_model(model: Path) -> Any:
+    """llama-cpp-python's model in this process, decoding on every core, as the direct side uses it."""
     from llama_cpp import Llama
 
     plain_cpu_kernels()
-    llm = Llama(
+    return Llama(
         model_path=str(model), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=BATCH_THREADS, verbose=False, seed=1
     )
-    timings = []
-    for run in range(RUNS + 1):
-        # Goblin evaluates every prompt afresh (each request has its own sequence); without a reset,
-        # llama-cpp-python would reuse the previous run's prompt and the TTFT would measure its cache.
-        llm.reset()
-        started = time.perf_counter()
-        first = last = None
-        tokens = 0
-        for chunk in llm.create_chat_completion(messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True):
-            if chunk["choices"][0]["delta"].get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                tokens += 1
-        if run:  # the first run warms caches
-            timings.append(StreamTiming(first - started, tokens, last - first))
-    del llm
-    return timings
+
+
+def direct_once(llm: Any) -> StreamTiming:
+    """One streamed answer from llama-cpp-python called directly."""
+    # Goblin evaluates every prompt afresh (each request has its own sequence); without a reset,
+    # llama-cpp-python would reuse the previous run's prompt and the TTFT would measure its cache.
+    llm.reset()
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    for chunk in llm.create_chat_completion(messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True):
+        if chunk["choices"][0]["delta"].get("content"):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            tokens += 1
+    if first is None or last is None:
+        return StreamTiming(float("nan"), 0, 0.0)
+    return StreamTiming(first - started, tokens, last - first)
 
 
 def openai_client(base_url: str, api_key: str, verify: object) -> openai.AsyncOpenAI:
@@ -139,9 +143,19 @@ async def stream_once(client: openai.AsyncOpenAI, model: str, *, usage: bool = F
     return StreamTiming(first - started, tokens, last - first)
 
 
-async def single_streams(client: openai.AsyncOpenAI, model: str) -> list[StreamTiming]:
-    await stream_once(client, model, usage=True)  # warm-up
-    return [await stream_once(client, model, usage=True) for _ in range(RUNS)]
+async def single_streams(
+    client: openai.AsyncOpenAI, model: str, llm: Any
+) -> tuple[list[StreamTiming], list[StreamTiming]]:
+    """RUNS single streams each way, direct and Goblin taking turns run by run (a warm-up of each first),
+    so the host's drift (other virtual machines' steal time moves the direct rate by 25 % within minutes
+    here) hits both alike: the direct timings and Goblin's."""
+    direct_once(llm)
+    await stream_once(client, model, usage=True)
+    direct, goblin = [], []
+    for _ in range(RUNS):
+        direct.append(direct_once(llm))
+        goblin.append(await stream_once(client, model, usage=True))
+    return direct, goblin
 
 
 async def concurrent_tps(client: openai.AsyncOpenAI, model: str, *, usage: bool = False) -> tuple[float, int]:
@@ -232,8 +246,11 @@ class ThreadWatch:
         return f"{min(self.seen)}-{max(self.seen)} ({share:.0f} % of samples at {THREADS})"
 
 
-async def goblin_stack() -> tuple[list[StreamTiming], tuple[float, int], str, str]:
-    """Goblin's single streams, its concurrent rate, and the thread counts seen during each."""
+async def goblin_stack(
+    model: Path,
+) -> tuple[list[StreamTiming], list[StreamTiming], tuple[float, int], str, str]:
+    """Direct and Goblin's single streams taken in turns, Goblin's concurrent rate, and the thread counts
+    seen during each part."""
     home = WORK / "inference"
     shutil.rmtree(home, ignore_errors=True)
     # The suite's own default maximum (every core) and adaptive threads, as `goblin up` runs them.
@@ -241,15 +258,17 @@ async def goblin_stack() -> tuple[list[StreamTiming], tuple[float, int], str, st
     try:
         suite.wait_ready()
         client = openai_client(f"{suite.gateway_url}/v1", suite.admin_key, suite.ssl_context())
+        llm = direct_model(model)
         watch = ThreadWatch(suite.metrics_url("inference"))
         async with watch.during():
-            single = await single_streams(client, "local")
+            direct, single = await single_streams(client, "local", llm)
         single_threads = watch.summary()
+        del llm
         async with watch.during():
             concurrent = await concurrent_tps(client, "local", usage=True)
         concurrent_threads = watch.summary()
         await client.close()
-        return single, concurrent, single_threads, concurrent_threads
+        return direct, single, concurrent, single_threads, concurrent_threads
     finally:
         suite.stop()
 
@@ -270,8 +289,7 @@ def main() -> None:
     CONCURRENT_RUNS = max(1, min(CONCURRENT_RUNS, args.runs))
     model = chat_model_path(os.environ.get("GOBLIN_MODEL_PATH"))
     load_before = load_average()
-    direct = direct_single(model)
-    stack, (goblin_tps, goblin_tokens), single_threads, concurrent_threads = asyncio.run(goblin_stack())
+    direct, stack, (goblin_tps, goblin_tokens), single_threads, concurrent_threads = asyncio.run(goblin_stack(model))
     server_tps, server_tokens = asyncio.run(llama_server_concurrent(model))
     load_after = load_average()
 
@@ -284,8 +302,9 @@ def main() -> None:
 Model {model.name}, n_ctx {N_CTX}, {BATCH_THREADS} prompt threads on both sides; llama-cpp-python decodes on
 {THREADS} thread(s) always, Goblin on at most {THREADS} (what `goblin up` gives inference here: every core,
 fewer while other processes need one). Both use llama.cpp's plain CPU kernels (no AMX repacking).
-Temperature 0, max_tokens {MAX_TOKENS}, medians of {RUNS} runs after a warm-up; llama-cpp-python's prompt
-cache is reset before each direct run, as Goblin evaluates every prompt afresh. Load average (1/5/15 min)
+Temperature 0, max_tokens {MAX_TOKENS}, medians of {RUNS} runs of each after a warm-up, direct and Goblin
+taking turns run by run (the suite up and idle during the direct runs); llama-cpp-python's prompt cache is
+reset before each direct run, as Goblin evaluates every prompt afresh. Load average (1/5/15 min)
 before: {load_before}, after: {load_after}; the client and the whole suite share these cores.
 
 Goblin's decoding threads (goblin_inference_threads, sampled every 250 ms): one stream
