@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +38,7 @@ from fastapi.responses import JSONResponse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from bench.results import micro_table
 from goblin.v1 import auth_pb2, common_pb2
 from goblin_tools.embedded import EmbeddedRedis
 from services.common import logs
@@ -397,9 +397,7 @@ def main() -> None:
         uvloop.run(write_rounds(Path(home), results))
     load = os.getloadavg()[0]
     print(f"{ROUNDS} rounds of {CALLS} calls, alternated; load average {load:.1f} on {os.cpu_count()} cores")
-    print("\n| part of a request | CPU per call, median (µs) | min |\n| --- | --- | --- |")
-    for name, values in results.items():
-        print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} |")
+    print("\n" + micro_table(results, "part of a request"))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def micro_table(results: dict[str, list[float]], part: str) -> str:
+    """The micro benchmarks' markdown table: each case's median and minimum CPU µs per call over rounds."""
+    lines = [f"| {part} | CPU per call, median (µs) | min |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {median(values):.1f} | {min(values):.1f} |" for name, values in results.items()]
+    return "\n".join(lines)
+
+
 def write_section(title: str, body: str, command: str) -> None:
     """Replace (or append) the ``## title`` section of RESULTS.md; with ``BENCH_NO_WRITE`` set (a trial
     run), leave it alone."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.gateway_micro import CALLS, ROUNDS, timed_async, timed_sync
+from bench.results import micro_table
 from bench.router_bench import FAKE_KEY, MODEL, fake_base_url, start_fake
 from goblin_tools.suite import free_ports
 from services.common.chat import Message, SamplingParams
@@ -315,10 +315,7 @@ def main() -> None:
         fake.terminate()
         fake.wait(timeout=10)
     print(f"{ROUNDS} rounds of {CALLS} calls, load average {os.getloadavg()[0]:.1f}\n")
-    print("| part of a request | CPU per call, median (µs) | min |")
-    print("| --- | --- | --- |")
-    for name, values in results.items():
-        print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} |")
+    print(micro_table(results, "part of a request"))
 
 
 if __name__ == "__main__":

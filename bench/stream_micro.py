@@ -21,7 +21,6 @@ import asyncio
 import multiprocessing
 import os
 import ssl
-import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +34,7 @@ from starlette.responses import StreamingResponse
 from uvicorn.lifespan.off import LifespanOff
 
 from bench.gateway_micro import CALLS, ROUNDS, chat_scope, stand_in_state
+from bench.results import micro_table
 from goblin.v1 import common_pb2
 from goblin_tools.suite import free_ports
 from services.gateway.api.routes import openai
@@ -227,9 +227,7 @@ def main() -> None:
         results = uvloop.run(measure(Path(home)))
     load = os.getloadavg()[0]
     print(f"{ROUNDS} rounds of {CALLS} calls, alternated; load average {load:.1f} on {os.cpu_count()} cores")
-    print("\n| part of a streamed request | CPU per call, median (µs) | min |\n| --- | --- | --- |")
-    for name, values in results.items():
-        print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} |")
+    print("\n" + micro_table(results, "part of a streamed request"))
 
 
 if __name__ == "__main__":
