@@ -135,8 +135,9 @@ async def interceptor_rounds(results: dict[str, list[float]]) -> None:
 
     import grpc
 
+    from bench.secure_principal import PrincipalInterceptor
     from services.common.grpc_server import ServiceInterceptor
-    from services.common.principal import PRINCIPAL_METADATA_KEY, PrincipalGate, PrincipalInterceptor, ReplayGuard
+    from services.common.principal import PRINCIPAL_METADATA_KEY, PrincipalGate, ReplayGuard
 
     signer = PrincipalSigner(Ed25519PrivateKey.generate(), ttl_s=600)
 

@@ -11,8 +11,9 @@ The secure skeleton is the same with what issue 12 made mandatory on the gateway
 nothing more: mutual TLS with the suite's certificates, credentials and channel/server options (the real
 ``services.common.grpc_client.open_channel`` and ``grpc_server.server_options``, the files
 ``load_grpc_tls`` reads), and a principal the gateway signs per request with the real signer, which the
-router's real ``PrincipalInterceptor`` verifies (Ed25519, issuer, audience, expiry) and admits once
-(``ReplayGuard``) before the servicer answers. A call without a valid principal is refused
+router verifies with the servers' own ``PrincipalGate`` (Ed25519, issuer, audience, expiry) and admits
+once (``ReplayGuard``) before the servicer answers (bench/secure_principal.py: the check alone, without
+the correlation id and call metrics the servers' interceptor also carries). A call without a valid principal is refused
 (UNAUTHENTICATED) as the real router refuses it. Secure minus plain skeleton is what the security costs
 on the bare hop; gateway minus secure skeleton is Goblin's own work with the security it may not drop.
 
@@ -102,13 +103,15 @@ async def serve_secure_router(port: int, base_url: str, api_key: str) -> None:
     and the real principal interceptor (this process's verify key and replay guard)."""
     # Imported here, not at the top: the plain skeleton's processes stay as they were (no extra modules
     # on their heaps), so the two skeletons differ by the security alone.
+    from bench.secure_principal import PrincipalInterceptor
     from services.common.grpc_server import server_options
-    from services.common.principal import PrincipalInterceptor
+    from services.common.principal import PrincipalGate
     from services.common.settings import GoblinSettings, load_settings
     from services.common.tls import load_grpc_tls
 
     tls = load_grpc_tls(load_settings(GoblinSettings), "router")
-    server = grpc.aio.server(interceptors=[PrincipalInterceptor.for_this_process()], options=server_options())
+    interceptor = PrincipalInterceptor(PrincipalGate.for_this_process())
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options())
     router_pb2_grpc.add_RouterServicer_to_server(SkeletonRouter(base_url, api_key), server)
     if server.add_secure_port(f"127.0.0.1:{port}", tls.server_credentials()) == 0:
         raise SystemExit(f"skeleton: cannot listen on 127.0.0.1:{port}")

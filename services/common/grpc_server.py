@@ -39,9 +39,6 @@ from services.common.principal import (
     InvalidPrincipal,
     Principal,
     PrincipalGate,
-    ReplayGuard,
-    load_verifier,
-    replay_capacity,
     verified_principal_var,
 )
 from services.common.process import freeze_startup_heap
@@ -305,7 +302,7 @@ async def serve(make_service: Callable[[], Service], settings: ServiceSettings) 
     server = grpc.aio.server(
         # The process's verify key is loaded here: in production a missing key stops start-up before
         # the server listens.
-        interceptors=[ServiceInterceptor(PrincipalGate(load_verifier(), ReplayGuard(replay_capacity())))],
+        interceptors=[ServiceInterceptor(PrincipalGate.for_this_process())],
         options=server_options(),
     )
     health_servicer = health.aio.HealthServicer()

@@ -24,14 +24,12 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import grpc
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -392,6 +390,12 @@ class PrincipalGate:
         self.verifier = verifier
         self.replay = replay
 
+    @classmethod
+    def for_this_process(cls) -> PrincipalGate:
+        """The gate with this process's verify key, loaded now: in production a missing key stops
+        start-up here, before the server listens."""
+        return cls(load_verifier(), ReplayGuard(replay_capacity()))
+
     def check(self, full_method: str, metadata: object) -> Principal | None:
         """The verified principal of a call to ``full_method`` with invocation ``metadata``."""
         assertion = ""
@@ -408,76 +412,3 @@ class PrincipalGate:
         principal = self.verifier.verify(assertion)
         self.replay.admit(principal)
         return principal
-
-
-class PrincipalInterceptor(grpc.aio.ServerInterceptor):
-    """Registered on every gRPC server: checks a call's principal before the servicer runs (refusing it
-    with UNAUTHENTICATED) and makes the verified one :func:`current_principal` while it runs."""
-
-    def __init__(self, gate: PrincipalGate) -> None:
-        self.gate = gate
-
-    @classmethod
-    def for_this_process(cls) -> PrincipalInterceptor:
-        """The interceptor with this process's key, loaded now: in production a missing key stops
-        start-up here, before the server listens."""
-        return cls(PrincipalGate(load_verifier(), ReplayGuard(replay_capacity())))
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
-            return handler
-        try:
-            principal = self.gate.check(method, handler_call_details.invocation_metadata)
-        except InvalidPrincipal as exc:
-            return _refusal(handler, str(exc))
-        return _with_principal(handler, principal)
-
-
-def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - abort raises; the yield makes this an async generator
-
-    return _rebuild(handler, refuse, refuse_stream)
-
-
-def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal | None) -> grpc.RpcMethodHandler:
-    unary = handler.unary_unary or handler.stream_unary
-    streaming = handler.unary_stream or handler.stream_stream
-
-    async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = verified_principal_var.set(principal)
-        try:
-            return await unary(request, context)
-        finally:
-            verified_principal_var.reset(token)
-
-    async def run_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        token = verified_principal_var.set(principal)
-        try:
-            async for item in streaming(request, context):
-                yield item
-        finally:
-            verified_principal_var.reset(token)
-
-    return _rebuild(handler, run, run_stream)
-
-
-def _rebuild(handler: grpc.RpcMethodHandler, unary: Any, streaming: Any) -> grpc.RpcMethodHandler:
-    args = (handler.request_deserializer, handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, *args)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, *args)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming, *args)
-    return grpc.stream_stream_rpc_method_handler(streaming, *args)
